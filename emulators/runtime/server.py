@@ -1,0 +1,208 @@
+"""The Sekoia runtime as a trigger sees it: callback (playbook events), logs, secrets and the intake ``/batch`` API.
+
+Every delivered event is appended to one JSONL file, one event per line, before the request is answered: an
+answered request is a confirmed delivery. Intake events are written exactly as delivered (the strings of
+``jsons``); records of a playbook event are read from the records file it points at and written compactly.
+Knobs add latency, a failure rate, and periods of being down, at start or at any time through
+``POST /_runtime/control``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import secrets
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import orjson
+from aiohttp import web
+
+
+@dataclass
+class RuntimeKnobs:
+    latency_ms: float = 0.0
+    failure_rate: float = 0.0  # fraction of requests answered 503
+    down_until: float = 0.0  # monotonic time until which every request is cut (connection reset)
+    down_status: int = 0  # 0: cut the connection while down; else answer this status
+
+
+@dataclass
+class RuntimeStats:
+    events: int = 0
+    batches: int = 0
+    playbook_events: int = 0
+    logs: int = 0
+    rejected: int = 0
+    failures: int = 0
+    cut: int = 0
+    secrets_served: int = 0
+
+
+@dataclass
+class RuntimeStub:
+    out: Path
+    logs_out: Path
+    data_path: Path
+    token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    intake_key: str = field(default_factory=lambda: secrets.token_hex(16))
+    trigger_secrets: dict = field(default_factory=dict)
+    module_secrets: dict = field(default_factory=dict)
+    knobs: RuntimeKnobs = field(default_factory=RuntimeKnobs)
+    stats: RuntimeStats = field(default_factory=RuntimeStats)
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        self.logs_out = Path(self.logs_out)
+        self.data_path = Path(self.data_path)
+        self._out = open(self.out, "ab")
+        self._logs = open(self.logs_out, "ab")
+        self._rng = random.Random(self.seed)
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    # -- server ----------------------------------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[self._faults])
+        app.router.add_post("/callback", self.callback)
+        app.router.add_post("/logs", self.logs)
+        app.router.add_get("/secrets", self.secrets)
+        app.router.add_post("/batch", self.batch)
+        app.router.add_post("/_runtime/control", self.control)
+        app.router.add_get("/_runtime/stats", self.get_stats)
+        return app
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._runner = web.AppRunner(self.app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port, reuse_address=True)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def stop(self) -> None:
+        if self._runner:
+            await self._runner.cleanup()
+        self._out.close()
+        self._logs.close()
+
+    def ready_info(self) -> dict:
+        base = f"http://127.0.0.1:{self.port}"
+        return {
+            "url": base,
+            "callback_url": f"{base}/callback",
+            "logs_url": f"{base}/logs",
+            "secrets_url": f"{base}/secrets",
+            "intake_url": base,
+            "token": self.token,
+            "intake_key": self.intake_key,
+            "out": str(self.out),
+            "logs_out": str(self.logs_out),
+            "data_path": str(self.data_path),
+            "port": self.port,
+        }
+
+    # -- fault injection ---------------------------------------------------------------------------------------
+
+    @web.middleware
+    async def _faults(self, request: web.Request, handler):
+        if request.path.startswith("/_runtime/"):
+            return await handler(request)
+        knobs = self.knobs
+        if knobs.latency_ms:
+            await asyncio.sleep(knobs.latency_ms / 1000)
+        if time.monotonic() < knobs.down_until:
+            if knobs.down_status:
+                self.stats.failures += 1
+                return web.json_response({"message": "runtime unavailable"}, status=knobs.down_status)
+            self.stats.cut += 1
+            if request.transport is not None:
+                request.transport.abort()
+            raise asyncio.CancelledError()
+        if knobs.failure_rate and self._rng.random() < knobs.failure_rate:
+            self.stats.failures += 1
+            return web.json_response({"message": "injected failure"}, status=503)
+        return await handler(request)
+
+    def _authorized(self, request: web.Request) -> bool:
+        return request.headers.get("Authorization") == f"Bearer {self.token}"
+
+    # -- endpoints ---------------------------------------------------------------------------------------------
+
+    async def batch(self, request: web.Request) -> web.Response:
+        try:
+            body = orjson.loads(await request.read())
+            key, jsons = body["intake_key"], body["jsons"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            return web.json_response({"message": "expected {intake_key, jsons}"}, status=400)
+        if key != self.intake_key:
+            self.stats.rejected += 1
+            return web.json_response({"message": "Invalid intake key"}, status=401)
+        if not isinstance(jsons, list) or not all(isinstance(item, str) for item in jsons):
+            return web.json_response({"message": "jsons must be a list of strings"}, status=400)
+        if jsons:
+            self._out.write("\n".join(jsons).encode("utf-8") + b"\n")
+            self._out.flush()
+        self.stats.events += len(jsons)
+        self.stats.batches += 1
+        first = self.stats.events - len(jsons)
+        return web.json_response({"received": True, "event_ids": [f"ev-{first + i}" for i in range(len(jsons))]})
+
+    async def callback(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            self.stats.rejected += 1
+            return web.json_response({"message": "Invalid token"}, status=401)
+        try:
+            body = orjson.loads(await request.read())
+            event = body["event"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            return web.json_response({"message": "expected {name, event}"}, status=400)
+        records = list(event.get("records", []))
+        directory = body.get("directory")
+        for key, value in event.items():
+            if key.endswith("_path") and directory:
+                # The trigger deletes the directory once we answer: read it now.
+                path = self.data_path / directory / value
+                try:
+                    records.extend(orjson.loads(path.read_bytes()))
+                except (OSError, orjson.JSONDecodeError) as error:
+                    return web.json_response({"message": f"cannot read {path}: {error}"}, status=400)
+        if records:
+            self._out.write(b"".join(orjson.dumps(record) + b"\n" for record in records))
+            self._out.flush()
+        self.stats.events += len(records)
+        self.stats.playbook_events += 1
+        return web.json_response({"received": True})
+
+    async def logs(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return web.json_response({"message": "Invalid token"}, status=401)
+        entries = orjson.loads(await request.read()).get("logs", [])
+        self._logs.write(b"".join(orjson.dumps(entry) + b"\n" for entry in entries))
+        self._logs.flush()
+        self.stats.logs += len(entries)
+        return web.json_response({"received": True})
+
+    async def secrets(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return web.json_response({"message": "Invalid token"}, status=401)
+        self.stats.secrets_served += 1
+        return web.json_response({"value": self.module_secrets, "node_value": self.trigger_secrets})
+
+    async def control(self, request: web.Request) -> web.Response:
+        """``{"latency_ms", "failure_rate", "down_for" (seconds from now), "down_status"}``: any subset."""
+        body = orjson.loads(await request.read() or b"{}")
+        if "latency_ms" in body:
+            self.knobs.latency_ms = float(body["latency_ms"])
+        if "failure_rate" in body:
+            self.knobs.failure_rate = float(body["failure_rate"])
+        if "down_status" in body:
+            self.knobs.down_status = int(body["down_status"])
+        if "down_for" in body:
+            self.knobs.down_until = time.monotonic() + float(body["down_for"])
+        return web.json_response(asdict(self.knobs))
+
+    async def get_stats(self, request: web.Request) -> web.Response:
+        return web.json_response(asdict(self.stats))
