@@ -1,0 +1,115 @@
+"""The shared base run as the container runs it (`python <main> <docker_parameters>` + environment) against the
+runtime stub, with a minimal file-replay trigger so the foundation is proven before any Microsoft source."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+
+from emulators.process import ROOT, wait_until
+from tests.support.runtime import compare
+
+REPLAY_MAIN = ROOT / "tests" / "support" / "replay_main.py"
+
+
+def source_file(tmp_path: Path, count: int) -> Path:
+    path = tmp_path / "source.ndjson"
+    path.write_bytes(b"".join(orjson.dumps({"Id": f"rec-{i}", "n": i}) + b"\n" for i in range(count)))
+    return path
+
+
+def start(runtime, configuration: dict, intake=True, extra_env=None) -> subprocess.Popen:
+    env = {**runtime.env(configuration, intake=intake), **(extra_env or {})}
+    return subprocess.Popen([sys.executable, str(REPLAY_MAIN), "replay_file"], cwd=ROOT,
+                            env={**_base_env(), **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _base_env():
+    import os
+
+    return {key: value for key, value in os.environ.items() if key not in {"TRIGGER_CONFIGURATION", "INTAKE_URL"}}
+
+
+def ids(runtime):
+    return [orjson.loads(line)["Id"] for line in runtime.delivered()]
+
+
+def stop(proc, timeout=15) -> int:
+    proc.send_signal(signal.SIGTERM)
+    return proc.wait(timeout)
+
+
+def test_every_line_delivered_then_graceful_stop(runtime, tmp_path):
+    source = source_file(tmp_path, 5000)
+    proc = start(runtime, {"source": str(source), "chunk": 250, "batch_max_events": 1000})
+    assert wait_until(lambda: len(runtime.delivered()) >= 5000, 60)
+    started = time.monotonic()
+    assert stop(proc) == 0
+    assert time.monotonic() - started < 10
+    result = compare([f"rec-{i}" for i in range(5000)], ids(runtime))
+    assert result["lost"] == 0 and result["duplicates"] == 0
+    # Lines are delivered byte for byte as the collector serialized them.
+    assert runtime.delivered() == source.read_bytes().splitlines()
+
+
+def test_restart_resumes_from_the_checkpoint(runtime, tmp_path):
+    source = source_file(tmp_path, 3000)
+    config = {"source": str(source), "chunk": 100, "batch_max_events": 500}
+    proc = start(runtime, config)
+    assert wait_until(lambda: len(runtime.delivered()) >= 3000, 60)
+    assert stop(proc) == 0
+    # A second run finds its checkpoint at the end: nothing more is sent.
+    proc = start(runtime, config)
+    time.sleep(3)
+    assert stop(proc) == 0
+    assert compare([f"rec-{i}" for i in range(3000)], ids(runtime)) == {
+        "expected": 3000, "delivered": 3000, "lost": 0, "duplicates": 0}
+
+
+def test_crash_between_delivery_and_checkpoint_redelivers_never_loses(runtime, tmp_path):
+    source = source_file(tmp_path, 2000)
+    config = {"source": str(source), "chunk": 100, "batch_max_events": 300}
+    proc = start(runtime, config, extra_env={"REPLAY_CRASH_BEFORE_CHECKPOINT": "1"})
+    assert proc.wait(60) == 9  # died in its first acknowledgement, after the runtime confirmed
+    delivered_before_crash = len(runtime.delivered())
+    assert delivered_before_crash >= 100
+    proc = start(runtime, config)
+    assert wait_until(lambda: len(set(ids(runtime))) >= 2000, 60)
+    assert stop(proc) == 0
+    result = compare([f"rec-{i}" for i in range(2000)], ids(runtime))
+    assert result["lost"] == 0
+    assert 0 < result["duplicates"] <= delivered_before_crash  # at most what was in flight at the crash
+
+
+def test_runtime_down_at_start_then_back_loses_nothing(runtime, tmp_path):
+    runtime.control(down_for=4)
+    source = source_file(tmp_path, 1000)
+    proc = start(runtime, {"source": str(source)})
+    assert wait_until(lambda: len(runtime.delivered()) >= 1000, 60)
+    assert stop(proc) == 0
+    assert compare([f"rec-{i}" for i in range(1000)], ids(runtime))["lost"] == 0
+
+
+def test_playbook_mode_without_intake_key(runtime, tmp_path):
+    source = source_file(tmp_path, 500)
+    proc = start(runtime, {"source": str(source), "chunk": 50, "batch_max_events": 200}, intake=False)
+    assert wait_until(lambda: len(runtime.delivered()) >= 500, 60)
+    assert stop(proc) == 0
+    assert compare([f"rec-{i}" for i in range(500)], ids(runtime))["lost"] == 0
+    assert runtime.stats()["playbook_events"] >= 3
+
+
+def test_invalid_configuration_is_one_critical_log_naming_the_field(runtime, tmp_path):
+    source = source_file(tmp_path, 10)
+    proc = start(runtime, {"source": str(source), "batch_max_events": 0, "intake_key": "secret-intake-key-123"})
+    assert proc.wait(60) == 2
+    critical = [entry for entry in runtime.logs() if entry["level"] == "critical"]
+    assert len(critical) == 1
+    assert "batch_max_events" in critical[0]["message"] and "greater than or equal to 1" in critical[0]["message"]
+    stderr = proc.stderr.read().decode()
+    assert "secret-intake-key-123" not in stderr + json.dumps(runtime.logs())
+    assert stderr.count("Traceback") == 0
