@@ -1,0 +1,50 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Install steps are stamped, so they are
+# idempotent and take a second once done; they rerun when poetry.lock or package-lock.json changes.
+
+PYTHON ?= python3.11
+POETRY_VERSION := 2.2.1
+VENV := .venv
+TOOLS := .tools
+STAMPS := .make
+PY := $(VENV)/bin/python
+QUICK ?=
+PYTEST_ARGS ?=
+
+export POETRY_VIRTUALENVS_IN_PROJECT := true
+export POETRY_NO_INTERACTION := 1
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: install test demo bench reliability clean
+
+install: $(STAMPS)/python $(STAMPS)/node
+
+$(STAMPS)/poetry:
+	@mkdir -p $(STAMPS)
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check "poetry==$(POETRY_VERSION)"
+	@touch $@
+
+$(STAMPS)/python: $(STAMPS)/poetry pyproject.toml poetry.lock
+	$(TOOLS)/bin/poetry env use $(PYTHON) >/dev/null
+	$(TOOLS)/bin/poetry sync --no-root
+	@touch $@
+
+$(STAMPS)/node: package.json package-lock.json
+	@mkdir -p $(STAMPS)
+	npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+test: install
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+demo: install
+	$(PY) demo.py
+
+bench: install
+	$(PY) -m benchmarks $(if $(QUICK),--quick,)
+
+reliability: install
+	$(PY) -m benchmarks.reliability $(if $(QUICK),--quick,)
+
+clean:
+	rm -rf $(VENV) $(TOOLS) $(STAMPS) node_modules
