@@ -1,6 +1,6 @@
 import pytest
 
-from tests.support.runtime import Runtime
+from emulators.runtime.harness import Runtime
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from pathlib import Path
 import orjson
 
 from emulators.process import ROOT, wait_until
-from tests.support.runtime import compare
+from emulators.runtime.harness import compare
 
 REPLAY_MAIN = ROOT / "tests" / "support" / "replay_main.py"
 

@@ -1,4 +1,4 @@
-"""Test helpers around the runtime stub: start it, build the container's environment, read what arrived."""
+"""The runtime stub as tests, the demo and benchmarks use it: start it, build the container's environment, read what arrived."""
 
 from __future__ import annotations
 
