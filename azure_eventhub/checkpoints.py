@@ -1,0 +1,259 @@
+"""Checkpoints: the local store (no storage account configured) and the writer that follows confirmed delivery.
+
+``LocalCheckpointStore`` keeps checkpoints in the module's durable state (``StateFile``, atomic replace) and
+ownership in memory: it serves one instance only, since two processes on one file would both read every
+partition. Sharing partitions between instances needs the Blob store, whose ownership blobs the client's load
+balancing relies on.
+
+``CheckpointWriter`` receives "delivered up to this event" from the forwarder's delivery thread (the ack of a
+batch) and writes it from the event loop. Acks that arrive while a write is under way are coalesced: at most
+one write per partition per confirmed batch, usually fewer, never one per event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from azure.eventhub.aio import CheckpointStore
+
+from azure_eventhub import metrics
+from connectors.errors import ConfigurationError
+from connectors.retry import Backoff
+from connectors.state import StateFile
+
+LogFunction = Callable[[str, str], None]
+
+
+class LocalCheckpointStore(CheckpointStore):
+    """Checkpoints in a local JSON file; ownership granted to whoever asks (a single consumer)."""
+
+    def __init__(self, path: Path):
+        self.file = StateFile(path)
+        self._data: dict[str, dict[str, dict[str, Any]]] = self.file.load({}) or {}  # raises CorruptStateError
+        self._lock_handle = _exclusive_lock(Path(path).with_name(Path(path).name + ".lock"))
+        self._ownership: dict[tuple[str, str, str, str], dict[str, Any]] = {}
+        self._lock = asyncio.Lock()
+
+    @staticmethod
+    def _key(namespace: str, hub: str, group: str) -> str:
+        return f"{namespace}/{hub}/{group}".lower()  # as the Blob store names its blobs
+
+    async def list_ownership(self, fully_qualified_namespace, eventhub_name, consumer_group, **kwargs):
+        return [dict(o) for key, o in self._ownership.items() if key[:3] == (fully_qualified_namespace,
+                                                                               eventhub_name, consumer_group)]
+
+    async def claim_ownership(self, ownership_list: Iterable[dict[str, Any]], **kwargs) -> list[dict[str, Any]]:
+        claimed = []
+        for ownership in ownership_list:
+            key = (ownership["fully_qualified_namespace"], ownership["eventhub_name"], ownership["consumer_group"],
+                   ownership["partition_id"])
+            granted = dict(ownership, etag=str(uuid.uuid4()), last_modified_time=time.time())
+            self._ownership[key] = granted
+            claimed.append(dict(granted))
+        return claimed
+
+    async def update_checkpoint(self, checkpoint: dict[str, Any], **kwargs) -> None:
+        key = self._key(checkpoint["fully_qualified_namespace"], checkpoint["eventhub_name"],
+                        checkpoint["consumer_group"])
+        async with self._lock:
+            entry = {"offset": str(checkpoint["offset"]), "sequence_number": int(checkpoint["sequence_number"])}
+            partitions = self._data.setdefault(key, {})
+            previous = partitions.get(checkpoint["partition_id"])
+            partitions[checkpoint["partition_id"]] = entry
+            try:
+                # fsync off the loop: the other partitions keep receiving meanwhile.
+                await asyncio.to_thread(self.file.save, self._data)
+            except BaseException:
+                if previous is None:
+                    partitions.pop(checkpoint["partition_id"], None)
+                else:
+                    partitions[checkpoint["partition_id"]] = previous
+                raise
+
+    async def list_checkpoints(self, fully_qualified_namespace, eventhub_name, consumer_group, **kwargs):
+        partitions = self._data.get(self._key(fully_qualified_namespace, eventhub_name, consumer_group), {})
+        return [
+            {
+                "fully_qualified_namespace": fully_qualified_namespace,
+                "eventhub_name": eventhub_name,
+                "consumer_group": consumer_group,
+                "partition_id": partition_id,
+                "offset": entry["offset"],
+                "sequence_number": entry["sequence_number"],
+            }
+            for partition_id, entry in partitions.items()
+        ]
+
+    async def close(self) -> None:
+        if self._lock_handle is not None:
+            self._lock_handle.close()  # releases the lock
+            self._lock_handle = None
+
+
+def _exclusive_lock(path: Path):
+    """Refuse a second consumer on the same local checkpoints: both would read every partition."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise ConfigurationError(
+            "storage_connection_string",
+            f"another instance already consumes with the local checkpoint store {path.parent}: the local store "
+            "serves one instance only; configure a storage account and container to run several",
+        ) from None
+    return handle
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    offset: str
+    sequence_number: int
+
+
+class CheckpointWriter:
+    """Writes each partition's latest confirmed position, from the event loop, coalescing pending acks."""
+
+    def __init__(self, store: CheckpointStore, namespace: str, hub: str, group: str, log: LogFunction,
+                 loop: asyncio.AbstractEventLoop, timeout: float = 30.0, retry_base: float = 1.0):
+        self.store = store
+        self.base = {"fully_qualified_namespace": namespace, "eventhub_name": hub, "consumer_group": group}
+        self._log = log
+        self._loop = loop
+        self._timeout = timeout
+        self._retry_base = retry_base
+        self._lock = threading.Lock()
+        self._pending: dict[str, Position] = {}
+        self._written: dict[str, int] = {}
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._failing_since: float | None = None
+        self.written = 0
+        self.failures = 0
+
+    # -- delivery thread ----------------------------------------------------------------------------------------
+
+    def confirmed(self, partition_id: str, offset: str, sequence_number: int) -> None:
+        """Everything of ``partition_id`` up to this event was delivered (called on the delivery thread)."""
+        with self._lock:
+            current = self._pending.get(partition_id)
+            if current is None or sequence_number > current.sequence_number:
+                self._pending[partition_id] = Position(offset, sequence_number)
+        try:
+            self._loop.call_soon_threadsafe(self._wake.set)
+        except RuntimeError:
+            pass  # the loop is gone: this position is written by the next start's re-read instead
+
+    def confirmed_position(self, partition_id: str) -> int | None:
+        """Highest sequence number of the partition confirmed by the runtime, written or not."""
+        with self._lock:
+            pending = self._pending.get(partition_id)
+        written = self._written.get(partition_id)
+        candidates = [value for value in (pending and pending.sequence_number, written) if value is not None]
+        return max(candidates) if candidates else None
+
+    # -- event loop ---------------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        backoff = Backoff(base=self._retry_base, cap=30.0)
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            with self._lock:
+                batch, self._pending = self._pending, {}
+            if not batch:
+                continue
+            self._idle.clear()
+            try:
+                failed = await self._write(batch)
+            finally:
+                self._idle.set()
+            if failed:
+                with self._lock:  # keep for the next attempt, unless a newer position arrived meanwhile
+                    for partition_id, position in failed.items():
+                        self._pending.setdefault(partition_id, position)
+                await asyncio.sleep(backoff.next_delay())
+                self._wake.set()
+            else:
+                backoff.reset()
+
+    async def _write(self, batch: dict[str, Position]) -> dict[str, Position]:
+        todo = {pid: pos for pid, pos in batch.items() if pos.sequence_number > self._written.get(pid, -1)}
+        results = await asyncio.gather(*(self._write_one(pid, pos) for pid, pos in todo.items()),
+                                       return_exceptions=True)
+        failed = {}
+        for (partition_id, position), result in zip(todo.items(), results):
+            if isinstance(result, BaseException):
+                if isinstance(result, asyncio.CancelledError):
+                    raise result
+                failed[partition_id] = position
+                self._failed(partition_id, result)
+            else:
+                self._written[partition_id] = position.sequence_number
+                self.written += 1
+                metrics.checkpoints_written.inc()
+                metrics.checkpoint_sequence.labels(partition_id).set(position.sequence_number)
+        if not failed and self._failing_since is not None:
+            self._log(f"Checkpoint store reachable again after {time.monotonic() - self._failing_since:.0f}s; "
+                      "checkpoints are saved again", "info")
+            self._failing_since = None
+        return failed
+
+    async def _write_one(self, partition_id: str, position: Position) -> None:
+        checkpoint = dict(self.base, partition_id=partition_id, offset=position.offset,
+                          sequence_number=position.sequence_number)
+        await asyncio.wait_for(self.store.update_checkpoint(checkpoint), self._timeout)
+
+    def _failed(self, partition_id: str, error: BaseException) -> None:
+        self.failures += 1
+        metrics.checkpoint_failures.inc()
+        if self._failing_since is None:
+            self._failing_since = time.monotonic()
+            self._log(
+                f"Saving the checkpoint of partition {partition_id} failed ({describe_error(error)}); the records "
+                "were delivered, retrying: if the trigger restarts meanwhile, they are read and sent again",
+                "error",
+            )
+
+    async def flush(self, timeout: float) -> bool:
+        """Write what is pending now; True when nothing is left unwritten."""
+        deadline = self._loop.time() + timeout
+        while True:
+            with self._lock:
+                pending = bool(self._pending)
+            if not pending and self._idle.is_set():
+                return True
+            remaining = deadline - self._loop.time()
+            if remaining <= 0:
+                return False
+            self._wake.set()
+            await asyncio.sleep(min(0.05, remaining))
+
+    def forget(self, partition_id: str) -> None:
+        """The partition went to another owner: what it writes from now on is its own progress."""
+        self._written.pop(partition_id, None)
+
+
+def describe_error(error: BaseException) -> str:
+    """A short, secret-free description: the class and, for Azure errors, the service's error code."""
+    code = getattr(error, "error_code", None) or getattr(getattr(error, "response", None), "reason", None)
+    code = getattr(code, "value", code)
+    status = getattr(error, "status_code", None)
+    parts = [type(error).__name__]
+    if status:
+        parts.append(f"HTTP {status}")
+    if code:
+        parts.append(str(code))
+    if isinstance(error, asyncio.TimeoutError):
+        parts.append("timed out")
+    return " ".join(parts)

@@ -1,0 +1,259 @@
+"""Building the Event Hubs client, the credential and the checkpoint store, and checking them before consuming.
+
+The client library hides most configuration mistakes: ``claim_ownership`` swallows every storage error, a
+missing consumer group only shows as receive retries. So the trigger probes the store and the hub first, with
+short retries, and turns what it finds into one ``ConfigurationError`` that names the field and the fix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+from typing import Any
+
+from azure.core.exceptions import (
+    AzureError,
+    ClientAuthenticationError,
+    HttpResponseError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
+from azure.eventhub import TransportType
+from azure.eventhub.aio import CheckpointStore, EventHubConsumerClient
+from azure.eventhub.exceptions import AuthenticationError, EventHubError
+from azure.eventhub.extensions.checkpointstoreblobaio import BlobCheckpointStore
+
+from azure_eventhub.checkpoints import LocalCheckpointStore, describe_error
+from azure_eventhub.config import EventHubConfiguration, proxy_settings
+from connectors.errors import ConfigurationError
+
+# Storage calls of the steady state: a few quick retries, then the checkpoint writer's own backoff takes over
+# (the library default retries for about 80 s before an error surfaces).
+STORE_OPTIONS = {"retry_total": 2, "retry_backoff_factor": 0.5, "connection_timeout": 5, "read_timeout": 15}
+PROBE_OPTIONS = {"retry_total": 0, "connection_timeout": 5, "read_timeout": 10}
+PROBE_ATTEMPTS = 3  # an unreachable store or namespace is tried this many times at start (1 s, 2 s apart)
+
+
+def build_credential(config: EventHubConfiguration) -> Any:
+    """The Entra ID credential (async), or None with a connection string."""
+    kind = config.credential_kind
+    if kind == "connection_string":
+        return None
+    from azure.identity.aio import CertificateCredential, ClientSecretCredential, ManagedIdentityCredential
+
+    if kind == "client_secret":
+        return ClientSecretCredential(config.tenant_id, config.client_id, config.client_secret)
+    if kind == "certificate":
+        return CertificateCredential(
+            config.tenant_id,
+            config.client_id,
+            certificate_data=config.certificate.encode("utf-8"),  # type: ignore[union-attr]
+            password=config.certificate_password,
+        )
+    return ManagedIdentityCredential(client_id=config.client_id) if config.client_id else ManagedIdentityCredential()
+
+
+def _storage_kwargs(config: EventHubConfiguration) -> dict[str, Any]:
+    if not config.http_proxy:
+        return {}
+    # The store talks HTTPS (HTTP to an emulator): the same proxy carries both.
+    return {"proxies": {"http": config.http_proxy, "https": config.http_proxy}}
+
+
+def build_blob_store(config: EventHubConfiguration, credential: Any, options: dict[str, Any]) -> BlobCheckpointStore:
+    kwargs = {**options, **_storage_kwargs(config)}
+    container = config.storage_container_name or ""
+    try:
+        if config.storage_connection_string:
+            return BlobCheckpointStore.from_connection_string(config.storage_connection_string, container, **kwargs)
+        return BlobCheckpointStore(config.storage_account_url or "", container, credential=credential, **kwargs)
+    except (ValueError, TypeError) as error:
+        field = "storage_connection_string" if config.storage_connection_string else "storage_account_url"
+        raise ConfigurationError(field, f"not usable ({type(error).__name__}): check it was copied whole") from None
+
+
+def build_store(config: EventHubConfiguration, state_dir: Path, credential: Any) -> CheckpointStore:
+    if config.uses_storage:
+        return build_blob_store(config, credential, STORE_OPTIONS)
+    return LocalCheckpointStore(state_dir / "eventhub-checkpoints.json")
+
+
+def build_client(config: EventHubConfiguration, store: CheckpointStore | None, credential: Any,
+                 retry_total: int = 3) -> EventHubConsumerClient:
+    kwargs: dict[str, Any] = {
+        "consumer_group": config.hub_consumer_group,
+        "eventhub_name": config.hub_name,
+        "checkpoint_store": store,
+        "load_balancing_interval": config.load_balancing_interval,
+        "prefetch": max(300, config.max_batch_size),  # messages buffered per partition: bounds memory
+        "retry_total": retry_total,
+        "user_agent": "sekoiaio-connector",
+    }
+    if config.use_websockets:
+        kwargs["transport_type"] = TransportType.AmqpOverWebsocket
+    if config.http_proxy:
+        kwargs["http_proxy"] = proxy_settings(config.http_proxy)  # implies WebSockets
+    try:
+        if config.hub_connection_string:
+            return EventHubConsumerClient.from_connection_string(config.hub_connection_string, **kwargs)
+        return EventHubConsumerClient(config.fully_qualified_namespace, credential=credential, **kwargs)
+    except (ValueError, TypeError) as error:
+        field = "hub_connection_string" if config.hub_connection_string else "fully_qualified_namespace"
+        raise ConfigurationError(field, f"not usable ({type(error).__name__}): check it was copied whole") from None
+
+
+# -- start-up probes ----------------------------------------------------------------------------------------------
+
+
+def _storage_field(config: EventHubConfiguration) -> str:
+    return "storage_connection_string" if config.storage_connection_string else "storage_account_url"
+
+
+def storage_endpoint(config: EventHubConfiguration) -> str:
+    if config.storage_account_url:
+        return config.storage_account_url
+    text = config.storage_connection_string or ""
+    match = re.search(r"(?i)BlobEndpoint=([^;]+)", text)
+    if match:
+        return match.group(1)
+    account = re.search(r"(?i)AccountName=([^;]+)", text)
+    suffix = re.search(r"(?i)EndpointSuffix=([^;]+)", text)
+    return f"https://{account.group(1) if account else '?'}.blob.{suffix.group(1) if suffix else 'core.windows.net'}"
+
+
+def _error_code(error: BaseException) -> str:
+    code = getattr(error, "error_code", None) or ""
+    return str(getattr(code, "value", code))
+
+
+def storage_error(config: EventHubConfiguration, error: BaseException) -> ConfigurationError:
+    """The one message a person needs for a store that cannot be used."""
+    field = _storage_field(config)
+    container = config.storage_container_name
+    code = _error_code(error)
+    endpoint = storage_endpoint(config)
+    if isinstance(error, ResourceNotFoundError) or code == "ContainerNotFound":
+        return ConfigurationError(
+            "storage_container_name",
+            f"container `{container}` does not exist in the storage account at {endpoint}: create it "
+            "(storage account > Containers) or correct the name; the trigger does not create it, so a typo "
+            "cannot silently start over without checkpoints",
+        )
+    status = getattr(error, "status_code", None)
+    if isinstance(error, ClientAuthenticationError) or status in (401, 403):
+        connection = (config.storage_connection_string or "").lower()
+        if "accountkey=" in connection:
+            fix = "check the account key: copy the connection string again from storage account > Access keys"
+        elif "sharedaccesssignature=" in connection:
+            fix = "the SAS may have expired or lack read, list and write permissions on the container"
+        else:
+            fix = "give the identity the role Storage Blob Data Contributor on the container"
+        return ConfigurationError(
+            field, f"the storage account at {endpoint} refused the request ({code or f'HTTP {status}'}): {fix}"
+        )
+    if isinstance(error, (ServiceRequestError, ServiceResponseError, asyncio.TimeoutError, OSError)):
+        return ConfigurationError(
+            field,
+            f"the storage account at {endpoint} is unreachable ({describe_error(error)}): check BlobEndpoint / "
+            "AccountName and that this network may reach it (firewall, proxy)",
+        )
+    return ConfigurationError(field, f"the checkpoint store cannot be used ({describe_error(error)})")
+
+
+async def probe_store(config: EventHubConfiguration, credential: Any) -> None:
+    """List checkpoints once with a fast-failing client: container present, credentials valid, endpoint reachable."""
+    if not config.uses_storage:
+        return
+    for attempt in range(PROBE_ATTEMPTS):
+        probe = build_blob_store(config, credential, PROBE_OPTIONS)
+        try:
+            async with probe:
+                await asyncio.wait_for(
+                    probe.list_checkpoints(config.namespace_host, config.hub_name, config.hub_consumer_group), 20
+                )
+            return
+        except (ServiceRequestError, ServiceResponseError, asyncio.TimeoutError) as error:
+            if attempt + 1 == PROBE_ATTEMPTS:
+                raise storage_error(config, error) from None
+            await asyncio.sleep(2**attempt)
+        except (AzureError, OSError) as error:
+            raise storage_error(config, error) from None
+
+
+def _hub_field(config: EventHubConfiguration) -> str:
+    return "hub_connection_string" if config.hub_connection_string else "fully_qualified_namespace"
+
+
+def _condition(error: BaseException) -> str:
+    inner = getattr(error, "error", None)
+    condition = getattr(inner, "condition", None) or getattr(error, "condition", None)
+    value = getattr(condition, "value", condition)
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    return str(value or "")
+
+
+def is_not_found(error: BaseException) -> bool:
+    text = str(error).lower()
+    return "not-found" in _condition(error) or "status code: 404" in text or "could not be found" in text
+
+
+def is_auth_error(error: BaseException) -> bool:
+    return isinstance(error, (AuthenticationError, ClientAuthenticationError)) or "unauthorized" in _condition(error)
+
+
+def credential_error(config: EventHubConfiguration, error: BaseException) -> ConfigurationError:
+    if config.credential_kind == "connection_string":
+        return ConfigurationError(
+            "hub_connection_string",
+            f"the Event Hubs namespace {config.namespace_host} refused the key (authentication failed): copy the "
+            "connection string again from event hub > Shared access policies, with the Listen claim",
+        )
+    field = {"client_secret": "client_secret", "certificate": "certificate"}.get(config.credential_kind, "client_id")
+    return ConfigurationError(
+        field,
+        f"Entra ID refused the credential or it may not read {config.namespace_host} ({describe_error(error)}): "
+        "check tenant_id, client_id and the secret or certificate, and give the application the role "
+        "Azure Event Hubs Data Receiver",
+    )
+
+
+def hub_error(config: EventHubConfiguration, error: BaseException) -> ConfigurationError:
+    if is_auth_error(error):
+        return credential_error(config, error)
+    if is_not_found(error):
+        return ConfigurationError(
+            "hub_name",
+            f"event hub `{config.hub_name}` does not exist in namespace {config.namespace_host}: check the name "
+            "(Event Hubs namespace > Event Hubs)",
+        )
+    return ConfigurationError(
+        _hub_field(config),
+        f"the Event Hubs namespace {config.namespace_host} is unreachable ({describe_error(error)}): check the "
+        "endpoint and that this network may reach it (port 5671, or 443 with WebSockets / a proxy)",
+    )
+
+
+def consumer_group_error(config: EventHubConfiguration) -> ConfigurationError:
+    return ConfigurationError(
+        "hub_consumer_group",
+        f"consumer group `{config.hub_consumer_group}` does not exist on event hub `{config.hub_name}`: create it "
+        "(event hub > Consumer groups) or use `$Default`",
+    )
+
+
+async def probe_hub(config: EventHubConfiguration, credential: Any) -> dict[str, Any]:
+    """The hub's properties (partition ids), or the ConfigurationError explaining why they cannot be read.
+
+    A short-lived client with one retry: the long-lived one retries 3 times with backoff (about 20 s), too
+    long to say that a key is wrong.
+    """
+    client = build_client(config, None, credential, retry_total=1)
+    try:
+        return await asyncio.wait_for(client.get_eventhub_properties(), 60)
+    except (EventHubError, AzureError, asyncio.TimeoutError, OSError) as error:
+        raise hub_error(config, error) from None
+    finally:
+        await client.close()

@@ -1,0 +1,202 @@
+"""Configuration of the "Consume EventHub messages" trigger.
+
+Field names of Sekoia's existing trigger are kept (``hub_connection_string``, ``hub_name``, ``hub_consumer_group``,
+``storage_connection_string``, ``storage_container_name``, ``chunk_size``) so playbooks carry over.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Literal
+from urllib.parse import unquote, urlsplit
+
+from pydantic import AliasChoices, Field, field_validator, model_validator
+
+from connectors.errors import ConfigurationError
+from connectors.trigger import CollectorConfiguration
+
+DEFAULT_CONSUMER_GROUP = "$Default"
+
+
+def _connection_string_fields(value: str) -> dict[str, str]:
+    fields = {}
+    for part in value.strip().strip(";").split(";"):
+        name, sep, field_value = part.partition("=")
+        if sep:
+            fields[name.strip().lower()] = field_value.strip()
+    return fields
+
+
+class EventHubConfiguration(CollectorConfiguration):
+    # -- the hub: a connection string (SAS key with the Listen claim) or Entra ID ----------------------------------
+    hub_connection_string: str | None = None
+    hub_name: str | None = None
+    hub_consumer_group: str = DEFAULT_CONSUMER_GROUP
+    fully_qualified_namespace: str | None = None  # e.g. mynamespace.servicebus.windows.net (Entra ID auth)
+    tenant_id: str | None = None
+    client_id: str | None = None  # also selects a user-assigned managed identity
+    client_secret: str | None = None
+    certificate: str | None = None  # PEM: certificate and private key
+    certificate_password: str | None = None
+
+    # -- checkpoints: Azure Blob Storage (shared, load balanced) or the local state store (one instance) ----------
+    storage_connection_string: str | None = None
+    storage_account_url: str | None = None  # https://ACCOUNT.blob.core.windows.net with Entra ID auth
+    storage_container_name: str | None = None
+
+    # -- reading ------------------------------------------------------------------------------------------------
+    starting_position: str = "earliest"  # when a partition has no checkpoint: earliest | latest | ISO 8601 time
+    categories: list[str] | None = None  # keep only records whose `category` is one of these
+    max_batch_size: int = Field(300, ge=1, le=5_000, validation_alias=AliasChoices("max_batch_size", "chunk_size"))
+    max_wait_time: float | None = Field(None, gt=0, le=300)  # seconds a record may wait before it is sent
+    use_websockets: bool = False
+    http_proxy: str | None = None  # http://[user:password@]host:port (AMQP over WebSockets through it)
+    load_balancing_interval: float = Field(30.0, ge=1, le=600)
+
+    secret_fields: ClassVar[tuple[str, ...]] = (
+        "intake_key",
+        "hub_connection_string",
+        "storage_connection_string",
+        "client_secret",
+        "certificate",
+        "certificate_password",
+        "http_proxy",
+    )
+
+    @field_validator("categories", mode="before")
+    @classmethod
+    def _split_categories(cls, value: Any) -> Any:
+        if isinstance(value, str):  # "SignInLogs, AuditLogs" is accepted as well as a list
+            value = [item for item in value.replace(";", ",").split(",")]
+        if isinstance(value, list):
+            value = [str(item).strip() for item in value if str(item).strip()] or None
+        return value
+
+    @field_validator("hub_connection_string", "storage_connection_string", "hub_name", "storage_container_name",
+                     "fully_qualified_namespace", "storage_account_url", "client_secret", "certificate",
+                     "http_proxy", "tenant_id", "client_id", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _check(self) -> "EventHubConfiguration":
+        # ConfigurationError (not ValueError) so the message names the field the user has to fix.
+        if self.max_wait_time is not None:
+            self.batch_max_age_seconds = self.max_wait_time
+        if not self.hub_consumer_group.strip():
+            self.hub_consumer_group = DEFAULT_CONSUMER_GROUP
+        self._check_hub()
+        self._check_storage()
+        parse_starting_position(self.starting_position)
+        if self.http_proxy:
+            proxy_settings(self.http_proxy)
+        return self
+
+    def _check_hub(self) -> None:
+        if self.hub_connection_string:
+            fields = _connection_string_fields(self.hub_connection_string)
+            if "endpoint" not in fields or not (
+                "sharedaccesskey" in fields or "sharedaccesssignature" in fields
+            ):
+                raise ConfigurationError(
+                    "hub_connection_string",
+                    "expected `Endpoint=sb://NAMESPACE.servicebus.windows.net/;SharedAccessKeyName=NAME;"
+                    "SharedAccessKey=KEY[;EntityPath=HUB]` (event hub > Shared access policies, a policy with Listen)",
+                )
+            entity = fields.get("entitypath")
+            if entity and self.hub_name and entity != self.hub_name:
+                raise ConfigurationError(
+                    "hub_name", f"`{self.hub_name}` differs from the connection string's EntityPath `{entity}`"
+                )
+            self.hub_name = self.hub_name or entity
+        elif self.fully_qualified_namespace:
+            if not (self.client_id and self.tenant_id) and (self.client_secret or self.certificate):
+                field = "tenant_id" if not self.tenant_id else "client_id"
+                raise ConfigurationError(field, "required with a client secret or a certificate")
+        else:
+            raise ConfigurationError(
+                "hub_connection_string",
+                "is required (or `fully_qualified_namespace` with Entra ID credentials: tenant_id, client_id and "
+                "client_secret or certificate, or a managed identity)",
+            )
+        if not self.hub_name:
+            raise ConfigurationError("hub_name", "is required (the event hub's name, e.g. `insights-logs`)")
+
+    def _check_storage(self) -> None:
+        if self.storage_connection_string:
+            fields = _connection_string_fields(self.storage_connection_string)
+            if "usedevelopmentstorage" in fields:
+                raise ConfigurationError(
+                    "storage_connection_string",
+                    "UseDevelopmentStorage is not supported: give AccountName, AccountKey and BlobEndpoint",
+                )
+            if not ("accountname" in fields or "blobendpoint" in fields):
+                raise ConfigurationError(
+                    "storage_connection_string",
+                    "expected `DefaultEndpointsProtocol=https;AccountName=NAME;AccountKey=KEY;"
+                    "EndpointSuffix=core.windows.net` (storage account > Access keys)",
+                )
+        if (self.storage_connection_string or self.storage_account_url) and not self.storage_container_name:
+            raise ConfigurationError("storage_container_name", "is required with a storage account")
+        if self.storage_container_name and not (self.storage_connection_string or self.storage_account_url):
+            raise ConfigurationError(
+                "storage_connection_string", "is required with `storage_container_name` (or `storage_account_url`)"
+            )
+        if self.storage_account_url and not self.storage_connection_string and not self.fully_qualified_namespace:
+            raise ConfigurationError(
+                "storage_account_url", "needs Entra ID credentials; use `storage_connection_string` otherwise"
+            )
+
+    # -- derived ------------------------------------------------------------------------------------------------
+
+    @property
+    def uses_storage(self) -> bool:
+        return bool(self.storage_connection_string or self.storage_account_url)
+
+    @property
+    def namespace_host(self) -> str:
+        """The namespace as written in checkpoints and messages (no key in it)."""
+        if self.hub_connection_string:
+            endpoint = _connection_string_fields(self.hub_connection_string)["endpoint"]
+            return urlsplit(endpoint if "://" in endpoint else f"sb://{endpoint}").netloc or endpoint
+        return self.fully_qualified_namespace or ""
+
+    @property
+    def credential_kind(self) -> Literal["connection_string", "client_secret", "certificate", "managed_identity"]:
+        if self.hub_connection_string:
+            return "connection_string"
+        if self.client_secret:
+            return "client_secret"
+        if self.certificate:
+            return "certificate"
+        return "managed_identity"
+
+
+def parse_starting_position(value: str) -> str | datetime:
+    """``-1`` (earliest), ``@latest``, or an aware datetime: the client's own starting-position values."""
+    text = value.strip()
+    lowered = text.lower()
+    if lowered in {"earliest", "-1", "start", "beginning"}:
+        return "-1"
+    if lowered in {"latest", "@latest", "end"}:
+        return "@latest"
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise ConfigurationError(
+            "starting_position", "expected `earliest`, `latest` or an ISO 8601 time such as 2026-01-31T08:00:00Z"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def proxy_settings(url: str) -> dict[str, Any]:
+    """The client's ``http_proxy`` dictionary from a proxy URL."""
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    if not parts.hostname or not parts.port:
+        raise ConfigurationError("http_proxy", "expected http://[user:password@]host:port")
+    settings: dict[str, Any] = {"proxy_hostname": parts.hostname, "proxy_port": parts.port}
+    if parts.username:
+        settings["username"] = unquote(parts.username)
+        settings["password"] = unquote(parts.password or "")
+    return settings

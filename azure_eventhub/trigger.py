@@ -1,0 +1,88 @@
+"""The "Consume EventHub messages" trigger: Azure Event Hubs records to Sekoia, checkpointed after delivery."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from azure_eventhub.checkpoints import CheckpointWriter
+from azure_eventhub.clients import build_client, build_credential, build_store, probe_hub, probe_store
+from azure_eventhub.config import EventHubConfiguration
+from azure_eventhub.consumer import Consumer, Settings, describe_store
+from azure_eventhub.records import RecordSplitter, text_as_json, text_as_raw
+from connectors.trigger import CollectorTrigger
+
+
+class EventHubTrigger(CollectorTrigger):
+    configuration_model = EventHubConfiguration
+    settings = Settings()
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop_requested: asyncio.Event | None = None
+
+    def stop(self, *args, **kwargs) -> None:
+        super().stop(*args, **kwargs)
+        # Called from the SIGTERM handler (main thread) or another thread: wake the loop so it stops now.
+        loop, event = self._loop, self._stop_requested
+        if loop is not None and event is not None:
+            try:
+                loop.call_soon_threadsafe(event.set)
+            except RuntimeError:
+                pass  # the loop already ended
+
+    def collect(self) -> None:
+        # The client libraries log every HTTP request and link event at INFO: keep their warnings only.
+        logging.getLogger("azure").setLevel(max(logging.WARNING, logging.getLogger("azure").level))
+        asyncio.run(self._consume(self.configuration))  # type: ignore[arg-type]
+
+    def _log_soon(self, message: str, level: str) -> None:
+        """Log from the event loop without blocking it (an error log is sent to the runtime synchronously)."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            self.log(message, level)
+        else:
+            loop.run_in_executor(None, self.log, message, level)
+
+    async def _consume(self, config: EventHubConfiguration) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop_requested = asyncio.Event()
+        if not self.running:
+            return
+        forwarder = self.forwarder  # raises ConfigurationError for a missing intake_server, before connecting
+        splitter = RecordSplitter(config.categories, text_as_raw if config.intake_key else text_as_json)
+        credential = build_credential(config)
+        store = client = None
+        try:
+            await probe_store(config, credential)
+            properties = await probe_hub(config, credential)
+            store = build_store(config, self.state_dir, credential)
+            client = build_client(config, store, credential)
+            self.log(
+                f"Consuming event hub `{config.hub_name}` ({len(properties.get('partition_ids', []))} partitions) "
+                f"of {config.namespace_host}, consumer group `{config.hub_consumer_group}`, checkpoints in "
+                f"{describe_store(config, store)}",
+                "info",
+            )
+            # Checkpoints must be written under the very namespace the client's processor reads them from.
+            namespace = getattr(getattr(client, "_address", None), "hostname", None) or config.namespace_host
+            writer = CheckpointWriter(store, namespace, config.hub_name or "", config.hub_consumer_group,
+                                      self._log_soon, self._loop)
+            consumer = Consumer(
+                config, client, writer, forwarder, splitter,
+                log=self._log_soon,
+                stop_requested=self._stop_requested,
+                is_running=lambda: self.running,
+                heartbeat=self.heartbeat,
+                lag=lambda seconds: self.put_events_lag(self.metric_intake, seconds),
+                settings=self.settings,
+            )
+            await consumer.run()
+        finally:
+            for closable in (client, store, credential):
+                if closable is not None:
+                    try:
+                        await asyncio.wait_for(closable.close(), 10)
+                    except Exception:  # noqa: BLE001,S110 - closing after a failure must not hide it
+                        pass
+            self._loop = None

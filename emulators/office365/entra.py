@@ -1,0 +1,365 @@
+"""Entra ID (login) side: the discovery documents MSAL fetches, the client-credentials token endpoint, and
+validation of the access tokens it issues.
+
+What msal 1.39 asks for, given authority https://HOST/{tenant}:
+- instance discovery `GET {instance_discovery_url}?authorization_endpoint=...&api-version=1.0` — only when the
+  client passes `instance_discovery=<url>`; by default MSAL sends it to login.microsoftonline.com (not us), so
+  offline clients must pass `instance_discovery=False` / `validate_authority=False` (MSAL) or
+  `disable_instance_discovery=True` (azure-identity). We answer it anyway, on any tenant path.
+- tenant discovery `GET /{tenant}/v2.0/.well-known/openid-configuration`; MSAL then uses its token_endpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import time
+import uuid
+from urllib.parse import unquote, urlparse
+
+from aiohttp import web
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from . import jws
+from .config import EmulatorConfig
+from .policy import RequestPolicy
+from .responses import aad_error, json_response, reset_connection
+from .stats import Stats
+from .tls import TlsMaterial
+
+RESOURCE = "https://manage.office.com"
+ROLES = ["ActivityFeed.Read", "ActivityFeed.ReadDlp"]
+JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+ASSERTION_CLOCK_SKEW = 300
+GENERIC_TENANTS = ("common", "organizations", "consumers")
+
+
+class InvalidToken(Exception):
+    pass
+
+
+class EntraService:
+    def __init__(self, config: EmulatorConfig, tls: TlsMaterial, stats: Stats, policy: RequestPolicy):
+        self.config = config
+        self.tls = tls
+        self.stats = stats
+        self.policy = policy
+        self._key = tls.token_signing_key
+        self._public_key = self._key.public_key()
+        public_der = self._public_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+        self.kid = jws.b64url_encode(hashlib.sha1(public_der).digest())  # noqa: S324 - an identifier, like Entra's
+        self._verified: dict[str, dict] = {}  # access token -> claims: one RSA verify per token, not per request
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/{tenant}/discovery/instance", self.instance_discovery),
+            web.get("/{tenant}/v2.0/.well-known/openid-configuration", self.openid_configuration),
+            web.get("/{tenant}/.well-known/openid-configuration", self.openid_configuration),
+            web.get("/{tenant}/discovery/v2.0/keys", self.jwks),
+            web.get("/{tenant}/discovery/keys", self.jwks),
+            web.post("/{tenant}/oauth2/v2.0/token", self.token),
+            web.post("/{tenant}/oauth2/token", self.token),
+        ]
+
+    # ------------------------------------------------------------------ discovery
+    def _known_tenant(self, tenant: str) -> bool:
+        return tenant.lower() in (self.config.tenant_id.lower(), *GENERIC_TENANTS)
+
+    def _tenant_not_found(self, request: web.Request, tenant: str) -> web.Response:
+        self.stats.token_errors["90002"] += 1
+        return aad_error(
+            request,
+            400,
+            "invalid_request",
+            90002,
+            f"Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID and are signing into "
+            "the correct cloud. Check with your subscription administrator, this may happen if there are no "
+            "active subscriptions for the tenant.",
+        )
+
+    async def instance_discovery(self, request: web.Request) -> web.Response:
+        self.stats.requests["discovery"] += 1
+        authorize = request.query.get("authorization_endpoint", "")
+        segments = [s for s in urlparse(authorize).path.split("/") if s]
+        tenant = segments[0] if segments else request.match_info["tenant"]
+        host = request.host
+        return json_response(
+            {
+                "tenant_discovery_endpoint": f"https://{host}/{tenant}/v2.0/.well-known/openid-configuration",
+                "api-version": "1.1",
+                "metadata": [{"preferred_network": host, "preferred_cache": host, "aliases": [host]}],
+            }
+        )
+
+    async def openid_configuration(self, request: web.Request) -> web.Response:
+        self.stats.requests["discovery"] += 1
+        tenant = request.match_info["tenant"]
+        if not self._known_tenant(tenant):
+            return self._tenant_not_found(request, tenant)
+        base = f"https://{request.host}"
+        v2 = "/v2.0/" in request.path
+        suffix = "/v2.0" if v2 else ""
+        oauth = f"{base}/{tenant}/oauth2{'/v2.0' if v2 else ''}"
+        issuer_tenant = self.config.tenant_id if tenant.lower() not in GENERIC_TENANTS else "{tenantid}"
+        return json_response(
+            {
+                "token_endpoint": f"{oauth}/token",
+                "token_endpoint_auth_methods_supported": [
+                    "client_secret_post",
+                    "private_key_jwt",
+                    "client_secret_basic",
+                ],
+                "jwks_uri": f"{base}/{tenant}/discovery{suffix}/keys",
+                "response_modes_supported": ["query", "fragment", "form_post"],
+                "subject_types_supported": ["pairwise"],
+                "id_token_signing_alg_values_supported": ["RS256"],
+                "response_types_supported": ["code", "id_token", "code id_token", "id_token token"],
+                "scopes_supported": ["openid", "profile", "email", "offline_access"],
+                "issuer": f"{base}/{issuer_tenant}{suffix}",
+                "request_uri_parameter_supported": False,
+                "userinfo_endpoint": f"{base}/oidc/userinfo",
+                "authorization_endpoint": f"{oauth}/authorize",
+                "device_authorization_endpoint": f"{oauth}/devicecode",
+                "http_logout_supported": True,
+                "frontchannel_logout_supported": True,
+                "end_session_endpoint": f"{oauth}/logout",
+                "claims_supported": ["sub", "iss", "aud", "exp", "iat", "nbf", "tid", "roles"],
+                "tenant_region_scope": "EU",
+                "cloud_instance_name": "microsoftonline.com",
+                "cloud_graph_host_name": "graph.windows.net",
+                "msgraph_host": "graph.microsoft.com",
+            }
+        )
+
+    async def jwks(self, request: web.Request) -> web.Response:
+        self.stats.requests["discovery"] += 1
+        return json_response({"keys": [jws.rsa_public_jwk(self._public_key, self.kid)]})
+
+    # ------------------------------------------------------------------ token endpoint
+    async def token(self, request: web.Request) -> web.StreamResponse:
+        self.stats.requests["token"] += 1
+        await self.policy.add_latency()
+        if self.config.token_down == "reset":
+            self.stats.faults["token_reset"] += 1
+            reset_connection(request)
+            raise asyncio.CancelledError()  # no answer at all, like an unreachable endpoint
+        if self.config.token_down == "503":
+            self.stats.faults["token_503"] += 1
+            self.stats.token_errors["90033"] += 1
+            return aad_error(
+                request, 503, "temporarily_unavailable", 90033, "A transient error has occurred. Please try again."
+            )
+        response = await self._token(request)
+        self.stats.responses[f"token {response.status}"] += 1
+        return response
+
+    async def _token(self, request: web.Request) -> web.Response:
+        tenant = request.match_info["tenant"]
+        form = await request.post()
+        v2 = request.path.endswith("/v2.0/token")
+        if tenant.lower() != self.config.tenant_id.lower():
+            return self._tenant_not_found(request, tenant)
+
+        def fail(status: int, error: str, code: int, description: str) -> web.Response:
+            self.stats.token_errors[str(code)] += 1
+            return aad_error(request, status, error, code, description)
+
+        grant_type = form.get("grant_type", "")
+        if grant_type != "client_credentials":
+            return fail(
+                400, "unsupported_grant_type", 70003, f"The app requested an unsupported grant type '{grant_type}'."
+            )
+
+        basic_id, basic_secret = _basic_credentials(request)
+        client_id = form.get("client_id") or basic_id
+        if not client_id:
+            return fail(
+                400, "invalid_request", 900144, "The request body must contain the following parameter: 'client_id'."
+            )
+        if client_id.lower() != self.config.client_id.lower():
+            return fail(
+                400,
+                "unauthorized_client",
+                700016,
+                f"Application with identifier '{client_id}' was not found in the directory '{tenant}'. This can happen "
+                "if the application has not been installed by the administrator of the tenant or consented to by any "
+                "user in the tenant. You may have sent your authentication request to the wrong tenant.",
+            )
+
+        requested = form.get("scope", "") if v2 else form.get("resource", "")
+        scope_error = _check_resource(requested, v2)
+        if scope_error:
+            return fail(400, *scope_error)
+
+        secret = form.get("client_secret") or basic_secret
+        assertion = form.get("client_assertion")
+        if secret:
+            if secret != self.config.client_secret:
+                return fail(
+                    401,
+                    "invalid_client",
+                    7000215,
+                    "Invalid client secret provided. Ensure the secret being sent in the request is the client secret "
+                    f"value, not the client secret ID, for a secret added to app '{client_id}'.",
+                )
+            credential = "client_secret"
+        elif assertion:
+            if form.get("client_assertion_type") != JWT_BEARER:
+                return fail(401, "invalid_client", 700027, f"client_assertion_type must be '{JWT_BEARER}'.")
+            problem = self._assertion_problem(assertion, request, tenant)
+            if problem:
+                return fail(401, "invalid_client", 700027, f"Client assertion failed validation: {problem}.")
+            credential = "client_assertion"
+        else:
+            return fail(
+                401,
+                "invalid_client",
+                7000218,
+                "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
+            )
+        self.stats.tokens_issued[credential] += 1
+        return json_response(
+            self._issue(client_id, credential, v2), headers={"Cache-Control": "no-store", "Pragma": "no-cache"}
+        )
+
+    def _assertion_problem(self, assertion: str, request: web.Request, tenant: str) -> str | None:
+        registered = self.tls.client_certificate
+        try:
+            header, claims, signing_input, signature = jws.parse(assertion)
+            if "x5t#S256" in header:
+                matches = jws.b64url_decode(header["x5t#S256"]) == registered.sha256_thumbprint
+            elif "x5t" in header:
+                matches = jws.b64url_decode(header["x5t"]) == registered.sha1_thumbprint
+            else:
+                return "the JWT header has neither x5t#S256 nor x5t"
+            if not matches:
+                return "the certificate used to sign the client assertion is not registered on the application"
+            jws.verify(registered.certificate.public_key(), header.get("alg", ""), signing_input, signature)
+        except jws.JwsError as exc:
+            return str(exc)
+        client_id = self.config.client_id.lower()
+        if str(claims.get("iss", "")).lower() != client_id or str(claims.get("sub", "")).lower() != client_id:
+            return "iss and sub must both be the application's client id"
+        audiences = claims.get("aud")
+        audiences = audiences if isinstance(audiences, list) else [audiences]
+        if not any(_is_token_endpoint(a, tenant, request) for a in audiences):
+            return f"aud {claims.get('aud')!r} is not this tenant's token endpoint"
+        now = time.time()
+        exp, nbf = claims.get("exp"), claims.get("nbf", 0)
+        if not isinstance(exp, (int, float)) or exp <= now - ASSERTION_CLOCK_SKEW:
+            return "the assertion is expired (exp)"
+        if not isinstance(nbf, (int, float)) or nbf > now + ASSERTION_CLOCK_SKEW:
+            return "the assertion is not yet valid (nbf)"
+        return None
+
+    def _issue(self, client_id: str, credential: str, v2: bool) -> dict:
+        now = int(time.time())
+        lifetime = int(self.config.token_lifetime)
+        tid = self.config.tenant_id
+        service_principal = str(uuid.uuid5(uuid.NAMESPACE_URL, f"sp:{tid}:{client_id}"))
+        claims = {
+            "aud": RESOURCE,
+            "iss": f"https://sts.windows.net/{tid}/",
+            "iat": now,
+            "nbf": now,
+            "exp": now + lifetime,
+            "app_displayname": "Office 365 emulator client",
+            "appid": client_id,
+            "appidacr": "2" if credential == "client_assertion" else "1",
+            "idp": f"https://sts.windows.net/{tid}/",
+            "idtyp": "app",
+            "oid": service_principal,
+            "roles": ROLES,
+            "sub": service_principal,
+            "tid": tid,
+            "uti": jws.b64url_encode(uuid.uuid4().bytes),
+            "ver": "1.0",
+        }
+        access_token = jws.sign_rs256(claims, self._key, {"kid": self.kid, "x5t": self.kid})
+        if v2:
+            return {
+                "token_type": "Bearer",
+                "expires_in": lifetime,
+                "ext_expires_in": lifetime,
+                "access_token": access_token,
+            }
+        # v1 answers carry the numbers as strings.
+        return {
+            "token_type": "Bearer",
+            "expires_in": str(lifetime),
+            "ext_expires_in": str(lifetime),
+            "expires_on": str(now + lifetime),
+            "not_before": str(now),
+            "resource": RESOURCE,
+            "access_token": access_token,
+        }
+
+    # ------------------------------------------------------------------ access tokens presented to the API
+    def validate_access_token(self, token: str) -> dict:
+        claims = self._verified.get(token)
+        if claims is None:
+            try:
+                header, claims, signing_input, signature = jws.parse(token)
+                if header.get("kid") != self.kid:
+                    raise InvalidToken("the token was not signed by this issuer")
+                jws.verify(self._public_key, header.get("alg", ""), signing_input, signature)
+            except jws.JwsError as exc:
+                raise InvalidToken(f"the token is malformed or its signature is invalid ({exc})") from exc
+            if len(self._verified) > 50_000:
+                self._verified.clear()
+            self._verified[token] = claims
+        if claims.get("exp", 0) <= time.time():
+            raise InvalidToken("the token is expired")
+        if claims.get("aud") != RESOURCE:
+            raise InvalidToken(f"the token audience is not {RESOURCE}")
+        return claims
+
+
+def _basic_credentials(request: web.Request) -> tuple[str, str]:
+    header = request.headers.get("Authorization", "")
+    if not header.lower().startswith("basic "):
+        return "", ""
+    try:
+        decoded = base64.b64decode(header[6:].strip()).decode("utf-8")
+    except ValueError:
+        return "", ""
+    client_id, _, secret = decoded.partition(":")
+    return unquote(client_id), unquote(secret)
+
+
+def _check_resource(requested: str, v2: bool) -> tuple[str, int, str] | None:
+    if v2:
+        scopes = requested.split()
+        if not scopes or not all(s.endswith("/.default") for s in scopes):
+            return (
+                "invalid_scope",
+                1002012,
+                f"The provided value for scope {requested} is not valid. Client credential flows must have a scope "
+                "value with /.default suffixed to the resource identifier (application ID URI).",
+            )
+        resources = [s[: -len("/.default")].rstrip("/") for s in scopes]
+    else:
+        resources = [requested.rstrip("/")]
+    for resource in resources:
+        if resource.lower() != RESOURCE:
+            return (
+                "invalid_resource",
+                500011,
+                f"The resource principal named {resource} was not found in the tenant. This can happen if the "
+                "application has not been installed by the administrator of the tenant.",
+            )
+    return None
+
+
+def _is_token_endpoint(audience, tenant: str, request: web.Request) -> bool:
+    if not isinstance(audience, str):
+        return False
+    parsed = urlparse(audience)
+    hosts = {"127.0.0.1", "localhost", "::1", "login.microsoftonline.com", (request.url.host or "").lower()}
+    paths = {f"/{tenant}/oauth2/v2.0/token".lower(), f"/{tenant}/oauth2/token".lower()}
+    return (
+        parsed.scheme == "https"
+        and (parsed.hostname or "").lower() in hosts
+        and parsed.path.rstrip("/").lower() in paths
+    )

@@ -1,0 +1,45 @@
+"""Counters for GET /_emulator/stats."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+
+class Stats:
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.since = time.time()
+        self.requests: Counter[str] = Counter()  # by kind: token, blob, content_list, ...
+        self.responses: Counter[str] = Counter()  # "kind status", e.g. "blob 200"
+        self.throttled: Counter[str] = Counter()  # by kind
+        self.faults: Counter[str] = Counter()  # 500, 503, reset, timeout, token_503, token_reset
+        self.publishers: Counter[str] = Counter()  # PublisherIdentifier ("" when absent)
+        self.publisher_kinds: Counter[str] = Counter()  # "publisher kind"
+        self.tokens_issued: Counter[str] = Counter()  # by credential: client_secret, client_assertion
+        self.token_errors: Counter[str] = Counter()  # by AADSTS code
+        self.auth_failures: Counter[str] = Counter()  # API 401/AF20010 reasons
+        self.blob_bytes = 0
+        self.blobs_served = 0
+
+    def snapshot(self) -> dict:
+        return {
+            "since": self.since,
+            "requests": dict(self.requests),
+            "requests_total": sum(self.requests.values()),
+            "responses": dict(self.responses),
+            "throttled": dict(self.throttled),
+            "throttled_total": sum(self.throttled.values()),
+            "faults": dict(self.faults),
+            "faults_total": sum(self.faults.values()),
+            "publishers": {k or "(none)": v for k, v in self.publishers.items()},
+            "publisher_kinds": dict(self.publisher_kinds),
+            "tokens_issued": sum(self.tokens_issued.values()),
+            "tokens_issued_by_credential": dict(self.tokens_issued),
+            "token_errors": dict(self.token_errors),
+            "auth_failures": dict(self.auth_failures),
+            "blobs_served": self.blobs_served,
+            "blob_bytes": self.blob_bytes,
+        }

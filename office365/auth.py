@@ -1,0 +1,205 @@
+"""App-only tokens from Microsoft Entra ID through MSAL: cached, renewed before expiry, errors made actionable.
+
+An AADSTS error that only a person can fix (wrong secret, unknown app, wrong tenant, certificate not
+registered, consent missing) becomes a ``ConfigurationError`` naming the field and what to do: the trigger
+logs it once as critical and stops. Anything else (token endpoint down, 5xx, network) is transient: retried
+with backoff, logged once per outage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Callable
+
+import msal
+import requests
+
+from connectors.errors import ConfigurationError
+from connectors.retry import Backoff
+from office365.config import Credential, Endpoints
+from office365.tls import requests_verify
+
+# AADSTS code -> (configuration field, what to fix)
+AADSTS_HELP: dict[int, tuple[str, str]] = {
+    7000215: ("client_secret", "Microsoft Entra refused the client secret (AADSTS7000215): copy the secret's *Value* "
+              "(not its Secret ID) from the app registration's Certificates & secrets page"),
+    7000222: ("client_secret", "the client secret has expired (AADSTS7000222): create a new secret on the app "
+              "registration and update the configuration"),
+    7000218: ("client_secret", "no client secret or certificate reached Microsoft Entra (AADSTS7000218): give "
+              "`client_secret`, or `certificate` and `private_key`"),
+    700016: ("client_id", "no application with this client id exists in the tenant (AADSTS700016): check "
+             "`client_id` and `tenant_id`, and that an administrator consented to the app in this tenant"),
+    7000112: ("client_id", "the application is disabled (AADSTS7000112): enable it in Microsoft Entra"),
+    700025: ("client_id", "the app is registered as a public client (AADSTS700025): it needs a client secret or "
+             "certificate (a confidential client)"),
+    65001: ("client_id", "admin consent is missing (AADSTS65001): grant admin consent for the Office 365 "
+            "Management API permission ActivityFeed.Read (and ActivityFeed.ReadDlp for DLP.All)"),
+    90002: ("tenant_id", "tenant not found (AADSTS90002): use the Directory (tenant) ID of your Microsoft Entra "
+            "tenant, and check `cloud`"),
+    900023: ("tenant_id", "the tenant identifier is invalid (AADSTS900023): use the Directory (tenant) ID GUID"),
+    90013: ("tenant_id", "the tenant identifier is invalid (AADSTS90013)"),
+    700027: ("certificate", "Microsoft Entra refused the certificate assertion (AADSTS700027): upload this "
+             "certificate to the app registration (Certificates & secrets) and check that `private_key` belongs to it"),
+    700023: ("certificate", "the certificate assertion was refused (AADSTS700023): check the certificate "
+             "registered on the app"),
+    500011: ("cloud", "the Office 365 Management API is not available in this tenant for this cloud "
+             "(AADSTS500011): check `cloud` (enterprise, gcc, gcc_high, dod)"),
+    53003: ("client_id", "blocked by a Conditional Access policy (AADSTS53003): exclude this workload identity"),
+}
+
+# OAuth error codes that mean "the configuration is wrong", whatever the AADSTS code.
+_FATAL_OAUTH_ERRORS = {"invalid_client", "unauthorized_client", "invalid_request", "invalid_scope", "invalid_grant"}
+_AADSTS = re.compile(r"AADSTS(\d+)")
+
+
+class TransientAuthError(Exception):
+    pass
+
+
+def explain(result: dict) -> ConfigurationError | TransientAuthError:
+    """An MSAL error result as what to do about it."""
+    codes = [int(code) for code in result.get("error_codes") or [] if str(code).isdigit()]
+    description = str(result.get("error_description") or "")
+    codes += [int(code) for code in _AADSTS.findall(description)]
+    for code in codes:
+        if code in AADSTS_HELP:
+            field, message = AADSTS_HELP[code]
+            return ConfigurationError(field, message)
+    error = str(result.get("error") or "unknown_error")
+    # Microsoft's first sentence (it never holds the secret) tells the user what Entra saw.
+    first = description.split("\r\n")[0].split(". ")[0][:300]
+    if error in _FATAL_OAUTH_ERRORS:
+        field = "client_secret" if error == "invalid_client" else "client_id"
+        return ConfigurationError(field, f"Microsoft Entra refused the app's sign-in ({error}: {first})")
+    return TransientAuthError(f"{error}: {first}")
+
+
+class TokenProvider:
+    """One MSAL confidential client; tokens kept here and renewed at 80% of their life (at most 5 min early)."""
+
+    RENEW_FRACTION = 0.8
+    RENEW_MARGIN = 300.0
+
+    def __init__(
+        self,
+        endpoints: Endpoints,
+        client_id: str,
+        credential: Credential,
+        log: Callable[[str, str], None],
+        timeout: float = 30.0,
+    ):
+        self.endpoints = endpoints
+        self.client_id = client_id
+        self.credential = credential
+        self._log = log
+        self._timeout = timeout
+        self._app: msal.ConfidentialClientApplication | None = None
+        self._token: str | None = None
+        self._renew_at = 0.0
+        self._lock = asyncio.Lock()
+        self._backoff = Backoff(base=1.0, cap=15.0)
+        self._failing_since: float | None = None
+        self.renewals = 0
+
+    async def token(self) -> str:
+        if self._token is not None and time.monotonic() < self._renew_at:
+            return self._token
+        async with self._lock:
+            if self._token is None or time.monotonic() >= self._renew_at:
+                await self._renew()
+        return self._token  # type: ignore[return-value]
+
+    async def renew_after_rejection(self, rejected: str) -> str:
+        """The API answered 401 with ``rejected``: get a new token once (unless another task already did)."""
+        async with self._lock:
+            if self._token == rejected:
+                await self._renew()
+        return self._token  # type: ignore[return-value]
+
+    async def _renew(self) -> None:
+        while True:
+            try:
+                token, lifetime = await asyncio.to_thread(self._acquire)
+            except TransientAuthError as error:
+                delay = self._backoff.next_delay()
+                if self._failing_since is None:
+                    self._failing_since = time.monotonic()
+                    self._log(f"Getting a token from Microsoft Entra failed, retrying: {error}", "warning")
+                await asyncio.sleep(delay)
+                continue
+            if self._failing_since is not None:
+                self._log(
+                    f"Microsoft Entra answered again after {time.monotonic() - self._failing_since:.0f}s", "info"
+                )
+                self._failing_since = None
+            self._backoff.reset()
+            self._token = token
+            self._renew_at = time.monotonic() + min(lifetime * self.RENEW_FRACTION, max(lifetime - self.RENEW_MARGIN, 0))
+            self.renewals += 1
+            return
+
+    # -- blocking part (runs in a thread) -------------------------------------------------------------------
+
+    def _client(self) -> msal.ConfidentialClientApplication:
+        if self._app is None:
+            session = requests.Session()
+            session.verify = requests_verify()
+            try:
+                self._app = msal.ConfidentialClientApplication(
+                    self.client_id,
+                    client_credential=self.credential.for_msal(),
+                    authority=self.endpoints.authority,
+                    http_client=_TimeoutSession(session, self._timeout),
+                    # Microsoft's instance discovery knows only Microsoft's hosts: off for proxies and emulators.
+                    instance_discovery=False if self.endpoints.custom_login else None,
+                    token_cache=msal.TokenCache(),
+                )
+            except ValueError as error:
+                # MSAL's tenant discovery answered 4xx: the tenant does not exist in this cloud.
+                if "tenant" in str(error).lower() or "authority" in str(error).lower():
+                    raise ConfigurationError(
+                        "tenant_id",
+                        f"Microsoft Entra does not know this tenant at {self.endpoints.authority}: use the Directory "
+                        "(tenant) ID of your tenant and check `cloud` (and `login_url` if set)",
+                    ) from None
+                raise
+            except (requests.RequestException, OSError) as error:
+                raise TransientAuthError(f"{self.endpoints.authority} unreachable ({type(error).__name__})") from None
+        return self._app
+
+    def _acquire(self) -> tuple[str, float]:
+        app = self._client()
+        # We hold the token ourselves: empty MSAL's cache so a renewal really asks Entra (after a 401 too).
+        cache = app.token_cache
+        for entry in list(cache.search(msal.TokenCache.CredentialType.ACCESS_TOKEN)):
+            cache.remove_at(entry)
+        try:
+            result = app.acquire_token_for_client(scopes=[self.endpoints.scope])
+        except (requests.RequestException, OSError) as error:
+            raise TransientAuthError(f"token endpoint unreachable ({type(error).__name__})") from None
+        except ValueError as error:  # MSAL's own parse errors of a broken answer (e.g. an HTML error page)
+            raise TransientAuthError(f"unreadable token answer ({str(error)[:120]})") from None
+        if not result or "access_token" not in result:
+            raise explain(result or {})
+        return result["access_token"], float(result.get("expires_in") or 3599)
+
+
+class _TimeoutSession:
+    """MSAL's http_client with a timeout on every call (MSAL passes none by default)."""
+
+    def __init__(self, session: requests.Session, timeout: float):
+        self._session = session
+        self._timeout = timeout
+
+    def get(self, url, **kwargs):
+        kwargs.setdefault("timeout", self._timeout)
+        return self._session.get(url, **kwargs)
+
+    def post(self, url, **kwargs):
+        kwargs.setdefault("timeout", self._timeout)
+        return self._session.post(url, **kwargs)
+
+    def close(self):
+        self._session.close()

@@ -1,0 +1,225 @@
+"""The HTTP client of the Management Activity API: one aiohttp connection pool, every call paced and classified.
+
+Every request passes the ``Gate`` (adaptive concurrency + quota pace), carries a fresh token (401 → renew
+once, retry), and ``PublisherIdentifier`` (it picks the throttling pool, blob fetches included). Answers are
+sorted into what the caller can act on: throttled, transient (5xx, 408, resets, timeouts), or an API error
+with its ``AFxxxxx`` code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+import aiohttp
+import orjson
+from yarl import URL
+
+from connectors.retry import parse_retry_after
+from office365 import metrics
+from office365.auth import TokenProvider
+from office365.pacing import Gate
+from office365.tls import ssl_context
+
+THROTTLE_CODES = {"AF429"}
+
+
+class ApiError(Exception):
+    """An answer the caller must act on; ``code`` is the API's AFxxxxx code when there is one."""
+
+    def __init__(self, status: int, code: str = "", message: str = "", retry_after: float | None = None):
+        self.status = status
+        self.code = code
+        self.message = message
+        self.retry_after = retry_after
+        super().__init__(f"HTTP {status} {code} {message[:200]}".strip())
+
+
+class Throttled(ApiError):
+    pass
+
+
+class TransientError(ApiError):
+    """Worth retrying: 5xx, 408, connection reset, timeout (status 0 when there was no answer)."""
+
+
+@dataclass(slots=True)
+class ApiResponse:
+    status: int
+    headers: Mapping[str, str]  # case-insensitive (aiohttp's CIMultiDictProxy)
+    body: bytes
+
+    def json(self):
+        return orjson.loads(self.body)
+
+
+def error_details(body: bytes) -> tuple[str, str]:
+    """(code, message) of ``{"error": {"code", "message"}}`` and its variants; empty strings when unreadable."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return "", body[:200].decode("utf-8", "replace")
+    if isinstance(data, dict):
+        error = data.get("error", data)
+        if isinstance(error, dict):
+            return str(error.get("code") or error.get("Code") or ""), str(error.get("message") or error.get("Message") or "")
+        return str(error), str(data.get("message") or data.get("error_description") or "")
+    return "", ""
+
+
+class ManagementClient:
+    def __init__(
+        self,
+        feed: str,
+        publisher_identifier: str,
+        tokens: TokenProvider,
+        gate: Gate,
+        *,
+        timeout: float = 30.0,
+        pool_size: int = 64,
+        user_agent: str = "sekoiaio-connector/office365",
+        rewrite_origin: bool = False,
+    ):
+        self.feed = feed.rstrip("/")
+        self.publisher_identifier = publisher_identifier
+        self.tokens = tokens
+        self.gate = gate
+        self._timeout = aiohttp.ClientTimeout(total=timeout, connect=min(timeout, 10.0))
+        self._pool_size = pool_size
+        self._user_agent = user_agent
+        # With a management_url override (proxy, emulator), URLs the API hands back are sent to the same origin.
+        self._origin = urlsplit(self.feed)[:2] if rewrite_origin else None
+        self._origin_prefix = "{}://{}/".format(*self._origin) if self._origin else ""
+        self._session: aiohttp.ClientSession | None = None
+        self._counters: dict = {}
+
+    async def __aenter__(self) -> ManagementClient:
+        connector = aiohttp.TCPConnector(
+            limit=self._pool_size, ssl=ssl_context(), ttl_dns_cache=300, keepalive_timeout=30
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=self._timeout,
+            headers={"User-Agent": self._user_agent, "Accept": "application/json"},
+            json_serialize=lambda value: orjson.dumps(value).decode(),
+        )
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # -- URLs ------------------------------------------------------------------------------------------------
+
+    def operation_url(self, operation: str, **params: str) -> str:
+        params = {key: value for key, value in params.items() if value is not None}
+        params["PublisherIdentifier"] = self.publisher_identifier
+        return f"{self.feed}/{operation}?{urlencode(params)}"
+
+    def given_url(self, url: str) -> str:
+        """A URL from the API (contentUri, NextPageUri), kept byte for byte but for our origin and publisher."""
+        if self._origin is not None and not url.startswith(self._origin_prefix):
+            parts = urlsplit(url)
+            if parts[:2] != self._origin:
+                url = urlunsplit((*self._origin, parts.path, parts.query, parts.fragment))
+        if "publisheridentifier=" not in url.lower():
+            url += ("&" if "?" in url else "?") + "PublisherIdentifier=" + self.publisher_identifier
+        return url
+
+    # -- calls -----------------------------------------------------------------------------------------------
+
+    async def get(self, url: str, what: str) -> ApiResponse:
+        return await self.request("GET", url, what)
+
+    async def post(self, url: str, what: str, json: dict | None = None) -> ApiResponse:
+        return await self.request("POST", url, what, json=json)
+
+    async def request(self, method: str, url: str, what: str, json: dict | None = None) -> ApiResponse:
+        renewed = False
+        while True:
+            token = await self.tokens.token()
+            response = await self._send(method, url, what, token, json)
+            if response.status == 401 and not renewed:
+                renewed = True
+                await self.tokens.renew_after_rejection(token)
+                continue
+            if response.status < 300:
+                return response
+            code, message = error_details(response.body)
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            if response.status == 429 or code in THROTTLE_CODES:
+                raise Throttled(response.status, code or "AF429", message, retry_after)
+            if response.status >= 500 or response.status == 408:
+                raise TransientError(response.status, code, message, retry_after)
+            raise ApiError(response.status, code, message, retry_after)
+
+    async def _send(self, method: str, url: str, what: str, token: str, json: dict | None) -> ApiResponse:
+        assert self._session is not None, "use the client as an async context manager"
+        started = await self.gate.acquire()
+        try:
+            try:
+                async with self._session.request(
+                    method,
+                    URL(url, encoded=True),
+                    json=json,
+                    headers={"Authorization": f"Bearer {token}"},
+                ) as raw:
+                    body = await raw.read()
+                    response = ApiResponse(raw.status, raw.headers, body)
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as error:
+                self._trouble(started)
+                self._count(what, "network")
+                detail = "timeout" if isinstance(error, asyncio.TimeoutError) else type(error).__name__
+                raise TransientError(0, "", detail) from None
+        finally:
+            self.gate.release()
+        self._account(response, what, started)
+        return response
+
+    def _account(self, response: ApiResponse, what: str, started: float) -> None:
+        status = response.status
+        throttled = status == 429 or (status == 403 and b"AF429" in response.body[:500])
+        if throttled:
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            self.gate.pacer.on_throttled(retry_after)
+            metrics.throttled.inc()
+            self._count(what, "throttled")
+            self._trouble(started)
+            metrics.quota_pace.set(self.gate.pacer.per_minute or 0)
+            return
+        if status >= 500 or status == 408:
+            self._count(what, "server_error")
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            if status == 503 and retry_after:
+                self.gate.pacer.hold(retry_after)
+            self._trouble(started)
+            return
+        self.gate.pacer.on_accepted()
+        before = self.gate.limit.current
+        self.gate.limit.on_success()
+        if self.gate.limit.current != before:
+            self.gate.wake()
+            metrics.concurrency.set(self.gate.limit.current)
+        self._count(what, "ok" if status < 400 else "client_error")
+
+    def _count(self, what: str, outcome: str) -> None:
+        counter = self._counters.get((what, outcome))
+        if counter is None:
+            counter = self._counters[(what, outcome)] = metrics.requests.labels(what, outcome)
+        counter.inc()
+
+    def _trouble(self, started: float) -> None:
+        if self.gate.limit.on_trouble(started):
+            metrics.concurrency.set(self.gate.limit.current)
+
+
+async def sleep_or_stop(delay: float, stopping: asyncio.Event) -> bool:
+    """Sleep ``delay`` seconds unless stopping first; True when stopping."""
+    try:
+        await asyncio.wait_for(stopping.wait(), timeout=max(0.0, delay))
+        return True
+    except asyncio.TimeoutError:
+        return stopping.is_set()

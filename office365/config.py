@@ -1,0 +1,192 @@
+"""Configuration of the Office 365 trigger: identities, cloud, content types, and the tuning knobs."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from pydantic import Field, field_validator
+
+from connectors.errors import ConfigurationError
+from connectors.trigger import CollectorConfiguration
+
+CONTENT_TYPES = (
+    "Audit.AzureActiveDirectory",
+    "Audit.Exchange",
+    "Audit.SharePoint",
+    "Audit.General",
+    "DLP.All",
+)
+_CONTENT_TYPES_BY_LOWER = {name.lower(): name for name in CONTENT_TYPES}
+
+Cloud = Literal["enterprise", "gcc", "gcc_high", "dod"]
+
+# cloud -> (Entra authority host, Management API resource, which is also the API host)
+CLOUDS: dict[str, tuple[str, str]] = {
+    "enterprise": ("https://login.microsoftonline.com", "https://manage.office.com"),
+    "gcc": ("https://login.microsoftonline.com", "https://manage-gcc.office.com"),
+    "gcc_high": ("https://login.microsoftonline.us", "https://manage.office365.us"),
+    "dod": ("https://login.microsoftonline.us", "https://manage.protection.apps.mil"),
+}
+
+
+def _guid(value: str) -> str:
+    try:
+        return str(uuid.UUID(str(value).strip()))
+    except ValueError:
+        raise ValueError("expected a GUID such as 0a1b2c3d-4e5f-6a7b-8c9d-0e1f2a3b4c5d") from None
+
+
+def _https_url(value: str | None) -> str | None:
+    if value is None or not str(value).strip():
+        return None
+    value = str(value).strip().rstrip("/")
+    if not value.startswith("https://") or len(value) <= len("https://"):
+        raise ValueError("expected an https:// URL (Microsoft's clients refuse plain http)")
+    return value
+
+
+class Office365Configuration(CollectorConfiguration):
+    tenant_id: str = Field(description="Directory (tenant) ID of the Microsoft Entra tenant")
+    client_id: str = Field(description="Application (client) ID of the app registration")
+    client_secret: str | None = None
+    certificate: str | None = Field(None, description="PEM certificate registered on the app")
+    private_key: str | None = Field(None, description="PEM private key of the certificate")
+    private_key_password: str | None = None
+    cloud: Cloud = "enterprise"
+    content_types: list[str] = Field(default_factory=lambda: list(CONTENT_TYPES))
+    publisher_identifier: str | None = None
+    login_url: str | None = None
+    management_url: str | None = None
+
+    # Tuning
+    max_concurrency: int = Field(32, ge=1, le=256)
+    max_requests_per_minute: int | None = Field(None, ge=10)
+    initial_lookback_hours: float = Field(168.0, ge=0, le=168)
+    relist_hours: float = Field(24.0, ge=0, le=168)
+    relist_interval_minutes: float = Field(15.0, gt=0)
+    deep_relist_minutes: float = Field(240.0, ge=0)
+    poll_interval_seconds: float = Field(30.0, gt=0, le=3600)
+    request_timeout_seconds: float = Field(30.0, gt=0, le=600)
+    max_pending_blobs: int = Field(2000, ge=10, le=100_000)
+    record_filter_size: int = Field(200_000, ge=0, le=5_000_000)
+    expiry_warning_hours: float = Field(24.0, ge=0, le=167)
+
+    secret_fields: ClassVar[tuple[str, ...]] = ("intake_key", "client_secret", "private_key", "private_key_password")
+
+    @field_validator("tenant_id", "client_id")
+    @classmethod
+    def _check_guid(cls, value: str) -> str:
+        return _guid(value)
+
+    @field_validator("publisher_identifier")
+    @classmethod
+    def _check_publisher(cls, value: str | None) -> str | None:
+        return _guid(value) if value else None
+
+    @field_validator("login_url", "management_url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        return _https_url(value)
+
+    @field_validator("cloud", mode="before")
+    @classmethod
+    def _normalise_cloud(cls, value):
+        return str(value).strip().lower().replace("-", "_").replace(" ", "_") if value else "enterprise"
+
+    @field_validator("content_types", mode="before")
+    @classmethod
+    def _check_content_types(cls, value):
+        if value is None or value == "" or value == []:
+            return list(CONTENT_TYPES)
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list):
+            raise ValueError("expected a list of content types")
+        result: list[str] = []
+        for item in items:
+            name = _CONTENT_TYPES_BY_LOWER.get(str(item).strip().lower())
+            if name is None:
+                raise ValueError(f"unknown content type {str(item)[:60]!r}; expected some of {', '.join(CONTENT_TYPES)}")
+            if name not in result:
+                result.append(name)
+        return result
+
+
+@dataclass(frozen=True)
+class Credential:
+    """What MSAL needs: a secret, or a certificate's private key and its thumbprint."""
+
+    client_secret: str | None = None
+    private_key_pem: str | None = None
+    certificate_pem: str | None = None
+    thumbprint_sha256: str | None = None
+
+    def for_msal(self):
+        if self.client_secret is not None:
+            return self.client_secret
+        # Given the certificate, MSAL signs PS256 with x5t#S256 (current Entra docs).
+        return {"private_key": self.private_key_pem, "public_certificate": self.certificate_pem}
+
+
+def resolve_credential(config: Office365Configuration) -> Credential:
+    """Validated at start, after the runtime's secrets were applied: names the field that is wrong."""
+    if config.certificate or config.private_key:
+        if not config.certificate:
+            raise ConfigurationError("certificate", "required with `private_key` (the PEM certificate of the app)")
+        if not config.private_key:
+            raise ConfigurationError("private_key", "required with `certificate` (the PEM private key)")
+        try:
+            cert = x509.load_pem_x509_certificate(config.certificate.strip().encode())
+        except ValueError:
+            raise ConfigurationError("certificate", "does not parse as a PEM certificate (-----BEGIN CERTIFICATE-----)") from None
+        password = config.private_key_password.encode() if config.private_key_password else None
+        try:
+            key = serialization.load_pem_private_key(config.private_key.strip().encode(), password=password)
+        except TypeError:
+            raise ConfigurationError("private_key_password", "the private key is encrypted: give its password") from None
+        except ValueError:
+            raise ConfigurationError(
+                "private_key", "does not parse as a PEM private key (or `private_key_password` is wrong)"
+            ) from None
+        if key.public_key().public_numbers() != cert.public_key().public_numbers():
+            raise ConfigurationError("private_key", "does not belong to `certificate`")
+        # MSAL expects an unencrypted PEM; re-encode so a password-protected key works too.
+        pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ).decode()
+        thumbprint = hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+        return Credential(private_key_pem=pem, certificate_pem=config.certificate.strip(), thumbprint_sha256=thumbprint)
+    if config.client_secret:
+        return Credential(client_secret=config.client_secret)
+    raise ConfigurationError("client_secret", "required, or give `certificate` and `private_key` instead")
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    authority: str  # https://login.../{tenant}
+    scope: str  # {resource}/.default
+    feed: str  # https://manage.../api/v1.0/{tenant}/activity/feed
+    publisher_identifier: str
+    custom_login: bool
+
+
+def resolve_endpoints(config: Office365Configuration) -> Endpoints:
+    login_host, resource = CLOUDS[config.cloud]
+    management = config.management_url or resource
+    if "/activity/feed" in management:
+        feed = management
+    elif "/api/v1.0" in management:
+        feed = f"{management}/{config.tenant_id}/activity/feed"
+    else:
+        feed = f"{management}/api/v1.0/{config.tenant_id}/activity/feed"
+    return Endpoints(
+        authority=f"{config.login_url or login_host}/{config.tenant_id}",
+        scope=f"{resource}/.default",
+        feed=feed,
+        publisher_identifier=config.publisher_identifier or config.tenant_id,
+        custom_login=config.login_url is not None,
+    )

@@ -1,0 +1,83 @@
+"""Fetching content blobs (and listing pages) with retries that respect the API's pace.
+
+Throttled and transient answers are retried: the shared ``Gate`` already slows every request down (quota pace,
+fewer in flight), so a retry only adds a small jittered backoff, or what ``Retry-After`` asked for. A blob that
+keeps failing is deferred, not dropped: it stays pending (the resume point waits for it) and is tried again
+later. Only the API's own "this content is gone" answers (AF20050/51/52) skip a blob, and each is counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from connectors.retry import Backoff
+from office365.client import ApiError, ApiResponse, ManagementClient, Throttled, TransientError, sleep_or_stop
+from office365.listing import ContentRef
+from office365.subscriptions import fatal
+
+SKIP_CODES = {"AF20050": "vanished", "AF20051": "expired", "AF20052": "invalid_id"}
+TRANSIENT_ATTEMPTS = 6
+THROTTLED_ATTEMPTS = 30
+
+
+class Stopping(Exception):
+    """The trigger is stopping: give up quietly."""
+
+
+class Deferred(Exception):
+    def __init__(self, reason: str, delay: float):
+        super().__init__(reason)
+        self.reason = reason
+        self.delay = delay
+
+
+@dataclass(slots=True)
+class Fetched:
+    ref: ContentRef
+    body: bytes | None = None
+    skipped: str = ""  # vanished / expired / invalid_id
+    code: str = ""
+
+
+async def get_with_retries(client: ManagementClient, url: str, what: str, stopping: asyncio.Event) -> ApiResponse:
+    """GET, retrying throttled and transient answers; raises the last one when attempts run out."""
+    backoff: Backoff | None = None  # made on the first failure: most calls never need one
+    transient = throttled = 0
+    while True:
+        if stopping.is_set():
+            raise Stopping()
+        try:
+            return await client.get(url, what)
+        except Throttled:
+            backoff = backoff or Backoff(base=0.5, cap=30.0)
+            throttled += 1
+            if throttled >= THROTTLED_ATTEMPTS:
+                raise
+            delay = min(backoff.next_delay(), 2.0)  # the pacer holds the gate for as long as needed
+        except TransientError as error:
+            backoff = backoff or Backoff(base=0.5, cap=30.0)
+            transient += 1
+            if transient >= TRANSIENT_ATTEMPTS:
+                raise
+            delay = backoff.next_delay(error.retry_after)
+        if await sleep_or_stop(delay, stopping):
+            raise Stopping()
+
+
+async def fetch_blob(client: ManagementClient, ref: ContentRef, stopping: asyncio.Event) -> Fetched:
+    try:
+        response = await get_with_retries(client, client.given_url(ref.uri), "blob", stopping)
+    except (Throttled, TransientError) as error:
+        raise Deferred(f"{error} after retries", 30.0) from None
+    except ApiError as error:
+        if error.code in SKIP_CODES:
+            return Fetched(ref, skipped=SKIP_CODES[error.code], code=error.code)
+        if error.status == 404:
+            return Fetched(ref, skipped="vanished", code="HTTP 404")
+        problem = fatal(error, ref.content_type)
+        if problem is not None:
+            raise problem from None
+        # Unexpected refusal: keep the blob pending and try again much later (the resume point waits for it).
+        raise Deferred(str(error), 600.0) from None
+    return Fetched(ref, body=response.body)

@@ -1,0 +1,298 @@
+"""The collection loop: one lister per content type, a pool of fetchers, one processing thread.
+
+    listers --ContentRef--> queue --> fetchers (paced, adaptive concurrency) --body--> processor --> forwarder
+
+Each lister walks time windows up to now (see ``_lister`` for which), tracks the blobs it has not seen, and
+waits while too many of its blobs are pending. Fetched bodies wait for the processor in a bounded number of slots,
+so memory stays bounded whatever the backlog. A monitor keeps the metrics, the expiry warnings and the
+checkpoint up to date.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import math
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+from connectors.delivery import Forwarder
+from office365 import metrics
+from office365.auth import TokenProvider
+from office365.client import ApiError, ManagementClient, Throttled, TransientError, sleep_or_stop
+from office365.config import Credential, Endpoints, Office365Configuration
+from office365.fetcher import Deferred, Fetched, Stopping, fetch_blob, get_with_retries
+from office365.listing import RETENTION, horizon, list_pages, utcnow, windows
+from office365.pacing import ConcurrencyLimit, Gate, QuotaPacer
+from office365.processor import Processor, SampledLog
+from office365.state import CollectorState
+from office365.subscriptions import RESTART_CODES, Subscriptions, fatal
+
+Log = Callable[[str, str], None]
+MONITOR_INTERVAL = 5.0
+POLL_OVERLAP = timedelta(minutes=5)  # blobs often show up a little after their creation time
+AF_BAD_NEXT_PAGE = "AF20031"
+AF_BAD_WINDOW = ("AF20055", "AF20030")
+
+
+class Pipeline:
+    def __init__(
+        self,
+        config: Office365Configuration,
+        endpoints: Endpoints,
+        credential: Credential,
+        state: CollectorState,
+        forwarder: Forwarder,
+        log: Log,
+        running: Callable[[], bool],
+        heartbeat: Callable[[], None] = lambda: None,
+        report_lag: Callable[[float], None] = lambda lag: None,
+        user_agent: str = "sekoiaio-connector/office365",
+    ):
+        self.config = config
+        self.endpoints = endpoints
+        self.credential = credential
+        self.state = state
+        self.forwarder = forwarder
+        self._log = log
+        self._sampled = SampledLog(log)
+        self._running = running
+        self._heartbeat = heartbeat
+        self._report_lag = report_lag
+        self._user_agent = user_agent
+        self.stopping = asyncio.Event()
+        self._gaps_reported: set[str] = set()
+        self._expiry_warned: dict[str, float] = {}
+
+    # -- top level ------------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        config = self.config
+        tokens = TokenProvider(
+            self.endpoints, config.client_id, self.credential, self._log, timeout=config.request_timeout_seconds
+        )
+        self.limit = ConcurrencyLimit(config.max_concurrency, initial=min(config.max_concurrency, 8))
+        gate = Gate(self.limit, QuotaPacer(config.max_requests_per_minute))
+        self.gate = gate
+        metrics.concurrency.set(self.limit.current)
+        client = ManagementClient(
+            self.endpoints.feed,
+            self.endpoints.publisher_identifier,
+            tokens,
+            gate,
+            timeout=config.request_timeout_seconds,
+            pool_size=config.max_concurrency + 4,
+            user_agent=self._user_agent,
+            rewrite_origin=config.management_url is not None,
+        )
+        loop = asyncio.get_running_loop()
+        slots = asyncio.Semaphore(config.max_concurrency * 2)
+        processor = Processor(self.forwarder, self.state, self._log, lambda: loop.call_soon_threadsafe(slots.release))
+        watcher = asyncio.create_task(self._watch_running())
+        try:
+            async with client:
+                await tokens.token()  # wrong credentials stop here, with one clear message
+                subscriptions = Subscriptions(client, self._log)
+                await self._retrying(lambda: subscriptions.ensure(config.content_types), "starting subscriptions")
+                self._log(
+                    f"Collecting {', '.join(config.content_types)} from {self.endpoints.feed} "
+                    f"(up to {config.max_concurrency} requests in flight)",
+                    "info",
+                )
+                processor.start()
+                queue: asyncio.Queue = asyncio.Queue()
+                tasks = [asyncio.create_task(self._lister(ct, client, subscriptions, queue)) for ct in config.content_types]
+                tasks += [
+                    asyncio.create_task(self._fetcher(client, queue, slots, processor))
+                    for _ in range(config.max_concurrency)
+                ]
+                tasks.append(asyncio.create_task(self._monitor()))
+                await self._until_stop_or_failure(tasks)
+        except Stopping:
+            pass
+        finally:
+            watcher.cancel()
+            self.stopping.set()
+            if not await asyncio.to_thread(processor.stop) and processor._thread.is_alive():
+                self._log("Processing did not stop in time (the runtime is slow to accept events)", "warning")
+
+    async def _until_stop_or_failure(self, tasks: list[asyncio.Task]) -> None:
+        stop = asyncio.create_task(self.stopping.wait())
+        try:
+            done, _ = await asyncio.wait([*tasks, stop], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            for task in tasks:
+                task.cancel()
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, (asyncio.CancelledError, Stopping)):
+                raise result
+
+    async def _watch_running(self) -> None:
+        while self._running():
+            await asyncio.sleep(0.2)
+        self.stopping.set()
+
+    async def _retrying(self, call, what: str) -> None:
+        """Retry a start-up call through transient trouble until it works or the trigger stops."""
+        failing = 0
+        while True:
+            try:
+                await call()
+                return
+            except (Throttled, TransientError) as error:
+                failing += 1
+                if failing == 3:
+                    self._log(f"{what.capitalize()} keeps failing, still retrying: {error}", "warning")
+                if await sleep_or_stop(min(30.0, 2.0**failing), self.stopping):
+                    raise Stopping() from None
+            except ApiError as error:
+                raise fatal(error) or error from None
+
+    # -- listing --------------------------------------------------------------------------------------------
+
+    async def _lister(
+        self, content_type: str, client: ManagementClient, subscriptions: Subscriptions, queue: asyncio.Queue
+    ) -> None:
+        """Each poll lists from where the last one ended (with a small overlap); every ``relist_interval_minutes``
+        the trailing ``relist_hours`` again, every ``deep_relist_minutes`` the whole retention: late blobs land
+        in windows already listed, and the ledger makes re-listing cheap (known blobs are skipped)."""
+        config = self.config
+        relist_every = config.relist_interval_minutes * 60
+        deep_every = config.deep_relist_minutes * 60
+        last_relist = -math.inf  # a run starts with a trailing re-list: late blobs may have come while stopped
+        last_deep = time.monotonic()
+        restarts = 0
+        while not self.stopping.is_set():
+            now = utcnow()
+            earliest = horizon(now)
+            resume = self.state.resume_point(content_type)
+            if resume < earliest:
+                self._report_gap(content_type, resume, earliest)
+                self.state.skip_to(content_type, earliest)
+            start = self.state.listed_until(content_type) - POLL_OVERLAP
+            if time.monotonic() - last_relist >= relist_every:
+                start, last_relist = min(start, now - timedelta(hours=config.relist_hours)), time.monotonic()
+            if deep_every and time.monotonic() - last_deep >= deep_every:
+                start, last_deep = earliest, time.monotonic()
+            try:
+                for window_start, window_end in windows(max(start, earliest), now):
+                    await self._list_window(content_type, client, queue, window_start, window_end)
+                    self.state.listed(content_type, window_end)
+                restarts = 0
+            except (Throttled, TransientError) as error:
+                self._sampled(f"list:{content_type}", f"Listing {content_type} failed, retrying later: {error}")
+            except ApiError as error:
+                if error.code in RESTART_CODES and restarts < 3:
+                    restarts += 1
+                    await subscriptions.restart(content_type, error)
+                    continue
+                problem = fatal(error, content_type)
+                if problem is not None:
+                    raise problem from None
+                self._sampled(f"list:{content_type}", f"Listing {content_type} was refused, retrying later: {error}", "error")
+            await sleep_or_stop(config.poll_interval_seconds, self.stopping)
+
+    async def _list_window(
+        self, content_type: str, client: ManagementClient, queue: asyncio.Queue, start: datetime, end: datetime
+    ) -> None:
+        def get(url: str):
+            return get_with_retries(client, url, "list", self.stopping)
+
+        for attempt in range(3):
+            try:
+                known = functools.partial(self.state.is_known, content_type)
+                async for refs, unusable in list_pages(client, get, content_type, start, end, known):
+                    if unusable:
+                        self._sampled(f"entries:{content_type}", f"{unusable} listing entries of {content_type} unreadable")
+                    for ref in refs:
+                        if self.state.track(ref):
+                            queue.put_nowait(ref)
+                    # Bound what is listed ahead of delivery (memory, and a fair share between content types).
+                    while self.state.pending(content_type)[0] >= self.config.max_pending_blobs:
+                        if await sleep_or_stop(0.2, self.stopping):
+                            raise Stopping()
+                return
+            except ApiError as error:
+                if error.code == AF_BAD_NEXT_PAGE and attempt < 2:
+                    continue  # the page token went stale: list the window again (known blobs are skipped)
+                if error.code in AF_BAD_WINDOW:
+                    self._sampled(
+                        f"window:{content_type}",
+                        f"The API refused the window {start.isoformat()} - {end.isoformat()} of {content_type}: {error}",
+                        "error",
+                    )
+                raise
+
+    def _report_gap(self, content_type: str, resume: datetime, earliest: datetime) -> None:
+        if content_type in self._gaps_reported or not self.state.has_checkpoint(content_type):
+            return
+        self._gaps_reported.add(content_type)
+        self._log(
+            f"Content of {content_type} created between {resume.isoformat()} and {earliest.isoformat()} is past the "
+            "API's 7-day retention and was not collected (the trigger was stopped or behind for too long)",
+            "error",
+        )
+
+    # -- fetching -------------------------------------------------------------------------------------------
+
+    async def _fetcher(
+        self, client: ManagementClient, queue: asyncio.Queue, slots: asyncio.Semaphore, processor: Processor
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            ref = await queue.get()
+            await slots.acquire()
+            try:
+                fetched = await fetch_blob(client, ref, self.stopping)
+            except Deferred as deferred:
+                slots.release()
+                self._sampled(
+                    f"defer:{ref.content_type}",
+                    f"Blob {ref.content_id} of {ref.content_type} could not be fetched ({deferred.reason}); "
+                    f"trying again in {deferred.delay:.0f}s",
+                )
+                loop.call_later(deferred.delay, queue.put_nowait, ref)
+                continue
+            except BaseException:
+                slots.release()
+                raise
+            processor.put(fetched)
+
+    # -- monitoring -----------------------------------------------------------------------------------------
+
+    async def _monitor(self) -> None:
+        while not self.stopping.is_set():
+            self._heartbeat()
+            now = time.time()
+            worst_lag = 0.0
+            for content_type in self.config.content_types:
+                count, oldest = self.state.pending(content_type)
+                lag = max(0.0, now - self.state.resume_point(content_type).timestamp())
+                worst_lag = max(worst_lag, lag)
+                metrics.lag_seconds.labels(content_type).set(lag)
+                metrics.pending_blobs.labels(content_type).set(count)
+                metrics.oldest_pending_seconds.labels(content_type).set(now - oldest if oldest else 0)
+                if oldest is not None:
+                    self._warn_expiry(content_type, oldest, count, now)
+            self._report_lag(worst_lag)
+            metrics.concurrency.set(self.limit.current)
+            await asyncio.to_thread(self.state.save)
+            await sleep_or_stop(MONITOR_INTERVAL, self.stopping)
+
+    def _warn_expiry(self, content_type: str, oldest: float, count: int, now: float) -> None:
+        left = oldest + RETENTION.total_seconds() - now
+        if left > self.config.expiry_warning_hours * 3600:
+            return
+        if now - self._expiry_warned.get(content_type, 0.0) < 3600:
+            return
+        self._expiry_warned[content_type] = now
+        created = datetime.fromtimestamp(oldest, UTC).isoformat()
+        self._log(
+            f"The oldest pending blob of {content_type} (created {created}, {count} blobs pending) expires in "
+            f"{max(left, 0) / 3600:.1f} h: the trigger is falling behind or a blob keeps failing; content not "
+            "fetched before its 7-day expiry is lost",
+            "warning",
+        )

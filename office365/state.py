@@ -1,0 +1,265 @@
+"""What the trigger remembers, and the rules that keep it from losing or repeating content.
+
+- **Resume point** per content type (``StateFile``): content created before it was all delivered. It is the
+  earlier of "listed up to" and the creation time of the oldest blob listed but not yet delivered, so it only
+  moves past a blob once the runtime confirmed that blob's records.
+- **Ledger** of delivered blobs (``Journal``, one fsync per commit of a group of blobs): re-listing a window
+  (the trailing re-list that catches late blobs, a restart) skips what was delivered. Entries expire with
+  the blob (7 days), so the ledger stays bounded; it is compacted when mostly expired.
+- **Record filter**: a record repeated verbatim in a later blob is forwarded once. It is keyed on a hash of the
+  record's bytes, not on ``Id``: distinct records may share an ``Id``. Bounded (oldest forgotten first), and
+  rebuilt at start from the hashes kept in the ledger.
+
+Threads: the event loop lists and tracks blobs, one processing thread uses the record filter, and the
+forwarder's delivery thread commits; ``_lock`` guards what they share.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from connectors.errors import CorruptStateError
+from connectors.state import Journal, StateFile
+from office365.listing import ContentRef
+
+LEDGER_GRACE = 3600.0  # keep ledger entries an hour past the blob's expiry: listings near the limit still see it
+SAVE_INTERVAL = 1.0
+COMPACT_CHECK_INTERVAL = 600.0
+
+
+def record_hash(record: bytes) -> int:
+    """63 bits of SHA-1 (hardware-accelerated, faster than BLAKE2 here): collisions are negligible at the bound."""
+    return int.from_bytes(hashlib.sha1(record, usedforsecurity=False).digest()[:8], "big") >> 1
+
+
+def content_key(content_id: str) -> int:
+    # The ledger can hold a week of blobs: a 63-bit key instead of a ~90-character string.
+    return int.from_bytes(hashlib.sha1(content_id.encode(), usedforsecurity=False).digest()[:8], "big") >> 1
+
+
+class RecordFilter:
+    """Hashes of records already forwarded, the most recent ``capacity`` of them."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self._seen: set[int] = set()
+        self._order: deque[int] = deque()
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def __contains__(self, key: int) -> bool:
+        return key in self._seen
+
+    def add(self, key: int) -> bool:
+        """Remember ``key``; False when it was already there (a duplicate)."""
+        if key in self._seen:
+            return False
+        if self.capacity <= 0:
+            return True
+        self._seen.add(key)
+        self._order.append(key)
+        if len(self._order) > self.capacity:
+            self._seen.discard(self._order.popleft())
+        return True
+
+
+@dataclass(slots=True)
+class Delivered:
+    """A blob whose records were handed to the forwarder; committed once the runtime confirmed them."""
+
+    ref: ContentRef
+    hashes: list[int] = field(default_factory=list)
+    records: int = 0
+    skipped: str = ""  # why the blob was skipped (AF20050/51/52), empty when fetched
+
+
+@dataclass
+class _Progress:
+    listed_until: float  # epoch seconds: every blob created before it was listed (and tracked or delivered)
+    pending: dict[str, float] = field(default_factory=dict)  # content id -> contentCreated
+    saved_resume: float | None = None
+
+    def resume(self) -> float:
+        return min(self.listed_until, min(self.pending.values())) if self.pending else self.listed_until
+
+
+class CollectorState:
+    VERSION = 1
+
+    def __init__(
+        self,
+        directory: Path,
+        content_types: Iterable[str],
+        *,
+        initial_lookback: timedelta,
+        filter_capacity: int,
+        now: datetime | None = None,
+    ):
+        self.directory = Path(directory)
+        self.content_types = list(content_types)
+        self._checkpoint = StateFile(self.directory / "office365-checkpoint.json")
+        self._journal = Journal(self.directory / "office365-ledger.jsonl")
+        self._lock = threading.Lock()
+        self._ledger: dict[int, float] = {}
+        self._journal_entries = 0
+        self._last_save = 0.0
+        self._last_compact_check = time.monotonic()
+        self.filter = RecordFilter(filter_capacity)
+        self._progress: dict[str, _Progress] = {}
+        self._load((now or datetime.now(UTC)), initial_lookback)
+
+    # -- loading --------------------------------------------------------------------------------------------
+
+    def _load(self, now: datetime, initial_lookback: timedelta) -> None:
+        saved = self._checkpoint.load(default={}) or {}
+        if not isinstance(saved, dict) or not isinstance(saved.get("resume", {}), dict):
+            raise CorruptStateError(f"State file {self._checkpoint.path} does not hold a resume point per content type")
+        resume = saved.get("resume", {})
+        initial = (now - initial_lookback).timestamp()
+        for content_type in self.content_types:
+            value = resume.get(content_type)
+            start = initial
+            if value is not None:
+                try:
+                    start = float(value)
+                except (TypeError, ValueError):
+                    raise CorruptStateError(f"State file {self._checkpoint.path}: bad resume point for {content_type}") from None
+            self._progress[content_type] = _Progress(listed_until=start, saved_resume=start if value is not None else None)
+
+        entries = self._journal.replay()
+        now_ts = now.timestamp()
+        live = []
+        for entry in entries:
+            try:
+                content_id, expires = entry["c"], float(entry["x"])
+            except (KeyError, TypeError, ValueError):
+                raise CorruptStateError(f"Ledger {self._journal.path} holds an entry without content id or expiry") from None
+            if expires < now_ts:
+                continue
+            live.append(entry)
+            self._ledger[content_key(content_id)] = expires
+            for key in entry.get("h", ()):
+                self.filter.add(key)
+        self._journal_entries = len(live)
+        if len(live) < len(entries):
+            self._journal.rewrite(live)
+
+    # -- listing side (event loop) -------------------------------------------------------------------------
+
+    def resume_point(self, content_type: str) -> datetime:
+        with self._lock:
+            return datetime.fromtimestamp(self._progress[content_type].resume(), UTC)
+
+    def listed_until(self, content_type: str) -> datetime:
+        with self._lock:
+            return datetime.fromtimestamp(self._progress[content_type].listed_until, UTC)
+
+    def is_known(self, content_type: str, content_id: str) -> bool:
+        """Delivered, or listed and on its way."""
+        with self._lock:
+            return content_id in self._progress[content_type].pending or content_key(content_id) in self._ledger
+
+    def track(self, ref: ContentRef) -> bool:
+        """Take a listed blob in; False when it was delivered or is already on its way."""
+        with self._lock:
+            progress = self._progress[ref.content_type]
+            if ref.content_id in progress.pending or content_key(ref.content_id) in self._ledger:
+                return False
+            progress.pending[ref.content_id] = ref.created
+            return True
+
+    def listed(self, content_type: str, until: datetime) -> None:
+        with self._lock:
+            progress = self._progress[content_type]
+            progress.listed_until = max(progress.listed_until, until.timestamp())
+
+    def skip_to(self, content_type: str, moment: datetime) -> None:
+        """Content before ``moment`` expired while the trigger was away: stop resuming from before it."""
+        with self._lock:
+            progress = self._progress[content_type]
+            progress.listed_until = max(progress.listed_until, moment.timestamp())
+            for content_id, created in list(progress.pending.items()):
+                if created < moment.timestamp():
+                    del progress.pending[content_id]
+
+    def has_checkpoint(self, content_type: str) -> bool:
+        """Whether the resume point came from an earlier run (not from ``initial_lookback``)."""
+        return self._progress[content_type].saved_resume is not None
+
+    def pending(self, content_type: str) -> tuple[int, float | None]:
+        """(blobs listed and not delivered, contentCreated of the oldest one)."""
+        with self._lock:
+            pending = self._progress[content_type].pending
+            return len(pending), (min(pending.values()) if pending else None)
+
+    def forget_pending(self) -> None:
+        """A new run lists again: blobs of a previous run still in the pipeline are listed anew."""
+        with self._lock:
+            for progress in self._progress.values():
+                if progress.pending:
+                    progress.listed_until = progress.resume()
+                    progress.pending.clear()
+
+    # -- delivery side (the forwarder's thread, after confirmation) ----------------------------------------
+
+    def commit(self, delivered: list[Delivered]) -> None:
+        """The runtime confirmed every record of these blobs: record them, then let the resume point move."""
+        if not delivered:
+            return
+        self._journal.append(
+            {"c": item.ref.content_id, "x": int(item.ref.expiration + LEDGER_GRACE), "h": item.hashes}
+            for item in delivered
+        )
+        with self._lock:
+            for item in delivered:
+                self._ledger[content_key(item.ref.content_id)] = item.ref.expiration + LEDGER_GRACE
+                self._progress[item.ref.content_type].pending.pop(item.ref.content_id, None)
+            self._journal_entries += len(delivered)
+        self.save()
+        self._maybe_compact()
+
+    def save(self, force: bool = False) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if not force and now - self._last_save < SAVE_INTERVAL:
+                return
+            resume = {ct: progress.resume() for ct, progress in self._progress.items()}
+            if all(resume[ct] == self._progress[ct].saved_resume for ct in resume):
+                return
+            self._checkpoint.save({"version": self.VERSION, "resume": resume})
+            for content_type, value in resume.items():
+                self._progress[content_type].saved_resume = value
+            self._last_save = now
+
+    def _maybe_compact(self) -> None:
+        """Every few minutes: drop expired entries, and rewrite the ledger once they are most of it."""
+        now = time.time()
+        if time.monotonic() - self._last_compact_check < COMPACT_CHECK_INTERVAL:
+            return
+        self._last_compact_check = time.monotonic()
+        with self._lock:
+            expired = [key for key, expires in self._ledger.items() if expires < now]
+            for key in expired:
+                del self._ledger[key]
+            worth_it = self._journal_entries > 1000 and self._journal_entries > 2 * len(self._ledger)
+        if worth_it:
+            live = [entry for entry in self._journal.replay() if float(entry["x"]) >= now]
+            self._journal.rewrite(live)
+            with self._lock:
+                self._journal_entries = len(live)
+
+    def close(self) -> None:
+        self.save(force=True)
+        self._journal.close()
+
+    @property
+    def ledger_size(self) -> int:
+        return len(self._ledger)

@@ -1,0 +1,90 @@
+"""Subscriptions: one per content type must be enabled before its content is listed.
+
+Started at start-up when missing (AF20024, "already enabled", is success), and again whenever a listing says
+there is none (AF20022) or that an administrator disabled it (AF20023) - said in the logs, since content of
+the interval it was off is never retrievable. Errors only a person can fix become ``ConfigurationError``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from connectors.errors import ConfigurationError
+from office365.client import ApiError, ManagementClient
+
+ALREADY_ENABLED = "AF20024"
+NOT_SUBSCRIBED = "AF20022"
+DISABLED_BY_ADMIN = "AF20023"
+RESTART_CODES = {NOT_SUBSCRIBED, DISABLED_BY_ADMIN}
+
+
+def fatal(error: ApiError, content_type: str | None = None) -> ConfigurationError | None:
+    """The API errors that retrying cannot fix, as what to change."""
+    code, message = error.code, error.message.lower()
+    if code == "AF10001" or (error.status == 403 and "permission" in message):
+        if content_type == "DLP.All":
+            return ConfigurationError(
+                "content_types",
+                "DLP.All needs the application permission ActivityFeed.ReadDlp of the Office 365 Management API: "
+                "grant it with admin consent, or remove DLP.All from content_types",
+            )
+        return ConfigurationError(
+            "client_id",
+            "the app lacks the application permission ActivityFeed.Read of the Office 365 Management API: "
+            "add it to the app registration and grant admin consent",
+        )
+    if code == "AF20010":
+        return ConfigurationError("tenant_id", "does not match the tenant of the app's token (AF20010)")
+    if code in ("AF20011", "AF20012") or (error.status == 400 and "does not exist" in message and "tenant" in message):
+        return ConfigurationError(
+            "tenant_id",
+            f"the API does not know this tenant or it is misconfigured ({code or 'tenant unknown'}): check that "
+            "unified audit logging is turned on in Microsoft Purview and that `cloud` is right",
+        )
+    if code == "AF20013":
+        return ConfigurationError("tenant_id", "expected the tenant GUID (AF20013)")
+    if code == "AF20020":
+        return ConfigurationError("content_types", f"the API refused content type {content_type} (AF20020)")
+    return None
+
+
+class Subscriptions:
+    def __init__(self, client: ManagementClient, log: Callable[[str, str], None]):
+        self.client = client
+        self._log = log
+
+    async def ensure(self, content_types: list[str]) -> None:
+        response = await self.client.get(self.client.operation_url("subscriptions/list"), "subscription")
+        data = response.json() if response.body.strip() else []
+        enabled = {
+            str(entry.get("contentType")).lower()
+            for entry in (data if isinstance(data, list) else [])
+            if isinstance(entry, dict) and str(entry.get("status", "")).lower() == "enabled"
+        }
+        for content_type in content_types:
+            if content_type.lower() not in enabled:
+                await self.start(content_type, "it was not enabled yet")
+
+    async def start(self, content_type: str, reason: str) -> None:
+        url = self.client.operation_url("subscriptions/start", contentType=content_type)
+        try:
+            await self.client.post(url, "subscription")
+        except ApiError as error:
+            if error.code == ALREADY_ENABLED:
+                return
+            raise fatal(error, content_type) or error
+        self._log(f"Started the subscription to {content_type}: {reason}", "info")
+
+    async def restart(self, content_type: str, error: ApiError) -> None:
+        if error.code == DISABLED_BY_ADMIN:
+            self._log(
+                f"The subscription to {content_type} was disabled by an administrator (AF20023); starting it again. "
+                "Content of the time it was off cannot be retrieved. If it keeps being disabled, ask your "
+                "Microsoft 365 administrator to leave it on",
+                "warning",
+            )
+            reason = "it was disabled by an administrator"
+        else:
+            self._log(f"No subscription to {content_type} (AF20022); starting it", "warning")
+            reason = "the API had no subscription for it"
+        await self.start(content_type, reason)

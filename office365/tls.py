@@ -1,0 +1,27 @@
+"""Which certificate authorities to trust: the standard variables first (proxies, private CAs, the emulator)."""
+
+from __future__ import annotations
+
+import os
+import ssl
+
+import certifi
+
+_VARIABLES = ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "CURL_CA_BUNDLE")
+
+
+def ca_bundle() -> str:
+    for name in _VARIABLES:
+        value = os.environ.get(name)
+        if value and os.path.exists(value):
+            return value
+    return certifi.where()
+
+
+def requests_verify() -> str:
+    return ca_bundle()
+
+
+def ssl_context() -> ssl.SSLContext:
+    """Verification always on; only the trusted authorities change."""
+    return ssl.create_default_context(cafile=ca_bundle())

@@ -1,0 +1,214 @@
+"""Shared by the Office 365 tests and benchmarks: the emulator and runtime stub, the trigger's environment,
+and the counts that say whether every published record arrived once.
+
+    with O365Rig(tmp_path, "--blobs", "20") as rig:
+        proc = rig.start_trigger()                 # python main.py office365_management_api
+        assert rig.wait_complete(60)
+        rig.stop_trigger(proc)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import orjson
+
+from emulators.office365.harness import EmulatorProcess
+from emulators.process import ROOT, ServerProcess, wait_until
+
+TRIGGER = "office365_management_api"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class O365Rig:
+    """An Office 365 emulator and a runtime stub on loopback, and everything needed to point the trigger at them."""
+
+    def __init__(self, workdir: Path, *emulator_args: str, runtime_args: tuple[str, ...] = ()):
+        self.workdir = Path(workdir)
+        self.data_path = self.workdir / "data"
+        self.data_path.mkdir(parents=True, exist_ok=True)
+        self.out = self.workdir / "delivered.jsonl"
+        self.emulator = EmulatorProcess(*emulator_args, "--workdir", str(self.workdir / "emulator"))
+        self.emulator_args = emulator_args
+        self.runtime_args = runtime_args
+        self.runtime: ServerProcess | None = None
+        self._published: Counter | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------------------------
+
+    def __enter__(self) -> O365Rig:
+        self.emulator.start()
+        self.runtime = ServerProcess(
+            "emulators.runtime",
+            "--port", "0", "--out", str(self.out), "--data-path", str(self.data_path), *self.runtime_args,
+            log_path=self.workdir / "runtime.log",
+        )
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.runtime is not None:
+            self.runtime.stop()
+        self.emulator.__exit__(*exc)
+
+    @property
+    def info(self) -> dict:
+        return self.emulator.info
+
+    # -- trigger configuration ------------------------------------------------------------------------------
+
+    def trigger_config(self, auth: str = "secret", **overrides) -> dict:
+        info = self.info
+        config = {
+            "tenant_id": info["tenant_id"],
+            "client_id": info["client_id"],
+            "login_url": info["login_url"],
+            "management_url": info["management_url"],
+            "intake_key": self.runtime.info["intake_key"],
+            "poll_interval_seconds": 1,
+            "request_timeout_seconds": 5,
+            "batch_max_age_seconds": 0.2,
+        }
+        if auth == "secret":
+            config["client_secret"] = info["client_secret"]
+        else:
+            config["certificate"] = Path(info["certificate_file"]).read_text()
+            config["private_key"] = Path(info["private_key_file"]).read_text()
+        config.update(overrides)
+        return config
+
+    def env(self, config: dict) -> dict[str, str]:
+        runtime = self.runtime.info
+        return {
+            "MODULE_CONFIGURATION": "{}",
+            "TRIGGER_CONFIGURATION": json.dumps(config),
+            "TOKEN": runtime["token"],
+            "URL_CALLBACK": runtime["callback_url"],
+            "INTAKE_URL": runtime["intake_url"],
+            "SEKOIA_DATA_PATH": str(self.data_path),
+            "SSL_CERT_FILE": self.info["ca_file"],
+            "REQUESTS_CA_BUNDLE": self.info["ca_file"],
+            "LIVENESS_PORT": str(free_port()),
+            "METRICS_PORT": str(free_port()),
+        }
+
+    # -- the trigger as the container runs it ----------------------------------------------------------------
+
+    def start_trigger(self, config: dict | None = None, log_name: str = "trigger.log") -> subprocess.Popen:
+        env = {**os.environ, **self.env(config or self.trigger_config())}
+        log = open(self.workdir / log_name, "ab")
+        return subprocess.Popen(
+            [sys.executable, "main.py", TRIGGER], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+
+    @staticmethod
+    def stop_trigger(proc: subprocess.Popen, timeout: float = 30.0) -> int:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        return proc.returncode
+
+    # -- what was published and what arrived ----------------------------------------------------------------
+
+    def published(self) -> Counter:
+        return Counter(self.emulator.published(all=1)["ids"])
+
+    def delivered_records(self) -> list[dict]:
+        if not self.out.exists():
+            return []
+        return [orjson.loads(line) for line in self.out.read_bytes().splitlines() if line.strip()]
+
+    def delivered(self) -> Counter:
+        """Record Ids as delivered (a record delivered twice counts twice)."""
+        if not self.out.exists():
+            return Counter()
+        ids = Counter()
+        for line in self.out.read_bytes().splitlines():
+            if line.strip():
+                ids[orjson.loads(line).get("Id")] += 1
+        return ids
+
+    def delivered_count(self) -> int:
+        if not self.out.exists():
+            return 0
+        with open(self.out, "rb") as handle:
+            return sum(1 for line in handle if line.strip())
+
+    def comparison(self) -> dict:
+        published, delivered = self.published(), self.delivered()
+        lost = published - delivered
+        extra = delivered - published
+        return {
+            "published": sum(published.values()),
+            "delivered": sum(delivered.values()),
+            "lost": sum(lost.values()),
+            "duplicates": sum(extra.values()),
+            "lost_ids": list(lost)[:10],
+            "extra_ids": list(extra)[:10],
+        }
+
+    def wait_complete(self, timeout: float, expected: int | None = None, settle: float = 0.0) -> bool:
+        """Until the delivered Ids cover the published ones (the expected count when given)."""
+
+        def done() -> bool:
+            target = expected if expected is not None else sum(self.published().values())
+            if self.delivered_count() < target:
+                return False
+            return expected is not None or not (self.published() - self.delivered())
+
+        ok = wait_until(done, timeout, interval=0.5)
+        if ok and settle:
+            time.sleep(settle)
+        return ok
+
+    def logs(self) -> list[dict]:
+        path = Path(self.runtime.info["logs_out"])
+        if not path.exists():
+            return []
+        return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+
+
+class InProcessTrigger:
+    """The trigger inside the test process (as ``Module.run`` would build it), run on a thread."""
+
+    def __init__(self, rig: O365Rig, config: dict, monkeypatch):
+        for key, value in rig.env(config).items():
+            monkeypatch.setenv(key, value)
+        from connectors.trigger import CollectorTrigger
+        from office365.trigger import Office365Trigger
+        from sekoia_automation.module import Module
+
+        CollectorTrigger.fatal_error = None
+        module = Module()
+        module.register(Office365Trigger, TRIGGER)
+        self.trigger = Office365Trigger(module)
+        self.thread = threading.Thread(target=self.trigger.execute, name="o365-trigger", daemon=True)
+
+    def __enter__(self) -> InProcessTrigger:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def stop(self, timeout: float = 60.0) -> None:
+        self.trigger.stop()
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "the trigger did not stop"

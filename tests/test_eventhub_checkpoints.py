@@ -1,0 +1,119 @@
+"""The local checkpoint store and the writer that follows confirmed delivery (no network)."""
+
+import asyncio
+import threading
+
+import pytest
+
+from azure_eventhub.checkpoints import CheckpointWriter, LocalCheckpointStore
+from connectors.errors import ConfigurationError, CorruptStateError
+
+NS, HUB, GROUP = "ns.servicebus.windows.net", "logs", "$Default"
+
+
+def checkpoint(partition: str, sequence: int) -> dict:
+    return {"fully_qualified_namespace": NS, "eventhub_name": HUB, "consumer_group": GROUP,
+            "partition_id": partition, "offset": str(sequence * 100), "sequence_number": sequence}
+
+
+async def test_local_store_survives_a_restart(tmp_path):
+    path = tmp_path / "state" / "eventhub-checkpoints.json"
+    store = LocalCheckpointStore(path)
+    await store.update_checkpoint(checkpoint("0", 41))
+    await store.update_checkpoint(checkpoint("1", 7))
+    await store.update_checkpoint(checkpoint("0", 42))
+    await store.close()
+    reopened = LocalCheckpointStore(path)
+    listed = sorted(await reopened.list_checkpoints(NS, HUB, GROUP), key=lambda c: c["partition_id"])
+    assert [(c["partition_id"], c["sequence_number"], c["offset"]) for c in listed] == [("0", 42, "4200"),
+                                                                                      ("1", 7, "700")]
+    assert await reopened.list_checkpoints(NS, "other-hub", GROUP) == []
+    await reopened.close()
+
+
+async def test_local_store_grants_ownership_to_its_single_consumer(tmp_path):
+    store = LocalCheckpointStore(tmp_path / "c.json")
+    wanted = [{"fully_qualified_namespace": NS, "eventhub_name": HUB, "consumer_group": GROUP,
+               "partition_id": str(p), "owner_id": "me"} for p in range(4)]
+    claimed = await store.claim_ownership(wanted)
+    assert [o["partition_id"] for o in claimed] == ["0", "1", "2", "3"] and all(o["etag"] for o in claimed)
+    assert len(await store.list_ownership(NS, HUB, GROUP)) == 4
+    await store.close()
+
+
+async def test_a_second_instance_on_the_same_local_store_is_refused(tmp_path):
+    first = LocalCheckpointStore(tmp_path / "c.json")
+    with pytest.raises(ConfigurationError) as raised:
+        LocalCheckpointStore(tmp_path / "c.json")
+    assert raised.value.field == "storage_connection_string"
+    await first.close()
+    await LocalCheckpointStore(tmp_path / "c.json").close()  # released on close
+
+
+async def test_a_corrupt_local_store_is_not_silently_reset(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_bytes(b"{not json")
+    with pytest.raises(CorruptStateError):
+        LocalCheckpointStore(path)
+
+
+class RecordingStore:
+    def __init__(self, fail_times: int = 0, delay: float = 0.0):
+        self.writes: list[tuple[str, int]] = []
+        self.fail_times = fail_times
+        self.delay = delay
+
+    async def update_checkpoint(self, checkpoint, **kwargs):
+        await asyncio.sleep(self.delay)
+        if self.fail_times:
+            self.fail_times -= 1
+            raise ConnectionError("store down")
+        self.writes.append((checkpoint["partition_id"], checkpoint["sequence_number"]))
+
+
+def writer_for(store, logs=None):
+    logs = logs if logs is not None else []
+    return CheckpointWriter(store, NS, HUB, GROUP, lambda message, level: logs.append((level, message)),
+                            asyncio.get_running_loop(), retry_base=0.05)
+
+
+async def test_acks_from_another_thread_are_coalesced_and_never_go_back():
+    store = RecordingStore(delay=0.05)
+    writer = writer_for(store)
+    task = asyncio.create_task(writer.run())
+
+    def acks():
+        for sequence in range(1, 201):
+            writer.confirmed(str(sequence % 2), str(sequence), sequence)
+        writer.confirmed("0", "1", 1)  # an older position arriving late changes nothing
+
+    thread = threading.Thread(target=acks)
+    thread.start()
+    await asyncio.to_thread(thread.join)
+    assert await writer.flush(5)
+    task.cancel()
+    per_partition = {p: [s for q, s in store.writes if q == p] for p in ("0", "1")}
+    assert per_partition["0"][-1] == 200 and per_partition["1"][-1] == 199
+    assert all(values == sorted(values) for values in per_partition.values())
+    assert len(store.writes) < 200  # far fewer writes than acks
+
+
+async def test_failed_writes_are_retried_and_logged_once():
+    store = RecordingStore(fail_times=3)
+    logs = []
+    writer = writer_for(store, logs)
+    writer_task = asyncio.create_task(writer.run())
+    writer.confirmed("3", "300", 3)
+    assert await writer.flush(30)
+    writer_task.cancel()
+    assert store.writes == [("3", 3)] and writer.failures == 3
+    assert [level for level, _ in logs] == ["error", "info"]
+    assert "partition 3" in logs[0][1] and "reachable again" in logs[1][1]
+
+
+async def test_flush_reports_what_could_not_be_written():
+    writer = writer_for(RecordingStore(fail_times=1000))
+    task = asyncio.create_task(writer.run())
+    writer.confirmed("0", "1", 1)
+    assert not await writer.flush(0.5)
+    task.cancel()

@@ -1,0 +1,96 @@
+"""Configuration: Sekoia's field names, Entra ID, starting positions, and errors that name the field."""
+
+from datetime import UTC, datetime
+
+import pytest
+
+from azure_eventhub.config import EventHubConfiguration, parse_starting_position, proxy_settings
+from connectors.errors import ConfigurationError
+from connectors.trigger import parse_configuration
+
+HUB = "Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName=listen;SharedAccessKey=k3y-value=;EntityPath=logs"
+STORAGE = "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=a2V5;EndpointSuffix=core.windows.net"
+
+
+def parse(**values) -> EventHubConfiguration:
+    return parse_configuration(EventHubConfiguration, values)  # type: ignore[return-value]
+
+
+def field_of(**values) -> str:
+    with pytest.raises(ConfigurationError) as raised:
+        parse(**values)
+    return raised.value.field
+
+
+def test_sekoia_field_names_carry_over():
+    config = parse(hub_connection_string=HUB, hub_name="logs", hub_consumer_group="sekoia",
+                   storage_connection_string=STORAGE, storage_container_name="checkpoints", chunk_size=200,
+                   intake_key="k", intake_server="https://intake.sekoia.io")
+    assert config.max_batch_size == 200 and config.uses_storage
+    assert config.namespace_host == "ns.servicebus.windows.net"
+    assert config.credential_kind == "connection_string"
+
+
+def test_hub_name_defaults_to_the_entity_path_and_must_agree_with_it():
+    assert parse(hub_connection_string=HUB).hub_name == "logs"
+    assert field_of(hub_connection_string=HUB, hub_name="other") == "hub_name"
+
+
+def test_blank_values_are_absent_and_the_default_group_is_used():
+    config = parse(hub_connection_string=HUB, hub_consumer_group="", storage_connection_string=" ",
+                   storage_container_name="")
+    assert config.hub_consumer_group == "$Default" and not config.uses_storage
+
+
+@pytest.mark.parametrize(("values", "field"), [
+    ({}, "hub_connection_string"),
+    ({"hub_connection_string": "not a connection string"}, "hub_connection_string"),
+    ({"hub_connection_string": HUB.replace(";EntityPath=logs", "")}, "hub_name"),
+    ({"hub_connection_string": HUB, "storage_connection_string": STORAGE}, "storage_container_name"),
+    ({"hub_connection_string": HUB, "storage_container_name": "c"}, "storage_connection_string"),
+    ({"hub_connection_string": HUB, "storage_connection_string": "UseDevelopmentStorage=true",
+      "storage_container_name": "c"}, "storage_connection_string"),
+    ({"hub_connection_string": HUB, "starting_position": "yesterday"}, "starting_position"),
+    ({"hub_connection_string": HUB, "http_proxy": "proxy.local"}, "http_proxy"),
+    ({"fully_qualified_namespace": "ns.servicebus.windows.net", "hub_name": "h", "client_secret": "s"}, "tenant_id"),
+    ({"hub_connection_string": HUB, "max_batch_size": 0}, "max_batch_size"),
+])
+def test_errors_name_the_field(values, field):
+    assert field_of(**values) == field
+
+
+def test_entra_credentials():
+    base = {"fully_qualified_namespace": "ns.servicebus.windows.net", "hub_name": "h"}
+    assert parse(**base).credential_kind == "managed_identity"
+    assert parse(**base, tenant_id="t", client_id="c", client_secret="s").credential_kind == "client_secret"
+    assert parse(**base, tenant_id="t", client_id="c", certificate="-----BEGIN").credential_kind == "certificate"
+    config = parse(**base, storage_account_url="https://acct.blob.core.windows.net", storage_container_name="c")
+    assert config.uses_storage and config.namespace_host == "ns.servicebus.windows.net"
+
+
+def test_max_wait_time_sets_the_delivery_batch_age_and_categories_accept_a_string():
+    config = parse(hub_connection_string=HUB, max_wait_time=5, categories="SignInLogs, AuditLogs")
+    assert config.batch_max_age_seconds == 5
+    assert config.categories == ["SignInLogs", "AuditLogs"]
+
+
+def test_starting_positions():
+    assert parse_starting_position("earliest") == "-1"
+    assert parse_starting_position("LATEST") == "@latest"
+    assert parse_starting_position("2026-01-31T08:00:00Z") == datetime(2026, 1, 31, 8, tzinfo=UTC)
+    assert parse_starting_position("2026-01-31T08:00:00").tzinfo is UTC
+
+
+def test_proxy_settings_and_secret_fields():
+    assert proxy_settings("http://user:p%40ss@proxy:3128") == {
+        "proxy_hostname": "proxy", "proxy_port": 3128, "username": "user", "password": "p@ss"}
+    for name in ("hub_connection_string", "storage_connection_string", "client_secret", "certificate",
+                 "intake_key", "certificate_password"):
+        assert name in EventHubConfiguration.secret_fields
+
+
+def test_secret_values_never_appear_in_errors():
+    with pytest.raises(ConfigurationError) as raised:
+        parse(hub_connection_string="Endpoint=sb://x/;SharedAccessKeyName=n;SharedAccessKey=TOPSECRETKEY;EntityPath=a",
+              hub_name="b")
+    assert "TOPSECRETKEY" not in str(raised.value)

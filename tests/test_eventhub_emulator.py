@@ -1,0 +1,396 @@
+"""The local Event Hubs emulator, exercised only through the real azure-eventhub client."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from azure.eventhub import EventData, EventHubConsumerClient, EventHubProducerClient
+from azure.eventhub.aio import EventHubConsumerClient as AioConsumer
+from azure.eventhub.aio import EventHubProducerClient as AioProducer
+from azure.eventhub.exceptions import AuthenticationError, EventDataSendError, EventHubError
+
+from emulators.eventhub import EventHubEmulator
+from emulators.eventhub.harness import EmulatorProcess
+from emulators.eventhub.hashing import partition_for_key
+
+FIXTURES_DIR = Path(os.environ.get("EVENTHUB_FIXTURES", "/work/shared/fixtures/eventhub"))
+HUBS = {"basic": 3, "aio": 4, "positions": 1, "props": 2, "epoch": 2, "limits": 1}
+FAST_FAIL = {"retry_total": 0}
+
+
+def envelopes() -> list[bytes]:
+    """One real diagnostic-settings message per fixture file: {"records": [...all its lines...]}."""
+    files = sorted(FIXTURES_DIR.glob("*.ndjson"))
+    if not files:
+        pytest.skip(f"no fixtures in {FIXTURES_DIR}")
+    bodies = []
+    for path in files:
+        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        bodies.append(json.dumps({"records": records}).encode())
+    return bodies
+
+
+@pytest.fixture(scope="module")
+def emulator():
+    emu = EventHubEmulator(HUBS, consumer_groups=["ops"])
+    emu.start_in_thread()
+    yield emu
+    emu.stop_thread()
+
+
+def conn_str(emu: EventHubEmulator, hub: str) -> str:
+    return emu.connection_string(hub)
+
+
+def sync_read(cs: str, count: int, timeout: float = 20, **receive_kwargs) -> list[EventData]:
+    """Receive `count` events with the sync consumer (blocking receive on a thread)."""
+    consumer = EventHubConsumerClient.from_connection_string(cs, consumer_group="$Default")
+    events: list[EventData] = []
+    done = threading.Event()
+
+    def on_event(_context, event):
+        if event is not None:
+            events.append(event)
+            if len(events) >= count:
+                done.set()
+
+    thread = threading.Thread(target=consumer.receive, kwargs={"on_event": on_event, **receive_kwargs}, daemon=True)
+    thread.start()
+    done.wait(timeout)
+    consumer.close()
+    thread.join(10)
+    return events
+
+
+async def aio_read(cs: str, count: int, timeout: float = 20, settle: float = 0.0, **receive_kwargs) -> list[EventData]:
+    """Receive `count` events with the aio consumer; `settle` waits a little longer for extras."""
+    consumer = AioConsumer.from_connection_string(cs, consumer_group="$Default")
+    events: list[EventData] = []
+    done = asyncio.Event()
+
+    async def on_event_batch(_context, batch):
+        events.extend(batch)
+        if len(events) >= count:
+            done.set()
+
+    task = asyncio.create_task(consumer.receive_batch(on_event_batch=on_event_batch, **receive_kwargs))
+    try:
+        await asyncio.wait_for(done.wait(), timeout)
+        if settle:
+            await asyncio.sleep(settle)
+    except asyncio.TimeoutError:
+        pass
+    await stop(consumer, task)
+    return events
+
+
+async def stop(consumer: AioConsumer, task: asyncio.Task) -> None:
+    # close() stops the processor, but its load-balancing sleep would keep receive() alive
+    await consumer.close()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+def wait_for(predicate, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.02)
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def test_sync_producer_and_consumer_roundtrip(emulator):
+    cs = conn_str(emulator, "basic")
+    bodies = envelopes()
+    with EventHubProducerClient.from_connection_string(cs) as producer:
+        batch = producer.create_batch()
+        for body in bodies:
+            batch.add(EventData(body))
+        producer.send_batch(batch)  # no key: one partition, chosen by the service
+        keyed = producer.create_batch(partition_key="tenant-a")
+        for i in range(5):
+            keyed.add(EventData(f"keyed {i}"))
+        producer.send_batch(keyed)
+        producer.send_batch([EventData(f"pinned {i}") for i in range(3)], partition_id="2")
+        single = EventData(b"single")
+        single.properties = {"origin": "test", "n": 7}
+        single.content_type = "application/octet-stream"
+        producer.send_event(single, partition_key="tenant-b")
+
+    expected = len(bodies) + 5 + 3 + 1
+    events = sync_read(cs, expected, starting_position="-1")
+    assert len(events) == expected
+
+    received = {e.body_as_str(): e for e in events}
+    for body in bodies:  # envelopes come back byte for byte
+        assert json.loads(received[body.decode()].body_as_str())["records"]
+    key_partition = str(partition_for_key("tenant-a", 3))
+    keyed_events = [e for e in events if e.body_as_str().startswith("keyed")]
+    assert {e.partition_key for e in keyed_events} == {b"tenant-a"}
+    hub = emulator.broker.hub("basic")  # the key decides the partition, deterministically
+    assert sum(b"keyed " in wire for wire in hub.partitions[int(key_partition)].wires) == 5
+    single_back = received["single"]
+    assert single_back.properties == {b"origin": b"test", b"n": 7}
+    assert single_back.content_type == "application/octet-stream"
+    assert single_back.partition_key == b"tenant-b"
+    assert isinstance(single_back.enqueued_time, datetime.datetime)
+
+    pinned = [e for e in events if e.body_as_str().startswith("pinned")]
+    assert [e.sequence_number for e in pinned] == sorted(e.sequence_number for e in pinned)
+    assert len(hub.partitions[2].wires) >= 3
+
+
+async def test_aio_producer_and_consumer_roundtrip(emulator):
+    cs = conn_str(emulator, "aio")
+    bodies = envelopes()
+    big_batch_bodies = [os.urandom(512).hex().encode() for _ in range(200)]  # ~200 KB: multi-frame transfer
+    async with AioProducer.from_connection_string(cs) as producer:
+        batch = await producer.create_batch(partition_id="1")
+        for body in bodies:
+            batch.add(EventData(body))
+        await producer.send_batch(batch)
+        keyed = await producer.create_batch(partition_key="device-42")
+        for body in big_batch_bodies:
+            keyed.add(EventData(body))
+        await producer.send_batch(keyed)
+        await producer.send_batch([EventData("list 1"), EventData("list 2")])
+        await producer.send_event(EventData("aio single"))
+
+    expected = len(bodies) + len(big_batch_bodies) + 3
+    events = await aio_read(cs, expected, starting_position="-1", settle=0.3)
+    assert len(events) == expected
+    assert sorted(e.body_as_str().encode() for e in events if e.body_as_str().encode() in big_batch_bodies) == sorted(big_batch_bodies)
+    hub = emulator.broker.hub("aio")
+    assert len(hub.partitions[1].wires) >= len(bodies)
+    assert len(hub.partitions[partition_for_key("device-42", 4)].wires) >= len(big_batch_bodies)
+    keyed = [e for e in events if e.body_as_str().encode() in set(big_batch_bodies)]
+    seqs = [e.sequence_number for e in keyed]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # a batch lands contiguously
+    offsets = [int(e.offset) for e in keyed]
+    assert offsets == sorted(offsets) and len(set(offsets)) == len(offsets)
+
+
+async def test_start_positions(emulator):
+    cs = conn_str(emulator, "positions")
+    async with AioProducer.from_connection_string(cs) as producer:
+        for i in range(10):
+            await producer.send_event(EventData(f"e{i}"))
+            await asyncio.sleep(0.003)  # distinct enqueued times (millisecond resolution)
+    everything = await aio_read(cs, 10, starting_position="-1", partition_id="0")
+    assert [e.body_as_str() for e in everything] == [f"e{i}" for i in range(10)]
+    fifth = everything[5]
+    after = [f"e{i}" for i in range(6, 10)]
+    from_fifth = [f"e{i}" for i in range(5, 10)]
+
+    async def bodies(expected: list[str], **kwargs) -> list[str]:
+        events = await aio_read(cs, len(expected), partition_id="0", settle=0.2, **kwargs)
+        return [e.body_as_str() for e in events]
+
+    cases = [  # (start position, inclusive, expected): all read concurrently to keep the test short
+        (fifth.offset, False, after),
+        (fifth.offset, True, from_fifth),
+        (fifth.sequence_number, False, after),
+        (fifth.sequence_number, True, from_fifth),
+        (fifth.enqueued_time, False, after),
+        (fifth.enqueued_time, True, from_fifth),
+    ]
+    results = await asyncio.gather(
+        *(bodies(expected, starting_position=start, starting_position_inclusive=inclusive)
+          for start, inclusive, expected in cases)
+    )
+    for (start, inclusive, expected), got in zip(cases, results):
+        assert got == expected, (start, inclusive)
+
+    # the sync consumer honours the same filters
+    sync_events = sync_read(cs, 4, starting_position=fifth.sequence_number, partition_id="0")
+    assert [e.body_as_str() for e in sync_events] == after
+
+    # @latest: only what is sent after the link is attached
+    group = emulator.broker.hub("positions").consumer_groups["$default"]
+    task = asyncio.create_task(aio_read(cs, 1, partition_id="0", starting_position="@latest", settle=0.3))
+    await asyncio.to_thread(wait_for, lambda: group.receivers.get("0"))
+    async with AioProducer.from_connection_string(cs) as producer:
+        await producer.send_event(EventData("late"))
+    assert [e.body_as_str() for e in await task] == ["late"]
+
+
+def test_management_properties(emulator):
+    cs = conn_str(emulator, "props")
+    with EventHubProducerClient.from_connection_string(cs) as producer:
+        empty = producer.get_partition_properties("1")
+        for i in range(4):
+            producer.send_event(EventData(f"p{i}"), partition_id="0")
+        hub_props = producer.get_eventhub_properties()
+        part = producer.get_partition_properties("0")
+    assert hub_props["eventhub_name"] == "props"
+    assert hub_props["partition_ids"] == ["0", "1"]
+    assert abs(hub_props["created_at"].timestamp() - time.time()) < 600
+    assert empty["is_empty"] is True
+    assert empty["last_enqueued_sequence_number"] == -1
+    assert empty["beginning_sequence_number"] == 0
+    assert empty["last_enqueued_offset"] == "-1"
+    assert part["is_empty"] is False
+    assert part["beginning_sequence_number"] == 0
+    assert part["last_enqueued_sequence_number"] == 3
+    assert abs(part["last_enqueued_time_utc"].timestamp() - time.time()) < 60
+    last = sync_read(cs, 4, starting_position="-1", partition_id="0")[-1]
+    assert part["last_enqueued_offset"] == last.offset
+    assert last.sequence_number == 3
+
+
+def test_wrong_key_fails_fast(emulator):
+    good = conn_str(emulator, "basic")
+    started = time.monotonic()
+    bad_key = good.replace(f"SharedAccessKey={emulator.key}", "SharedAccessKey=not-the-key")
+    with EventHubProducerClient.from_connection_string(bad_key, **FAST_FAIL) as producer:
+        with pytest.raises(AuthenticationError, match="401"):
+            producer.send_batch([EventData("x")])
+    bad_name = good.replace(f"SharedAccessKeyName={emulator.key_name}", "SharedAccessKeyName=nobody")
+    with EventHubProducerClient.from_connection_string(bad_name, **FAST_FAIL) as producer:
+        with pytest.raises(AuthenticationError, match="nobody"):
+            producer.get_eventhub_properties()
+    assert time.monotonic() - started < 10
+
+
+async def test_unknown_hub_and_group(emulator):
+    cs = emulator.connection_string("no-such-hub")
+    async with AioProducer.from_connection_string(cs, **FAST_FAIL) as producer:
+        with pytest.raises(EventHubError, match="404|could not be found"):
+            await producer.get_eventhub_properties()
+        with pytest.raises(EventHubError, match="404|not-found|could not be found"):
+            await producer.send_batch([EventData("x")], partition_id="0")
+    # strict mode: unknown consumer groups are refused, configured ones work
+    strict = EventHubEmulator({"hub": 1}, consumer_groups=["known"], strict_consumer_groups=True)
+    await strict.start()
+    try:
+        errors = []
+
+        async def on_error(_context, error):
+            errors.append(error)
+
+        consumer = AioConsumer.from_connection_string(strict.connection_string(), consumer_group="unknown", **FAST_FAIL)
+        task = asyncio.create_task(consumer.receive(on_event=lambda *a: None, on_error=on_error, partition_id="0"))
+        deadline = time.monotonic() + 10
+        while not errors and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await stop(consumer, task)
+        assert errors and "could not be found" in str(errors[0])
+    finally:
+        await strict.stop()
+
+
+async def test_epoch_stealing(emulator):
+    cs = conn_str(emulator, "epoch")
+    errors: dict[str, list[Exception]] = {"old": [], "new": []}
+    received: dict[str, list[str]] = {"old": [], "new": []}
+
+    def consumer(name: str, owner_level: int):
+        client = AioConsumer.from_connection_string(cs, consumer_group="ops", **FAST_FAIL)
+
+        async def on_event(_context, event):
+            if event is not None:
+                received[name].append(event.body_as_str())
+
+        async def on_error(_context, error):
+            errors[name].append(error)
+
+        task = asyncio.create_task(
+            client.receive(on_event=on_event, on_error=on_error, partition_id="0", owner_level=owner_level,
+                           starting_position="@latest")
+        )
+        return client, task
+
+    group = emulator.broker.hub("epoch").consumer_groups["ops"]
+    old_client, old_task = consumer("old", 1)
+    await asyncio.to_thread(wait_for, lambda: any(c.epoch == 1 for c in group.receivers.get("0", ())))
+    new_client, new_task = consumer("new", 2)
+    await asyncio.to_thread(wait_for, lambda: any(c.epoch == 2 for c in group.receivers.get("0", ())))
+    deadline = time.monotonic() + 10
+    while not errors["old"] and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert errors["old"], "the older epoch consumer was not told it lost the partition"
+    assert "stolen" in str(errors["old"][0]) or "epoch" in str(errors["old"][0])
+    async with AioProducer.from_connection_string(cs) as producer:
+        await producer.send_event(EventData("after-steal"), partition_id="0")
+    deadline = time.monotonic() + 10
+    while not received["new"] and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert received["new"] == ["after-steal"]
+    assert received["old"] == []
+    assert not errors["new"]
+    assert emulator.broker.stats.links_stolen >= 1
+    for client, task in ((old_client, old_task), (new_client, new_task)):
+        await stop(client, task)
+
+
+def test_message_size_limit_and_large_frames(emulator):
+    cs = conn_str(emulator, "limits")
+    with EventHubProducerClient.from_connection_string(cs, **FAST_FAIL) as producer:
+        with pytest.raises(EventDataSendError, match="exceeds the limit"):
+            producer.send_event(EventData(b"x" * (1536 * 1024)))  # 1.5 MiB
+        assert emulator.broker.stats.publish_rejected == 1
+        with pytest.raises(ValueError):  # the client learnt the 1 MiB link limit from the attach
+            producer.create_batch().add(EventData(b"x" * (1536 * 1024)))
+        # just under 1 MiB in: accepted; once annotated it exceeds the client's 1 MiB frame size,
+        # so it goes back out as a multi-frame transfer
+        near_limit = b"y" * (1024 * 1024 - 64)
+        producer.send_event(EventData(near_limit))
+    events = sync_read(cs, 1, starting_position="-1", partition_id="0")
+    assert len(events) == 1 and events[0].body == near_limit
+
+
+def test_cli_ready_line_and_persistence_across_restart(tmp_path):
+    with EmulatorProcess(hubs={"persisted": 2, "other": 1}, persist_dir=tmp_path / "data", key="s3cret",
+                         consumer_groups=["ops"]) as process:
+        info = process.info
+        assert set(info) >= {"host", "port", "connection_string", "namespace_connection_string", "hubs",
+                             "key_name", "key"}
+        assert info["hubs"] == {"persisted": 2, "other": 1}
+        assert info["key"] == "s3cret"
+        assert "EntityPath=persisted" in info["connection_string"]
+        assert "EntityPath" not in info["namespace_connection_string"]
+        cs = info["connection_string"]
+        with EventHubProducerClient.from_connection_string(cs) as producer:
+            producer.send_batch([EventData(f"kept {i}") for i in range(5)], partition_id="1")
+        before = sync_read(cs, 5, starting_position="-1", partition_id="1")
+        process.restart()
+        assert process.info["port"] == info["port"]
+        with EventHubProducerClient.from_connection_string(cs) as producer:
+            props = producer.get_partition_properties("1")
+            producer.send_event(EventData("after restart"), partition_id="1")
+        after = sync_read(cs, 6, starting_position="-1", partition_id="1")
+        returncode = process.stop()
+    assert props["last_enqueued_sequence_number"] == 4
+    assert [(e.body, e.sequence_number, e.offset) for e in after[:5]] == [
+        (e.body, e.sequence_number, e.offset) for e in before
+    ]
+    assert after[5].body_as_str() == "after restart" and after[5].sequence_number == 5
+    assert returncode == 0
+
+
+async def test_throughput_sanity():
+    """Not an assertion on speed: prints what the real aio consumer reaches (see the report)."""
+    count = 20_000
+    with EmulatorProcess(hubs={"bench": 4}, extra_args=["--preload", str(count)]) as process:
+        cpu_before = process.cpu_seconds()
+        started = time.perf_counter()
+        events = await aio_read(process.connection_string, count, timeout=60, starting_position="-1",
+                                max_batch_size=300)
+        elapsed = time.perf_counter() - started
+        server_cpu = process.cpu_seconds() - cpu_before
+    assert len(events) == count
+    print(
+        f"\naio consumer, 4 partitions: {count / elapsed:,.0f} events/s "
+        f"({count} x 1 KB in {elapsed:.2f}s, incl. connect); "
+        f"emulator CPU {server_cpu * 1e6 / count:.1f} us/event"
+    )

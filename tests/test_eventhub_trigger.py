@@ -1,0 +1,143 @@
+"""The trigger against the Event Hubs emulator, Azurite and the runtime stub: in process and as `python main.py`."""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+import pytest
+
+from azure_eventhub import metrics
+from azure_eventhub.consumer import Settings
+from connectors.state import StateFile
+from connectors.trigger import CollectorTrigger
+from tests.eventhub_helpers import (
+    EventHubStack,
+    InProcessTrigger,
+    canonical,
+    compare,
+    envelope,
+    fixture_lines,
+    ids_of,
+    records_with_ids,
+    terminate,
+    wait_until,
+)
+
+
+@pytest.fixture
+def stack(tmp_path):
+    with EventHubStack(tmp_path / "stack", partitions=4) as stack:
+        yield stack
+
+
+@pytest.fixture(autouse=True)
+def _reset_fatal():
+    CollectorTrigger.fatal_error = None
+    yield
+    CollectorTrigger.fatal_error = None
+
+
+def fixture_envelopes() -> list[bytes]:
+    """One envelope per fixture file, as diagnostic settings send them."""
+    lines = fixture_lines()
+    bodies, start = [], 0
+    for size in (4, 5, 3, 1, 5, 2, 3, 1, 3, 1, 1):
+        bodies.append(envelope(lines[start:start + size]))
+        start += size
+    assert start == len(lines)
+    return bodies
+
+
+def test_in_process_fixture_records_delivered_and_checkpointed_in_azurite(stack, monkeypatch):
+    stack.publish(fixture_envelopes())
+    expected = [canonical(orjson.loads(line)) for line in fixture_lines()]
+    before = metrics.records_forwarded._value.get()
+    runner = InProcessTrigger(stack.env(stack.config()), monkeypatch)
+    runner.trigger.settings = Settings(backlog_interval=0.5)
+    runner.start()
+    try:
+        assert wait_until(lambda: stack.delivered_count() >= 29, 60)
+        # Checkpoints follow delivery: every partition's blob reaches its last event.
+        assert wait_until(lambda: stack.checkpoints() == {"0": 2, "1": 2, "2": 2, "3": 1}, 20), stack.checkpoints()
+        assert wait_until(lambda: metrics.backlog.labels("0")._value.get() == 0 and
+                          metrics.owned_partitions._value.get() == 4, 10)
+    finally:
+        runner.stop()
+    assert runner.error is None and CollectorTrigger.fatal_error is None
+    assert compare(expected, [canonical(orjson.loads(r)) for r in stack.delivered()]) == {
+        "expected": 29, "delivered": 29, "lost": 0, "duplicates": 0}
+    assert metrics.records_forwarded._value.get() - before == 29
+    assert metrics.owned_partitions._value.get() == 0
+
+
+def test_main_with_local_store_restarts_where_it_stopped(stack, tmp_path):
+    first, second = records_with_ids(3000, "a"), records_with_ids(1000, "b")
+    stack.publish_envelopes(first, per_envelope=20)
+    config = stack.config(storage=False)
+    proc = stack.start_process(config)
+    assert wait_until(lambda: stack.delivered_count() >= 3000 or proc.poll() is not None, 90)
+    stopping = time.monotonic()
+    assert terminate(proc) == 0
+    assert time.monotonic() - stopping < 10
+    # The local store holds the last event of each partition: 3000 records = 150 envelopes, 37-38 per partition.
+    state = StateFile(stack.runtime.data_path / "state" / "consume_eventhub_messages" / "eventhub-checkpoints.json")
+    partitions = next(iter(state.load().values()))
+    assert {p: c["sequence_number"] for p, c in partitions.items()} == {"0": 37, "1": 37, "2": 36, "3": 36}
+
+    stack.publish_envelopes(second, per_envelope=20)
+    proc = stack.start_process(config)
+    assert wait_until(lambda: stack.delivered_count() >= 4000 or proc.poll() is not None, 90)
+    time.sleep(1)
+    assert terminate(proc) == 0
+    assert compare(ids_of(first + second), stack.delivered_ids()) == {
+        "expected": 4000, "delivered": 4000, "lost": 0, "duplicates": 0}
+
+
+def test_main_handles_bad_and_oversize_bodies(stack):
+    good = records_with_ids(40, "g")
+    huge_record = orjson.dumps({"category": "AuditLogs", "sekoia_test_id": "huge", "blob": "x" * 300_000})
+    bodies = [
+        envelope(good[:20]),
+        b"plain text line from some producer",
+        b"caf\xe9 latin-1 \xff",
+        b"",
+        b'{"records": []}',
+        envelope([huge_record, good[20]]),  # one record over the intake limit, one normal
+        orjson.dumps({"sekoia_test_id": "object", "pad": "y" * 260_000}),  # a whole body over the limit
+        b"[1, 2, 3]",
+        envelope(good[21:]),
+    ]
+    stack.publish(bodies, partition_id="1")
+    proc = stack.start_process(stack.config())
+    expected = 20 + 2 + 1 + 1 + 19  # records + 2 text bodies + good[20] + the array
+    assert wait_until(lambda: stack.delivered_count() >= expected or proc.poll() is not None, 60)
+    time.sleep(1)
+    assert terminate(proc) == 0
+    delivered = stack.delivered()
+    assert len(delivered) == expected
+    assert b"plain text line from some producer" in delivered and b"caf\\xe9 latin-1 \\xff" in delivered
+    assert b"[1,2,3]" in delivered or b"[1, 2, 3]" in delivered
+    ids = [orjson.loads(line).get("sekoia_test_id") for line in delivered if line.startswith(b"{")]
+    assert compare(ids_of(good), ids) == {"expected": 40, "delivered": 40, "lost": 0, "duplicates": 0}
+    # The two oversize events were kept aside with a warning, not sent; the checkpoint passed them.
+    oversize = stack.runtime.data_path / "state" / "consume_eventhub_messages" / "oversize-events.jsonl"
+    kept = [orjson.loads(line) for line in oversize.read_bytes().splitlines()]
+    assert sorted(entry["bytes"] > 250_000 for entry in kept) == [True, True]
+    warnings = [log["message"] for log in stack.logs() if log["level"] == "warning"]
+    assert sum("over the intake limit" in message for message in warnings) >= 1
+    assert any("not JSON" in message and "forwarded as text" in message for message in warnings)
+    assert stack.checkpoints()["1"] == len(bodies) - 1
+
+
+def test_playbook_mode_forwards_text_as_json_strings(stack, monkeypatch):
+    stack.publish([envelope(records_with_ids(5, "p")), b"not json at all"], partition_id="0")
+    runner = InProcessTrigger(stack.env(stack.config(), intake=False), monkeypatch).start()
+    try:
+        assert wait_until(lambda: stack.delivered_count() >= 6, 60)
+    finally:
+        runner.stop()
+    delivered = [orjson.loads(line) for line in stack.delivered()]
+    assert "not json at all" in delivered
+    assert sorted(record["sekoia_test_id"] for record in delivered if isinstance(record, dict)) == [
+        f"p-{i}" for i in range(5)]
