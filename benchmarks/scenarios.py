@@ -1,0 +1,283 @@
+"""The benchmark scenarios: each runs the trigger as production does and its baseline, in the same run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import requests
+
+from benchmarks.measure import Run, run_trigger
+from emulators.azurite import Azurite
+from emulators.process import ROOT, ServerProcess
+from emulators.runtime.harness import Runtime
+
+O365_CONTENT_TYPES = 5
+FIXTURES = ROOT.parent / "shared" / "fixtures"
+
+
+class Workspace:
+    """A directory per run, so every run starts without checkpoints."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.count = 0
+
+    def new(self, name: str) -> Path:
+        self.count += 1
+        path = self.root / f"{self.count:02d}-{name}"
+        path.mkdir(parents=True)
+        return path
+
+
+# -- Office 365 -----------------------------------------------------------------------------------------------------
+
+
+class Office365Backlog:
+    """The Office 365 emulator holding a backlog of generated blobs."""
+
+    def __init__(self, work: Path, blobs_per_type: int, records_per_blob: int = 50, *extra: str):
+        self.server = ServerProcess(
+            "emulators.office365", "--port", "0", "--workdir", str(work / "emulator"),
+            "--blobs", str(blobs_per_type), "--records-per-blob", str(records_per_blob), "--seed", "7", *extra,
+            log_path=work / "emulator.log", timeout=300,
+        )
+        self.info = self.server.info
+        self.expected = blobs_per_type * O365_CONTENT_TYPES * records_per_blob
+
+    def get(self, path: str) -> dict:
+        return requests.get(self.info["management_url"] + path, verify=self.info["ca_file"], timeout=30).json()
+
+    def control(self, **knobs) -> dict:
+        return requests.post(self.info["management_url"] + "/_emulator/control", json=knobs,
+                             verify=self.info["ca_file"], timeout=30).json()
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+def run_office365(work: Path, backlog: Office365Backlog, timeout: float, **overrides) -> Run:
+    runtime = Runtime(work / "runtime")
+    try:
+        info = backlog.info
+        configuration = {
+            "tenant_id": info["tenant_id"], "client_id": info["client_id"], "client_secret": info["client_secret"],
+            "login_url": info["login_url"], "management_url": info["management_url"], **overrides,
+        }
+        env = runtime.env(configuration)
+        env.update(SSL_CERT_FILE=info["ca_file"], REQUESTS_CA_BUNDLE=info["ca_file"])
+        return run_trigger("office365_management_api", env, lambda: runtime.stats()["events"], backlog.expected,
+                           timeout, work / "trigger.log")
+    finally:
+        runtime.stop()
+
+
+def o365_latency(ws: Workspace, quick: bool) -> dict:
+    blobs = 80 if quick else 400
+    work = ws.new("o365_latency")
+    backlog = Office365Backlog(work, blobs, 50, "--latency-ms", "50")
+    try:
+        ours = run_office365(ws.new("o365_latency-ours"), backlog, 600)
+        baseline = run_office365(ws.new("o365_latency-baseline"), backlog, 1800, max_concurrency=1)
+    finally:
+        backlog.stop()
+    return {
+        "workload": f"{blobs * 5} blobs x 50 records over 5 content types, 50 ms added per request",
+        "ours": ours.figures(), "baseline": baseline.figures(),
+        "baseline_kind": "the same trigger with max_concurrency=1",
+        "speedup": round(ours.records_per_s / baseline.records_per_s, 2) if baseline.records_per_s else None,
+        "goal": "speedup >= 15",
+        "timeline": {"ours": ours.timeline, "baseline": baseline.timeline},
+    }
+
+
+def o365_cpu(ws: Workspace, quick: bool, scale: int = 1) -> dict:
+    blobs = (80 if quick else 400) * scale
+    work = ws.new(f"o365_cpu-x{scale}")
+    backlog = Office365Backlog(work, blobs, 50)
+    try:
+        ours = run_office365(ws.new(f"o365_cpu-x{scale}-ours"), backlog, 900)
+    finally:
+        backlog.stop()
+    return {
+        "workload": f"{blobs * 5} blobs x 50 records over 5 content types, no added latency",
+        "ours": ours.figures(), "goal": ">= 25,000 records/s",
+        "timeline": {"ours": ours.timeline},
+    }
+
+
+def o365_quota(ws: Workspace, quick: bool) -> dict:
+    quota = 2000
+    duration = 40 if quick else 90
+    blobs = 1000 if quick else 2000  # more blobs than the quota lets through in the run
+    work = ws.new("o365_quota")
+    backlog = Office365Backlog(work, blobs, 5, "--quota-per-minute", str(quota))
+    try:
+        before = backlog.get("/_emulator/stats")
+        run = run_office365(ws.new("o365_quota-ours"), backlog, duration, max_requests_per_minute=quota)
+        after = backlog.get("/_emulator/stats")
+    finally:
+        backlog.stop()
+    served = _api_requests(after) - _api_requests(before)
+    throttled = after["throttled_total"] - before["throttled_total"]
+    served -= throttled
+    allowed = quota * run.seconds / 60
+    return {
+        "workload": f"{blobs * 5} blobs x 5 records, emulator quota {quota} requests/minute (403 AF429 above it), "
+                    f"{duration} s run",
+        "ours": run.figures(), "baseline": {"quota_per_minute": quota, "requests_allowed_in_run": round(allowed)},
+        "requests_served": served, "requests_throttled": throttled,
+        "quota_use": round(served / allowed, 3) if allowed else None,
+        "throttled_share": round(throttled / (served + throttled), 4) if served + throttled else None,
+        "goal": "quota_use >= 0.9, throttled_share <= 0.02",
+        "timeline": {"ours": run.timeline},
+    }
+
+
+def _api_requests(stats: dict) -> int:
+    """Management API requests the emulator answered (the token endpoint is outside the quota)."""
+    return sum(count for kind, count in stats["requests"].items() if kind != "token")
+
+
+# -- Event Hubs -----------------------------------------------------------------------------------------------------
+
+
+class EventHubBacklog:
+    """The Event Hubs emulator with events pre-loaded by the real producer client."""
+
+    def __init__(self, work: Path, hub: str = "bench", partitions: int = 4):
+        self.hub = hub
+        self.server = ServerProcess("emulators.eventhub", "--port", "0", "--hub", hub, "--partitions",
+                                    str(partitions), log_path=work / "emulator.log")
+        self.info = self.server.info
+        self.events = 0
+        self.records = 0
+
+    def load(self, bodies, records_per_body: int = 1) -> None:
+        from azure.eventhub import EventData, EventHubProducerClient
+
+        producer = EventHubProducerClient.from_connection_string(self.info["connection_string"])
+        with producer:
+            batch = producer.create_batch()
+            for body in bodies:
+                try:
+                    batch.add(EventData(body))
+                except ValueError:  # batch full
+                    producer.send_batch(batch)
+                    batch = producer.create_batch()
+                    batch.add(EventData(body))
+                self.events += 1
+                self.records += records_per_body
+            if len(batch):
+                producer.send_batch(batch)
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+def one_kb_events(count: int):
+    pad = "x" * 900
+    for i in range(count):
+        yield orjson.dumps({"id": i, "category": "Bench", "time": "2026-11-25T10:00:00Z", "pad": pad})
+
+
+def envelopes(count: int, per_envelope: int = 20):
+    records = [orjson.loads(line) for path in sorted((FIXTURES / "eventhub").glob("*.ndjson"))
+               for line in path.read_bytes().splitlines() if line.strip()]
+    for i in range(count):
+        chosen = [records[(i * per_envelope + k) % len(records)] for k in range(per_envelope)]
+        yield orjson.dumps({"records": chosen})
+
+
+def run_eventhub(work: Path, backlog: EventHubBacklog, group: str, timeout: float, azurite: Azurite | None) -> Run:
+    runtime = Runtime(work / "runtime")
+    try:
+        configuration = {"hub_connection_string": backlog.info["connection_string"], "hub_name": backlog.hub,
+                         "hub_consumer_group": group, "starting_position": "earliest"}
+        if azurite is not None:
+            container = f"ckpt-{group}".lower()
+            azurite.create_container(container)
+            configuration.update(storage_connection_string=azurite.connection_string,
+                                 storage_container_name=container)
+        env = runtime.env(configuration)
+        return run_trigger("consume_eventhub_messages", env, lambda: runtime.stats()["events"], backlog.records,
+                           timeout, work / "trigger.log")
+    finally:
+        runtime.stop()
+
+
+def run_bare_client(work: Path, backlog: EventHubBacklog, group: str, timeout: float) -> Run:
+    """The bare azure-eventhub aio consumer reading the same events and doing nothing: the client's ceiling."""
+    run = Run()
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bare_consumer", backlog.info["connection_string"], backlog.hub, group,
+         str(backlog.events), str(timeout)],
+        cwd=ROOT, env=os.environ.copy(), capture_output=True, timeout=timeout + 60,
+    )
+    (work / "bare.log").write_bytes(result.stderr)
+    figures = orjson.loads(result.stdout.splitlines()[-1])
+    run.records, run.seconds = figures["events"], figures["seconds"]
+    run.cpu_seconds, run.peak_rss_mb = figures["cpu_seconds"], figures["peak_rss_mb"]
+    run.complete = figures["events"] >= backlog.events
+    run.exit_code = result.returncode
+    del started
+    return run
+
+
+def eventhub_1kb(ws: Workspace, quick: bool, scale: int = 1, baselines: bool = True) -> dict:
+    count = (20_000 if quick else 100_000) * scale
+    work = ws.new(f"eventhub_1kb-x{scale}")
+    backlog = EventHubBacklog(work)
+    azurite = Azurite(location=work / "azurite").start()
+    try:
+        backlog.load(one_kb_events(count))
+        result: dict = {"workload": f"{count} x 1 KB JSON events in 4 partitions, Azurite checkpoints on"}
+        if baselines:
+            bare = run_bare_client(ws.new("eventhub_1kb-bare"), backlog, "bare", 900)
+            local = run_eventhub(ws.new("eventhub_1kb-local"), backlog, "local", 900, None)
+            result.update(baseline=bare.figures(), client_ceiling_per_s=round(bare.records_per_s, 1),
+                          without_azurite=local.figures(),
+                          baseline_kind="bare aio EventHubConsumerClient.receive_batch doing nothing; and the "
+                                        "trigger with checkpoints in the local state store instead of Azurite")
+        ours = run_eventhub(ws.new(f"eventhub_1kb-x{scale}-ours"), backlog, "sekoia", 900, azurite)
+        result.update(ours=ours.figures(), timeline={"ours": ours.timeline}, goal="ratio >= 0.8 of the ceiling")
+        if baselines:
+            result["ratio"] = round(ours.records_per_s / result["client_ceiling_per_s"], 3)
+        return result
+    finally:
+        azurite.stop()
+        backlog.stop()
+
+
+def eventhub_envelopes(ws: Workspace, quick: bool) -> dict:
+    count = 1_000 if quick else 5_000
+    work = ws.new("eventhub_envelopes")
+    backlog = EventHubBacklog(work)
+    azurite = Azurite(location=work / "azurite").start()
+    try:
+        backlog.load(envelopes(count), records_per_body=20)
+        ours = run_eventhub(ws.new("eventhub_envelopes-ours"), backlog, "sekoia", 900, azurite)
+    finally:
+        azurite.stop()
+        backlog.stop()
+    return {"workload": f"{count} diagnostic-settings envelopes x 20 records (fixture shapes), Azurite checkpoints",
+            "ours": ours.figures(), "goal": ">= 50,000 records/s", "timeline": {"ours": ours.timeline}}
+
+
+def growth(ws: Workspace, quick: bool, o365_1x: dict, eventhub_1x: dict) -> dict:
+    o365_5x = o365_cpu(ws, quick, scale=5)
+    eventhub_5x = eventhub_1kb(ws, quick, scale=5, baselines=False)
+    result = {}
+    for name, small, large in (("o365_cpu", o365_1x, o365_5x), ("eventhub_1kb", eventhub_1x, eventhub_5x)):
+        result[name] = {
+            "baseline": small["ours"], "ours": large["ours"],
+            "time_growth": round(large["ours"]["seconds"] / small["ours"]["seconds"], 2),
+            "rss_growth": round(large["ours"]["peak_rss_mb"] / small["ours"]["peak_rss_mb"], 2),
+        }
+    return {"workload": "o365_cpu and eventhub_1kb at 1x and 5x", **result,
+            "goal": "time grows <= 5.5x, peak RSS grows <= 1.3x"}
