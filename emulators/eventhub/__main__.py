@@ -20,27 +20,64 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m emulators.eventhub", description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=0, help="listen port, 0 = any free port (default 0)")
-    parser.add_argument("--hub", action="append", default=[], metavar="NAME[:PARTITIONS]",
-                        help="event hub to serve, repeatable (default: 'eventhub')")
-    parser.add_argument("--partitions", type=int, default=DEFAULT_PARTITIONS,
-                        help=f"partitions of hubs given without :PARTITIONS (default {DEFAULT_PARTITIONS})")
+    parser.add_argument(
+        "--hub",
+        action="append",
+        default=[],
+        metavar="NAME[:PARTITIONS]",
+        help="event hub to serve, repeatable (default: 'eventhub')",
+    )
+    parser.add_argument(
+        "--partitions",
+        type=int,
+        default=DEFAULT_PARTITIONS,
+        help=f"partitions of hubs given without :PARTITIONS (default {DEFAULT_PARTITIONS})",
+    )
     parser.add_argument("--key-name", default=DEFAULT_KEY_NAME, help=f"SAS key name (default {DEFAULT_KEY_NAME})")
     parser.add_argument("--key", default=DEFAULT_KEY, help=f"SAS key (default {DEFAULT_KEY})")
-    parser.add_argument("--consumer-group", action="append", default=[], metavar="GROUP",
-                        help="consumer group created on every hub, repeatable ($Default always exists)")
-    parser.add_argument("--strict-consumer-groups", action="store_true",
-                        help="refuse unknown consumer groups (amqp:not-found) instead of creating them")
-    parser.add_argument("--persist", metavar="DIR", help="keep events in append-only files under DIR, replayed at start")
+    parser.add_argument(
+        "--consumer-group",
+        action="append",
+        default=[],
+        metavar="GROUP",
+        help="consumer group created on every hub, repeatable ($Default always exists)",
+    )
+    parser.add_argument(
+        "--strict-consumer-groups",
+        action="store_true",
+        help="refuse unknown consumer groups (amqp:not-found) instead of creating them",
+    )
+    parser.add_argument(
+        "--persist", metavar="DIR", help="keep events in append-only files under DIR, replayed at start"
+    )
     parser.add_argument("--max-events", type=int, metavar="N", help="retain at most N events per partition")
     parser.add_argument("--retention-seconds", type=float, metavar="S", help="drop events older than S seconds")
-    parser.add_argument("--max-frame-size", type=int, default=DEFAULT_MAX_FRAME_SIZE,
-                        help=f"AMQP max frame size advertised (default {DEFAULT_MAX_FRAME_SIZE})")
-    parser.add_argument("--max-message-size", type=int, default=MAX_MESSAGE_SIZE,
-                        help=f"largest accepted message/batch in bytes (default {MAX_MESSAGE_SIZE})")
-    parser.add_argument("--preload", type=int, default=0, metavar="N",
-                        help="append N synthetic events to every hub at start (round-robin over partitions)")
-    parser.add_argument("--preload-size", type=int, default=1024, metavar="BYTES",
-                        help="body size of preloaded events: a JSON {\"records\": [...]} envelope (default 1024)")
+    parser.add_argument(
+        "--max-frame-size",
+        type=int,
+        default=DEFAULT_MAX_FRAME_SIZE,
+        help=f"AMQP max frame size advertised (default {DEFAULT_MAX_FRAME_SIZE})",
+    )
+    parser.add_argument(
+        "--max-message-size",
+        type=int,
+        default=MAX_MESSAGE_SIZE,
+        help=f"largest accepted message/batch in bytes (default {MAX_MESSAGE_SIZE})",
+    )
+    parser.add_argument(
+        "--preload",
+        type=int,
+        default=0,
+        metavar="N",
+        help="append N synthetic events to every hub at start (round-robin over partitions)",
+    )
+    parser.add_argument(
+        "--preload-size",
+        type=int,
+        default=1024,
+        metavar="BYTES",
+        help='body size of preloaded events: a JSON {"records": [...]} envelope (default 1024)',
+    )
     parser.add_argument("--log-level", default="INFO", help="log level on stderr (default INFO)")
     return parser.parse_args(argv)
 

@@ -47,6 +47,8 @@ class Stats:
     bytes_published: int = 0
     publish_deliveries: int = 0
     publish_rejected: int = 0
+    multi_frame_in: int = 0  # deliveries that arrived over several transfer frames
+    multi_frame_out: int = 0  # deliveries split because they exceed the peer's max frame size
     events_delivered: int = 0
     bytes_delivered: int = 0
     tokens_accepted: int = 0

@@ -374,7 +374,9 @@ class AmqpConnection(asyncio.Protocol):
             raise LinkRefused("amqp:not-found", f"No entity in target address {address!r}.")
         hub = self.broker.hub(parts[0])
         if hub is None:
-            raise LinkRefused("amqp:not-found", f"The messaging entity '{self._entity_url(parts[0])}' could not be found.")
+            raise LinkRefused(
+                "amqp:not-found", f"The messaging entity '{self._entity_url(parts[0])}' could not be found."
+            )
         self._authorize("/".join(parts))
         partition = None
         if len(parts) == 3 and parts[1].lower() == "partitions":
@@ -389,8 +391,9 @@ class AmqpConnection(asyncio.Protocol):
             raise LinkRefused("amqp:not-found", f"Unsupported producer address {address!r}.")
         return ReceivingLink(session, name, handle, source, target, "publish", hub, partition)
 
-    def _sending_link(self, session: Session, name: str, handle: int, source: Any, target: Any,
-                      properties: dict, desired: list) -> Link:
+    def _sending_link(
+        self, session: Session, name: str, handle: int, source: Any, target: Any, properties: dict, desired: list
+    ) -> Link:
         address = _address(source)
         if address in ("$cbs", "$management"):
             return SendingLink(session, name, handle, source, target)
@@ -402,7 +405,9 @@ class AmqpConnection(asyncio.Protocol):
             )
         hub = self.broker.hub(parts[0])
         if hub is None:
-            raise LinkRefused("amqp:not-found", f"The messaging entity '{self._entity_url(parts[0])}' could not be found.")
+            raise LinkRefused(
+                "amqp:not-found", f"The messaging entity '{self._entity_url(parts[0])}' could not be found."
+            )
         self._authorize("/".join(parts))
         group = self.broker.consumer_group(hub, parts[2])
         if group is None:
@@ -423,8 +428,17 @@ class AmqpConnection(asyncio.Protocol):
             raise LinkRefused("amqp:invalid-field", str(exc)) from None
         epoch = properties.get(EPOCH) if isinstance(properties, dict) else None
         link = ConsumerLink(
-            session, name, handle, source, target, hub, group, partition, partition.start_seq(start),
-            int(epoch) if epoch is not None else None, RUNTIME_METRIC in desired,
+            session,
+            name,
+            handle,
+            source,
+            target,
+            hub,
+            group,
+            partition,
+            partition.start_seq(start),
+            int(epoch) if epoch is not None else None,
+            RUNTIME_METRIC in desired,
         )
         refusal, stolen = group.claim(partition.id, link)
         if refusal is not None:
@@ -465,8 +479,9 @@ class AmqpConnection(asyncio.Protocol):
     def on_message(self, link: ReceivingLink, payload: bytes, message_format: int) -> Described:
         """A complete inbound delivery: return its outcome (accepted / rejected)."""
         if link.kind == "publish":
+            assert link.hub is not None
             try:
-                self.broker.publish(link.hub, link.partition, payload, message_format == BATCH_FORMAT)  # type: ignore[arg-type]
+                self.broker.publish(link.hub, link.partition, payload, message_format == BATCH_FORMAT)
             except (DecodeError, ValueError, IndexError) as exc:
                 self.broker.stats.publish_rejected += 1
                 return frames.rejected("amqp:decode-error", f"The message could not be decoded: {exc}")

@@ -1,10 +1,10 @@
 """Consumer start positions: the `apache.org:selector-filter:string` expressions the client sends.
 
-    amqp.annotation.x-opt-offset > '-1'                 from the start of the retained stream
-    amqp.annotation.x-opt-offset > '@latest'            only events enqueued after the attach
-    amqp.annotation.x-opt-offset >= '1234'              (or >) byte offset
-    amqp.annotation.x-opt-sequence-number > '42'        (or >=)
-    amqp.annotation.x-opt-enqueued-time > '1700000000000'  (or >=) ms since the epoch
+amqp.annotation.x-opt-offset > '-1'                 from the start of the retained stream
+amqp.annotation.x-opt-offset > '@latest'            only events enqueued after the attach
+amqp.annotation.x-opt-offset >= '1234'              (or >) byte offset
+amqp.annotation.x-opt-sequence-number > '42'        (or >=)
+amqp.annotation.x-opt-enqueued-time > '1700000000000'  (or >=) ms since the epoch
 """
 
 from __future__ import annotations

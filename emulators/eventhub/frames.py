@@ -137,7 +137,13 @@ class TransferHeader:
 
 
 def transfer_frames(
-    channel: int, handle: int, delivery_id: int, tag: bytes, payload: bytes, max_frame_size: int, settled: bool,
+    channel: int,
+    handle: int,
+    delivery_id: int,
+    tag: bytes,
+    payload: bytes,
+    max_frame_size: int,
+    settled: bool,
     message_format: int = 0,
 ) -> list[bytes]:
     """Generic (slow path) transfer: split `payload` over as many frames as max_frame_size needs."""

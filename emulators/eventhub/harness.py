@@ -1,7 +1,7 @@
 """Run the emulator as a subprocess for tests and benchmarks.
 
-    with EmulatorProcess(hubs={"hub": 4}) as emu:
-        emu.info["connection_string"]; emu.cpu_seconds(); emu.restart()
+with EmulatorProcess(hubs={"hub": 4}) as emu:
+    emu.info["connection_string"]; emu.cpu_seconds(); emu.restart()
 """
 
 from __future__ import annotations
@@ -84,7 +84,9 @@ class EmulatorProcess:
 
     def _read_ready_line(self, process: subprocess.Popen[str]) -> str:
         result: list[str] = []
-        reader = threading.Thread(target=lambda: result.append(process.stdout.readline()), daemon=True)  # type: ignore[union-attr]
+        stdout = process.stdout
+        assert stdout is not None
+        reader = threading.Thread(target=lambda: result.append(stdout.readline()), daemon=True)
         reader.start()
         reader.join(self.startup_timeout)
         line = result[0] if result else ""

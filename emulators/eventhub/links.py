@@ -126,10 +126,19 @@ class Link:
 class ReceivingLink(Link):
     """The peer sends: producers (kind 'publish') and $cbs / $management requests."""
 
-    __slots__ = ("kind", "hub", "partition", "_parts", "_first", "_size")
+    __slots__ = ("kind", "hub", "partition", "_parts", "_first", "_size", "_frames")
 
-    def __init__(self, session: Session, name: str, handle: int, source: Any, target: Any, kind: str,
-                 hub: EventHub | None = None, partition: Partition | None = None) -> None:
+    def __init__(
+        self,
+        session: Session,
+        name: str,
+        handle: int,
+        source: Any,
+        target: Any,
+        kind: str,
+        hub: EventHub | None = None,
+        partition: Partition | None = None,
+    ) -> None:
         super().__init__(session, name, handle, source, target)
         self.kind = kind
         self.hub = hub
@@ -137,6 +146,7 @@ class ReceivingLink(Link):
         self._parts: list[bytes] | None = None
         self._first: tuple[int, bool, int] | None = None
         self._size = 0
+        self._frames = 0
 
     def grant(self) -> None:
         self.credit = PRODUCER_CREDIT
@@ -147,10 +157,12 @@ class ReceivingLink(Link):
             self._first = (field(fields, 1, 0), bool(field(fields, 4, False)), field(fields, 3, 0))
             self._parts = []
             self._size = 0
+            self._frames = 0
         if field(fields, 9, False):  # aborted: drop what arrived so far
             self._first = self._parts = None
             return
         self._size += len(payload)
+        self._frames += 1
         limit = self.conn.broker.max_message_size
         if self._size <= limit:
             self._parts.append(payload)  # type: ignore[union-attr]
@@ -163,6 +175,8 @@ class ReceivingLink(Link):
         self._first = self._parts = None
         self.delivery_count += 1
         self.credit -= 1
+        if self._frames > 1:
+            self.conn.broker.stats.multi_frame_in += 1
         if self.credit <= PRODUCER_CREDIT // 2:
             self.grant()
         if size > limit:
@@ -219,8 +233,13 @@ class SendingLink(Link):
             payload = self.outbox.popleft()
             delivery_id = session.next_delivery_id & _U32
             chunks = frames.transfer_frames(
-                session.channel, self.handle, delivery_id, delivery_id.to_bytes(4, "big"), payload,
-                self.conn.remote_max_frame_size, settled=True,
+                session.channel,
+                self.handle,
+                delivery_id,
+                delivery_id.to_bytes(4, "big"),
+                payload,
+                self.conn.remote_max_frame_size,
+                settled=True,
             )
             session.next_delivery_id += 1
             session.next_outgoing_id += len(chunks)
@@ -236,9 +255,20 @@ class ConsumerLink(SendingLink):
 
     __slots__ = ("hub", "group", "partition", "next_seq", "epoch", "runtime_metric", "_header", "_scheduled")
 
-    def __init__(self, session: Session, name: str, handle: int, source: Any, target: Any, hub: EventHub,
-                 group: ConsumerGroup, partition: Partition, next_seq: int, epoch: int | None,
-                 runtime_metric: bool) -> None:
+    def __init__(
+        self,
+        session: Session,
+        name: str,
+        handle: int,
+        source: Any,
+        target: Any,
+        hub: EventHub,
+        group: ConsumerGroup,
+        partition: Partition,
+        next_seq: int,
+        epoch: int | None,
+        runtime_metric: bool,
+    ) -> None:
         super().__init__(session, name, handle, source, target)
         self.hub = hub
         self.group = group
@@ -255,21 +285,8 @@ class ConsumerLink(SendingLink):
             self._scheduled = True
             self.conn.loop.call_soon(self.pump)
 
-    def resume(self) -> None:
+    def resume(self) -> None:  # credit or window changed (SendingLink.on_flow), or writable again
         self.pump()
-
-    def on_flow(self, fields: list) -> None:
-        peer_count = field(fields, 5)
-        base = peer_count if peer_count is not None else 0
-        self.credit = base + field(fields, 6, 0) - self.delivery_count
-        self.drain = bool(field(fields, 8, False))
-        self.pump()
-        if self.drain and self.credit > 0:
-            self.delivery_count += self.credit
-            self.credit = 0
-            self.conn.write(self.session.flow_frame(self))
-        elif field(fields, 9, False):
-            self.conn.write(self.session.flow_frame(self))
 
     def pump(self) -> None:
         self._scheduled = False
@@ -302,11 +319,17 @@ class ConsumerLink(SendingLink):
                 append(wire)
             else:  # larger than the peer's frame size: split (rare)
                 split = frames.transfer_frames(
-                    session.channel, self.handle, delivery_id & _U32, (delivery_id & _U32).to_bytes(4, "big"),
-                    wire, conn.remote_max_frame_size, settled=True,
+                    session.channel,
+                    self.handle,
+                    delivery_id & _U32,
+                    (delivery_id & _U32).to_bytes(4, "big"),
+                    wire,
+                    conn.remote_max_frame_size,
+                    settled=True,
                 )
                 chunks.extend(split)
                 frame_count += len(split) - 1
+                conn.broker.stats.multi_frame_out += 1
             delivery_id += 1
         session.next_delivery_id = delivery_id
         session.next_outgoing_id += frame_count
@@ -337,4 +360,3 @@ class ConsumerLink(SendingLink):
             self.partition.listeners.discard(self)
             self.group.release(self.partition.id, self)
         super().release()
-

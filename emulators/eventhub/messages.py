@@ -31,7 +31,6 @@ ENQUEUED_TIME = "x-opt-enqueued-time"
 _SYSTEM_KEYS = frozenset((SEQUENCE_NUMBER, OFFSET, ENQUEUED_TIME))
 
 _I = struct.Struct(">I")
-_q = struct.Struct(">q")
 
 
 def _sym(name: str) -> bytes:
@@ -157,22 +156,29 @@ def _keep_annotations(data: bytes, sec: Section, pairs: list[bytes]) -> str | No
     return key_value
 
 
+_SEQ_TIME = struct.Struct(">q")
+
+
 def stamp(event: ParsedEvent, seq: int, offset: int, enqueued_ms: int, partition_key: str | None) -> tuple[bytes, int]:
     """Build the delivery bytes of a stored event; also return the header length (the place
     where per-delivery annotations would go)."""
-    pairs = list(event.annotation_pairs)
-    pairs.append(_KEY_SEQ + _q.pack(seq))
-    pairs.append(_KEY_OFFSET + _string(str(offset)))
-    pairs.append(_KEY_TIME + _q.pack(enqueued_ms))
+    digits = b"%d" % offset
+    pack = _SEQ_TIME.pack
+    pairs = [
+        *event.annotation_pairs,
+        _KEY_SEQ + pack(seq),
+        _KEY_OFFSET + bytes((0xA1, len(digits))) + digits,
+        _KEY_TIME + pack(enqueued_ms),
+    ]
     if partition_key is not None and event.partition_key is None:
         pairs.append(_KEY_PKEY + _string(partition_key))
     body = b"".join(pairs)
     count = 2 * len(pairs)
-    if len(body) + 1 < 256:
+    if len(body) < 255 and count < 256:
         section = b"\x00\x53\x72\xc1" + bytes((len(body) + 1, count)) + body
     else:
         section = b"\x00\x53\x72\xd1" + _I.pack(len(body) + 4) + _I.pack(count) + body
-    return event.header + section + event.rest, len(event.header)
+    return b"".join((event.header, section, event.rest)), len(event.header)
 
 
 def simple_message(body: bytes, properties: dict | None = None) -> bytes:
@@ -233,4 +239,3 @@ def annotations_section(values: dict[str, Any], code: int = DELIVERY_ANNOTATIONS
     out = bytearray()
     encode(out, Described(ULong(code), {Symbol(k): v for k, v in values.items()}))
     return bytes(out)
-
