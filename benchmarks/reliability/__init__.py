@@ -1,0 +1,10 @@
+"""Reliability suite (``python -m benchmarks.reliability [--quick] [--only NAME ...]``, ``make reliability``).
+
+Each scenario runs the triggers as the container does (``python main.py ...``) against the emulators, Azurite and
+the runtime stub, breaks something (SIGKILL, SIGTERM, faults, bad input, bad configuration), and compares what
+the source published with what the runtime stub received. The results go to ``reports/reliability.json``.
+
+Modules: ``context`` (sizes, work directories, what the secrets scan reads), ``processes`` (a trigger process
+watched from outside), ``stacks`` (both triggers' servers behind one interface), ``kills``, ``faults``,
+``rebalance``, ``bad_input``, ``bad_config``, ``secrets``, ``runner`` (the catalogue and the report).
+"""

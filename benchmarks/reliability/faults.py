@@ -1,0 +1,141 @@
+"""Faults while a steady stream flows: the trigger keeps up, a fault starts, lasts, ends.
+
+- ``recovery_s``: from the end of the fault until every record published before that moment was delivered and
+  checkpointed (limit: ``RECOVERY_LIMIT_S``).
+- Then the stream stops, the rest is delivered, the trigger is stopped with SIGTERM, and the keys are counted.
+- "Logged once, not per event": the warning-and-above lines the runtime received and the process wrote stay
+  under a budget a per-event log would blow by orders of magnitude (thousands of records flow during a fault).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from benchmarks.reliability.context import Context, Scale
+from benchmarks.reliability.kills import finish
+from benchmarks.reliability.processes import output_counts, runtime_counts
+from benchmarks.reliability.stacks import EventHubStack, O365Stack, Stack, reconcile, wait_covered
+
+RECOVERY_LIMIT_S = 60.0
+RECORDS_PER_BLOB = 20
+RUNTIME_LOG_BUDGET = 12
+OUTPUT_LOG_BUDGET = 25
+FOREVER = 3600.0
+
+
+@dataclass(frozen=True)
+class Fault:
+    trigger: str  # o365 | eventhub
+    begin: Callable[[Stack, Scale], object]
+    end: Callable[[Stack, Scale], object]
+    outage: bool = True  # lasts Scale.fault_s (an outage of the issue) rather than Scale.short_fault_s
+    emulator_args: Callable[[Scale], tuple[str, ...]] = lambda scale: ()
+    config: dict = field(default_factory=dict)
+
+    def duration(self, scale: Scale) -> float:
+        return scale.fault_s if self.outage else scale.short_fault_s
+
+
+def _emulator(**knobs):
+    return lambda stack, scale: stack.emulator.control(**knobs)
+
+
+def _restart_hub_down(stack: EventHubStack, scale: Scale) -> None:
+    stack.feed.pause()  # a send cut by the stop would leave its records unknown
+    stack.emulator.stop()
+
+
+def _restart_hub_up(stack: EventHubStack, scale: Scale) -> None:
+    stack.emulator.restart()
+    stack.feed.resume()
+
+
+RUNTIME_DOWN = (lambda stack, scale: stack.runtime_control(down_for=FOREVER, down_status=0),
+                lambda stack, scale: stack.runtime_control(down_for=0))
+RUNTIME_5XX = (lambda stack, scale: stack.runtime_control(down_for=FOREVER, down_status=503),
+               lambda stack, scale: stack.runtime_control(down_for=0, down_status=0))
+
+FAULTS: dict[str, Fault] = {
+    "o365_5xx_resets": Fault("o365", _emulator(fault_rate=0.1, fault_kinds=["5xx", "reset"]),
+                             _emulator(fault_rate=0.0), outage=False),
+    # Hung requests outlast the trigger's request timeout (5 s in the test configuration).
+    "o365_timeouts": Fault("o365", _emulator(fault_rate=0.1, fault_kinds=["timeout"], hang_seconds=60),
+                           _emulator(fault_rate=0.0), outage=False),
+    "o365_throttle_storm": Fault("o365", _emulator(quota_per_minute=10, throttle_status=403),
+                                 _emulator(quota_per_minute=0), outage=False),
+    # Tokens renewed every half outage (lifetime - 5 min): at least one renewal falls inside the outage.
+    "o365_token_down": Fault("o365", _emulator(token_down="503"), _emulator(token_down=""),
+                             emulator_args=lambda scale: ("--token-lifetime", str(int(300 + scale.fault_s / 2)))),
+    "o365_runtime_down": Fault("o365", *RUNTIME_DOWN),
+    "o365_runtime_5xx": Fault("o365", *RUNTIME_5XX),
+    "eventhub_emulator_restart": Fault("eventhub", _restart_hub_down, _restart_hub_up),
+    "eventhub_azurite_down": Fault("eventhub", lambda stack, scale: stack.azurite.stop(),
+                                   lambda stack, scale: stack.azurite.start()),
+    "eventhub_runtime_down": Fault("eventhub", *RUNTIME_DOWN),
+    "eventhub_runtime_5xx": Fault("eventhub", *RUNTIME_5XX),
+}
+
+
+def _stack(ctx: Context, name: str, fault: Fault) -> Stack:
+    if fault.trigger == "o365":
+        return O365Stack(ctx, name, "--blobs", "4", "--records-per-blob", str(RECORDS_PER_BLOB),
+                         *fault.emulator_args(ctx.scale))
+    return EventHubStack(ctx, name)
+
+
+def _checkpointed(stack: Stack, records: int) -> Callable[[], bool]:
+    def check() -> bool:
+        try:
+            return stack.committed() >= records
+        except Exception:  # noqa: BLE001 - the checkpoint store may still be coming back
+            return False
+
+    return check
+
+
+def run(ctx: Context, name: str) -> dict:
+    fault = FAULTS[name]
+    scale = ctx.scale
+    duration = fault.duration(scale) if name != "eventhub_emulator_restart" else scale.restart_down_s
+    failures: list[str] = []
+    with _stack(ctx, name, fault) as stack:
+        stack.start_stream(scale.stream_per_s, RECORDS_PER_BLOB)
+        process = stack.spawn(stack.config(**fault.config))
+        if wait_covered(stack, stack.expected(), 90, processes=[process]) is None:
+            failures.append("the trigger did not keep up with the stream before the fault")
+        fault.begin(stack, scale)
+        deadline = time.monotonic() + duration
+        scraped = False
+        while time.monotonic() < deadline and process.alive:
+            if not scraped and time.monotonic() > deadline - duration / 2:
+                scraped = process.scrape() is not None
+            time.sleep(0.25)
+        fault.end(stack, scale)
+        if not process.alive:
+            failures.append(f"the trigger ended during the fault (exit code {process.poll()})")
+        snapshot = stack.expected()
+        recovery = wait_covered(stack, snapshot, RECOVERY_LIMIT_S + 30,
+                                also=_checkpointed(stack, sum(snapshot.values())), processes=[process])
+        stack.stop_stream()
+        final = stack.expected()
+        if wait_covered(stack, final, 90, also=_checkpointed(stack, sum(final.values())), processes=[process]) is None:
+            failures.append("the records published after the fault were not all delivered and checkpointed")
+        process.scrape()
+        code, stop_s = process.terminate()
+        result = reconcile(final, stack.reader.refresh().keys, stack.optional(), stack.set_aside())
+        result.update(kills=0, recovery_s=recovery, fault_s=duration, exit_code=code, stop_s=stop_s,
+                      **output_counts(stack.processes), **runtime_counts(stack.runtime_logs()))
+        if isinstance(stack, EventHubStack):
+            result["producer_failed_sends"] = stack.feed.failed_sends
+    if recovery is None or recovery > RECOVERY_LIMIT_S:
+        failures.append(f"no recovery within {RECOVERY_LIMIT_S:.0f} s after the fault ended ({recovery})")
+    if code != 0:
+        failures.append(f"exit code {code} after SIGTERM")
+    if result["runtime_warnings"] > RUNTIME_LOG_BUDGET or result["output_warnings"] > OUTPUT_LOG_BUDGET:
+        failures.append(f"logged per event: {result['runtime_warnings']} warnings to the runtime, "
+                        f"{result['output_warnings']} in the output (budgets {RUNTIME_LOG_BUDGET}, {OUTPUT_LOG_BUDGET})")
+    if result["output_tracebacks"]:
+        failures.append(f"{result['output_tracebacks']} tracebacks in the output")
+    return finish(result, failures)

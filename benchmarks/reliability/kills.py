@@ -1,0 +1,168 @@
+"""Kills and graceful stops on a backlog: SIGKILL (or SIGTERM) at random moments, restart, finish; then count.
+
+The runtime stub answers slowly (``RUNTIME_LATENCY_MS``) and batches are small (``BATCH``), so the backlog takes
+tens of seconds and every kill lands while records are in flight. Random moments are of two kinds: a delay after
+the process started (imports, token, probes, first listing) or a point of progress through the backlog.
+
+Duplicates are bounded by what was in flight at each kill: records the runtime confirmed but the trigger had not
+checkpointed yet (Office 365: the blob ledger; Event Hubs: the checkpoints in Azurite), read from outside just
+after the kill.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+from benchmarks.reliability.context import Context
+from benchmarks.reliability.processes import TriggerProcess, output_counts, runtime_counts
+from benchmarks.reliability.stacks import EventHubStack, O365Stack, Stack, reconcile, wait_covered
+from tests.eventhub_helpers import records_with_ids
+
+RUNTIME_LATENCY_MS = 300
+BATCH = 500
+RECORDS_PER_BLOB = 50
+STARTUP_KILLS = 0.25  # share of kills aimed at start-up rather than at a point of progress
+STOP_LIMIT_S = 10.0
+
+
+def backlog_stack(ctx: Context, trigger: str, name: str) -> Stack:
+    records = ctx.scale.kill_records
+    if trigger == "o365":
+        blobs = math.ceil(records / (5 * RECORDS_PER_BLOB))
+        stack: Stack = O365Stack(ctx, name, "--blobs", str(blobs), "--records-per-blob", str(RECORDS_PER_BLOB))
+    else:
+        stack = EventHubStack(ctx, name)
+        stack.feed.send_records(records_with_ids(records, "k"))
+    stack.runtime_control(latency_ms=RUNTIME_LATENCY_MS)
+    return stack
+
+
+def watch(process: TriggerProcess, stack: Stack, until, timeout: float) -> float | None:
+    """Poll until ``until()`` or the process ends; seconds from the start to its first new delivery, if any."""
+    before = stack.reader.refresh().total
+    first = None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.alive:
+        if first is None and stack.reader.refresh().total > before:
+            first = round(time.monotonic() - process.started, 2)
+        if until():
+            break
+        time.sleep(0.05)
+    return first
+
+
+def in_flight(stack: Stack) -> int:
+    """Records the runtime confirmed that the trigger will read again: the bound of the next run's duplicates."""
+    time.sleep(0.3)  # a checkpoint write already sent may still land in the store
+    return max(0, stack.reader.refresh().unique - stack.committed())
+
+
+def kills(ctx: Context, trigger: str) -> dict:
+    name = f"{trigger}_kills"
+    rng = ctx.rng(name)
+    stack = backlog_stack(ctx, trigger, name)
+    failures: list[str] = []
+    with stack:
+        expected = stack.expected()
+        total = sum(expected.values())
+        config = stack.config(batch_max_events=BATCH)
+        plan = ["startup" if rng.random() < STARTUP_KILLS else "progress" for _ in range(ctx.scale.kills)]
+        startup_window = 2.5 if trigger == "o365" else 4.5
+        targets = iter(sorted(rng.uniform(0.03, 0.9) * total for kind in plan if kind == "progress"))
+        runs, bound, bound_batches, resumed = [], 0, 0, []
+        for index, kind in enumerate(plan):
+            process = stack.spawn(config, name=f"run-{index:02d}")
+            if kind == "startup":
+                deadline = time.monotonic() + rng.uniform(0.1, startup_window)
+                first = watch(process, stack, lambda: time.monotonic() >= deadline, 60)
+            else:
+                target = next(targets)
+                start_total = stack.reader.refresh().total
+                first = watch(process, stack,
+                              lambda: stack.reader.refresh().total >= max(target, start_total + 1), 120)
+                time.sleep(rng.uniform(0, 0.3))
+            if not process.alive:
+                failures.append(f"run {index} ended by itself (exit code {process.poll()})")
+            if rng.random() < 0.3:
+                process.scrape()
+            process.kill()
+            pending = in_flight(stack)
+            bound += pending
+            bound_batches += math.ceil(pending / BATCH)
+            mid_backlog = stack.reader.unique < total
+            runs.append({"kind": kind, "at_s": round(time.monotonic() - process.started, 2),
+                         "delivered_unique": stack.reader.unique, "in_flight": pending, "mid_backlog": mid_backlog})
+            if first is not None:
+                resumed.append(first)
+        final = stack.spawn(config, name="final")
+        finished = wait_covered(stack, expected, 300, processes=[final])
+        if finished is None:
+            failures.append("the last run did not deliver the whole backlog within 300 s")
+        final.scrape()
+        code, stop_s = final.terminate()
+        result = reconcile(expected, stack.reader.refresh().keys, stack.optional(), stack.set_aside())
+        kills_mid = sum(run["mid_backlog"] for run in runs)
+        result.update(
+            kills=len(runs), kills_mid_backlog=kills_mid, in_flight_at_kills=bound,
+            in_flight_batches_at_kills=bound_batches, batch_max_events=BATCH,
+            recovery_s=max(resumed, default=None), final_run_s=finished, exit_code=code, runs=runs,
+            **output_counts(stack.processes), **runtime_counts(stack.runtime_logs()),
+        )
+    if kills_mid < ctx.scale.kills:
+        failures.append(f"only {kills_mid} kills landed before the backlog was delivered")
+    if result["duplicates"] > bound:
+        failures.append(f"{result['duplicates']} duplicates, more than the {bound} records in flight at the kills")
+    if code != 0:
+        failures.append(f"the last run exited with {code}")
+    return finish(result, failures)
+
+
+def graceful_stop(ctx: Context, trigger: str) -> dict:
+    name = f"{trigger}_graceful_stop"
+    rng = ctx.rng(name)
+    stack = backlog_stack(ctx, trigger, name)
+    failures: list[str] = []
+    with stack:
+        expected = stack.expected()
+        total = sum(expected.values())
+        config = stack.config(batch_max_events=BATCH)
+        stops, resumed = [], []
+        fractions = sorted(rng.uniform(0.1, 0.8) for _ in range(ctx.scale.stops))
+        for index, fraction in enumerate(fractions):
+            process = stack.spawn(config, name=f"run-{index:02d}")
+            start_total = stack.reader.refresh().total
+            first = watch(process, stack,
+                          lambda: stack.reader.refresh().total >= max(fraction * total, start_total + 1), 120)
+            if first is not None:
+                resumed.append(first)
+            process.scrape()
+            code, seconds = process.terminate()
+            unacknowledged = max(0, stack.reader.refresh().unique - stack.committed())
+            stops.append({"stop_s": seconds, "exit_code": code, "delivered_unique": stack.reader.unique,
+                          "delivered_not_checkpointed": unacknowledged})
+            if seconds > STOP_LIMIT_S or code != 0:
+                failures.append(f"stop {index}: exit code {code} after {seconds} s (limit {STOP_LIMIT_S} s)")
+            if unacknowledged:
+                failures.append(f"stop {index}: {unacknowledged} delivered records were not checkpointed")
+        final = stack.spawn(config, name="final")
+        finished = wait_covered(stack, expected, 300, processes=[final])
+        if finished is None:
+            failures.append("the last run did not deliver the whole backlog within 300 s")
+        code, _ = final.terminate()
+        result = reconcile(expected, stack.reader.refresh().keys, stack.optional(), stack.set_aside())
+        result.update(kills=0, stops=stops, recovery_s=max(resumed, default=None), final_run_s=finished,
+                      max_stop_s=max(stop["stop_s"] for stop in stops),
+                      **output_counts(stack.processes), **runtime_counts(stack.runtime_logs()))
+    if result["duplicates"]:
+        failures.append(f"{result['duplicates']} duplicates after graceful stops (expected 0)")
+    return finish(result, failures)
+
+
+def finish(result: dict, failures: list[str]) -> dict:
+    """``passed`` when nothing was lost and no check failed; the reasons otherwise."""
+    if result.get("lost"):
+        failures.insert(0, f"{result['lost']} records lost")
+    result["passed"] = not failures
+    result["failures"] = failures
+    return result

@@ -1,0 +1,1 @@
+def rebalancing(ctx): raise NotImplementedError

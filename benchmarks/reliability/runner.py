@@ -1,0 +1,72 @@
+"""The catalogue of scenarios, and running a selection of them into the report document."""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+
+from benchmarks.reliability import bad_config, bad_input, faults, kills, rebalance, secrets
+from benchmarks.reliability.context import Context
+
+Scenario = Callable[[Context], dict]
+
+# Heavy scenarios run alone; the light ones (mostly waiting through a fault) two at a time when --jobs 2.
+HEAVY: dict[str, Scenario] = {
+    "o365_kills": partial(kills.kills, trigger="o365"),
+    "eventhub_kills": partial(kills.kills, trigger="eventhub"),
+    "o365_graceful_stop": partial(kills.graceful_stop, trigger="o365"),
+    "eventhub_graceful_stop": partial(kills.graceful_stop, trigger="eventhub"),
+    "eventhub_rebalancing": rebalance.rebalancing,
+    "o365_bad_input": bad_input.o365_bad_input,
+    "eventhub_bad_input": bad_input.eventhub_bad_input,
+    "eventhub_fuzz": bad_input.eventhub_fuzz,
+    "o365_bad_config": bad_config.o365_bad_config,
+    "eventhub_bad_config": bad_config.eventhub_bad_config,
+}
+LIGHT: dict[str, Scenario] = {name: partial(faults.run, name=name) for name in faults.FAULTS}
+SCENARIOS: dict[str, Scenario] = {**HEAVY, **LIGHT, "secrets": secrets.scan}
+# The fields the issue asks of every scenario, in its order.
+REQUIRED = ("published", "delivered_unique", "lost", "duplicates", "kills", "recovery_s", "passed")
+
+
+def run_one(ctx: Context, name: str, log: Callable[[str], None] = print) -> dict:
+    log(f"== {name} ...")
+    started = time.monotonic()
+    try:
+        result = SCENARIOS[name](ctx)
+    except Exception as error:  # noqa: BLE001 - a broken scenario is a failed one, the others still run
+        result = {"passed": False, "failures": [f"the scenario crashed: {error!r}"],
+                  "traceback": traceback.format_exc()[-4000:]}
+    ordered = {key: result.get(key, 0 if key not in ("recovery_s", "passed") else None) for key in REQUIRED}
+    ordered["passed"] = bool(result.get("passed"))
+    ordered.update((key, value) for key, value in result.items() if key not in ordered)
+    ordered["seconds"] = round(time.monotonic() - started, 1)
+    log(f"   {name}: {summary(ordered)}")
+    return ordered
+
+
+def summary(result: dict) -> str:
+    text = (f"{'PASS' if result['passed'] else 'FAIL'} published {result['published']} lost {result['lost']} "
+            f"duplicates {result['duplicates']} kills {result['kills']} recovery_s {result['recovery_s']} "
+            f"({result['seconds']} s)")
+    if result.get("failures"):
+        text += "\n      " + "\n      ".join(result["failures"])
+    return text
+
+
+def run(ctx: Context, names: list[str], jobs: int = 1, log: Callable[[str], None] = print) -> dict:
+    """Run ``names`` (the secrets scan last, over everything the others produced); the report's scenarios."""
+    results: dict[str, dict] = {}
+    heavy = [name for name in names if name in HEAVY]
+    light = [name for name in names if name in LIGHT]
+    for name in heavy:
+        results[name] = run_one(ctx, name, log)
+    with ThreadPoolExecutor(max(1, jobs)) as pool:
+        for name, result in zip(light, pool.map(lambda name: run_one(ctx, name, log), light)):
+            results[name] = result
+    if "secrets" in names:
+        results["secrets"] = run_one(ctx, "secrets", log)
+    return {name: results[name] for name in names}

@@ -1,0 +1,1 @@
+def scan(ctx): raise NotImplementedError

@@ -1,0 +1,462 @@
+"""Both triggers' local servers behind one interface, so a scenario is written once for both.
+
+A stack starts the source emulator (and Azurite), a runtime stub and the trigger processes; it says what was
+published (``expected``: the keys that must arrive; ``optional``: keys that may arrive at most once), what arrived
+(``reader``), what the trigger has checkpointed (``committed``: records it will not read again) and what it kept
+aside as too large (``set_aside``). Keys are the issue's: Office 365 record ``Id``; Event Hubs the canonical JSON
+of each record (a non-JSON event: its text).
+
+The configuration and the servers come from the trigger engineers' helpers (``tests/o365_helpers.py``,
+``tests/eventhub_helpers.py``).
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import orjson
+import requests
+
+from benchmarks.reliability.context import Context
+from benchmarks.reliability.processes import TriggerProcess
+from emulators.process import wait_until
+from tests import eventhub_helpers
+from tests.eventhub_helpers import canonical, envelopes, records_with_ids
+from tests.o365_helpers import O365Rig
+
+TEXT = "text:"  # key prefix of an event that is not JSON
+# Configuration fields holding credentials, whatever each trigger declares: the secrets scan looks for them all.
+SECRET_FIELDS = ("client_secret", "private_key", "private_key_password", "certificate_password", "intake_key",
+                 "hub_connection_string", "storage_connection_string", "http_proxy")
+
+
+def event_key(line: bytes) -> str:
+    try:
+        return canonical(orjson.loads(line))
+    except orjson.JSONDecodeError:
+        return TEXT + line.decode("utf-8", "backslashreplace")
+
+
+def o365_key(line: bytes) -> str:
+    try:
+        return str(orjson.loads(line).get("Id"))
+    except (orjson.JSONDecodeError, AttributeError):
+        return TEXT + line.decode("utf-8", "backslashreplace")
+
+
+def configured_secrets(config: dict, env: dict[str, str]) -> list[str]:
+    """The secret values of a configuration, with the keys embedded in its connection strings, and the token."""
+    values = [str(config[name]) for name in SECRET_FIELDS if config.get(name)]
+    for value in list(values):
+        for part in value.split(";"):
+            name, _, secret = part.partition("=")
+            if name.strip().lower() in ("sharedaccesskey", "accountkey", "sharedaccesssignature") and secret:
+                values.append(secret)
+    return values + [env["TOKEN"]]
+
+
+class DeliveredReader:
+    """What the runtime stub confirmed, read incrementally from its output file (one event per line)."""
+
+    def __init__(self, path: Path, key: Callable[[bytes], str]):
+        self.path = Path(path)
+        self.key = key
+        self.keys: Counter = Counter()
+        self.total = 0
+        self._offset = 0
+        self._rest = b""
+        self._lock = threading.Lock()
+
+    def refresh(self) -> DeliveredReader:
+        with self._lock:
+            if not self.path.exists():
+                return self
+            with open(self.path, "rb") as handle:
+                handle.seek(self._offset)
+                data = handle.read()
+            self._offset += len(data)
+            data = self._rest + data
+            cut = data.rfind(b"\n") + 1  # a line being written is read at the next refresh
+            self._rest = data[cut:]
+            for line in data[:cut].splitlines():  # the split Runtime.delivered() uses
+                self.keys[self.key(line)] += 1
+                self.total += 1
+        return self
+
+    @property
+    def unique(self) -> int:
+        return len(self.keys)
+
+    def covers(self, expected: Counter) -> bool:
+        self.refresh()
+        return all(self.keys[key] >= count for key, count in expected.items())
+
+
+def set_aside_keys(data_path: Path, key: Callable[[bytes], str]) -> Counter:
+    """Events the trigger kept in its oversize file instead of sending (over the intake's size limit)."""
+    keys: Counter = Counter()
+    for path in Path(data_path).glob("state/*/oversize-events.jsonl"):
+        for line in path.read_bytes().splitlines():
+            try:
+                keys[key(orjson.loads(line)["event"].encode("utf-8"))] += 1
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                continue  # a torn last line: the event was not kept
+    return keys
+
+
+class Stack:
+    """What both stacks share: the trigger processes, the runtime stub's knobs and logs."""
+
+    parameter = ""
+
+    def __init__(self, ctx: Context, work: Path):
+        self.ctx = ctx
+        self.work = work
+        self.processes: list[TriggerProcess] = []
+        self.reader: DeliveredReader
+
+    def spawn(self, config: dict | None = None, name: str | None = None, intake: bool = True,
+              data_path: Path | None = None) -> TriggerProcess:
+        config = config if config is not None else self.config()
+        env = self.env(config, intake)
+        if data_path is not None:
+            env["SEKOIA_DATA_PATH"] = str(data_path)
+        self.ctx.artifacts.add_secrets(*configured_secrets(json_config(env), env))
+        process = TriggerProcess(self.parameter, env, self.work, name or f"trigger-{len(self.processes):02d}",
+                                 self.ctx.artifacts)
+        self.processes.append(process)
+        return process
+
+    def close(self) -> None:
+        for process in self.processes:
+            if process.alive:
+                process.kill()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- to implement ---------------------------------------------------------------------------------------------
+
+    def config(self, **overrides) -> dict:
+        raise NotImplementedError
+
+    def env(self, config: dict, intake: bool = True) -> dict[str, str]:
+        raise NotImplementedError
+
+    def runtime_control(self, **knobs) -> dict:
+        raise NotImplementedError
+
+    def runtime_logs(self) -> list[dict]:
+        raise NotImplementedError
+
+
+def json_config(env: dict[str, str]) -> dict:
+    return orjson.loads(env["TRIGGER_CONFIGURATION"])
+
+
+class O365Stack(Stack):
+    """The Office 365 emulator (a random client secret) and a runtime stub."""
+
+    parameter = "office365_management_api"
+
+    def __init__(self, ctx: Context, name: str, *emulator_args: str):
+        super().__init__(ctx, ctx.workdir(name))
+        self.client_secret = "Rel~" + secrets.token_urlsafe(24)
+        self.rig = O365Rig(self.work, "--client-secret", self.client_secret, *emulator_args)
+        try:
+            self.rig.__enter__()
+        except BaseException:
+            self.rig.__exit__(None, None, None)
+            raise
+        ctx.artifacts.add_file(Path(self.rig.runtime.info["logs_out"]))
+        self.data_path = self.rig.data_path
+        self.reader = DeliveredReader(self.rig.out, o365_key)
+
+    @property
+    def emulator(self):
+        return self.rig.emulator
+
+    def config(self, **overrides) -> dict:
+        return self.rig.trigger_config(**overrides)
+
+    def env(self, config: dict, intake: bool = True) -> dict[str, str]:
+        if not intake:
+            config = {key: value for key, value in config.items() if key != "intake_key"}
+        return self.rig.env(config)
+
+    def expected(self) -> Counter:
+        return self.rig.published()
+
+    def optional(self) -> Counter:
+        return Counter()
+
+    def start_stream(self, per_s: int, records_per_blob: int) -> None:
+        self.emulator.control(continuous=per_s / (5 * records_per_blob))  # new blobs/s of each content type
+
+    def stop_stream(self) -> None:
+        self.emulator.control(continuous=0)
+
+    def committed(self) -> int:
+        """Records of the blobs in the ledger: delivered, and never fetched again."""
+        total = 0
+        for path in self.data_path.glob("state/*/office365-ledger.jsonl"):
+            for line in path.read_bytes().splitlines():
+                try:
+                    total += len(orjson.loads(line).get("h", ()))
+                except orjson.JSONDecodeError:
+                    continue  # torn tail of an append that never returned: not committed
+        return total
+
+    def set_aside(self) -> Counter:
+        return set_aside_keys(self.data_path, o365_key)
+
+    def runtime_control(self, **knobs) -> dict:
+        return requests.post(self.rig.runtime.info["url"] + "/_runtime/control", json=knobs, timeout=10).json()
+
+    def runtime_logs(self) -> list[dict]:
+        return self.rig.logs()
+
+    def close(self) -> None:
+        super().close()
+        self.rig.__exit__(None, None, None)
+
+
+class EventHubStack(Stack):
+    """The Event Hubs emulator (a random SAS key, events kept on disk across restarts), Azurite, a runtime stub,
+    and a feed that publishes with the real producer client."""
+
+    parameter = "consume_eventhub_messages"
+
+    def __init__(self, ctx: Context, name: str, partitions: int = 4, strict_consumer_groups: bool = False):
+        work = ctx.workdir(name)
+        super().__init__(ctx, work)
+        self.key = "Rel" + secrets.token_urlsafe(30)
+        self.stack = eventhub_helpers.EventHubStack(
+            work, partitions=partitions,
+            emulator_args={"key": self.key, "persist_dir": work / "hub", "strict_consumer_groups": strict_consumer_groups})
+        ctx.artifacts.add_file(Path(self.stack.runtime.info["logs_out"]))
+        self.data_path = self.stack.runtime.data_path
+        self.reader = DeliveredReader(self.stack.runtime.out, event_key)
+        self.feed = EventHubFeed(self.stack.connection_string, partitions)
+
+    @property
+    def emulator(self):
+        return self.stack.emulator
+
+    @property
+    def azurite(self):
+        return self.stack.azurite
+
+    def config(self, **overrides) -> dict:
+        return self.stack.config(**overrides)
+
+    def env(self, config: dict, intake: bool = True) -> dict[str, str]:
+        return self.stack.env(config, intake=intake)
+
+    def expected(self) -> Counter:
+        return self.feed.snapshot()[0]
+
+    def optional(self) -> Counter:
+        return self.feed.snapshot()[1]
+
+    def start_stream(self, per_s: int, records_per_blob: int = 0) -> None:
+        self.feed.start_stream(per_s)
+
+    def stop_stream(self) -> None:
+        self.feed.stop_stream()
+
+    def committed(self) -> int:
+        """Records up to each partition's checkpoint in Azurite: never read again."""
+        return sum(self.feed.records_upto(partition, sequence)
+                   for partition, sequence in self.stack.checkpoints().items())
+
+    def set_aside(self) -> Counter:
+        return set_aside_keys(self.data_path, event_key)
+
+    def runtime_control(self, **knobs) -> dict:
+        return self.stack.runtime.control(**knobs)
+
+    def runtime_logs(self) -> list[dict]:
+        return self.stack.logs()
+
+    def close(self) -> None:
+        super().close()
+        self.feed.close()
+        self.stack.close()
+
+
+class EventHubFeed:
+    """Publishes bodies with the real producer client, round robin over the partitions, and remembers what each
+    partition's n-th event holds (to count the records under a checkpoint). A send that raised may or may not
+    have been stored: its keys become optional and the per-partition accounting is no longer exact."""
+
+    TICK = 0.5
+
+    def __init__(self, connection_string: str, partitions: int):
+        self.connection_string = connection_string
+        self.partitions = [str(p) for p in range(partitions)]
+        self.expected: Counter = Counter()
+        self.optional: Counter = Counter()
+        self.failed_sends = 0
+        self._cumulative: dict[str, list[int]] = {p: [] for p in self.partitions}
+        self._next = 0
+        self._producer = None
+        self._lock = threading.Lock()  # held while sending: pause() waits for the send at hand
+        self._stop = threading.Event()
+        self._paused = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _client(self):
+        if self._producer is None:
+            from azure.eventhub import EventHubProducerClient
+
+            self._producer = EventHubProducerClient.from_connection_string(self.connection_string)
+        return self._producer
+
+    def send(self, bodies: Sequence[bytes], must: Sequence[Sequence[str]],
+             optional: Sequence[Sequence[str]] | None = None) -> None:
+        """Send ``bodies`` (``must[i]``: the keys body i must deliver, ``optional[i]``: the keys it may deliver)."""
+        from azure.eventhub import EventData
+
+        optional = optional or [()] * len(bodies)
+        with self._lock:
+            per_partition: dict[str, list[int]] = {}
+            for index in range(len(bodies)):
+                partition = self.partitions[(self._next + index) % len(self.partitions)]
+                per_partition.setdefault(partition, []).append(index)
+            self._next += len(bodies)
+            for partition, indexes in per_partition.items():
+                pending: list[int] = []
+                batch = self._client().create_batch(partition_id=partition)
+                for index in indexes:
+                    try:
+                        batch.add(EventData(bodies[index]))
+                    except ValueError:  # batch full
+                        self._send_batch(partition, batch, pending, must, optional)
+                        batch, pending = self._client().create_batch(partition_id=partition), []
+                        batch.add(EventData(bodies[index]))
+                    pending.append(index)
+                self._send_batch(partition, batch, pending, must, optional)
+
+    def _send_batch(self, partition, batch, indexes, must, optional) -> None:
+        if not indexes:
+            return
+        try:
+            self._client().send_batch(batch)
+        except Exception:  # noqa: BLE001 - stored or not, nobody knows: the keys may arrive, or not
+            self.failed_sends += 1
+            for index in indexes:
+                self.optional.update(must[index])
+                self.optional.update(optional[index])
+            return
+        cumulative = self._cumulative[partition]
+        for index in indexes:
+            self.expected.update(must[index])
+            self.optional.update(optional[index])
+            cumulative.append((cumulative[-1] if cumulative else 0) + len(must[index]))
+
+    def send_records(self, records: Sequence[bytes], per_envelope: int = 20) -> None:
+        """Diagnostic-settings envelopes of ``records`` (each a JSON object)."""
+        keys = [canonical(orjson.loads(record)) for record in records]
+        chunks = [keys[i:i + per_envelope] for i in range(0, len(keys), per_envelope)]
+        self.send(envelopes(records, per_envelope), chunks)
+
+    def records_upto(self, partition: str, sequence_number: int) -> int:
+        """Records of the partition's events up to this sequence number (included); they start at 0."""
+        cumulative = self._cumulative.get(partition, [])
+        if sequence_number < 0 or not cumulative:
+            return 0
+        return cumulative[min(sequence_number, len(cumulative) - 1)]
+
+    def snapshot(self) -> tuple[Counter, Counter]:
+        with self._lock:
+            return Counter(self.expected), Counter(self.optional)
+
+    # -- a steady stream while a scenario runs ---------------------------------------------------------------
+
+    def start_stream(self, per_s: int) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._stream, args=(per_s,), name="eventhub-feed", daemon=True)
+        self._thread.start()
+
+    def _stream(self, per_s: int) -> None:
+        per_envelope = max(1, round(per_s * self.TICK / len(self.partitions)))
+        tick = 0
+        next_at = time.monotonic()
+        while not self._stop.is_set():
+            if not self._paused.is_set():
+                self.send_records(records_with_ids(per_envelope * len(self.partitions), f"s{tick}"), per_envelope)
+                tick += 1
+            next_at += self.TICK
+            self._stop.wait(max(0.0, next_at - time.monotonic()))
+
+    def pause(self) -> None:
+        self._paused.set()
+        with self._lock:  # the send under way ends first
+            pass
+
+    def resume(self) -> None:
+        self._paused.clear()
+
+    def stop_stream(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(60)
+            self._thread = None
+
+    def close(self) -> None:
+        self.stop_stream()
+        if self._producer is not None:
+            try:
+                self._producer.close()
+            except Exception:  # noqa: BLE001,S110 - the emulator may be gone already
+                pass
+
+
+def reconcile(expected: Counter, delivered: Counter, optional: Counter | None = None,
+              set_aside: Counter | None = None) -> dict:
+    """Lost: expected keys neither delivered nor kept aside. Duplicates: deliveries beyond the expected multiset,
+    an optional key's first delivery excepted."""
+    optional, set_aside = optional or Counter(), set_aside or Counter()
+    lost = expected - delivered - set_aside
+    extra = delivered - expected
+    duplicates = extra - optional
+    return {
+        "published": sum(expected.values()),
+        "delivered_unique": sum((delivered & expected).values()),
+        "lost": sum(lost.values()),
+        "duplicates": sum(duplicates.values()),
+        "set_aside": sum((set_aside & expected).values()),
+        "optional_delivered": sum((extra & optional).values()),
+        "lost_sample": [key[:120] for key in list(lost)[:5]],
+        "duplicate_sample": [key[:120] for key in list(duplicates)[:5]],
+    }
+
+
+def wait_covered(stack: Stack, expected: Counter, timeout: float, also: Callable[[], bool] = lambda: True,
+                 processes: Sequence[TriggerProcess] = ()) -> float | None:
+    """Seconds until every expected key arrived (and ``also`` holds); None on timeout or when a process died."""
+    started = time.monotonic()
+
+    def done() -> bool:
+        if processes and not any(process.alive for process in processes):
+            raise ProcessDied()
+        return stack.reader.covers(expected) and also()
+
+    try:
+        ok = wait_until(done, timeout, interval=0.25)
+    except ProcessDied:
+        return None
+    return round(time.monotonic() - started, 2) if ok else None
+
+
+class ProcessDied(Exception):
+    pass
