@@ -87,7 +87,7 @@ def build_client(config: EventHubConfiguration, store: CheckpointStore | None, c
         "eventhub_name": config.hub_name,
         "checkpoint_store": store,
         "load_balancing_interval": config.load_balancing_interval,
-        "prefetch": max(300, config.max_batch_size),  # messages buffered per partition: bounds memory
+        "prefetch": config.prefetch,
         "retry_total": retry_total,
         "user_agent": "sekoiaio-connector",
     }

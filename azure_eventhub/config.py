@@ -47,8 +47,10 @@ class EventHubConfiguration(CollectorConfiguration):
     # -- reading ------------------------------------------------------------------------------------------------
     starting_position: str = "earliest"  # when a partition has no checkpoint: earliest | latest | ISO 8601 time
     categories: list[str] | None = None  # keep only records whose `category` is one of these
-    max_batch_size: int = Field(300, ge=1, le=5_000, validation_alias=AliasChoices("max_batch_size", "chunk_size"))
+    max_batch_size: int = Field(100, ge=1, le=5_000, validation_alias=AliasChoices("max_batch_size", "chunk_size"))
     max_wait_time: float | None = Field(None, gt=0, le=300)  # seconds a record may wait before it is sent
+    # Messages the client buffers per owned partition: memory is about prefetch x message size x partitions.
+    prefetch: int = Field(300, ge=10, le=5_000)
     use_websockets: bool = False
     http_proxy: str | None = None  # http://[user:password@]host:port (AMQP over WebSockets through it)
     load_balancing_interval: float = Field(30.0, ge=1, le=600)

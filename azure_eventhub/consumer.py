@@ -2,9 +2,11 @@
 
 Threads and loop:
 - The event loop runs the client (every owned partition concurrently), the checkpoint writer and a monitor.
-- Each received batch is split into records and handed to the forwarder on ONE worker thread: splitting is
-  CPU work and ``Forwarder.add`` may block for backpressure, neither belongs on the loop. The partition's
-  callback awaits its batch, so a slow runtime slows the reading instead of filling memory.
+- A received batch is split into records and handed to the forwarder. Small batches (the usual case) are
+  handled on the loop when the forwarder has room, so ``Forwarder.add`` cannot block; large batches, or any
+  batch while the runtime is behind, go to ONE worker thread, where splitting and backpressure do not hold
+  the loop. The partition's callback awaits its batch, so a slow runtime slows the reading instead of
+  filling memory.
 - The forwarder's delivery thread calls the batch's ack once the runtime confirmed it; the ack hands the
   position to the checkpoint writer, which writes it from the loop.
 """
@@ -12,6 +14,7 @@ Threads and loop:
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -32,9 +35,11 @@ from azure_eventhub.config import EventHubConfiguration, parse_starting_position
 from azure_eventhub.records import RecordSplitter, SplitStats
 from connectors.delivery import Forwarder
 from connectors.errors import ConfigurationError
+from connectors.state import StateFile
 
 LogFunction = Callable[[str, str], None]
 _DATA = AmqpMessageBodyType.DATA
+INLINE_BYTES = 1000000  # larger batches are split on the worker thread, not to hold the loop
 
 
 def event_body(event: EventData) -> bytes:
@@ -57,6 +62,7 @@ class Settings:
     stop_grace: float = 25.0  # seconds to deliver and checkpoint what was read, once asked to stop
     backlog_interval: float = 30.0  # partition properties are read this often, not per event
     text_warning_interval: float = 600.0
+    idle_flush: float = 0.25  # no new batch for this long: send what is buffered now instead of at its max age
 
 
 class Consumer:
@@ -73,6 +79,7 @@ class Consumer:
         heartbeat: Callable[[], None],
         lag: Callable[[float], None],
         settings: Settings | None = None,
+        owner_file: StateFile | None = None,
     ):
         self.config = config
         self.client = client
@@ -85,22 +92,29 @@ class Consumer:
         self.heartbeat = heartbeat
         self.report_lag = lag
         self.settings = settings or Settings()
+        self.owner_file = owner_file
         self.loop = asyncio.get_running_loop()
         self.worker = ThreadPoolExecutor(1, thread_name_prefix="eventhub-records")
         self.accepting = True
         self.fatal: ConfigurationError | None = None
         self.owned: set[str] = set()
         self.progress: dict[str, Progress] = {}
-        self.stats = SplitStats()  # written by the worker thread only
+        self.stats = SplitStats()  # totals, for metrics and warnings
+        self._stats_lock = threading.Lock()
         self._reported = SplitStats()
         self._text_warned_at = 0.0
-        self._error_streaks: dict[str, int] = {}
+        self._error_streaks: dict[str, tuple[int, float]] = {}
+        self._owner_saved = False
+        self._last_batch_at = 0.0
+        self._unflushed = False
 
     # -- run ------------------------------------------------------------------------------------------------
 
     async def run(self) -> None:
+        await self._release_previous_owner()
         writer_task = asyncio.create_task(self.writer.run(), name="eventhub-checkpoints")
         monitor_task = asyncio.create_task(self._monitor(), name="eventhub-monitor")
+        flush_task = asyncio.create_task(self._flush_when_idle(), name="eventhub-idle-flush")
         receive_task = asyncio.create_task(
             self.client.receive_batch(
                 self._on_batch,
@@ -114,15 +128,21 @@ class Consumer:
         )
         stop_task = asyncio.create_task(self.stop_requested.wait())
         try:
+            for _ in range(100):  # the processor exists after the receive task's first step: save its id early
+                await asyncio.sleep(0.01)
+                self._remember_owner()
+                if self._owner_saved or self.owner_file is None or receive_task.done():
+                    break
             await asyncio.wait({receive_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
             await self._finish()
             await self.client.close()  # cancels the partitions and releases their ownership
             if receive_task.done() and not receive_task.cancelled() and receive_task.exception() and not self.fatal:
                 raise receive_task.exception()  # type: ignore[misc]
         finally:
-            for task in (writer_task, monitor_task, stop_task, receive_task):
+            tasks = (writer_task, monitor_task, flush_task, stop_task, receive_task)
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(writer_task, monitor_task, stop_task, receive_task, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
             self.worker.shutdown(wait=False)
             metrics.owned_partitions.set(0)
         if self.fatal:
@@ -145,21 +165,41 @@ class Consumer:
     # -- client callbacks (event loop) ------------------------------------------------------------------------
 
     async def _on_batch(self, context, events: list[EventData]) -> None:
-        if events and self.accepting:
-            await self.loop.run_in_executor(self.worker, self._forward, context.partition_id, events)
+        if not events or not self.accepting:
+            return
+        bodies = [event_body(event) for event in events]
+        limits = self.forwarder.limits
+        size = sum(map(len, bodies))
+        # Small batches with room in the forwarder are handled here: `add` cannot block (at most one batch is
+        # cut, and fewer than `in_flight` wait), and a thread hop per batch would cost more than the work.
+        if size <= min(INLINE_BYTES, limits.max_bytes) and len(events) < limits.max_events \
+                and self.forwarder.pending < limits.in_flight:
+            self._forward(context.partition_id, events, bodies)
+        else:
+            await self.loop.run_in_executor(self.worker, self._forward, context.partition_id, events, bodies)
 
-    def _forward(self, partition_id: str, events: list[EventData]) -> None:
-        """Worker thread: split the batch into records and queue them with the partition's ack."""
+    def _forward(self, partition_id: str, events: list[EventData], bodies: list[bytes]) -> None:
+        """Split a batch into records and queue them with the partition's ack (loop or worker thread)."""
         if not self.accepting:
             return  # stopping: not acknowledged, so read again at the next start
         records: list[bytes] = []
-        before = self.stats.records
-        self.splitter.split(map(event_body, events), records, self.stats)
+        stats = SplitStats()
+        try:
+            self.splitter.split(bodies, records, stats)
+        except Exception as error:  # noqa: BLE001 - a body must never stop a partition (it would be read again)
+            records, stats = [], SplitStats()
+            self.splitter.as_text(bodies, records, stats)
+            self.log(f"Splitting a batch of partition {partition_id} failed ({type(error).__name__}): its "
+                     f"{len(bodies)} messages were forwarded as text", "error")
         last = events[-1]
         sequence_number = last.sequence_number
         self.progress[partition_id] = Progress(sequence_number, last.enqueued_time, time.time())
-        ack = partial(self._acked, partition_id, last.offset, sequence_number, len(events), self.stats.records - before)
+        with self._stats_lock:
+            self.stats.add(stats)
+        ack = partial(self._acked, partition_id, last.offset, sequence_number, len(events), stats.records)
         self.forwarder.add(records, ack=ack, origin=f"partition {partition_id} up to sequence number {sequence_number}")
+        self._last_batch_at = time.monotonic()
+        self._unflushed = True
 
     def _acked(self, partition_id: str, offset: str, sequence_number: int, events: int, records: int) -> None:
         """Delivery thread: the runtime confirmed the batch and everything queued before it."""
@@ -201,8 +241,11 @@ class Consumer:
         where = f"partition {partition_id}" if partition_id is not None else "load balancing (checkpoint store)"
         kind = "partition" if partition_id is not None else "load_balancing"
         metrics.receive_errors.labels(kind).inc()
-        streak = self._error_streaks.get(where, 0)
-        self._error_streaks[where] = streak + 1
+        streak, last = self._error_streaks.get(where, (0, 0.0))
+        now = time.monotonic()
+        if now - last > 120:  # quiet for two minutes: this is a new outage
+            streak = 0
+        self._error_streaks[where] = (streak + 1, now)
         if streak == 0 or streak % 20 == 0:  # once per outage, then a reminder now and then, never per event
             self.log(f"Event Hubs {where}: {describe_error(error)}; the client retries by itself "
                      f"({streak + 1} errors so far)", "warning")
@@ -213,6 +256,58 @@ class Consumer:
             self.fatal = error
             self.stop_requested.set()
 
+    # -- ownership across restarts -----------------------------------------------------------------------------
+
+    async def _release_previous_owner(self) -> None:
+        """Free the partitions a crashed run of this trigger still owns in the store.
+
+        Ownership blobs of a process killed without releasing them stay valid for six load-balancing rounds
+        (3 minutes by default): a restarted trigger would wait that long before reading again. The previous
+        run's owner id is kept in the state directory; its blobs, if unchanged since (etag), are released so
+        the new run claims them at once. Another live instance that took them meanwhile is left alone.
+        """
+        if self.owner_file is None:
+            return
+        previous = (self.owner_file.load({}) or {}).get("owner_id")
+        if not previous:
+            return
+        base = self.writer.base
+        try:
+            owned = await asyncio.wait_for(self.writer.store.list_ownership(
+                base["fully_qualified_namespace"], base["eventhub_name"], base["consumer_group"]), 15)
+            mine = [dict(o, owner_id="") for o in owned if o.get("owner_id") == previous]
+            if mine:
+                await asyncio.wait_for(self.writer.store.claim_ownership(mine), 15)
+                self.log(f"Released partitions {', '.join(sorted(o['partition_id'] for o in mine))} still held by "
+                         "the previous run of this trigger, to read them again at once", "info")
+        except Exception as error:  # noqa: BLE001 - at worst the partitions come back when their ownership expires
+            self.log(f"Could not release the previous run's partitions ({describe_error(error)}): they are read "
+                     "again once their ownership expires", "warning")
+
+    def _remember_owner(self) -> None:
+        """Save this run's owner id (the client's processor id) for the next start."""
+        if self.owner_file is None or self._owner_saved:
+            return
+        # The processor's id is the owner id written in the ownership blobs; the client does not expose it.
+        processors = list(getattr(self.client, "_event_processors", {}).values())
+        owner_id = getattr(processors[0], "_id", None) if processors else None
+        if owner_id:
+            self._owner_saved = True
+            try:
+                self.owner_file.save({"owner_id": owner_id})
+            except OSError as error:
+                self.log(f"Could not save the owner id ({error}): after a crash, partitions resume only once their "
+                         "ownership expires", "warning")
+
+    async def _flush_when_idle(self) -> None:
+        """At the end of a burst, deliver (and so checkpoint) at once rather than when the batch reaches its age."""
+        idle = self.settings.idle_flush
+        while True:
+            await asyncio.sleep(idle / 2)
+            if self._unflushed and time.monotonic() - self._last_batch_at >= idle:
+                self._unflushed = False
+                self.forwarder.flush()
+
     # -- monitor ----------------------------------------------------------------------------------------------
 
     async def _monitor(self) -> None:
@@ -220,6 +315,7 @@ class Consumer:
         while True:
             await asyncio.sleep(1.0)
             self.heartbeat()
+            self._remember_owner()
             if not self.is_running():
                 self.stop_requested.set()  # in case the stop signal came before the loop listened
             self._report_stats()
@@ -264,7 +360,10 @@ class Consumer:
         return {item["partition_id"]: int(item["sequence_number"]) for item in listed}
 
     def _report_stats(self) -> None:
-        stats, reported = self.stats, self._reported
+        with self._stats_lock:
+            stats = SplitStats()
+            stats.add(self.stats)
+        reported = self._reported
         for reason in ("empty", "heartbeats", "filtered"):
             delta = getattr(stats, reason) - getattr(reported, reason)
             if delta:

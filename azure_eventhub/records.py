@@ -102,6 +102,14 @@ class RecordSplitter:
             out.append(body)
             stats.records += 1
 
+    def as_text(self, bodies: Iterable[bytes], out: list[bytes], stats: SplitStats) -> None:
+        """Last resort if splitting ever failed on a batch: every body as text, so nothing is lost or retried forever."""
+        for body in bodies:
+            stats.events += 1
+            stats.text += 1
+            stats.records += 1
+            out.append(self.text_event(body.decode("utf-8", "backslashreplace")))
+
     def _wanted(self, record) -> bool:
         category = record.get("category") if type(record) is dict else None
         # Records without a category cannot be classified: keep them rather than lose them.

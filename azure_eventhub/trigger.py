@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 from azure_eventhub.checkpoints import CheckpointWriter
 from azure_eventhub.clients import build_client, build_credential, build_store, probe_hub, probe_store
 from azure_eventhub.config import EventHubConfiguration
 from azure_eventhub.consumer import Consumer, Settings, describe_store
 from azure_eventhub.records import RecordSplitter, text_as_json, text_as_raw
+from connectors.state import StateFile
 from connectors.trigger import CollectorTrigger
 
 
@@ -44,6 +46,18 @@ class EventHubTrigger(CollectorTrigger):
         else:
             loop.run_in_executor(None, self.log, message, level)
 
+    async def _unless_stopped(self, coroutine) -> Any:
+        """Run a start-up step, abandoned if a stop is requested meanwhile (a probe may wait up to a minute)."""
+        step = asyncio.ensure_future(coroutine)
+        stop = asyncio.ensure_future(self._stop_requested.wait())  # type: ignore[union-attr]
+        await asyncio.wait({step, stop}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if not step.done():
+            step.cancel()
+            await asyncio.gather(step, return_exceptions=True)
+            return None
+        return step.result() if step.result() is not None else True
+
     async def _consume(self, config: EventHubConfiguration) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop_requested = asyncio.Event()
@@ -54,8 +68,11 @@ class EventHubTrigger(CollectorTrigger):
         credential = build_credential(config)
         store = client = None
         try:
-            await probe_store(config, credential)
-            properties = await probe_hub(config, credential)
+            if not await self._unless_stopped(probe_store(config, credential)):
+                return
+            properties = await self._unless_stopped(probe_hub(config, credential))
+            if properties is None:
+                return
             store = build_store(config, self.state_dir, credential)
             client = build_client(config, store, credential)
             self.log(
@@ -76,6 +93,7 @@ class EventHubTrigger(CollectorTrigger):
                 heartbeat=self.heartbeat,
                 lag=lambda seconds: self.put_events_lag(self.metric_intake, seconds),
                 settings=self.settings,
+                owner_file=StateFile(self.state_dir / "eventhub-owner.json") if config.uses_storage else None,
             )
             await consumer.run()
         finally:

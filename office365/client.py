@@ -184,7 +184,7 @@ class ManagementClient:
         throttled = status == 429 or (status == 403 and b"AF429" in response.body[:500])
         if throttled:
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
-            self.gate.pacer.on_throttled(retry_after)
+            self.gate.pacer.on_throttled(retry_after, sent=started)
             metrics.throttled.inc()
             self._count(what, "throttled")
             self._trouble(started)

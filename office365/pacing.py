@@ -61,23 +61,30 @@ class QuotaPacer:
     WINDOW = 60.0
     MARGIN = 0.95  # pace at this share of the quota seen
     PROBE_EVERY = 30.0  # seconds of throttle-free pacing before trying a little more
-    PROBE_STEP = 1.02
+    PROBE_STEP = 1.02  # near the quota last seen: creep up (it may have grown)
+    RECOVER_STEP = 1.2  # well under it (after a cut by a shared pool, say): climb back quickly
     BURST_SECONDS = 1.0
+    MAX_HOLD = 15.0  # longest pause without Retry-After: a few probes per minute while a window drains
     MIN_PER_MINUTE = 30.0
 
     def __init__(self, cap_per_minute: float | None = None, clock: Clock = time.monotonic):
         self.cap = cap_per_minute
         self.per_minute: float | None = cap_per_minute
+        self.ceiling: float | None = None  # the quota estimated at the last throttled answer
         self._clock = clock
         self._accepted: deque[float] = deque()
         self._tokens = 0.0
         self._refilled = clock()
         self.hold_until = 0.0
         self._throttle_streak = 0
+        self._held_at = -math.inf
         self._last_throttle = -math.inf
         self._last_probe = clock()
         self._waited_recently = -math.inf
         self.throttled = 0
+
+    def now(self) -> float:
+        return self._clock()
 
     # -- sending -------------------------------------------------------------------------------------------
 
@@ -97,7 +104,7 @@ class QuotaPacer:
             self._tokens -= 1.0
             return 0.0
         self._waited_recently = now
-        return (1.0 - self._tokens) / rate
+        return max(0.001, (1.0 - self._tokens) / rate)  # never a wait too small to move a clock
 
     # -- answers -------------------------------------------------------------------------------------------
 
@@ -108,7 +115,8 @@ class QuotaPacer:
         self._throttle_streak = 0
         self._maybe_probe(now)
 
-    def on_throttled(self, retry_after: float | None = None) -> None:
+    def on_throttled(self, retry_after: float | None = None, sent: float | None = None) -> None:
+        """A throttled answer to a request sent at ``sent`` (clock time; unknown: now)."""
         now = self._clock()
         self.throttled += 1
         self._trim(now)
@@ -117,17 +125,24 @@ class QuotaPacer:
             # best estimate of the quota left to us.
             seen = len(self._accepted)
             if seen >= 10:
+                self.ceiling = float(seen)
                 estimate = max(self.MIN_PER_MINUTE, seen * self.MARGIN)
                 self.per_minute = estimate if self.per_minute is None else min(self.per_minute, estimate)
                 if self.cap is not None:
                     self.per_minute = min(self.per_minute, self.cap)
+        elif sent is not None and sent < self._held_at:
+            # Sent before the current hold began (requests in flight together): the same news, not a new probe.
+            if retry_after is not None:
+                self.hold_until = max(self.hold_until, now + min(retry_after, 5 * self.WINDOW))
+            return
         self._throttle_streak += 1
         # Back off exponentially while throttling lasts (a fixed-window quota only resets at its window's end),
         # and never less than the server asked for.
-        hold = min(self.WINDOW, 2.0 ** (self._throttle_streak - 1))
+        hold = min(self.MAX_HOLD, 2.0 ** (self._throttle_streak - 1))
         if retry_after is not None:
             hold = max(hold, min(retry_after, 5 * self.WINDOW))
         self.hold_until = max(self.hold_until, now + hold)
+        self._held_at = now
         self._tokens = 0.0
         self._refilled = self.hold_until
         self._last_throttle = now
@@ -147,8 +162,9 @@ class QuotaPacer:
             return
         self._last_probe = now
         # Only when the pace actually held requests back: a quiet tenant has nothing to learn.
-        if now - self._waited_recently < self.PROBE_EVERY and now - self._last_throttle >= self.WINDOW:
-            raised = self.per_minute * self.PROBE_STEP
+        if now - self._waited_recently < self.PROBE_EVERY and now - self._last_throttle >= self.PROBE_EVERY:
+            below = self.ceiling is not None and self.per_minute < 0.9 * self.ceiling
+            raised = self.per_minute * (self.RECOVER_STEP if below else self.PROBE_STEP)
             self.per_minute = raised if self.cap is None else min(raised, self.cap)
 
     @property
@@ -189,7 +205,7 @@ class Gate:
         except BaseException:
             self.release()
             raise
-        return time.monotonic()
+        return self.pacer.now()
 
     def release(self) -> None:
         self.in_flight -= 1

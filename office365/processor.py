@@ -76,6 +76,8 @@ class Processor:
     def stop(self, timeout: float = 10.0) -> bool:
         """Finish the blob at hand, queue the acknowledgement of what was added, drop the rest (fetched again later)."""
         self._stopping = True
+        if not self._thread.is_alive():
+            return True  # never started (the run failed before collecting) or already done
         self._queue.put(_STOP)
         self._thread.join(timeout)
         return not self._thread.is_alive()
@@ -139,17 +141,10 @@ class Processor:
                 f"its {len(parsed.records)} valid records are forwarded",
                 "warning",
             )
-        # Hot path: keep it to a hash and a set lookup per record.
-        seen = self.state.filter
-        sha1 = hashlib.sha1
-        from_bytes = int.from_bytes
-        events: list[bytes] = []
-        hashes: list[int] = []
-        for record in parsed.records:
-            key = from_bytes(sha1(record, usedforsecurity=False).digest()[:8], "big") >> 1
-            if seen.add(key):
-                events.append(record)
-                hashes.append(key)
+        # Hot path: one hash and one set lookup per record.
+        sha1, from_bytes = hashlib.sha1, int.from_bytes
+        keys = [from_bytes(sha1(record, usedforsecurity=False).digest()[:8], "big") >> 1 for record in parsed.records]
+        events, hashes = self.state.filter.admit(parsed.records, keys)
         duplicates = len(parsed.records) - len(events)
         if duplicates:
             metrics.duplicate_records.labels(ref.content_type).inc(duplicates)

@@ -58,6 +58,23 @@ class RecordFilter:
     def __contains__(self, key: int) -> bool:
         return key in self._seen
 
+    def admit(self, records: list[bytes], keys: list[int]) -> tuple[list[bytes], list[int]]:
+        """The records (and their keys) not seen before, remembered from now on; the hot path."""
+        if self.capacity <= 0:
+            return records, keys
+        seen, order = self._seen, self._order
+        fresh: list[bytes] = []
+        fresh_keys: list[int] = []
+        for record, key in zip(records, keys):
+            if key not in seen:
+                seen.add(key)
+                order.append(key)
+                fresh.append(record)
+                fresh_keys.append(key)
+        while len(order) > self.capacity:
+            seen.discard(order.popleft())
+        return fresh, fresh_keys
+
     def add(self, key: int) -> bool:
         """Remember ``key``; False when it was already there (a duplicate)."""
         if key in self._seen:

@@ -56,14 +56,24 @@ class Subscriptions:
     async def ensure(self, content_types: list[str]) -> None:
         response = await self.client.get(self.client.operation_url("subscriptions/list"), "subscription")
         data = response.json() if response.body.strip() else []
-        enabled = {
-            str(entry.get("contentType")).lower()
+        status = {
+            str(entry.get("contentType")).lower(): str(entry.get("status", "")).lower()
             for entry in (data if isinstance(data, list) else [])
-            if isinstance(entry, dict) and str(entry.get("status", "")).lower() == "enabled"
+            if isinstance(entry, dict)
         }
         for content_type in content_types:
-            if content_type.lower() not in enabled:
-                await self.start(content_type, "it was not enabled yet")
+            current = status.get(content_type.lower())
+            if current == "enabled":
+                continue
+            if current is None:
+                await self.start(content_type, "there was none yet")
+            else:
+                self._log(
+                    f"The subscription to {content_type} was {current}; starting it. Content of the time it was off "
+                    "cannot be retrieved",
+                    "warning",
+                )
+                await self.start(content_type, f"it was {current}")
 
     async def start(self, content_type: str, reason: str) -> None:
         url = self.client.operation_url("subscriptions/start", contentType=content_type)

@@ -141,3 +141,23 @@ def test_playbook_mode_forwards_text_as_json_strings(stack, monkeypatch):
     assert "not json at all" in delivered
     assert sorted(record["sekoia_test_id"] for record in delivered if isinstance(record, dict)) == [
         f"p-{i}" for i in range(5)]
+
+
+def test_main_killed_then_restarted_resumes_at_once_without_loss(stack):
+    records = records_with_ids(6000, "k")
+    stack.publish_envelopes(records, per_envelope=20)
+    config = stack.config()  # default load balancing: a dead owner's partitions expire only after 3 minutes
+    proc = stack.start_process(config)
+    assert wait_until(lambda: stack.delivered_count() >= 1000 or proc.poll() is not None, 90, 0.02)
+    proc.kill()
+    proc.wait(10)
+    restarted = time.monotonic()
+    proc = stack.start_process(config)
+    # The restarted run releases what the killed one still owned: it reads again within seconds, not minutes.
+    assert wait_until(lambda: len(set(stack.delivered_ids())) >= 6000 or proc.poll() is not None, 60, 0.2)
+    assert time.monotonic() - restarted < 60
+    time.sleep(1)
+    assert terminate(proc) == 0
+    result = compare(ids_of(records), stack.delivered_ids())
+    assert result["lost"] == 0, result
+    assert any("still held by the previous run" in log["message"] for log in stack.logs())

@@ -22,6 +22,9 @@ from tests.eventhub_helpers import records_with_ids
 RUNTIME_LATENCY_MS = 300
 BATCH = 500
 RECORDS_PER_BLOB = 50
+# A killed consumer keeps its partitions until their ownership expires (6 load-balancing rounds, 3 minutes by
+# default): 1 s rounds let the restarted one take them over within seconds.
+EVENTHUB_CONFIG = {"load_balancing_interval": 1}
 STARTUP_KILLS = 0.25  # share of kills aimed at start-up rather than at a point of progress
 STOP_LIMIT_S = 10.0
 
@@ -52,6 +55,11 @@ def watch(process: TriggerProcess, stack: Stack, until, timeout: float) -> float
     return first
 
 
+def kill_config(stack: Stack) -> dict:
+    extra = EVENTHUB_CONFIG if isinstance(stack, EventHubStack) else {}
+    return stack.config(batch_max_events=BATCH, **extra)
+
+
 def in_flight(stack: Stack) -> int:
     """Records the runtime confirmed that the trigger will read again: the bound of the next run's duplicates."""
     time.sleep(0.3)  # a checkpoint write already sent may still land in the store
@@ -66,7 +74,7 @@ def kills(ctx: Context, trigger: str) -> dict:
     with stack:
         expected = stack.expected()
         total = sum(expected.values())
-        config = stack.config(batch_max_events=BATCH)
+        config = kill_config(stack)
         plan = ["startup" if rng.random() < STARTUP_KILLS else "progress" for _ in range(ctx.scale.kills)]
         startup_window = 2.5 if trigger == "o365" else 4.5
         targets = iter(sorted(rng.uniform(0.03, 0.9) * total for kind in plan if kind == "progress"))
@@ -126,7 +134,7 @@ def graceful_stop(ctx: Context, trigger: str) -> dict:
     with stack:
         expected = stack.expected()
         total = sum(expected.values())
-        config = stack.config(batch_max_events=BATCH)
+        config = kill_config(stack)
         stops, resumed = [], []
         fractions = sorted(rng.uniform(0.1, 0.8) for _ in range(ctx.scale.stops))
         for index, fraction in enumerate(fractions):

@@ -1,0 +1,48 @@
+"""Scale-out: two `python main.py` consumers share 4 partitions through Azurite; a killed one hands over, 0 lost."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections import Counter
+
+from tests.eventhub_helpers import EventHubStack, compare, ids_of, records_with_ids, terminate, wait_until
+
+
+def split_evenly(owners: dict[str, str]) -> bool:
+    counts = Counter(owner for owner in owners.values() if owner)
+    return len(owners) == 4 and sorted(counts.values()) == [2, 2]
+
+
+def test_two_consumers_split_partitions_and_a_killed_one_hands_over(tmp_path):
+    with EventHubStack(tmp_path / "stack", partitions=4) as stack:
+        config = stack.config(load_balancing_interval=2)  # ownership expires after 6 rounds: 12 s
+        first, second = records_with_ids(2000, "a"), records_with_ids(2000, "b")
+        stack.publish_envelopes(first, per_envelope=20)
+        consumers = [stack.start_process(config, log_name="consumer") for _ in range(2)]
+        assert wait_until(lambda: split_evenly(stack.owners()), 90, 0.5), stack.owners()
+        assert wait_until(lambda: stack.delivered_count() >= 2000, 60)
+        split = stack.owners()
+
+        # More events arrive while one consumer dies without a chance to checkpoint or release anything.
+        publisher = threading.Thread(target=stack.publish_envelopes, args=(second, 10))
+        publisher.start()
+        victim, survivor = consumers
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(10)
+        publisher.join(60)
+        assert wait_until(lambda: len(set(stack.delivered_ids())) >= 4000 or survivor.poll() is not None, 90, 0.5)
+        # The survivor took the dead one's partitions once their ownership expired.
+        assert wait_until(lambda: len(set(stack.owners().values())) == 1, 30, 0.5), stack.owners()
+        assert set(stack.owners().values()) < set(split.values())
+        time.sleep(1)
+        assert terminate(survivor) == 0
+
+        result = compare(ids_of(first + second), stack.delivered_ids())
+        print("scale-out:", result)
+        assert result["lost"] == 0, result
+        # Only what the killed consumer had read past its last checkpoint may come twice.
+        assert result["duplicates"] <= 2000, result
+        logs = [(tmp_path / "stack" / f"consumer-{i}.log").read_text() for i in range(2)]
+        assert all("Reading partition" in log for log in logs)

@@ -1,0 +1,83 @@
+"""What the trigger tells a person: AADSTS and AF errors mapped to the field to fix; transient ones retried."""
+
+from __future__ import annotations
+
+import pytest
+
+from connectors.errors import ConfigurationError
+from office365.auth import TransientAuthError, explain
+from office365.client import ApiError
+from office365.subscriptions import fatal
+
+
+def aad(code: int, error: str = "invalid_client", text: str = "Something.") -> dict:
+    return {
+        "error": error,
+        "error_description": f"AADSTS{code}: {text} Trace ID: 1 Correlation ID: 2 Timestamp: 2026-11-25",
+        "error_codes": [code],
+    }
+
+
+@pytest.mark.parametrize(
+    "code, error, field, words",
+    [
+        (7000215, "invalid_client", "client_secret", "Value"),
+        (7000222, "invalid_client", "client_secret", "expired"),
+        (700016, "unauthorized_client", "client_id", "consent"),
+        (90002, "invalid_request", "tenant_id", "tenant"),
+        (900023, "invalid_request", "tenant_id", "tenant"),
+        (700027, "invalid_client", "certificate", "upload"),
+        (65001, "invalid_grant", "client_id", "ActivityFeed.Read"),
+        (500011, "invalid_resource", "cloud", "cloud"),
+    ],
+)
+def test_aadsts_codes_name_the_field_and_what_to_do(code, error, field, words):
+    problem = explain(aad(code, error))
+    assert isinstance(problem, ConfigurationError)
+    assert problem.field == field
+    assert words in str(problem)
+    assert f"AADSTS{code}" in str(problem)
+
+
+def test_code_found_in_the_description_when_error_codes_are_missing():
+    problem = explain({"error": "invalid_client", "error_description": "AADSTS7000215: Invalid client secret."})
+    assert isinstance(problem, ConfigurationError) and problem.field == "client_secret"
+
+
+def test_unknown_refusals_are_still_configuration_errors_with_microsofts_words():
+    problem = explain(aad(123456, "invalid_client", "Something new happened. More text."))
+    assert isinstance(problem, ConfigurationError) and problem.field == "client_secret"
+    assert "Something new happened" in str(problem) and "Trace ID" not in str(problem)
+
+
+@pytest.mark.parametrize("error", ["temporarily_unavailable", "server_error", None])
+def test_outages_are_transient(error):
+    result = {"error": error, "error_description": "AADSTS50001: try later"} if error else {}
+    assert isinstance(explain(result), TransientAuthError)
+
+
+def test_no_secret_in_the_explanations():
+    for code in (7000215, 7000222, 700016, 90002, 700027):
+        assert "Emu8Q~" not in str(explain(aad(code, text="Invalid client secret provided. Emu8Q~ is not it")))
+
+
+@pytest.mark.parametrize(
+    "status, code, message, content_type, field",
+    [
+        (401, "AF10001", "The permission set does not include ActivityFeed.Read.", "Audit.Exchange", "client_id"),
+        (401, "AF10001", "The permission set does not include ActivityFeed.ReadDlp.", "DLP.All", "content_types"),
+        (401, "AF20010", "The tenant ID passed in the URL does not match", None, "tenant_id"),
+        (400, "AF20011", "Specified tenant does not exist.", None, "tenant_id"),
+        (400, "AF20012", "Tenant is not configured", None, "tenant_id"),
+        (400, "UAL-off", "Tenant 4f6e does not exist.", None, "tenant_id"),
+        (400, "AF20020", "Invalid content type", "Audit.Teams", "content_types"),
+    ],
+)
+def test_api_errors_only_a_person_can_fix(status, code, message, content_type, field):
+    problem = fatal(ApiError(status, code, message), content_type)
+    assert isinstance(problem, ConfigurationError) and problem.field == field
+
+
+@pytest.mark.parametrize("code", ["AF20022", "AF20023", "AF20024", "AF20055", "AF50000", "AF429"])
+def test_other_api_errors_are_not_fatal(code):
+    assert fatal(ApiError(400, code, "x"), "Audit.Exchange") is None

@@ -1,0 +1,108 @@
+"""The trigger in the test process (built as ``Module.run`` builds it) against the emulator and the runtime stub."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+import pytest
+from prometheus_client import REGISTRY
+
+from connectors.trigger import CollectorTrigger
+from emulators.process import wait_until
+from office365.config import CONTENT_TYPES
+from tests.o365_helpers import InProcessTrigger, O365Rig
+
+pytestmark = pytest.mark.timeout(180)
+
+PREFIX = "symphony_module_microsoft_o365_"
+
+
+def metric(name: str, **labels) -> float:
+    return REGISTRY.get_sample_value(PREFIX + name, labels) or 0.0
+
+
+def forwarded_by_type() -> dict[str, float]:
+    return {ct: metric("records_forwarded_total", content_type=ct) for ct in CONTENT_TYPES}
+
+
+def test_fixture_records_of_all_five_content_types_delivered_once_and_a_restart_adds_nothing(tmp_path, monkeypatch):
+    with O365Rig(tmp_path) as rig:
+        config = rig.trigger_config()
+        before = forwarded_by_type()
+        with InProcessTrigger(rig, config, monkeypatch) as running:
+            assert rig.wait_complete(60), rig.comparison()
+            assert wait_until(lambda: sum(forwarded_by_type().values()) - sum(before.values()) == 118, 10)
+        comparison = rig.comparison()
+        assert comparison["published"] == 118
+        assert comparison["lost"] == 0 and comparison["duplicates"] == 0, comparison
+        counts = rig.emulator.published(all=1, ids=0)["by_content_type"]
+        after = forwarded_by_type()
+        assert {ct: after[ct] - before[ct] for ct in CONTENT_TYPES} == counts
+        assert all(counts[ct] > 0 for ct in CONTENT_TYPES)
+
+        # Records as the API returned them: the same objects, one per line.
+        delivered = rig.delivered_records()
+        assert all(isinstance(record, dict) and "Id" in record for record in delivered)
+        assert running.trigger.fatal_error is None
+        state_files = {path.name for path in running.trigger.state_dir.iterdir()}
+        assert {"office365-checkpoint.json", "office365-ledger.jsonl"} <= state_files
+
+        # Every call carried PublisherIdentifier (default: the tenant id), blob fetches included.
+        publishers = rig.emulator.stats()["publishers"]
+        assert set(publishers) == {config["tenant_id"]}
+
+        # A restart lists again (the trailing re-list) and delivers nothing twice.
+        with InProcessTrigger(rig, config, monkeypatch):
+            time.sleep(4)
+        assert rig.comparison()["duplicates"] == 0
+
+
+def test_admin_disabled_subscription_oversize_records_and_short_lived_tokens(tmp_path, monkeypatch):
+    args = ("--subscribed", "all", "--disabled-by-admin", "Audit.Exchange", "--oversize-records", "1",
+            "--token-lifetime", "4")
+    with O365Rig(tmp_path, *args) as rig:
+        config = rig.trigger_config(content_types=["Audit.Exchange", "Audit.General"])
+        throttled_before = metric("throttled_responses_total")
+        with InProcessTrigger(rig, config, monkeypatch) as running:
+            published = rig.emulator.published(all=1, contentType="Audit.Exchange,Audit.General")
+            expected = published["count"] - 2  # one 300 KB record per content type is over the intake's limit
+            assert wait_until(lambda: rig.delivered_count() >= expected, 60), rig.delivered_count()
+            # An administrator disables a subscription while the trigger runs: it is started again, and said.
+            rig.emulator.control(disabled_by_admin=["Audit.Exchange"])
+            assert wait_until(lambda: any("AF20023" in entry["message"] for entry in rig.logs()), 20)
+            time.sleep(6)  # longer than a token's life: renewed before it expires
+            oversize_file = running.trigger.state_dir / "oversize-events.jsonl"
+            assert wait_until(oversize_file.exists, 10)
+        delivered = rig.delivered()
+        kept = oversize_file.read_bytes().splitlines()
+        assert len(kept) == 2  # set aside, not lost
+        assert delivered + Counter(rig_id(line) for line in kept) == Counter(published["ids"])
+
+        messages = [entry["message"] for entry in rig.logs()]
+        assert any("was disabled; starting it" in message and "Audit.Exchange" in message for message in messages)
+        assert any("disabled by an administrator" in message and "Audit.Exchange" in message for message in messages)
+        assert any("over the intake limit" in message for message in messages)
+        stats = rig.emulator.stats()
+        assert stats["requests"]["token"] >= 2
+        assert stats["auth_failures"].get("expired", 0) == 0 or sum(stats["auth_failures"].values()) <= 2
+        assert metric("throttled_responses_total") == throttled_before
+
+
+def rig_id(line: bytes) -> str:
+    import orjson
+
+    return orjson.loads(orjson.loads(line)["event"])["Id"]
+
+
+def test_unknown_tenant_is_one_critical_configuration_error(tmp_path, monkeypatch):
+    with O365Rig(tmp_path) as rig:
+        config = rig.trigger_config(tenant_id="00000000-1111-2222-3333-444444444444")
+        with InProcessTrigger(rig, config, monkeypatch) as running:
+            assert wait_until(lambda: not running.trigger.running, 30)
+        assert "tenant_id" in (CollectorTrigger.fatal_error or "")
+        assert wait_until(lambda: any(entry["level"] == "critical" for entry in rig.logs()), 10)
+        critical = [entry for entry in rig.logs() if entry["level"] == "critical"]
+        assert len(critical) == 1 and "`tenant_id`" in critical[0]["message"]
+        assert rig.delivered_count() == 0
+        CollectorTrigger.fatal_error = None
