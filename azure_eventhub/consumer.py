@@ -39,7 +39,7 @@ from connectors.state import StateFile
 
 LogFunction = Callable[[str, str], None]
 _DATA = AmqpMessageBodyType.DATA
-INLINE_BYTES = 1000000  # larger batches are split on the worker thread, not to hold the loop
+INLINE_BYTES = 1_000_000  # larger batches are split on the worker thread, not to hold the loop
 
 
 def event_body(event: EventData) -> bytes:
@@ -102,7 +102,7 @@ class Consumer:
         self.stats = SplitStats()  # totals, for metrics and warnings
         self._stats_lock = threading.Lock()
         self._reported = SplitStats()
-        self._text_warned_at = 0.0
+        self._text_warned_at = -1e9
         self._error_streaks: dict[str, tuple[int, float]] = {}
         self._owner_saved = False
         self._last_batch_at = 0.0
@@ -152,13 +152,14 @@ class Consumer:
         """Stop taking batches, deliver what was read, write its checkpoints; the partitions are still ours."""
         self.accepting = False
         grace = self.settings.stop_grace
+        # Stopping for good: close the forwarder, which gives up retrying after the grace period (the trigger's
+        # own close then has nothing left to wait for). Otherwise (a restart after an error) keep it open.
+        finish = self.forwarder.close if self.fatal or not self.is_running() else self.forwarder.drain
         # On the worker, so it runs after any batch being added: nothing can slip in after the drain.
-        delivered = await self.loop.run_in_executor(self.worker, self.forwarder.drain, grace)
+        delivered = await self.loop.run_in_executor(self.worker, finish, grace)
         saved = await self.writer.flush(min(10.0, grace))
-        if not delivered:
-            self.log("Stopping before the runtime confirmed every record: those not confirmed are read again at "
-                     "the next start", "warning")
-        elif not saved:
+        # Records the runtime did not confirm are reported by the forwarder itself.
+        if delivered and not saved:
             self.log("Stopping before the last checkpoints were saved: the last records delivered may be read and "
                      "sent again at the next start", "warning")
 
@@ -196,6 +197,13 @@ class Consumer:
         self.progress[partition_id] = Progress(sequence_number, last.enqueued_time, time.time())
         with self._stats_lock:
             self.stats.add(stats)
+            warn = stats.text and time.monotonic() - self._text_warned_at >= self.settings.text_warning_interval
+            if warn:
+                self._text_warned_at = time.monotonic()
+                text, invalid = self.stats.text, self.stats.invalid_utf8
+        if warn:  # at the first one, then at most every text_warning_interval
+            self.log(f"{text} message bodies so far were not JSON ({invalid} not even UTF-8) and were forwarded "
+                     "as text: a producer of this event hub sends something other than diagnostic records", "warning")
         ack = partial(self._acked, partition_id, last.offset, sequence_number, len(events), stats.records)
         self.forwarder.add(records, ack=ack, origin=f"partition {partition_id} up to sequence number {sequence_number}")
         self._last_batch_at = time.monotonic()
@@ -315,16 +323,16 @@ class Consumer:
         while True:
             await asyncio.sleep(1.0)
             self.heartbeat()
-            self._remember_owner()
             if not self.is_running():
                 self.stop_requested.set()  # in case the stop signal came before the loop listened
-            self._report_stats()
-            if self.owned and time.monotonic() >= next_backlog:
-                next_backlog = time.monotonic() + self.settings.backlog_interval
-                try:
+            try:
+                self._remember_owner()
+                self._report_stats()
+                if self.owned and time.monotonic() >= next_backlog:
+                    next_backlog = time.monotonic() + self.settings.backlog_interval
                     await self._refresh_backlog()
-                except Exception:  # noqa: BLE001 - a metric must not stop the consumer; the gauges keep their value
-                    metrics.receive_errors.labels("properties").inc()
+            except Exception:  # noqa: BLE001 - metrics must not stop the heartbeat; the gauges keep their value
+                metrics.receive_errors.labels("monitor").inc()
 
     async def _refresh_backlog(self) -> None:
         checkpoints: dict[str, int] | None = None
@@ -376,15 +384,6 @@ class Consumer:
             metrics.text_bodies.labels("utf8").inc(text - invalid)
             reported.text += text
             reported.invalid_utf8 += invalid
-            now = time.monotonic()
-            if now - self._text_warned_at >= self.settings.text_warning_interval or not self._text_warned_at:
-                self._text_warned_at = now
-                self.log(
-                    f"{stats.text} message bodies so far were not JSON ({stats.invalid_utf8} not even UTF-8) and "
-                    "were forwarded as text: a producer of this event hub sends something other than diagnostic "
-                    "records", "warning",
-                )
-
 
 def describe_store(config: EventHubConfiguration, store: Any) -> str:
     if config.uses_storage:

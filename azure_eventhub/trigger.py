@@ -39,12 +39,16 @@ class EventHubTrigger(CollectorTrigger):
         asyncio.run(self._consume(self.configuration))  # type: ignore[arg-type]
 
     def _log_soon(self, message: str, level: str) -> None:
-        """Log from the event loop without blocking it (an error log is sent to the runtime synchronously)."""
+        """Log without blocking the event loop (an error log is sent to the runtime synchronously)."""
         loop = self._loop
-        if loop is None or loop.is_closed():
-            self.log(message, level)
+        try:
+            on_loop = loop is not None and not loop.is_closed() and asyncio.get_running_loop() is loop
+        except RuntimeError:
+            on_loop = False  # another thread (the record worker): it may block
+        if on_loop:
+            loop.run_in_executor(None, self.log, message, level)  # type: ignore[union-attr]
         else:
-            loop.run_in_executor(None, self.log, message, level)
+            self.log(message, level)
 
     async def _unless_stopped(self, coroutine) -> Any:
         """Run a start-up step, abandoned if a stop is requested meanwhile (a probe may wait up to a minute)."""

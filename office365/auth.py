@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 
 import msal
+import msal.exceptions
 import requests
 
 from connectors.errors import ConfigurationError
@@ -77,7 +78,7 @@ def explain(result: dict) -> ConfigurationError | TransientAuthError:
 
 
 class TokenProvider:
-    """One MSAL confidential client; tokens kept here and renewed at 80% of their life (at most 5 min early)."""
+    """One MSAL confidential client; tokens kept here and renewed before they expire."""
 
     RENEW_FRACTION = 0.8
     RENEW_MARGIN = 300.0
@@ -136,7 +137,8 @@ class TokenProvider:
                 self._failing_since = None
             self._backoff.reset()
             self._token = token
-            self._renew_at = time.monotonic() + min(lifetime * self.RENEW_FRACTION, max(lifetime - self.RENEW_MARGIN, 0))
+            # Five minutes before expiry (short-lived tokens: at 80% of their life).
+            self._renew_at = time.monotonic() + max(lifetime * self.RENEW_FRACTION, lifetime - self.RENEW_MARGIN)
             self.renewals += 1
             return
 
@@ -179,6 +181,8 @@ class TokenProvider:
             result = app.acquire_token_for_client(scopes=[self.endpoints.scope])
         except (requests.RequestException, OSError) as error:
             raise TransientAuthError(f"token endpoint unreachable ({type(error).__name__})") from None
+        except msal.exceptions.MsalServiceError as error:  # a 5xx answer without an OAuth error body
+            raise TransientAuthError(str(error)[:120]) from None
         except ValueError as error:  # MSAL's own parse errors of a broken answer (e.g. an HTML error page)
             raise TransientAuthError(f"unreadable token answer ({str(error)[:120]})") from None
         if not result or "access_token" not in result:

@@ -194,7 +194,7 @@ class Gate:
             except asyncio.CancelledError:
                 if future.done() and not future.cancelled():
                     self.release()  # got the slot while being cancelled: pass it on
-                else:
+                elif future in self._waiters:  # (a hand-over may already have dropped it)
                     self._waiters.remove(future)
                 raise
         else:

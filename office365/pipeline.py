@@ -11,7 +11,6 @@ checkpoint up to date.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import functools
 import math
 import time
@@ -31,28 +30,10 @@ from office365.state import CollectorState
 from office365.subscriptions import RESTART_CODES, Subscriptions, fatal
 
 Log = Callable[[str, str], None]
-MONITOR_INTERVAL = 1.0
+MONITOR_INTERVAL = 2.0
 POLL_OVERLAP = timedelta(minutes=5)  # blobs often show up a little after their creation time
 AF_BAD_NEXT_PAGE = "AF20031"
 AF_BAD_WINDOW = ("AF20055", "AF20030")
-
-
-def _load_malloc_trim():
-    try:
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc
-        return None
-
-
-_malloc_trim = _load_malloc_trim()
-
-
-def release_free_memory() -> None:
-    """Give memory freed by Python back to the system. Blob bodies and batches are large, short-lived
-    allocations spread over several threads' malloc arenas: without this, glibc keeps their pages and the
-    resident size climbs far above what is live."""
-    if _malloc_trim is not None:
-        _malloc_trim(0)
 
 
 class Pipeline:
@@ -111,9 +92,11 @@ class Pipeline:
         watcher = asyncio.create_task(self._watch_running())
         try:
             async with client:
-                await tokens.token()  # wrong credentials stop here, with one clear message
+                await self._unless_stopping(tokens.token())  # wrong credentials stop here, with one clear message
                 subscriptions = Subscriptions(client, self._log)
-                await self._retrying(lambda: subscriptions.ensure(config.content_types), "starting subscriptions")
+                await self._unless_stopping(
+                    self._retrying(lambda: subscriptions.ensure(config.content_types), "starting subscriptions")
+                )
                 self._log(
                     f"Collecting {', '.join(config.content_types)} from {self.endpoints.feed} "
                     f"(up to {config.max_concurrency} requests in flight)",
@@ -136,10 +119,23 @@ class Pipeline:
             if not await asyncio.to_thread(processor.stop):
                 self._log("Processing did not stop in time (the runtime is slow to accept events)", "warning")
 
+    async def _unless_stopping(self, step):
+        """Run a start-up step (it may wait long for Entra or the API to come back) unless the trigger stops."""
+        task = asyncio.ensure_future(step)
+        stop = asyncio.create_task(self.stopping.wait())
+        try:
+            await asyncio.wait([task, stop], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if not task.done():
+            task.cancel()
+            raise Stopping()
+        return task.result()
+
     async def _until_stop_or_failure(self, tasks: list[asyncio.Task]) -> None:
         stop = asyncio.create_task(self.stopping.wait())
         try:
-            done, _ = await asyncio.wait([*tasks, stop], return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait([*tasks, stop], return_when=asyncio.FIRST_COMPLETED)
         finally:
             stop.cancel()
             for task in tasks:
@@ -299,7 +295,6 @@ class Pipeline:
             self._report_lag(worst_lag)
             metrics.concurrency.set(self.limit.current)
             await asyncio.to_thread(self.state.save)
-            release_free_memory()
             await sleep_or_stop(MONITOR_INTERVAL, self.stopping)
 
     def _warn_expiry(self, content_type: str, oldest: float, count: int, now: float) -> None:

@@ -98,12 +98,18 @@ class Processor:
             if item is not None:
                 try:
                     delivered = self._process(item)
+                except Exception as error:  # noqa: BLE001 - one blob must not stop the collection
+                    # Not acknowledged: the blob stays pending (the resume point waits) and is listed again at the
+                    # next start.
+                    self._log(f"Processing blob {item.ref.content_id} of {item.ref.content_type} failed: {error!r}", "error")
+                    delivered = None
                 finally:
                     self._done()
-                if not group:
-                    started = time.monotonic()
-                group.append(delivered)
-                records += delivered.records
+                if delivered is not None:
+                    if not group:
+                        started = time.monotonic()
+                    group.append(delivered)
+                    records += delivered.records
             if group and (item is None or records >= GROUP_RECORDS or time.monotonic() - started >= GROUP_SECONDS):
                 self._acknowledge(group)
                 group, records = [], 0

@@ -217,14 +217,6 @@ class CollectorState:
             pending = self._progress[content_type].pending
             return len(pending), (min(pending.values()) if pending else None)
 
-    def forget_pending(self) -> None:
-        """A new run lists again: blobs of a previous run still in the pipeline are listed anew."""
-        with self._lock:
-            for progress in self._progress.values():
-                if progress.pending:
-                    progress.listed_until = progress.resume()
-                    progress.pending.clear()
-
     # -- delivery side (the forwarder's thread, after confirmation) ----------------------------------------
 
     def commit(self, delivered: list[Delivered]) -> None:

@@ -60,28 +60,40 @@ def test_faults_duplicates_late_expired_vanished_and_malformed_blobs(tmp_path):
     )
     with O365Rig(tmp_path, *args) as rig:
         config = rig.trigger_config(relist_interval_minutes=0.05, request_timeout_seconds=2)
+        env = rig.env(config)
         proc = rig.start_trigger(config)
         try:
             time.sleep(7)  # until the late blobs are published, in windows the trigger already listed
             assert rig.wait_complete(120), rig.comparison()
+            # Bad blobs deliver nothing the ground truth counts: wait until each was seen (it logs them).
+            malformed = [blob["contentId"] for blob in rig.emulator.blobs() if blob["state"] == "malformed"]
+            trigger_log = tmp_path / "trigger.log"
+            assert wait_until(lambda: all(cid in trigger_log.read_text() for cid in malformed), 60)
             time.sleep(2)  # nothing more arrives
+            metrics = scrape(env["METRICS_PORT"])
         finally:
             assert rig.stop_trigger(proc) == 0
         comparison = rig.comparison()
         assert comparison["lost"] == 0 and comparison["duplicates"] == 0, comparison
+        repeated = sum(
+            float(line.split()[-1]) for line in metrics.splitlines()
+            if line.startswith("symphony_module_microsoft_o365_duplicate_records_total")
+        )
+        assert repeated > 0  # records repeated verbatim in later blobs were there, and forwarded once
+        skipped = [line for line in metrics.splitlines() if line.startswith("symphony_module_microsoft_o365_skipped_blobs_total")]
+        assert sum(float(line.split()[-1]) for line in skipped) == 10  # 5 expired + 5 vanished, counted
         stats = rig.emulator.stats()
         assert sum(stats["faults"].values()) > 0
         blobs = rig.emulator.blobs()
         late = [blob for blob in blobs if blob["role"] == "late"]
         assert len(late) == 10 and all(blob["visible"] for blob in late)
-        duplicated = sum(1 for blob in blobs if blob.get("duplicates"))
         messages = [entry["message"] for entry in rig.logs()]
-        malformed = [blob["contentId"] for blob in blobs if blob["state"] == "malformed"]
+        assert len(malformed) == 20
         for content_id in malformed:  # each logged once, with its contentId
             assert sum(1 for message in messages if content_id in message and "unusable" in message) == 1
         assert any("expired (AF20051)" in message for message in messages)
         assert any("does not exist any more (AF20050)" in message for message in messages)
-        assert duplicated >= 0
+        assert "Traceback" not in (tmp_path / "trigger.log").read_text()
 
 
 def test_throttled_answers_slow_the_trigger_down_and_it_finishes(tmp_path):
@@ -183,3 +195,19 @@ def test_a_larger_backlog_with_faults_and_kills(tmp_path):
         records = rig.delivered_records()
         assert all(isinstance(record, dict) for record in records)
         assert orjson.dumps(records[0])
+
+
+def test_token_endpoint_down_at_start_then_back(tmp_path):
+    with O365Rig(tmp_path, "--token-down", "503") as rig:
+        proc = rig.start_trigger(rig.trigger_config())
+        try:
+            time.sleep(6)
+            assert proc.poll() is None and rig.delivered_count() == 0  # waiting for Entra, not dead
+            rig.emulator.control(token_down="")
+            assert rig.wait_complete(60), rig.comparison()
+        finally:
+            assert rig.stop_trigger(proc) == 0
+        assert rig.comparison()["duplicates"] == 0
+        messages = [entry["message"] for entry in rig.logs()]
+        assert sum("Getting a token from Microsoft Entra failed" in message for message in messages) == 1
+        assert sum("Microsoft Entra answered again" in message for message in messages) == 1

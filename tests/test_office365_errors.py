@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import pytest
 
 from connectors.errors import ConfigurationError
-from office365.auth import TransientAuthError, explain
+from connectors.retry import Backoff
+from office365.auth import TokenProvider, TransientAuthError, explain
 from office365.client import ApiError
 from office365.subscriptions import fatal
 
@@ -81,3 +85,65 @@ def test_api_errors_only_a_person_can_fix(status, code, message, content_type, f
 @pytest.mark.parametrize("code", ["AF20022", "AF20023", "AF20024", "AF20055", "AF50000", "AF429"])
 def test_other_api_errors_are_not_fatal(code):
     assert fatal(ApiError(400, code, "x"), "Audit.Exchange") is None
+
+
+# -- the token provider, with Entra replaced by a stub ------------------------------------------------------
+
+
+class StubEntra:
+    def __init__(self, lifetime: float = 3600.0, failures: list | None = None):
+        self.lifetime = lifetime
+        self.failures = list(failures or [])
+        self.calls = 0
+
+    def __call__(self):
+        self.calls += 1
+        if self.failures:
+            raise self.failures.pop(0)
+        return f"token-{self.calls}", self.lifetime
+
+
+def provider(stub: StubEntra, logs: list) -> TokenProvider:
+    tokens = TokenProvider(endpoints=None, client_id="c", credential=None, log=lambda m, l: logs.append((l, m)))  # type: ignore[arg-type]
+    tokens._acquire = stub  # type: ignore[method-assign]
+    return tokens
+
+
+def test_tokens_are_cached_renewed_before_expiry_and_once_after_a_rejection():
+    async def scenario():
+        stub, logs = StubEntra(lifetime=0.5), []
+        tokens = provider(stub, logs)
+        assert await tokens.token() == "token-1"
+        assert await tokens.token() == "token-1"  # cached
+        await asyncio.sleep(0.45)  # 80% of a short life: renewed before it expires
+        assert await tokens.token() == "token-2"
+        # Many requests rejected with the same token: one renewal between them.
+        renewed = await asyncio.gather(*(tokens.renew_after_rejection("token-2") for _ in range(5)))
+        assert renewed == ["token-3"] * 5 and stub.calls == 3
+        long_lived = provider(StubEntra(lifetime=3599), [])
+        await long_lived.token()
+        assert 3290 < long_lived._renew_at - time.monotonic() < 3300  # five minutes before expiry
+
+    asyncio.run(scenario())
+
+
+def test_an_entra_outage_is_retried_and_logged_once_and_its_end_too(monkeypatch):
+    async def scenario():
+        outage = [TransientAuthError("token endpoint unreachable (ConnectionError)")] * 3
+        stub, logs = StubEntra(failures=outage), []
+        tokens = provider(stub, logs)
+        tokens._backoff = Backoff(base=0.01, cap=0.02)
+        assert await tokens.token() == "token-4"
+        assert [level for level, _ in logs] == ["warning", "info"]
+
+    asyncio.run(scenario())
+
+
+def test_a_wrong_secret_is_not_retried():
+    async def scenario():
+        stub = StubEntra(failures=[explain(aad(7000215))])
+        with pytest.raises(ConfigurationError):
+            await provider(stub, []).token()
+        assert stub.calls == 1
+
+    asyncio.run(scenario())

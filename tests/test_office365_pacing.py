@@ -202,4 +202,14 @@ def test_gate_bounds_requests_in_flight_and_follows_the_limit():
         gate.release()
         assert gate.in_flight == 0
 
+        # Cancelled, then dropped by a hand-over before its handler ran: no error, no slot leaked.
+        await gate.acquire()
+        waiter = asyncio.create_task(gate.acquire())
+        await asyncio.sleep(0)
+        waiter.cancel()
+        gate.release()  # hands over: pops the cancelled waiter
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        assert gate.in_flight == 0 and not gate._waiters
+
     asyncio.run(scenario())

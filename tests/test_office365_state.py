@@ -96,16 +96,6 @@ def test_a_crash_before_the_checkpoint_only_moves_the_resume_point_back(tmp_path
     assert again.is_known("Audit.Exchange", "c$1")  # so a re-list skips it: no duplicate
 
 
-def test_forget_pending_lists_again_from_the_oldest_undelivered(tmp_path):
-    state = state_at(tmp_path, lookback=timedelta(hours=1))
-    blob = ref("c$1", NOW - timedelta(minutes=30))
-    state.track(blob)
-    state.listed("Audit.Exchange", NOW)
-    state.forget_pending()
-    assert state.listed_until("Audit.Exchange") == NOW - timedelta(minutes=30)
-    assert state.track(blob)
-
-
 def test_skip_to_gives_up_content_past_the_retention(tmp_path):
     state = state_at(tmp_path)
     old = ref("c$old", NOW - timedelta(days=7, hours=1))

@@ -84,8 +84,9 @@ def test_admin_disabled_subscription_oversize_records_and_short_lived_tokens(tmp
         assert any("disabled by an administrator" in message and "Audit.Exchange" in message for message in messages)
         assert any("over the intake limit" in message for message in messages)
         stats = rig.emulator.stats()
-        assert stats["requests"]["token"] >= 2
-        assert stats["auth_failures"].get("expired", 0) == 0 or sum(stats["auth_failures"].values()) <= 2
+        # Tokens living 4 s over a run of 10 s or more: renewed before they expire, not on every request.
+        assert 2 <= stats["requests"]["token"] <= 12, stats["requests"]
+        assert sum(stats["auth_failures"].values()) == 0, stats["auth_failures"]
         assert metric("throttled_responses_total") == throttled_before
 
 

@@ -17,31 +17,17 @@ import time
 from collections import Counter
 
 import orjson
-from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.reliability.context import Context
 from benchmarks.reliability.keys import expected_keys, text_keys_intake, text_keys_playbook
 from benchmarks.reliability.kills import finish
+from benchmarks.reliability.metrics import counters, total
 from benchmarks.reliability.processes import output_counts, runtime_counts
 from benchmarks.reliability.stacks import EventHubStack, O365Stack, Stack, reconcile, wait_covered
 from tests.eventhub_helpers import envelope, records_with_ids
 
 OVERSIZE_BYTES = 300_000
 SETTLE_S = 3.0  # after the last good record arrived: bad items sitting between them are processed too
-
-
-def counters(text: str | None) -> dict[tuple[str, tuple], float]:
-    """``{(sample name, sorted labels): value}`` of a Prometheus page."""
-    values: dict[tuple[str, tuple], float] = {}
-    for family in text_string_to_metric_families(text or ""):
-        for sample in family.samples:
-            values[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return values
-
-
-def total(values: dict, name: str, **labels: str) -> float:
-    return sum(value for (sample, sample_labels), value in values.items()
-               if sample == name and set(labels.items()) <= set(sample_labels))
 
 
 def _run_to_end(stack: Stack, process, expected: Counter, failures: list[str], timeout: float = 120) -> dict:
@@ -166,8 +152,11 @@ def eventhub_bad_input(ctx: Context) -> dict:
         process = stack.spawn()
         end = _run_to_end(stack, process, expected, failures)
         result = reconcile(expected, stack.reader.refresh().keys, stack.optional(), stack.set_aside())
+        logs = stack.runtime_logs()
         result.update(kills=0, recovery_s=None, exit_code=end["exit_code"], bodies=len(bodies),
-                      **output_counts(stack.processes), **runtime_counts(stack.runtime_logs()))
+                      **output_counts(stack.processes), **runtime_counts(logs))
+    if not any("empty" in str(entry.get("message", "")).lower() for entry in logs):
+        failures.append("empty bodies were counted but never logged")
     _eventhub_checks(result, end["metrics"], failures, bodies)
     return finish(result, failures)
 

@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 
 from benchmarks.reliability.context import Context, Scale
 from benchmarks.reliability.kills import finish
+from benchmarks.reliability.metrics import counters, has, total
 from benchmarks.reliability.processes import output_counts, runtime_counts
 from benchmarks.reliability.stacks import EventHubStack, O365Stack, Stack, reconcile, wait_covered
+from emulators.process import wait_until
 
 RECOVERY_LIMIT_S = 60.0
 RECORDS_PER_BLOB = 20
@@ -31,6 +33,9 @@ class Fault:
     begin: Callable[[Stack, Scale], object]
     end: Callable[[Stack, Scale], object]
     outage: bool = True  # lasts Scale.fault_s (an outage of the issue) rather than Scale.short_fault_s
+    # An outage this long stops the trigger's progress: the runtime must hear of it (short ones may be absorbed
+    # by retries, and partial faults may be too).
+    must_log_after_s: float | None = 20.0
     emulator_args: Callable[[Scale], tuple[str, ...]] = lambda scale: ()
     config: dict = field(default_factory=dict)
 
@@ -59,15 +64,15 @@ RUNTIME_5XX = (lambda stack, scale: stack.runtime_control(down_for=FOREVER, down
 
 FAULTS: dict[str, Fault] = {
     "o365_5xx_resets": Fault("o365", _emulator(fault_rate=0.1, fault_kinds=["5xx", "reset"]),
-                             _emulator(fault_rate=0.0), outage=False),
+                             _emulator(fault_rate=0.0), outage=False, must_log_after_s=None),
     # Hung requests outlast the trigger's request timeout (5 s in the test configuration).
     "o365_timeouts": Fault("o365", _emulator(fault_rate=0.1, fault_kinds=["timeout"], hang_seconds=60),
-                           _emulator(fault_rate=0.0), outage=False),
+                           _emulator(fault_rate=0.0), outage=False, must_log_after_s=None),
     "o365_throttle_storm": Fault("o365", _emulator(quota_per_minute=10, throttle_status=403),
-                                 _emulator(quota_per_minute=0), outage=False),
-    # Tokens renewed every half outage (lifetime - 5 min): at least one renewal falls inside the outage.
+                                 _emulator(quota_per_minute=0), outage=False, must_log_after_s=15.0),
+    # Tokens living half the outage: the one in hand expires during it, and its renewal meets the outage.
     "o365_token_down": Fault("o365", _emulator(token_down="503"), _emulator(token_down=""),
-                             emulator_args=lambda scale: ("--token-lifetime", str(int(300 + scale.fault_s / 2)))),
+                             emulator_args=lambda scale: ("--token-lifetime", str(max(10, int(scale.fault_s / 2))))),
     "o365_runtime_down": Fault("o365", *RUNTIME_DOWN),
     "o365_runtime_5xx": Fault("o365", *RUNTIME_5XX),
     "eventhub_emulator_restart": Fault("eventhub", _restart_hub_down, _restart_hub_up),
@@ -95,6 +100,14 @@ def _checkpointed(stack: Stack, records: int) -> Callable[[], bool]:
     return check
 
 
+def _gauges(page: str | None) -> dict:
+    """The Office 365 trigger's own pace at the end (after a throttle storm: is it back to full speed?)."""
+    values = counters(page)
+    names = {"quota_pace_per_minute": "symphony_module_microsoft_o365_quota_pace_per_minute",
+             "concurrency": "symphony_module_microsoft_o365_concurrency"}
+    return {key: total(values, name) for key, name in names.items() if has(values, name)}
+
+
 def run(ctx: Context, name: str) -> dict:
     fault = FAULTS[name]
     scale = ctx.scale
@@ -103,7 +116,9 @@ def run(ctx: Context, name: str) -> dict:
     with _stack(ctx, name, fault) as stack:
         stack.start_stream(scale.stream_per_s, RECORDS_PER_BLOB)
         process = stack.spawn(stack.config(**fault.config))
-        if wait_covered(stack, stack.expected(), 90, processes=[process]) is None:
+        # Running and caught up: records of the stream arrived, and all that was published by then.
+        delivering = wait_until(lambda: stack.reader.refresh().total > 0 or not process.alive, 90, 0.2)
+        if not delivering or wait_covered(stack, stack.expected(), 90, processes=[process]) is None:
             failures.append("the trigger did not keep up with the stream before the fault")
         fault.begin(stack, scale)
         deadline = time.monotonic() + duration
@@ -120,12 +135,13 @@ def run(ctx: Context, name: str) -> dict:
                                 also=_checkpointed(stack, sum(snapshot.values())), processes=[process])
         stack.stop_stream()
         final = stack.expected()
-        if wait_covered(stack, final, 90, also=_checkpointed(stack, sum(final.values())), processes=[process]) is None:
+        if wait_covered(stack, final, 90 if recovery is not None else 20,
+                        also=_checkpointed(stack, sum(final.values())), processes=[process]) is None:
             failures.append("the records published after the fault were not all delivered and checkpointed")
-        process.scrape()
+        gauges = _gauges(process.scrape())
         code, stop_s = process.terminate()
         result = reconcile(final, stack.reader.refresh().keys, stack.optional(), stack.set_aside())
-        result.update(kills=0, recovery_s=recovery, fault_s=duration, exit_code=code, stop_s=stop_s,
+        result.update(kills=0, recovery_s=recovery, fault_s=duration, exit_code=code, stop_s=stop_s, **gauges,
                       **output_counts(stack.processes), **runtime_counts(stack.runtime_logs()))
         if isinstance(stack, EventHubStack):
             result["producer_failed_sends"] = stack.feed.failed_sends
@@ -138,4 +154,6 @@ def run(ctx: Context, name: str) -> dict:
                         f"{result['output_warnings']} in the output (budgets {RUNTIME_LOG_BUDGET}, {OUTPUT_LOG_BUDGET})")
     if result["output_tracebacks"]:
         failures.append(f"{result['output_tracebacks']} tracebacks in the output")
+    if fault.must_log_after_s is not None and duration >= fault.must_log_after_s and not result["runtime_warnings"]:
+        failures.append(f"a {duration:.0f} s outage and not one warning logged to the runtime")
     return finish(result, failures)

@@ -13,12 +13,16 @@ from benchmarks.reliability.context import Context
 
 Scenario = Callable[[Context], dict]
 
-# Heavy scenarios run alone; the light ones (mostly waiting through a fault) two at a time when --jobs 2.
-HEAVY: dict[str, Scenario] = {
+# Kills and stops run alone (a backlog at full speed, stop times measured); the others, mostly waiting through a
+# fault or a timeout, ``jobs`` at a time.
+SOLO: dict[str, Scenario] = {
     "o365_kills": partial(kills.kills, trigger="o365"),
     "eventhub_kills": partial(kills.kills, trigger="eventhub"),
     "o365_graceful_stop": partial(kills.graceful_stop, trigger="o365"),
     "eventhub_graceful_stop": partial(kills.graceful_stop, trigger="eventhub"),
+}
+SHARED: dict[str, Scenario] = {
+    **{name: partial(faults.run, name=name) for name in faults.FAULTS},
     "eventhub_rebalancing": rebalance.rebalancing,
     "o365_bad_input": bad_input.o365_bad_input,
     "eventhub_bad_input": bad_input.eventhub_bad_input,
@@ -26,8 +30,7 @@ HEAVY: dict[str, Scenario] = {
     "o365_bad_config": bad_config.o365_bad_config,
     "eventhub_bad_config": bad_config.eventhub_bad_config,
 }
-LIGHT: dict[str, Scenario] = {name: partial(faults.run, name=name) for name in faults.FAULTS}
-SCENARIOS: dict[str, Scenario] = {**HEAVY, **LIGHT, "secrets": secrets.scan}
+SCENARIOS: dict[str, Scenario] = {**SOLO, **SHARED, "secrets": secrets.scan}
 # The fields the issue asks of every scenario, in its order.
 REQUIRED = ("published", "delivered_unique", "lost", "duplicates", "kills", "recovery_s", "passed")
 
@@ -60,12 +63,11 @@ def summary(result: dict) -> str:
 def run(ctx: Context, names: list[str], jobs: int = 1, log: Callable[[str], None] = print) -> dict:
     """Run ``names`` (the secrets scan last, over everything the others produced); the report's scenarios."""
     results: dict[str, dict] = {}
-    heavy = [name for name in names if name in HEAVY]
-    light = [name for name in names if name in LIGHT]
-    for name in heavy:
+    for name in [name for name in names if name in SOLO]:
         results[name] = run_one(ctx, name, log)
+    shared = [name for name in names if name in SHARED]
     with ThreadPoolExecutor(max(1, jobs)) as pool:
-        for name, result in zip(light, pool.map(lambda name: run_one(ctx, name, log), light)):
+        for name, result in zip(shared, pool.map(lambda name: run_one(ctx, name, log), shared)):
             results[name] = result
     if "secrets" in names:
         results["secrets"] = run_one(ctx, "secrets", log)

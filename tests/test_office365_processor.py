@@ -1,0 +1,114 @@
+"""The processing thread: records forwarded once, blobs committed only after the runtime confirmed them."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+
+import orjson
+
+from emulators.process import wait_until
+from office365.fetcher import Fetched
+from office365.listing import ContentRef
+from office365.processor import Processor
+from office365.state import CollectorState
+
+NOW = datetime.now(UTC)
+
+
+class FakeForwarder:
+    """Keeps what was added; ``confirm()`` plays the runtime confirming everything so far."""
+
+    def __init__(self):
+        self.events: list[bytes] = []
+        self.acks: list = []
+        self.lock = threading.Lock()
+
+    def add(self, events, ack=None, origin=""):
+        with self.lock:
+            self.events.extend(events)
+            if ack is not None:
+                self.acks.append(ack)
+
+    def confirm(self):
+        with self.lock:
+            acks, self.acks = self.acks, []
+        for ack in acks:
+            ack()
+
+
+def ref(content_id: str, content_type: str = "Audit.Exchange") -> ContentRef:
+    created = NOW - timedelta(hours=1)
+    return ContentRef(content_type, content_id, "https://x", created.timestamp(), (created + timedelta(days=7)).timestamp())
+
+
+def body(*records: dict) -> bytes:
+    return orjson.dumps(list(records))
+
+
+def run(tmp_path, items: list[Fetched]):
+    state = CollectorState(tmp_path, ["Audit.Exchange"], initial_lookback=timedelta(hours=2), filter_capacity=100)
+    for item in items:
+        state.track(item.ref)
+    forwarder, logs, done = FakeForwarder(), [], []
+    processor = Processor(forwarder, state, lambda message, level: logs.append((level, message)), lambda: done.append(1))
+    processor.start()
+    for item in items:
+        processor.put(item)
+    assert wait_until(lambda: len(done) == len(items) and forwarder.acks, 5)
+    assert processor.stop()
+    return state, forwarder, logs
+
+
+def test_records_repeated_in_a_later_blob_are_forwarded_once_distinct_records_sharing_an_id_are_not(tmp_path):
+    match = {"Id": "d5a0e7d9", "Operation": "DlpRuleMatch"}
+    undo = {"Id": "d5a0e7d9", "Operation": "DlpRuleUndo"}  # same Id, different record
+    other = {"Id": "1", "Operation": "Send"}
+    items = [Fetched(ref("c$1"), body=body(match, other)), Fetched(ref("c$2"), body=body(other, undo, match))]
+    state, forwarder, _ = run(tmp_path, items)
+    assert [orjson.loads(event) for event in forwarder.events] == [match, other, undo]
+
+
+def test_blobs_are_committed_only_once_the_runtime_confirmed_them(tmp_path):
+    items = [Fetched(ref("c$1"), body=body({"Id": "1"})), Fetched(ref("c$2"), skipped="expired", code="AF20051")]
+    state, forwarder, logs = run(tmp_path, items)
+    assert state.pending("Audit.Exchange")[0] == 2  # handed over, not confirmed: nothing moves
+    assert state.ledger_size == 0
+    forwarder.confirm()
+    assert state.pending("Audit.Exchange") == (0, None)
+    assert state.is_known("Audit.Exchange", "c$1") and state.is_known("Audit.Exchange", "c$2")
+    assert any("expired (AF20051)" in message and "c$2" in message for _, message in logs)
+
+
+def test_bad_content_is_logged_once_with_the_content_id_and_the_rest_goes_on(tmp_path):
+    items = [
+        Fetched(ref("c$bad"), body=b'[{"Id": "1"}, 42, {"Id": "2"}]'),
+        Fetched(ref("c$broken"), body=b'[{"Id": "3"'),
+        Fetched(ref("c$fine"), body=body({"Id": "4"})),
+    ]
+    state, forwarder, logs = run(tmp_path, items)
+    assert [orjson.loads(event)["Id"] for event in forwarder.events] == ["1", "2", "4"]
+    warnings = [message for level, message in logs if level == "warning"]
+    assert sum("c$bad" in message for message in warnings) == 1
+    assert sum("c$broken" in message for message in warnings) == 1
+    forwarder.confirm()
+    assert state.pending("Audit.Exchange") == (0, None)  # bad blobs are done too: never fetched again
+
+
+def test_a_failing_blob_is_left_pending_and_the_others_go_on(tmp_path, monkeypatch):
+    import office365.processor as module
+
+    real = module.parse_blob
+
+    def parse(data: bytes):
+        if data == b"boom":
+            raise RuntimeError("unexpected")
+        return real(data)
+
+    monkeypatch.setattr(module, "parse_blob", parse)
+    items = [Fetched(ref("c$1"), body=b"boom"), Fetched(ref("c$2"), body=body({"Id": "2"}))]
+    state, forwarder, logs = run(tmp_path, items)
+    forwarder.confirm()
+    assert state.pending("Audit.Exchange")[0] == 1  # c$1 waits for the next start
+    assert state.ledger_size == 1  # c$2 delivered
+    assert any(level == "error" and "c$1" in message for level, message in logs)

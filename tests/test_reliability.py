@@ -1,0 +1,75 @@
+"""The reliability suite's small version (``make test``): a few fast scenarios through the same code as
+``make reliability`` (``benchmarks/reliability``), at the SMOKE scale: 3 kills on a small backlog per trigger,
+the runtime stub down for 5 s, one bad-configuration case, and the secrets scan over all of them."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.reliability import runner, secrets
+from benchmarks.reliability.context import SMOKE, Artifacts, Context
+from benchmarks.reliability.keys import expected_keys, text_keys_intake
+
+
+@pytest.fixture(scope="module")
+def ctx(tmp_path_factory) -> Context:
+    return Context(tmp_path_factory.mktemp("reliability"), SMOKE, quick=True)
+
+
+def run(ctx: Context, name: str) -> dict:
+    result = runner.run_one(ctx, name, log=lambda line: None)
+    assert result["passed"], (result.get("failures"), result.get("traceback"))
+    assert result["lost"] == 0
+    return result
+
+
+def test_o365_kills(ctx):
+    result = run(ctx, "o365_kills")
+    assert result["kills"] == SMOKE.kills and result["kills_mid_backlog"] == SMOKE.kills
+    assert result["duplicates"] <= result["in_flight_at_kills"]
+
+
+def test_eventhub_kills(ctx):
+    result = run(ctx, "eventhub_kills")
+    assert result["kills"] == SMOKE.kills
+    assert result["duplicates"] <= result["in_flight_at_kills"]
+
+
+def test_o365_runtime_down_recovers(ctx):
+    result = run(ctx, "o365_runtime_down")
+    assert result["fault_s"] == SMOKE.fault_s and result["recovery_s"] is not None
+    assert 1 <= result["runtime_warnings"] <= 3  # said once, not per batch
+
+
+def test_o365_wrong_secret_is_one_critical_log_and_exit_2(ctx):
+    result = run(ctx, "o365_bad_config")
+    [case] = result["cases"].values()
+    assert case["exit_code"] == 2 and "`client_secret`" in case["critical"][0]
+
+
+def test_secrets_scan_finds_a_planted_secret(tmp_path):
+    """The scan itself: a secret or an unmasked key in any output is a hit."""
+    leaky = tmp_path / "trigger.stderr"
+    leaky.write_text("connecting with SharedAccessKey=abcdef123456;\nthe token is Sup3rSecretValue\n")
+    artifacts = Artifacts()
+    artifacts.add_file(leaky)
+    artifacts.add_metrics('metric{label="Sup3rSecretValue"} 1\n')
+    artifacts.add_secrets("Sup3rSecretValue")
+    result = secrets.scan(Context(tmp_path, SMOKE, quick=True, artifacts=artifacts))
+    assert not result["passed"] and result["hits"] == 3
+
+
+def test_event_hubs_oracle():
+    must, may = expected_keys(b'{"records": [{"b": 1, "a": 2}, 3]}', text_keys_intake)
+    assert must == ['{"a":2,"b":1}'] and may == ["3"]
+    assert expected_keys(b"", text_keys_intake) == ([], [])
+    assert expected_keys(b'{"records": null}', text_keys_intake) == ([], ['{"records":null}'])
+    assert expected_keys(b"not json", text_keys_intake) == ([], ["text:not json"])
+    # Integers are kept exact: a trigger turning them into floats is caught.
+    assert expected_keys(b'{"n": 123456789012345678901234567890}', text_keys_intake)[0] == [
+        '{"n":123456789012345678901234567890}']
+
+
+def test_secrets_scan_of_every_scenario_above(ctx):
+    result = run(ctx, "secrets")
+    assert result["hits"] == 0 and result["metrics_pages"] >= 3 and result["secrets"] >= 5
