@@ -47,12 +47,18 @@ def build_credential(config: EventHubConfiguration) -> Any:
     if kind == "client_secret":
         return ClientSecretCredential(config.tenant_id, config.client_id, config.client_secret)
     if kind == "certificate":
-        return CertificateCredential(
-            config.tenant_id,
-            config.client_id,
-            certificate_data=config.certificate.encode("utf-8"),  # type: ignore[union-attr]
-            password=config.certificate_password,
-        )
+        try:
+            return CertificateCredential(
+                config.tenant_id,
+                config.client_id,
+                certificate_data=config.certificate.encode("utf-8"),  # type: ignore[union-attr]
+                password=config.certificate_password,
+            )
+        except (ValueError, TypeError) as error:
+            raise ConfigurationError(
+                "certificate", f"not a usable PEM certificate with its private key ({type(error).__name__}); "
+                "check `certificate_password` if the key is encrypted"
+            ) from None
     return ManagedIdentityCredential(client_id=config.client_id) if config.client_id else ManagedIdentityCredential()
 
 

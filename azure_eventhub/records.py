@@ -146,9 +146,12 @@ class RecordSplitter:
         out.append(self.text_event(text))
 
     def _json_document(self, document, body: bytes, out: list[bytes], stats: SplitStats) -> None:
-        """A document only the standard library could read: re-serialize it as UTF-8 JSON."""
+        """A document only the standard library could read: re-serialize it as JSON.
+
+        ASCII escapes, because this parser accepts lone surrogates (``"\\ud800"``), which UTF-8 cannot encode.
+        """
         def encode(value) -> bytes:
-            return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+            return json.dumps(value, separators=(",", ":")).encode("ascii")
 
         if type(document) is dict and type(document.get("records")) is list:
             records = document["records"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from dataclasses import dataclass
 from typing import ClassVar, Literal
@@ -53,10 +52,11 @@ def _https_url(value: str | None) -> str | None:
 class Office365Configuration(CollectorConfiguration):
     tenant_id: str = Field(description="Directory (tenant) ID of the Microsoft Entra tenant")
     client_id: str = Field(description="Application (client) ID of the app registration")
-    client_secret: str | None = None
+    # repr=False: a configuration printed by mistake does not show its secrets.
+    client_secret: str | None = Field(None, repr=False)
     certificate: str | None = Field(None, description="PEM certificate registered on the app")
-    private_key: str | None = Field(None, description="PEM private key of the certificate")
-    private_key_password: str | None = None
+    private_key: str | None = Field(None, description="PEM private key of the certificate", repr=False)
+    private_key_password: str | None = Field(None, repr=False)
     cloud: Cloud = "enterprise"
     content_types: list[str] = Field(default_factory=lambda: list(CONTENT_TYPES))
     publisher_identifier: str | None = None
@@ -118,12 +118,11 @@ class Office365Configuration(CollectorConfiguration):
 
 @dataclass(frozen=True)
 class Credential:
-    """What MSAL needs: a secret, or a certificate's private key and its thumbprint."""
+    """What MSAL needs: a secret, or a certificate and its private key."""
 
     client_secret: str | None = None
     private_key_pem: str | None = None
     certificate_pem: str | None = None
-    thumbprint_sha256: str | None = None
 
     def for_msal(self):
         if self.client_secret is not None:
@@ -158,8 +157,7 @@ def resolve_credential(config: Office365Configuration) -> Credential:
         pem = key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         ).decode()
-        thumbprint = hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
-        return Credential(private_key_pem=pem, certificate_pem=config.certificate.strip(), thumbprint_sha256=thumbprint)
+        return Credential(private_key_pem=pem, certificate_pem=config.certificate.strip())
     if config.client_secret:
         return Credential(client_secret=config.client_secret)
     raise ConfigurationError("client_secret", "required, or give `certificate` and `private_key` instead")

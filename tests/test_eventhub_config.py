@@ -94,3 +94,34 @@ def test_secret_values_never_appear_in_errors():
         parse(hub_connection_string="Endpoint=sb://x/;SharedAccessKeyName=n;SharedAccessKey=TOPSECRETKEY;EntityPath=a",
               hub_name="b")
     assert "TOPSECRETKEY" not in str(raised.value)
+
+
+def test_clients_for_entra_websockets_and_proxy(tmp_path):
+    from azure.eventhub import TransportType
+    from azure.identity.aio import ClientSecretCredential, ManagedIdentityCredential
+
+    from azure_eventhub.checkpoints import LocalCheckpointStore
+    from azure_eventhub.clients import build_client, build_credential, build_store
+
+    base = {"fully_qualified_namespace": "ns.servicebus.windows.net", "hub_name": "h"}
+    config = parse(**base, tenant_id="t", client_id="c", client_secret="s", http_proxy="http://u:p@proxy:3128",
+                   storage_account_url="https://acct.blob.core.windows.net", storage_container_name="cont")
+    credential = build_credential(config)
+    assert isinstance(credential, ClientSecretCredential)
+    store = build_store(config, tmp_path, credential)
+    client = build_client(config, store, credential)
+    assert client._config.transport_type == TransportType.AmqpOverWebsocket
+    assert client._config.http_proxy == {"proxy_hostname": "proxy", "proxy_port": 3128, "username": "u",
+                                         "password": "p"}
+    assert client.eventhub_name == "h" and client._address.hostname == "ns.servicebus.windows.net"
+    assert store._container_client.url == "https://acct.blob.core.windows.net/cont"
+
+    assert isinstance(build_credential(parse(**base)), ManagedIdentityCredential)
+    websockets = build_client(parse(hub_connection_string=HUB, use_websockets=True), None, None)
+    assert websockets._config.transport_type == TransportType.AmqpOverWebsocket
+    local = build_store(parse(hub_connection_string=HUB), tmp_path, None)
+    assert isinstance(local, LocalCheckpointStore)
+    local._lock_handle.close()
+    with pytest.raises(ConfigurationError) as raised:
+        build_credential(parse(**base, tenant_id="t", client_id="c", certificate="not a pem"))
+    assert raised.value.field == "certificate"

@@ -72,6 +72,12 @@ def test_json_orjson_refuses_is_still_json():
     assert stats.text == 0
 
 
+def test_lone_surrogate_escapes_stay_json():
+    out, stats = split([b'{"a":"\\ud800"}', b'{"records":[{"a":"\\udc00x"}]}'], text_event=text_as_json)
+    assert [orjson.loads(e.replace(b"\\ud800", b"").replace(b"\\udc00", b"")) for e in out] == [{"a": ""}, {"a": "x"}]
+    assert stats.text == 0 and stats.records == 2
+
+
 def test_ndjson_bodies_are_split_per_line():
     body = b'{"records":[{"a":1}]}\n{"b":2}\n\n[3]\n'
     out, stats = split([body])

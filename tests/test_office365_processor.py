@@ -112,3 +112,43 @@ def test_a_failing_blob_is_left_pending_and_the_others_go_on(tmp_path, monkeypat
     assert state.pending("Audit.Exchange")[0] == 1  # c$1 waits for the next start
     assert state.ledger_size == 1  # c$2 delivered
     assert any(level == "error" and "c$1" in message for level, message in logs)
+
+
+# -- warnings of the pipeline: content about to expire, content already past the retention -------------------
+
+
+def pipeline(tmp_path, logs: list, **overrides):
+    from office365.config import Office365Configuration
+    from office365.pipeline import Pipeline
+
+    config = Office365Configuration(
+        tenant_id="4f6e2a1c-8d3b-4e5f-9a7c-2b1d0e3f4a5b", client_id="9c8b7a6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d", **overrides
+    )
+    state = CollectorState(tmp_path, config.content_types, initial_lookback=timedelta(hours=1), filter_capacity=10)
+    return Pipeline(config, None, None, state, None, lambda message, level: logs.append((level, message)), lambda: True)
+
+
+def test_pending_content_near_its_expiry_is_warned_about_once_an_hour(tmp_path):
+    logs: list = []
+    line = pipeline(tmp_path, logs, expiry_warning_hours=12)
+    now = NOW.timestamp()
+    line._warn_expiry("Audit.Exchange", now - 5 * 86400, 3, now)  # two days left: quiet
+    assert logs == []
+    line._warn_expiry("Audit.Exchange", now - 6.7 * 86400, 3, now)  # 7 h left
+    line._warn_expiry("Audit.Exchange", now - 6.7 * 86400, 3, now + 60)
+    assert len(logs) == 1 and logs[0][0] == "warning"
+    assert "Audit.Exchange" in logs[0][1] and "expires in 7.2 h" in logs[0][1]
+
+
+def test_content_past_the_retention_is_reported_after_a_long_stop_not_at_first_start(tmp_path):
+    logs: list = []
+    first = pipeline(tmp_path, logs)
+    earliest = NOW - timedelta(days=7)
+    first._report_gap("Audit.Exchange", earliest - timedelta(days=1), earliest)  # no checkpoint: a first start
+    assert logs == []
+    first.state.listed("Audit.Exchange", earliest - timedelta(days=2))
+    first.state.close()
+    again = pipeline(tmp_path, logs)
+    again._report_gap("Audit.Exchange", earliest - timedelta(days=2), earliest)
+    again._report_gap("Audit.Exchange", earliest - timedelta(days=2), earliest)
+    assert len(logs) == 1 and logs[0][0] == "error" and "was not collected" in logs[0][1]
