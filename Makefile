@@ -12,7 +12,6 @@ PYTEST_ARGS ?=
 
 export POETRY_VIRTUALENVS_IN_PROJECT := true
 export POETRY_NO_INTERACTION := 1
-export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: install test demo bench reliability clean
 

@@ -41,7 +41,8 @@ class BatchLimits:
     max_events: int = 10_000
     max_bytes: int = 4_000_000  # of raw events; escaping inside `jsons` can add a third
     max_age: float = 1.0  # seconds the oldest buffered event may wait
-    in_flight: int = 2  # batches queued behind the one being delivered: backpressure on the trigger
+    in_flight: int = 2  # batches queued behind those being delivered: backpressure on the trigger
+    senders: int = 2  # batches sent at once: the runtime handles one while the next is on the wire
 
 
 class RetryableError(Exception):
@@ -161,16 +162,19 @@ class _Batch:
     acks: list[Ack] = field(default_factory=list)
     size: int = 0
     started: float = 0.0
+    seq: int = 0
 
     def __bool__(self) -> bool:
         return bool(self.events or self.acks)
 
 
 class Forwarder:
-    """Buffers events, delivers them in batches on one thread, and acknowledges after the runtime confirmed.
+    """Buffers events, delivers them in batches on sender threads, and acknowledges after the runtime confirmed.
 
-    Batches are queued in the order they were cut, under one lock, so an acknowledgement never runs before
-    every event added ahead of it was confirmed, whichever thread adds or flushes.
+    Batches are numbered in the order they were cut, under one lock. Several may be on the wire at once, but
+    their acknowledgements run strictly in that order, each only once every batch before it was confirmed: an
+    acknowledgement never runs before every event added ahead of it was delivered, whichever thread adds,
+    flushes or sends. After a batch that was never confirmed (stopping), no later acknowledgement runs.
     """
 
     def __init__(
@@ -198,14 +202,22 @@ class Forwarder:
         self._lock = threading.Condition()
         self._batch = _Batch()
         self._ready: deque[_Batch] = deque()
-        self._delivering = False
+        self._cut_count = 0  # batches cut so far: the next batch's number
+        self._acked_count = 0  # batches whose acknowledgements ran (or were dropped): all below this number
+        self._finished: dict[int, tuple[_Batch, bool]] = {}  # sent batches waiting for their turn to be acked
+        self._ack_turn = threading.Lock()  # one thread at a time runs acknowledgements, in order
         self._closed = False
         self._abort_at: float | None = None
+        self._outage_since: float | None = None
         self._failure: str | None = None
         self.delivered = 0
         self.oversize = 0
-        self._thread = threading.Thread(target=self._deliver_loop, name=f"deliver-{trigger}", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._deliver_loop, name=f"deliver-{trigger}-{n}", daemon=True)
+            for n in range(max(1, limits.senders))
+        ]
+        for thread in self._threads:
+            thread.start()
 
     # -- producer side -------------------------------------------------------------------------------------
 
@@ -246,7 +258,7 @@ class Forwarder:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             self._cut()
-            while self._ready or self._delivering:
+            while self._acked_count < self._cut_count:
                 remaining = 1.0 if deadline is None else deadline - time.monotonic()
                 if remaining <= 0:
                     return False
@@ -260,13 +272,14 @@ class Forwarder:
         with self._lock:
             self._closed = True
             self._lock.notify_all()
-        self._thread.join(timeout=5)
+        for thread in self._threads:
+            thread.join(timeout=5)
         return confirmed
 
     @property
     def pending(self) -> int:
-        """Batches queued or being delivered."""
-        return len(self._ready) + int(self._delivering)
+        """Batches cut and not yet acknowledged."""
+        return self._cut_count - self._acked_count
 
     def _current(self) -> _Batch:
         if not self._batch:
@@ -276,6 +289,8 @@ class Forwarder:
     def _cut(self) -> None:
         """Queue the current batch (caller holds the lock)."""
         if self._batch:
+            self._batch.seq = self._cut_count
+            self._cut_count += 1
             self._ready.append(self._batch)
             self._batch = _Batch()
             metrics.pending_batches.labels(self.trigger).set(self.pending)
@@ -305,17 +320,31 @@ class Forwarder:
                 if not self._ready:
                     return  # closed and nothing left
                 batch = self._ready.popleft()
-                self._delivering = True
                 self._lock.notify_all()
-            try:
-                self._deliver(batch)
-            finally:
+            confirmed = self._deliver(batch)
+            with self._lock:
+                self._finished[batch.seq] = (batch, confirmed)
+            self._acknowledge_in_order()
+
+    def _acknowledge_in_order(self) -> None:
+        with self._ack_turn:
+            while True:
                 with self._lock:
-                    self._delivering = False
+                    entry = self._finished.pop(self._acked_count, None)
+                    if entry is None:
+                        return
+                batch, confirmed = entry
+                if not confirmed:
+                    self._failure = self._failure or "a batch was not confirmed"
+                if self._failure is None:
+                    self._run_acks(batch)
+                with self._lock:
+                    self._acked_count += 1
                     metrics.pending_batches.labels(self.trigger).set(self.pending)
                     self._lock.notify_all()
 
-    def _deliver(self, batch: _Batch) -> None:
+    def _deliver(self, batch: _Batch) -> bool:
+        """Send one batch until the runtime confirms it; False when stopping cut the retries short."""
         started = time.monotonic()
         requests_: list[Request] = []
         try:
@@ -331,19 +360,23 @@ class Forwarder:
                 "and will be collected again at the next start",
                 "warning",
             )
-            return
+            return False
         finally:
             for request in requests_:
                 if request.cleanup is not None:
                     shutil.rmtree(request.cleanup, ignore_errors=True)
         count = len(batch.events)
-        self.delivered += count
         if count:
+            with self._lock:
+                self.delivered += count
             metrics.delivered_events.labels(self.trigger).inc(count)
             metrics.delivery_batches.labels(self.trigger, "confirmed").inc()
             metrics.delivery_seconds.labels(self.trigger).observe(time.monotonic() - started)
             if self._on_delivered:
                 self._on_delivered(count)
+        return True
+
+    def _run_acks(self, batch: _Batch) -> None:
         for ack in batch.acks:
             try:
                 ack()
@@ -356,22 +389,32 @@ class Forwarder:
 
     def _send_until_confirmed(self, request: Request) -> None:
         backoff = self._backoff()
-        failing_since: float | None = None
         while True:
             try:
                 _post(self._session, request, self._timeout)
-                if failing_since is not None:
-                    self._log(
-                        f"Runtime reachable again after {time.monotonic() - failing_since:.0f}s; delivery resumed",
-                        "info",
-                    )
+                self._outage_ended()
                 return
             except RetryableError as error:
                 metrics.delivery_retries.labels(self.trigger).inc()
-                if failing_since is None:
-                    failing_since = time.monotonic()
-                    self._log(f"Delivery to the runtime failed, retrying until it succeeds: {error}", "warning")
+                self._outage_began(error)
                 delay = backoff.next_delay(error.retry_after)
                 if self._abort_at is not None and time.monotonic() + delay > self._abort_at:
                     raise DeliveryAborted(str(error)) from None
                 time.sleep(delay)
+
+    # One warning when the runtime stops answering and one line when it is back, whatever the number of
+    # senders, batches and attempts in between.
+
+    def _outage_began(self, error: RetryableError) -> None:
+        with self._lock:
+            if self._outage_since is not None:
+                return
+            self._outage_since = time.monotonic()
+        self._log(f"Delivery to the runtime failed, retrying until it succeeds: {error}", "warning")
+
+    def _outage_ended(self) -> None:
+        with self._lock:
+            if self._outage_since is None:
+                return
+            lasted, self._outage_since = time.monotonic() - self._outage_since, None
+        self._log(f"Runtime reachable again after {lasted:.0f}s; delivery resumed", "info")

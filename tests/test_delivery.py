@@ -29,6 +29,8 @@ class Recorder:
         return run
 
 
+# Two senders share the wire, so batches may land in either order: compare what arrived as a multiset, and
+# check the order that matters (acknowledgements) directly.
 def forwarder(runtime, tmp_path, logs=None, **limits):
     sink = IntakeSink(runtime.info["intake_url"], runtime.info["intake_key"], user_agent="tests")
     return Forwarder(
@@ -48,7 +50,7 @@ def test_events_arrive_exactly_as_sent_and_acks_follow_confirmation(runtime, tmp
         fwd.add(events(37, start=unit * 37), ack=recorder.ack(unit), origin=f"unit-{unit}")
     assert fwd.drain(timeout=30)
     fwd.close()
-    assert runtime.delivered() == events(370)
+    assert sorted(runtime.delivered()) == sorted(events(370))
     assert [name for name, _ in recorder.acks] == list(range(10))
     # Each ack ran only once every event of its unit (and of the units before) was in the runtime's file.
     for name, delivered in recorder.acks:
@@ -70,11 +72,11 @@ def test_runtime_down_then_back_loses_nothing(runtime, tmp_path):
     fwd.add(events(250), ack=recorder.ack("all"))
     assert fwd.drain(timeout=30)
     fwd.close()
-    assert runtime.delivered() == events(250)
+    assert sorted(runtime.delivered()) == sorted(events(250))
     assert recorder.acks == [("all", 250)]
     assert runtime.stats()["cut"] > 0
     warnings = [m for level, m in logs if level == "warning" and "retrying" in m]
-    assert len(warnings) == len({m for m in warnings})  # one line per outage and batch, not one per attempt
+    assert len(warnings) == 1  # one line per outage, not one per attempt, batch or sender
     assert any("reachable again" in m for _, m in logs)
 
 
@@ -84,7 +86,7 @@ def test_failures_and_503s_are_retried_until_confirmed(runtime, tmp_path):
     fwd.add(events(400))
     assert fwd.drain(timeout=60)
     fwd.close()
-    assert runtime.delivered() == events(400)
+    assert sorted(runtime.delivered()) == sorted(events(400))
     assert runtime.stats()["failures"] > 0
 
 
@@ -96,7 +98,7 @@ def test_oversize_event_is_counted_logged_once_and_kept(runtime, tmp_path):
     fwd.add(batch, origin="blob-42")
     assert fwd.drain(timeout=30)
     fwd.close()
-    assert runtime.delivered() == events(5)
+    assert sorted(runtime.delivered()) == sorted(events(5))
     assert fwd.oversize == 1
     oversize_logs = [m for _, m in logs if "over the intake limit" in m]
     assert len(oversize_logs) == 1 and str(len(big)) in oversize_logs[0] and "blob-42" in oversize_logs[0]
@@ -110,7 +112,7 @@ def test_large_batches_are_split_under_the_payload_limit(runtime, tmp_path):
     fwd.add(batch)
     assert fwd.drain(timeout=60)
     fwd.close()
-    assert runtime.delivered() == batch
+    assert sorted(runtime.delivered()) == sorted(batch)
     assert runtime.stats()["batches"] >= 1
 
 
@@ -140,7 +142,7 @@ def test_playbook_mode_sends_a_records_file_event(runtime, tmp_path):
     fwd.add(events(120), ack=recorder.ack("done"))
     assert fwd.drain(timeout=30)
     fwd.close()
-    assert [orjson.loads(line) for line in runtime.delivered()] == [orjson.loads(e) for e in events(120)]
+    assert sorted(runtime.delivered()) == sorted(events(120))
     assert runtime.stats()["playbook_events"] == 3
     assert recorder.acks == [("done", 120)]
     assert not any((runtime.data_path / "tests_events").iterdir())  # records files removed once confirmed
