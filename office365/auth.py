@@ -24,29 +24,58 @@ from office365.tls import requests_verify
 
 # AADSTS code -> (configuration field, what to fix)
 AADSTS_HELP: dict[int, tuple[str, str]] = {
-    7000215: ("client_secret", "Microsoft Entra refused the client secret (AADSTS7000215): copy the secret's *Value* "
-              "(not its Secret ID) from the app registration's Certificates & secrets page"),
-    7000222: ("client_secret", "the client secret has expired (AADSTS7000222): create a new secret on the app "
-              "registration and update the configuration"),
-    7000218: ("client_secret", "no client secret or certificate reached Microsoft Entra (AADSTS7000218): give "
-              "`client_secret`, or `certificate` and `private_key`"),
-    700016: ("client_id", "no application with this client id exists in the tenant (AADSTS700016): check "
-             "`client_id` and `tenant_id`, and that an administrator consented to the app in this tenant"),
+    7000215: (
+        "client_secret",
+        "Microsoft Entra refused the client secret (AADSTS7000215): copy the secret's *Value* "
+        "(not its Secret ID) from the app registration's Certificates & secrets page",
+    ),
+    7000222: (
+        "client_secret",
+        "the client secret has expired (AADSTS7000222): create a new secret on the app "
+        "registration and update the configuration",
+    ),
+    7000218: (
+        "client_secret",
+        "no client secret or certificate reached Microsoft Entra (AADSTS7000218): give "
+        "`client_secret`, or `certificate` and `private_key`",
+    ),
+    700016: (
+        "client_id",
+        "no application with this client id exists in the tenant (AADSTS700016): check "
+        "`client_id` and `tenant_id`, and that an administrator consented to the app in this tenant",
+    ),
     7000112: ("client_id", "the application is disabled (AADSTS7000112): enable it in Microsoft Entra"),
-    700025: ("client_id", "the app is registered as a public client (AADSTS700025): it needs a client secret or "
-             "certificate (a confidential client)"),
-    65001: ("client_id", "admin consent is missing (AADSTS65001): grant admin consent for the Office 365 "
-            "Management API permission ActivityFeed.Read (and ActivityFeed.ReadDlp for DLP.All)"),
-    90002: ("tenant_id", "tenant not found (AADSTS90002): use the Directory (tenant) ID of your Microsoft Entra "
-            "tenant, and check `cloud`"),
+    700025: (
+        "client_id",
+        "the app is registered as a public client (AADSTS700025): it needs a client secret or "
+        "certificate (a confidential client)",
+    ),
+    65001: (
+        "client_id",
+        "admin consent is missing (AADSTS65001): grant admin consent for the Office 365 "
+        "Management API permission ActivityFeed.Read (and ActivityFeed.ReadDlp for DLP.All)",
+    ),
+    90002: (
+        "tenant_id",
+        "tenant not found (AADSTS90002): use the Directory (tenant) ID of your Microsoft Entra "
+        "tenant, and check `cloud`",
+    ),
     900023: ("tenant_id", "the tenant identifier is invalid (AADSTS900023): use the Directory (tenant) ID GUID"),
     90013: ("tenant_id", "the tenant identifier is invalid (AADSTS90013)"),
-    700027: ("certificate", "Microsoft Entra refused the certificate assertion (AADSTS700027): upload this "
-             "certificate to the app registration (Certificates & secrets) and check that `private_key` belongs to it"),
-    700023: ("certificate", "the certificate assertion was refused (AADSTS700023): check the certificate "
-             "registered on the app"),
-    500011: ("cloud", "the Office 365 Management API is not available in this tenant for this cloud "
-             "(AADSTS500011): check `cloud` (enterprise, gcc, gcc_high, dod)"),
+    700027: (
+        "certificate",
+        "Microsoft Entra refused the certificate assertion (AADSTS700027): upload this "
+        "certificate to the app registration (Certificates & secrets) and check that `private_key` belongs to it",
+    ),
+    700023: (
+        "certificate",
+        "the certificate assertion was refused (AADSTS700023): check the certificate " "registered on the app",
+    ),
+    500011: (
+        "cloud",
+        "the Office 365 Management API is not available in this tenant for this cloud "
+        "(AADSTS500011): check `cloud` (enterprise, gcc, gcc_high, dod)",
+    ),
     53003: ("client_id", "blocked by a Conditional Access policy (AADSTS53003): exclude this workload identity"),
 }
 
@@ -131,9 +160,7 @@ class TokenProvider:
                 await asyncio.sleep(delay)
                 continue
             if self._failing_since is not None:
-                self._log(
-                    f"Microsoft Entra answered again after {time.monotonic() - self._failing_since:.0f}s", "info"
-                )
+                self._log(f"Microsoft Entra answered again after {time.monotonic() - self._failing_since:.0f}s", "info")
                 self._failing_since = None
             self._backoff.reset()
             self._token = token

@@ -20,7 +20,6 @@ NOT_OBJECT = "not_object"
 INVALID_UTF8 = "invalid_utf8"
 
 
-
 @dataclass(slots=True)
 class ParsedBlob:
     records: list[bytes]

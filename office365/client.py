@@ -64,7 +64,9 @@ def error_details(body: bytes) -> tuple[str, str]:
     if isinstance(data, dict):
         error = data.get("error", data)
         if isinstance(error, dict):
-            return str(error.get("code") or error.get("Code") or ""), str(error.get("message") or error.get("Message") or "")
+            return str(error.get("code") or error.get("Code") or ""), str(
+                error.get("message") or error.get("Message") or ""
+            )
         return str(error), str(data.get("message") or data.get("error_description") or "")
     return "", ""
 

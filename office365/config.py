@@ -110,7 +110,9 @@ class Office365Configuration(CollectorConfiguration):
         for item in items:
             name = _CONTENT_TYPES_BY_LOWER.get(str(item).strip().lower())
             if name is None:
-                raise ValueError(f"unknown content type {str(item)[:60]!r}; expected some of {', '.join(CONTENT_TYPES)}")
+                raise ValueError(
+                    f"unknown content type {str(item)[:60]!r}; expected some of {', '.join(CONTENT_TYPES)}"
+                )
             if name not in result:
                 result.append(name)
         return result
@@ -141,12 +143,16 @@ def resolve_credential(config: Office365Configuration) -> Credential:
         try:
             cert = x509.load_pem_x509_certificate(config.certificate.strip().encode())
         except ValueError:
-            raise ConfigurationError("certificate", "does not parse as a PEM certificate (-----BEGIN CERTIFICATE-----)") from None
+            raise ConfigurationError(
+                "certificate", "does not parse as a PEM certificate (-----BEGIN CERTIFICATE-----)"
+            ) from None
         password = config.private_key_password.encode() if config.private_key_password else None
         try:
             key = serialization.load_pem_private_key(config.private_key.strip().encode(), password=password)
         except TypeError:
-            raise ConfigurationError("private_key_password", "the private key is encrypted: give its password") from None
+            raise ConfigurationError(
+                "private_key_password", "the private key is encrypted: give its password"
+            ) from None
         except ValueError:
             raise ConfigurationError(
                 "private_key", "does not parse as a PEM private key (or `private_key_password` is wrong)"

@@ -38,9 +38,7 @@ lag_seconds = Gauge(
     ["content_type"],
     namespace=NAMESPACE,
 )
-pending_blobs = Gauge(
-    _P + "pending_blobs", "Blobs listed and not yet delivered", ["content_type"], namespace=NAMESPACE
-)
+pending_blobs = Gauge(_P + "pending_blobs", "Blobs listed and not yet delivered", ["content_type"], namespace=NAMESPACE)
 oldest_pending_seconds = Gauge(
     _P + "oldest_pending_seconds",
     "Age of the oldest blob listed and not yet delivered (content expires after 7 days)",
@@ -49,7 +47,9 @@ oldest_pending_seconds = Gauge(
 )
 throttled = Counter(_P + "throttled_responses", "Answers 403 AF429 or 429 from the API", namespace=NAMESPACE)
 requests = Counter(
-    _P + "requests", "Requests to the Management Activity API, by kind and outcome", ["kind", "outcome"],
+    _P + "requests",
+    "Requests to the Management Activity API, by kind and outcome",
+    ["kind", "outcome"],
     namespace=NAMESPACE,
 )
 concurrency = Gauge(_P + "concurrency", "Requests allowed in flight now (adaptive)", namespace=NAMESPACE)

@@ -104,7 +104,9 @@ class Pipeline:
                 )
                 processor.start()
                 queue: asyncio.Queue = asyncio.Queue()
-                tasks = [asyncio.create_task(self._lister(ct, client, subscriptions, queue)) for ct in config.content_types]
+                tasks = [
+                    asyncio.create_task(self._lister(ct, client, subscriptions, queue)) for ct in config.content_types
+                ]
                 tasks += [
                     asyncio.create_task(self._fetcher(client, queue, slots, processor))
                     for _ in range(config.max_concurrency)
@@ -207,7 +209,9 @@ class Pipeline:
                 problem = fatal(error, content_type)
                 if problem is not None:
                     raise problem from None
-                self._sampled(f"list:{content_type}", f"Listing {content_type} was refused, retrying later: {error}", "error")
+                self._sampled(
+                    f"list:{content_type}", f"Listing {content_type} was refused, retrying later: {error}", "error"
+                )
             await sleep_or_stop(config.poll_interval_seconds, self.stopping)
 
     async def _list_window(
@@ -221,7 +225,9 @@ class Pipeline:
                 known = functools.partial(self.state.is_known, content_type)
                 async for refs, unusable in list_pages(client, get, content_type, start, end, known):
                     if unusable:
-                        self._sampled(f"entries:{content_type}", f"{unusable} listing entries of {content_type} unreadable")
+                        self._sampled(
+                            f"entries:{content_type}", f"{unusable} listing entries of {content_type} unreadable"
+                        )
                     for ref in refs:
                         if self.state.track(ref):
                             queue.put_nowait(ref)
@@ -236,7 +242,8 @@ class Pipeline:
                 if error.code in AF_BAD_WINDOW:
                     self._sampled(
                         f"window:{content_type}",
-                        f"The API refused the window {start.isoformat()} - {end.isoformat()} of {content_type}: {error}",
+                        f"The API refused the window {start.isoformat()} - {end.isoformat()} of {content_type}: "
+                        f"{error}",
                         "error",
                     )
                 raise

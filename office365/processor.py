@@ -101,7 +101,9 @@ class Processor:
                 except Exception as error:  # noqa: BLE001 - one blob must not stop the collection
                     # Not acknowledged: the blob stays pending (the resume point waits) and is listed again at the
                     # next start.
-                    self._log(f"Processing blob {item.ref.content_id} of {item.ref.content_type} failed: {error!r}", "error")
+                    self._log(
+                        f"Processing blob {item.ref.content_id} of {item.ref.content_type} failed: {error!r}", "error"
+                    )
                     delivered = None
                 finally:
                     self._done()

@@ -148,8 +148,12 @@ class CollectorState:
                 try:
                     start = float(value)
                 except (TypeError, ValueError):
-                    raise CorruptStateError(f"State file {self._checkpoint.path}: bad resume point for {content_type}") from None
-            self._progress[content_type] = _Progress(listed_until=start, saved_resume=start if value is not None else None)
+                    raise CorruptStateError(
+                        f"State file {self._checkpoint.path}: bad resume point for {content_type}"
+                    ) from None
+            self._progress[content_type] = _Progress(
+                listed_until=start, saved_resume=start if value is not None else None
+            )
 
         entries = self._journal.replay()
         now_ts = now.timestamp()
@@ -158,7 +162,9 @@ class CollectorState:
             try:
                 content_id, expires = entry["c"], float(entry["x"])
             except (KeyError, TypeError, ValueError):
-                raise CorruptStateError(f"Ledger {self._journal.path} holds an entry without content id or expiry") from None
+                raise CorruptStateError(
+                    f"Ledger {self._journal.path} holds an entry without content id or expiry"
+                ) from None
             if expires < now_ts:
                 continue
             live.append(entry)

@@ -64,7 +64,13 @@ class O365Rig:
         try:
             self.runtime = ServerProcess(
                 "emulators.runtime",
-                "--port", "0", "--out", str(self.out), "--data-path", str(self.data_path), *self.runtime_args,
+                "--port",
+                "0",
+                "--out",
+                str(self.out),
+                "--data-path",
+                str(self.data_path),
+                *self.runtime_args,
                 env=bytecode_cache_env(),
                 log_path=self.workdir / "runtime.log",
             )

@@ -150,7 +150,11 @@ def test_encrypted_private_key_needs_its_password(certificate):
 @pytest.mark.parametrize("which", ["certificate", "private_key"])
 def test_certificate_that_does_not_parse_is_refused(certificate, which):
     cert_pem, key_pem = certificate
-    values = {"certificate": cert_pem, "private_key": key_pem, which: "-----BEGIN GARBAGE-----\nabc\n-----END GARBAGE-----"}
+    values = {
+        "certificate": cert_pem,
+        "private_key": key_pem,
+        which: "-----BEGIN GARBAGE-----\nabc\n-----END GARBAGE-----",
+    }
     with pytest.raises(ConfigurationError) as caught:
         resolve_credential(parse(**values))
     assert caught.value.field == which

@@ -52,11 +52,30 @@ def test_certificate_auth_and_paging_deliver_every_fixture_record_once(tmp_path)
 
 def test_faults_duplicates_late_expired_vanished_and_malformed_blobs(tmp_path):
     args = (
-        "--blobs", "16", "--records-per-blob", "10", "--page-size", "5",
-        "--duplicate-rate", "0.3",
-        "--fault-rate", "0.12", "--fault-kinds", "5xx,reset,timeout", "--hang-seconds", "20",
-        "--late-blobs", "2", "--late-after", "6",
-        "--expired-blobs", "1", "--vanished-blobs", "1", "--malformed-blobs", "4",
+        "--blobs",
+        "16",
+        "--records-per-blob",
+        "10",
+        "--page-size",
+        "5",
+        "--duplicate-rate",
+        "0.3",
+        "--fault-rate",
+        "0.12",
+        "--fault-kinds",
+        "5xx,reset,timeout",
+        "--hang-seconds",
+        "20",
+        "--late-blobs",
+        "2",
+        "--late-after",
+        "6",
+        "--expired-blobs",
+        "1",
+        "--vanished-blobs",
+        "1",
+        "--malformed-blobs",
+        "4",
     )
     with O365Rig(tmp_path, *args) as rig:
         config = rig.trigger_config(relist_interval_minutes=0.05, request_timeout_seconds=2)
@@ -76,11 +95,16 @@ def test_faults_duplicates_late_expired_vanished_and_malformed_blobs(tmp_path):
         comparison = rig.comparison()
         assert comparison["lost"] == 0 and comparison["duplicates"] == 0, comparison
         repeated = sum(
-            float(line.split()[-1]) for line in metrics.splitlines()
+            float(line.split()[-1])
+            for line in metrics.splitlines()
             if line.startswith("symphony_module_microsoft_o365_duplicate_records_total")
         )
         assert repeated > 0  # records repeated verbatim in later blobs were there, and forwarded once
-        skipped = [line for line in metrics.splitlines() if line.startswith("symphony_module_microsoft_o365_skipped_blobs_total")]
+        skipped = [
+            line
+            for line in metrics.splitlines()
+            if line.startswith("symphony_module_microsoft_o365_skipped_blobs_total")
+        ]
         assert sum(float(line.split()[-1]) for line in skipped) == 10  # 5 expired + 5 vanished, counted
         stats = rig.emulator.stats()
         assert sum(stats["faults"].values()) > 0
@@ -110,7 +134,9 @@ def test_throttled_answers_slow_the_trigger_down_and_it_finishes(tmp_path):
             assert sum(rig.emulator.stats()["throttled"].values()) <= throttled_at_first + 3
             metrics = scrape(env["METRICS_PORT"])
             assert "symphony_module_microsoft_o365_throttled_responses_total" in metrics
-            pace = [line for line in metrics.splitlines() if line.startswith("symphony_module_microsoft_o365_quota_pace")]
+            pace = [
+                line for line in metrics.splitlines() if line.startswith("symphony_module_microsoft_o365_quota_pace")
+            ]
             assert 250 <= float(pace[0].split()[-1]) <= 300, pace  # under the quota it saw (0.95 x 300)
             # The quota's minute would end the wait anyway; lifting it keeps the test short. The trigger keeps
             # its pace (it does not know the quota went away): the 40-odd blobs left take about 10 s.
@@ -176,8 +202,21 @@ def test_wrong_secret_is_one_clear_critical_log_and_exit_code_2(tmp_path):
 @pytest.mark.slow
 def test_a_larger_backlog_with_faults_and_kills(tmp_path):
     """Longer: a backlog of 25,000 records, 5% faults, three SIGKILLs."""
-    with O365Rig(tmp_path, "--blobs", "100", "--records-per-blob", "50", "--fault-rate", "0.05",
-                 "--fault-kinds", "5xx,reset", "--duplicate-rate", "0.1", "--latency-ms", "10") as rig:
+    with O365Rig(
+        tmp_path,
+        "--blobs",
+        "100",
+        "--records-per-blob",
+        "50",
+        "--fault-rate",
+        "0.05",
+        "--fault-kinds",
+        "5xx,reset",
+        "--duplicate-rate",
+        "0.1",
+        "--latency-ms",
+        "10",
+    ) as rig:
         config = rig.trigger_config(max_concurrency=8)
         for round_ in range(3):
             proc = rig.start_trigger(config, f"trigger-{round_}.log")

@@ -104,7 +104,10 @@ class StubEntra:
 
 
 def provider(stub: StubEntra, logs: list) -> TokenProvider:
-    tokens = TokenProvider(endpoints=None, client_id="c", credential=None, log=lambda m, l: logs.append((l, m)))  # type: ignore[arg-type]
+    def log(message: str, level: str) -> None:
+        logs.append((level, message))
+
+    tokens = TokenProvider(endpoints=None, client_id="c", credential=None, log=log)  # type: ignore[arg-type]
     tokens._acquire = stub  # type: ignore[method-assign]
     return tokens
 

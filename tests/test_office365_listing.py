@@ -66,8 +66,13 @@ def test_times_are_sent_in_the_documented_format_in_utc():
 
 @pytest.mark.parametrize(
     "text",
-    ["2026-11-25T11:30:05.000Z", "2026-11-25T11:30:05Z", "2026-11-25T11:30:05", "2026-11-25T12:30:05+01:00",
-     "2026-11-25T11:30:05.0000000Z"],
+    [
+        "2026-11-25T11:30:05.000Z",
+        "2026-11-25T11:30:05Z",
+        "2026-11-25T11:30:05",
+        "2026-11-25T12:30:05+01:00",
+        "2026-11-25T11:30:05.0000000Z",
+    ],
 )
 def test_api_timestamps_parse_as_utc(text):
     assert parse_time(text) == at("2026-11-25T11:30:05")
@@ -86,8 +91,14 @@ def entry(content_id: str, created: str = "2026-11-25T10:00:00.000Z", **extra) -
 
 def test_parse_page_skips_known_blobs_and_counts_unusable_entries():
     body = orjson.dumps(
-        [entry("a$1"), entry("b$2"), {"contentId": "c$3"}, entry("d$4", created="not a date"), "junk",
-         entry("e$5", contentExpiration=None)]
+        [
+            entry("a$1"),
+            entry("b$2"),
+            {"contentId": "c$3"},
+            entry("d$4", created="not a date"),
+            "junk",
+            entry("e$5", contentExpiration=None),
+        ]
     )
     refs, unusable = parse_page(body, "Audit.Exchange", known=lambda content_id: content_id == "b$2")
     assert [ref.content_id for ref in refs] == ["a$1", "e$5"]
@@ -133,7 +144,8 @@ def test_urls_from_the_api_follow_a_management_url_override():
 def test_error_details_of_both_dialects():
     assert error_details(b'{"error":{"code":"AF20022","message":"No subscription"}}') == ("AF20022", "No subscription")
     assert error_details(b'{"error":"invalid_client","error_description":"AADSTS7000215: x"}') == (
-        "invalid_client", "AADSTS7000215: x"
+        "invalid_client",
+        "AADSTS7000215: x",
     )
     assert error_details(b"<html>Bad gateway</html>")[0] == ""
 

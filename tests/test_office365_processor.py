@@ -39,7 +39,9 @@ class FakeForwarder:
 
 def ref(content_id: str, content_type: str = "Audit.Exchange") -> ContentRef:
     created = NOW - timedelta(hours=1)
-    return ContentRef(content_type, content_id, "https://x", created.timestamp(), (created + timedelta(days=7)).timestamp())
+    return ContentRef(
+        content_type, content_id, "https://x", created.timestamp(), (created + timedelta(days=7)).timestamp()
+    )
 
 
 def body(*records: dict) -> bytes:
@@ -51,7 +53,9 @@ def run(tmp_path, items: list[Fetched]):
     for item in items:
         state.track(item.ref)
     forwarder, logs, done = FakeForwarder(), [], []
-    processor = Processor(forwarder, state, lambda message, level: logs.append((level, message)), lambda: done.append(1))
+    processor = Processor(
+        forwarder, state, lambda message, level: logs.append((level, message)), lambda: done.append(1)
+    )
     processor.start()
     for item in items:
         processor.put(item)

@@ -16,9 +16,16 @@ NOW = datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC)
 TYPES = ["Audit.Exchange", "DLP.All"]
 
 
-def ref(content_id: str, created: datetime, content_type: str = "Audit.Exchange", expires_in=timedelta(days=7)) -> ContentRef:
-    return ContentRef(content_type, content_id, f"https://x/audit/{content_id}", created.timestamp(),
-                      (created + expires_in).timestamp())
+def ref(
+    content_id: str, created: datetime, content_type: str = "Audit.Exchange", expires_in=timedelta(days=7)
+) -> ContentRef:
+    return ContentRef(
+        content_type,
+        content_id,
+        f"https://x/audit/{content_id}",
+        created.timestamp(),
+        (created + expires_in).timestamp(),
+    )
 
 
 def state_at(directory, now=NOW, lookback=timedelta(hours=168), capacity=1000) -> CollectorState:

@@ -59,8 +59,16 @@ def test_fixture_records_of_all_five_content_types_delivered_once_and_a_restart_
 
 
 def test_admin_disabled_subscription_oversize_records_and_short_lived_tokens(tmp_path, monkeypatch):
-    args = ("--subscribed", "all", "--disabled-by-admin", "Audit.Exchange", "--oversize-records", "1",
-            "--token-lifetime", "4")
+    args = (
+        "--subscribed",
+        "all",
+        "--disabled-by-admin",
+        "Audit.Exchange",
+        "--oversize-records",
+        "1",
+        "--token-lifetime",
+        "4",
+    )
     with O365Rig(tmp_path, *args) as rig:
         config = rig.trigger_config(content_types=["Audit.Exchange", "Audit.General"])
         throttled_before = metric("throttled_responses_total")
