@@ -15,7 +15,6 @@ from typing import Any
 from azure.core.exceptions import (
     AzureError,
     ClientAuthenticationError,
-    HttpResponseError,
     ResourceNotFoundError,
     ServiceRequestError,
     ServiceResponseError,

@@ -103,7 +103,7 @@ class RecordSplitter:
             stats.records += 1
 
     def as_text(self, bodies: Iterable[bytes], out: list[bytes], stats: SplitStats) -> None:
-        """Last resort if splitting ever failed on a batch: every body as text, so nothing is lost or retried forever."""
+        """Last resort if splitting ever failed on a batch: every body as text, nothing lost or retried forever."""
         for body in bodies:
             stats.events += 1
             stats.text += 1

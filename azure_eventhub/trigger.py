@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import queue
+import threading
 from typing import Any
+
 from azure_eventhub.checkpoints import CheckpointWriter
 from azure_eventhub.clients import build_client, build_credential, build_store, probe_hub, probe_store
 from azure_eventhub.config import EventHubConfiguration
@@ -22,6 +25,7 @@ class EventHubTrigger(CollectorTrigger):
         super().__init__(*args, **kwargs)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_requested: asyncio.Event | None = None
+        self._log_queue: queue.SimpleQueue | None = None
 
     def stop(self, *args, **kwargs) -> None:
         super().stop(*args, **kwargs)
@@ -39,28 +43,45 @@ class EventHubTrigger(CollectorTrigger):
         asyncio.run(self._consume(self.configuration))  # type: ignore[arg-type]
 
     def _log_soon(self, message: str, level: str) -> None:
-        """Log without blocking the event loop (an error log is sent to the runtime synchronously)."""
+        """Log without blocking the event loop: from the loop, through a daemon thread.
+
+        An error log is sent to the runtime synchronously, with retries for over a minute when the runtime is
+        down: neither the loop nor the process exit may wait for that (the SDK sends what is left at exit).
+        """
         loop = self._loop
         try:
-            on_loop = loop is not None and not loop.is_closed() and asyncio.get_running_loop() is loop
+            on_loop = loop is not None and asyncio.get_running_loop() is loop
         except RuntimeError:
             on_loop = False  # another thread (the record worker): it may block
-        if on_loop:
-            loop.run_in_executor(None, self.log, message, level)  # type: ignore[union-attr]
-        else:
+        if not on_loop:
             self.log(message, level)
+            return
+        if self._log_queue is None:
+            self._log_queue = queue.SimpleQueue()
+            threading.Thread(target=self._pump_logs, args=(self._log_queue,), name="eventhub-logs",
+                             daemon=True).start()
+        self._log_queue.put((message, level))
 
-    async def _unless_stopped(self, coroutine) -> Any:
-        """Run a start-up step, abandoned if a stop is requested meanwhile (a probe may wait up to a minute)."""
+    def _pump_logs(self, pending: queue.SimpleQueue) -> None:
+        while True:
+            message, level = pending.get()
+            try:
+                self.log(message, level)
+            except Exception:  # noqa: BLE001,S110 - the SDK keeps unsent logs and sends them at exit
+                pass
+
+    async def _unless_stopped(self, coroutine) -> tuple[bool, Any]:
+        """``(True, result)`` of a start-up step, or ``(False, None)`` if a stop came first (a probe may take a
+        minute against an unreachable endpoint: SIGTERM must not wait for it)."""
         step = asyncio.ensure_future(coroutine)
         stop = asyncio.ensure_future(self._stop_requested.wait())  # type: ignore[union-attr]
         await asyncio.wait({step, stop}, return_when=asyncio.FIRST_COMPLETED)
         stop.cancel()
-        if not step.done():
-            step.cancel()
-            await asyncio.gather(step, return_exceptions=True)
-            return None
-        return step.result() if step.result() is not None else True
+        if step.done():
+            return True, step.result()
+        step.cancel()
+        await asyncio.gather(step, return_exceptions=True)
+        return False, None
 
     async def _consume(self, config: EventHubConfiguration) -> None:
         self._loop = asyncio.get_running_loop()
@@ -72,14 +93,14 @@ class EventHubTrigger(CollectorTrigger):
         credential = build_credential(config)
         store = client = None
         try:
-            if not await self._unless_stopped(probe_store(config, credential)):
-                return
-            properties = await self._unless_stopped(probe_hub(config, credential))
-            if properties is None:
+            finished, _ = await self._unless_stopped(probe_store(config, credential))
+            if finished:
+                finished, properties = await self._unless_stopped(probe_hub(config, credential))
+            if not finished:
                 return
             store = build_store(config, self.state_dir, credential)
             client = build_client(config, store, credential)
-            self.log(
+            self._log_soon(
                 f"Consuming event hub `{config.hub_name}` ({len(properties.get('partition_ids', []))} partitions) "
                 f"of {config.namespace_host}, consumer group `{config.hub_consumer_group}`, checkpoints in "
                 f"{describe_store(config, store)}",

@@ -17,7 +17,6 @@ import json
 import signal
 import socket
 import subprocess
-import sys
 import time
 import xml.etree.ElementTree as ElementTree
 from email.utils import formatdate

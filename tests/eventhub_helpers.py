@@ -152,8 +152,7 @@ class EventHubStack:
         """``python main.py consume_eventhub_messages`` with the container's environment."""
         base = {k: v for k, v in os.environ.items() if k not in {"TRIGGER_CONFIGURATION", "INTAKE_URL"}}
         log = open(self.workdir / f"{log_name}-{len(self.processes)}.log", "ab")
-        main = os.environ.get("EVENTHUB_TEST_MAIN", "main.py")  # development override only
-        proc = subprocess.Popen([sys.executable, main, TRIGGER], cwd=ROOT,
+        proc = subprocess.Popen([sys.executable, "main.py", TRIGGER], cwd=ROOT,
                                 env={**base, **self.env(config, intake, data_path)}, stdout=log, stderr=log)
         log.close()
         self.processes.append(proc)
@@ -232,6 +231,8 @@ class InProcessTrigger:
 
         for key, value in env.items():
             monkeypatch.setenv(key, value)
+        # The SDK's trigger takes SIGINT and SIGTERM over: give them back to pytest afterwards.
+        self._handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
         self.trigger = EventHubTrigger(Module())
         self.thread = threading.Thread(target=self._run, name="trigger", daemon=True)
         self.error: BaseException | None = None
@@ -249,4 +250,6 @@ class InProcessTrigger:
     def stop(self, timeout: float = 30) -> None:
         self.trigger.stop()
         self.thread.join(timeout)
+        for sig, handler in self._handlers.items():
+            signal.signal(sig, handler)
         assert not self.thread.is_alive(), "the trigger did not stop"

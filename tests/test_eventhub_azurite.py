@@ -26,7 +26,8 @@ def test_checkpoints_survive_a_restart_on_the_same_port(tmp_path):
         azurite.restart(down_for=0.5)
         assert azurite.port == port and azurite.running
         blobs = azurite.admin.list_blobs("checkpoints", prefix="ns/hub/$default/checkpoint/")
-        assert blobs == [{"name": "ns/hub/$default/checkpoint/3", "metadata": {"offset": "1024", "sequencenumber": "7"}}]
+        assert blobs == [{"name": "ns/hub/$default/checkpoint/3",
+                          "metadata": {"offset": "1024", "sequencenumber": "7"}}]
         azurite.stop()
         with pytest.raises(requests.ConnectionError):
             BlobAdmin(azurite.account_url, timeout=2).list_blobs("checkpoints")

@@ -43,12 +43,11 @@ def test_store_down_or_missing_container_exit_main_with_code_2(stack, tmp_path):
                               "storage_container_name", "does not exist"),
     }
     base = {k: v for k, v in os.environ.items() if k not in {"TRIGGER_CONFIGURATION", "INTAKE_URL"}}
-    main = os.environ.get("EVENTHUB_TEST_MAIN", "main.py")
     running = {}
     try:
         for name, (config, field, words) in cases.items():  # in parallel, each with its own runtime stub
             runtime = Runtime(tmp_path / name)
-            proc = subprocess.Popen([sys.executable, main, "consume_eventhub_messages"], cwd=ROOT,
+            proc = subprocess.Popen([sys.executable, "main.py", "consume_eventhub_messages"], cwd=ROOT,
                                     env={**base, **runtime.env(config)}, stdout=subprocess.DEVNULL,
                                     stderr=subprocess.PIPE)
             running[name] = (proc, runtime, field, words)
