@@ -189,7 +189,6 @@ class ManagementClient:
             self.gate.pacer.on_throttled(retry_after, sent=started)
             metrics.throttled.inc()
             self._count(what, "throttled")
-            self._trouble(started)
             metrics.quota_pace.set(self.gate.pacer.per_minute or 0)
             return
         if status >= 500 or status == 408:

@@ -7,6 +7,7 @@ scenario failed.
 from __future__ import annotations
 
 import argparse
+import logging
 import shutil
 import sys
 import tempfile
@@ -30,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "reports")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, data paths)")
     args = parser.parse_args(argv)
+    logging.getLogger("azure").setLevel(logging.ERROR)  # the test producer's reconnections are expected here
     names = args.only or list(runner.SCENARIOS)
     work = Path(tempfile.mkdtemp(prefix="sekoia-m365-reliability-"))
     ctx = Context(work, QUICK if args.quick else FULL, args.quick, seed=args.seed)

@@ -30,7 +30,7 @@ OVERSIZE_BYTES = 300_000
 SETTLE_S = 3.0  # after the last good record arrived: bad items sitting between them are processed too
 
 
-def _run_to_end(stack: Stack, process, expected: Counter, failures: list[str], timeout: float = 120) -> dict:
+def _run_to_end(stack: Stack, process, expected: Counter, failures: list[str], timeout: float = 45) -> dict:
     if wait_covered(stack, expected, timeout, processes=[process]) is None:
         failures.append("the good records were not all delivered" if process.alive else
                         f"the trigger died (exit code {process.poll()})")

@@ -16,6 +16,7 @@ class Scale:
     name: str
     kill_records: int  # backlog of the kill and graceful-stop scenarios
     kills: int
+    kill_latency_ms: int  # the runtime stub's answers during kills and stops: the backlog drains slowly enough
     stops: int  # SIGTERMs of the graceful-stop scenario
     fault_s: float  # how long a fault lasts (the issue says 30 s for outages)
     short_fault_s: float  # faults with no duration in the issue (5xx, timeouts, throttling)
@@ -26,11 +27,11 @@ class Scale:
     config_cases: int | None  # bad-configuration cases per trigger (None: all)
 
 
-FULL = Scale("full", kill_records=50_000, kills=20, stops=3, fault_s=30, short_fault_s=20, restart_down_s=10,
+FULL = Scale("full", kill_records=50_000, kills=20, kill_latency_ms=300, stops=3, fault_s=30, short_fault_s=20, restart_down_s=10,
              stream_per_s=200, rebalance_records=20_000, fuzz_examples=400, config_cases=None)
-QUICK = Scale("quick", kill_records=10_000, kills=5, stops=2, fault_s=10, short_fault_s=8, restart_down_s=4,
+QUICK = Scale("quick", kill_records=10_000, kills=5, kill_latency_ms=300, stops=2, fault_s=10, short_fault_s=8, restart_down_s=4,
               stream_per_s=200, rebalance_records=5_000, fuzz_examples=150, config_cases=None)
-SMOKE = Scale("smoke", kill_records=3_000, kills=3, stops=1, fault_s=5, short_fault_s=5, restart_down_s=3,
+SMOKE = Scale("smoke", kill_records=5_000, kills=3, kill_latency_ms=500, stops=1, fault_s=5, short_fault_s=5, restart_down_s=3,
               stream_per_s=100, rebalance_records=2_000, fuzz_examples=50, config_cases=1)
 
 

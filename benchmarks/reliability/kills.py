@@ -1,7 +1,7 @@
 """Kills and graceful stops on a backlog: SIGKILL (or SIGTERM) at random moments, restart, finish; then count.
 
-The runtime stub answers slowly (``RUNTIME_LATENCY_MS``) and batches are small (``BATCH``), so the backlog takes
-tens of seconds and every kill lands while records are in flight. Random moments are of two kinds: a delay after
+The runtime stub answers slowly (``Scale.kill_latency_ms``) and batches are small (``BATCH``), so the backlog
+takes a while and every kill lands while records are in flight. Random moments are of two kinds: a delay after
 the process started (imports, token, probes, first listing) or a point of progress through the backlog.
 
 Duplicates are bounded by what was in flight at each kill: records the runtime confirmed but the trigger had not
@@ -19,7 +19,6 @@ from benchmarks.reliability.processes import TriggerProcess, output_counts, runt
 from benchmarks.reliability.stacks import EventHubStack, O365Stack, Stack, reconcile, wait_covered
 from tests.eventhub_helpers import records_with_ids
 
-RUNTIME_LATENCY_MS = 300
 BATCH = 500
 RECORDS_PER_BLOB = 50
 # A killed consumer keeps its partitions until their ownership expires (6 load-balancing rounds, 3 minutes by
@@ -37,7 +36,7 @@ def backlog_stack(ctx: Context, trigger: str, name: str) -> Stack:
     else:
         stack = EventHubStack(ctx, name)
         stack.feed.send_records(records_with_ids(records, "k"))
-    stack.runtime_control(latency_ms=RUNTIME_LATENCY_MS)
+    stack.runtime_control(latency_ms=ctx.scale.kill_latency_ms)
     return stack
 
 
@@ -62,7 +61,9 @@ def kill_config(stack: Stack) -> dict:
 
 def in_flight(stack: Stack) -> int:
     """Records the runtime confirmed that the trigger will read again: the bound of the next run's duplicates."""
-    time.sleep(0.3)  # a checkpoint write already sent may still land in the store
+    # Requests already sent still land: the stub writes their events once its latency passed, and a checkpoint
+    # write may still reach the store.
+    time.sleep(stack.ctx.scale.kill_latency_ms / 1000 + 0.3)
     return max(0, stack.reader.refresh().unique - stack.committed())
 
 
@@ -77,28 +78,32 @@ def kills(ctx: Context, trigger: str) -> dict:
         config = kill_config(stack)
         plan = ["startup" if rng.random() < STARTUP_KILLS else "progress" for _ in range(ctx.scale.kills)]
         startup_window = 2.5 if trigger == "o365" else 4.5
-        targets = iter(sorted(rng.uniform(0.03, 0.9) * total for kind in plan if kind == "progress"))
+        # Points of progress spread over the first three quarters (one at random in each stratum): a backlog
+        # remains after the last kill, whatever the draw.
+        count = plan.count("progress")
+        targets = iter(total * 0.75 * (slot + rng.random()) / count for slot in range(count))
         runs, bound, bound_batches, resumed = [], 0, 0, []
         for index, kind in enumerate(plan):
             process = stack.spawn(config, name=f"run-{index:02d}")
-            if kind == "startup":
+            if kind == "startup":  # a random moment before its first delivery
                 deadline = time.monotonic() + rng.uniform(0.1, startup_window)
-                first = watch(process, stack, lambda: time.monotonic() >= deadline, 60)
+                start_total = stack.reader.refresh().total
+                first = watch(process, stack, lambda: time.monotonic() >= deadline
+                              or stack.reader.refresh().total > start_total, 60)
             else:
                 target = next(targets)
                 start_total = stack.reader.refresh().total
                 first = watch(process, stack,
                               lambda: stack.reader.refresh().total >= max(target, start_total + 1), 120)
-                time.sleep(rng.uniform(0, 0.3))
             if not process.alive:
                 failures.append(f"run {index} ended by itself (exit code {process.poll()})")
             if rng.random() < 0.3:
                 process.scrape()
             process.kill()
+            mid_backlog = stack.reader.refresh().unique < total
             pending = in_flight(stack)
             bound += pending
             bound_batches += math.ceil(pending / BATCH)
-            mid_backlog = stack.reader.unique < total
             runs.append({"kind": kind, "at_s": round(time.monotonic() - process.started, 2),
                          "delivered_unique": stack.reader.unique, "in_flight": pending, "mid_backlog": mid_backlog})
             if first is not None:

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import requests
 
+from benchmarks.measure import _answers
 from benchmarks.reliability.context import Artifacts
-from emulators.process import ROOT
+from emulators.process import ROOT, wait_until
 from tests.o365_helpers import bytecode_cache_env
 
 # What the runtime gives the container: never inherited from the shell that runs the suite.
@@ -30,6 +31,7 @@ class TriggerProcess:
         base = {key: value for key, value in os.environ.items() if key not in CONTAINER_VARIABLES}
         self.name = name
         self.metrics_port = int(env["METRICS_PORT"])
+        self.liveness_port = int(env["LIVENESS_PORT"])
         self.stdout_path = Path(log_dir) / f"{name}.stdout"
         self.stderr_path = Path(log_dir) / f"{name}.stderr"
         self._artifacts = artifacts
@@ -51,6 +53,10 @@ class TriggerProcess:
             self.ended = time.monotonic()
         return code
 
+    def ready(self) -> bool:
+        """The SDK is up (its liveness endpoint answers): past the imports, its SIGTERM handler installed."""
+        return _answers(f"http://127.0.0.1:{self.liveness_port}/health")
+
     def scrape(self) -> str | None:
         """The Prometheus page (kept for the secrets scan); None while the exporter is not up."""
         try:
@@ -67,7 +73,9 @@ class TriggerProcess:
         self.poll()
 
     def terminate(self, timeout: float = 60.0) -> tuple[int | None, float]:
-        """SIGTERM; (exit code, seconds it took to end). Killed after ``timeout`` (exit code then negative)."""
+        """SIGTERM once the SDK is up (before, the signal just ends the interpreter); (exit code, seconds it took
+        to end). Killed after ``timeout`` (exit code then negative)."""
+        wait_until(lambda: not self.alive or self.ready(), 30, 0.1)
         started = time.monotonic()
         if self.alive:
             self.proc.send_signal(signal.SIGTERM)

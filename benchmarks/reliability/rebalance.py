@@ -14,7 +14,7 @@ from collections import Counter
 
 from benchmarks.reliability.context import Context
 from benchmarks.reliability.faults import RECOVERY_LIMIT_S, _checkpointed
-from benchmarks.reliability.kills import BATCH, RUNTIME_LATENCY_MS, finish, in_flight
+from benchmarks.reliability.kills import BATCH, finish, in_flight
 from benchmarks.reliability.processes import output_counts, runtime_counts
 from benchmarks.reliability.stacks import EventHubStack, reconcile, wait_covered
 from emulators.process import wait_until
@@ -41,7 +41,7 @@ def rebalancing(ctx: Context) -> dict:
     failures: list[str] = []
     with EventHubStack(ctx, "eventhub_rebalancing") as stack:
         stack.feed.send_records(records_with_ids(ctx.scale.rebalance_records, "r"))
-        stack.runtime_control(latency_ms=RUNTIME_LATENCY_MS)
+        stack.runtime_control(latency_ms=ctx.scale.kill_latency_ms)
         config = stack.config(load_balancing_interval=LOAD_BALANCING_S, batch_max_events=BATCH)
         # Each instance its own data path, as the README asks; they share the container in Azurite.
         spawn = lambda name: stack.spawn(config, name=name, data_path=stack.work / name)  # noqa: E731
