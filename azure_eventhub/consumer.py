@@ -103,6 +103,7 @@ class Consumer:
         self._stats_lock = threading.Lock()
         self._reported = SplitStats()
         self._text_warned_at = -1e9
+        self._skips_told: set[str] = set()
         self._error_streaks: dict[str, tuple[int, float]] = {}
         self._owner_saved = False
         self._last_batch_at = 0.0
@@ -201,6 +202,10 @@ class Consumer:
             if warn:
                 self._text_warned_at = time.monotonic()
                 text, invalid = self.stats.text, self.stats.invalid_utf8
+            first_skips = [reason for reason in SKIP_NOTES if getattr(stats, reason) and reason not in self._skips_told]
+            self._skips_told.update(first_skips)
+        for reason in first_skips:  # once per process: skipping is expected, the metric counts the rest
+            self.log(SKIP_NOTES[reason], "info")
         if warn:  # at the first one, then at most every text_warning_interval
             self.log(f"{text} message bodies so far were not JSON ({invalid} not even UTF-8) and were forwarded "
                      "as text: a producer of this event hub sends something other than diagnostic records", "warning")
@@ -384,6 +389,14 @@ class Consumer:
             metrics.text_bodies.labels("utf8").inc(text - invalid)
             reported.text += text
             reported.invalid_utf8 += invalid
+
+SKIP_NOTES = {
+    "empty": "Empty message bodies (or `null`) are skipped: counted in "
+             "symphony_module_microsoft_eventhub_skipped_total{reason=\"empty\"}, not logged again",
+    "heartbeats": "Envelopes with an empty `records` list (diagnostic-settings heartbeats) are skipped: counted in "
+                  "symphony_module_microsoft_eventhub_skipped_total{reason=\"heartbeat\"}, not logged again",
+}
+
 
 def describe_store(config: EventHubConfiguration, store: Any) -> str:
     if config.uses_storage:

@@ -8,8 +8,10 @@
   the counter and the warning tell the user a producer sends something unexpected. Bytes that are not UTF-8
   are kept visible as ``\\xNN`` escapes rather than replaced, so nothing is lost from the content.
 - Empty bodies (or ``null``) are skipped and counted.
+- orjson reads integers beyond 64 bits as floats: an envelope holding a run of 19 digits or more goes through
+  the standard library, whose integers are exact, so re-serialized records keep every digit.
 
-The hot path is: one ``orjson.loads`` per body, one ``orjson.dumps`` per record, nothing else per record.
+The hot path is: one ``orjson.loads`` per body, one ``orjson.dumps`` per record, one byte scan per envelope.
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ from dataclasses import dataclass, fields
 
 import orjson
 
-_BOM = b"\xef\xbb\xbf"
 _loads = orjson.loads
 _dumps = orjson.dumps
 _JSONDecodeError = orjson.JSONDecodeError
+# Every digit mapped to "0": a run of 19 zeros afterwards is a run of 19 digits before (one C pass, ~0.5 µs/KB).
+_DIGITS_AS_ZERO = bytes(0x30 if 0x30 <= i <= 0x39 else i for i in range(256))
+_LONG_DIGITS = b"0" * 19  # -9223372036854775809 has 19: orjson rounds it
 
 
 @dataclass(slots=True)
@@ -85,7 +89,9 @@ class RecordSplitter:
             if type(document) is dict:
                 records = document.get("records")
                 if type(records) is list:
-                    if not records:
+                    if _LONG_DIGITS in body.translate(_DIGITS_AS_ZERO):
+                        self._not_orjson(body, out, stats)  # a number orjson may have rounded
+                    elif not records:
                         stats.heartbeats += 1
                     elif categories is None:
                         out.extend(map(_dumps, records))
@@ -132,7 +138,7 @@ class RecordSplitter:
         except (ValueError, RecursionError):
             document = _NOT_JSON
         if document is not _NOT_JSON:
-            self._json_document(document, body, out, stats)
+            self._json_document(document, out, stats)
             return
         if b"\n" in body and self._ndjson(body, out, stats):
             return
@@ -145,10 +151,11 @@ class RecordSplitter:
         stats.records += 1
         out.append(self.text_event(text))
 
-    def _json_document(self, document, body: bytes, out: list[bytes], stats: SplitStats) -> None:
-        """A document only the standard library could read: re-serialize it as JSON.
+    def _json_document(self, document, out: list[bytes], stats: SplitStats) -> None:
+        """A document the standard library read (orjson refused it, or might round it): re-serialize it as JSON.
 
-        ASCII escapes, because this parser accepts lone surrogates (``"\\ud800"``), which UTF-8 cannot encode.
+        Never the bytes as they came: UTF-16 JSON is valid UTF-8 too (NULs between the characters). ASCII escapes,
+        because this parser accepts lone surrogates (``"\\ud800"``), which UTF-8 cannot encode.
         """
         def encode(value) -> bytes:
             return json.dumps(value, separators=(",", ":")).encode("ascii")
@@ -166,7 +173,7 @@ class RecordSplitter:
         elif document is None:
             stats.empty += 1
         else:
-            out.append(encode(document) if body.startswith(_BOM) or not _is_utf8(body) else body)
+            out.append(encode(document))
             stats.records += 1
 
     def _ndjson(self, body: bytes, out: list[bytes], stats: SplitStats) -> bool:
@@ -183,10 +190,3 @@ class RecordSplitter:
 
 _NOT_JSON = object()
 
-
-def _is_utf8(body: bytes) -> bool:
-    try:
-        body.decode("utf-8")
-        return True
-    except UnicodeDecodeError:
-        return False

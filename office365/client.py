@@ -9,7 +9,7 @@ with its ``AFxxxxx`` code.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
@@ -83,6 +83,7 @@ class ManagementClient:
         pool_size: int = 64,
         user_agent: str = "sekoiaio-connector/office365",
         rewrite_origin: bool = False,
+        on_throttling: Callable[[str], None] | None = None,
     ):
         self.feed = feed.rstrip("/")
         self.publisher_identifier = publisher_identifier
@@ -96,6 +97,7 @@ class ManagementClient:
         self._origin_prefix = "{}://{}/".format(*self._origin) if self._origin else ""
         self._session: aiohttp.ClientSession | None = None
         self._counters: dict = {}
+        self._on_throttling = on_throttling  # told once per episode, with what the pacer does about it
 
     async def __aenter__(self) -> ManagementClient:
         connector = aiohttp.TCPConnector(
@@ -186,10 +188,16 @@ class ManagementClient:
         throttled = status == 429 or (status == 403 and b"AF429" in response.body[:500])
         if throttled:
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
-            self.gate.pacer.on_throttled(retry_after, sent=started)
+            pacer = self.gate.pacer
+            if pacer.on_throttled(retry_after, sent=started) and self._on_throttling is not None:
+                self._on_throttling(
+                    f"The Management API throttles this tenant (HTTP {status} AF429: its quota of requests per minute, "
+                    f"shared by every application of the publisher): pacing at {pacer.per_minute or 0:.0f} "
+                    "requests/minute and retrying, nothing is skipped"
+                )
             metrics.throttled.inc()
             self._count(what, "throttled")
-            metrics.quota_pace.set(self.gate.pacer.per_minute or 0)
+            metrics.quota_pace.set(pacer.per_minute or 0)
             return
         if status >= 500 or status == 408:
             self._count(what, "server_error")
@@ -198,7 +206,8 @@ class ManagementClient:
                 self.gate.pacer.hold(retry_after)
             self._trouble(started)
             return
-        self.gate.pacer.on_accepted()
+        if self.gate.pacer.on_accepted():
+            metrics.quota_pace.set(self.gate.pacer.per_minute or 0)
         before = self.gate.limit.current
         self.gate.limit.on_success()
         if self.gate.limit.current != before:

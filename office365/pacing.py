@@ -5,8 +5,10 @@ and an overloaded API (5xx, timeouts, throttling) needs fewer: ``ConcurrencyLimi
 success while below its threshold (slow start), then by 1/limit (one per round trip), and halves on trouble.
 The per-minute quota (2,000 requests/minute baseline, per tenant and publisher) is a rate, not a concurrency:
 ``QuotaPacer`` runs unpaced until the first throttled answer, then estimates the quota from the requests the
-API accepted during the last minute and paces a token bucket a little under it, probing slowly upwards. Pacing
-instead of "hammer and back off" keeps throttled answers rare while using nearly all of the quota.
+API accepted during the last minute and paces a token bucket a little under it. Pacing instead of "hammer and
+back off" keeps throttled answers rare while using nearly all of the quota. The estimate is only a bound (a throttling storm, or our own demand being low, makes it too small),
+so while the pace holds requests back and nothing is throttled, it probes upwards in growing steps: a wrong
+estimate costs seconds, not the backlog.
 """
 
 from __future__ import annotations
@@ -60,9 +62,8 @@ class QuotaPacer:
 
     WINDOW = 60.0
     MARGIN = 0.95  # pace at this share of the quota seen
-    PROBE_EVERY = 30.0  # seconds of throttle-free pacing before trying a little more
-    PROBE_STEP = 1.02  # near the quota last seen: creep up (it may have grown)
-    RECOVER_STEP = 1.2  # well under it (after a cut by a shared pool, say): climb back quickly
+    PROBE_EVERY = 3.0  # seconds of throttle-free pacing that held requests back before trying more
+    PROBE_STEPS = (1.05, 1.1, 1.25, 1.5, 2.0)  # consecutive probes that met no throttling: bolder each time
     BURST_SECONDS = 1.0
     MAX_HOLD = 15.0  # longest pause without Retry-After: a few probes per minute while a window drains
     MIN_PER_MINUTE = 30.0
@@ -70,7 +71,6 @@ class QuotaPacer:
     def __init__(self, cap_per_minute: float | None = None, clock: Clock = time.monotonic):
         self.cap = cap_per_minute
         self.per_minute: float | None = cap_per_minute
-        self.ceiling: float | None = None  # the quota estimated at the last throttled answer
         self._clock = clock
         self._accepted: deque[float] = deque()
         self._tokens = 0.0
@@ -80,6 +80,7 @@ class QuotaPacer:
         self._held_at = -math.inf
         self._last_throttle = -math.inf
         self._last_probe = clock()
+        self._probes = 0  # consecutive throttle-free probes
         self._waited_recently = -math.inf
         self.throttled = 0
 
@@ -108,24 +109,26 @@ class QuotaPacer:
 
     # -- answers -------------------------------------------------------------------------------------------
 
-    def on_accepted(self) -> None:
+    def on_accepted(self) -> bool:
+        """True when the pace changed (a probe raised it)."""
         now = self._clock()
         self._accepted.append(now)
         self._trim(now)
         self._throttle_streak = 0
-        self._maybe_probe(now)
+        return self._maybe_probe(now)
 
-    def on_throttled(self, retry_after: float | None = None, sent: float | None = None) -> None:
-        """A throttled answer to a request sent at ``sent`` (clock time; unknown: now)."""
+    def on_throttled(self, retry_after: float | None = None, sent: float | None = None) -> bool:
+        """A throttled answer to a request sent at ``sent`` (clock time; unknown: now). True when it begins an
+        episode (the first throttled answer since an accepted one): the news worth telling the user."""
         now = self._clock()
         self.throttled += 1
         self._trim(now)
-        if self._throttle_streak == 0:
-            # First throttled answer since an accepted one: what the API accepted over the last minute is the
-            # best estimate of the quota left to us.
+        self._probes = 0
+        episode = self._throttle_streak == 0
+        if episode:
+            # What the API accepted over the last minute is the best estimate of the quota left to us.
             seen = len(self._accepted)
             if seen >= 10:
-                self.ceiling = float(seen)
                 estimate = max(self.MIN_PER_MINUTE, seen * self.MARGIN)
                 self.per_minute = estimate if self.per_minute is None else min(self.per_minute, estimate)
                 if self.cap is not None:
@@ -134,7 +137,7 @@ class QuotaPacer:
             # Sent before the current hold began (requests in flight together): the same news, not a new probe.
             if retry_after is not None:
                 self.hold_until = max(self.hold_until, now + min(retry_after, 5 * self.WINDOW))
-            return
+            return False
         self._throttle_streak += 1
         # Back off exponentially while throttling lasts (a fixed-window quota only resets at its window's end),
         # and never less than the server asked for.
@@ -147,6 +150,7 @@ class QuotaPacer:
         self._refilled = self.hold_until
         self._last_throttle = now
         self._last_probe = now
+        return episode
 
     def hold(self, seconds: float) -> None:
         """The API asked every client to wait (503 with Retry-After)."""
@@ -157,15 +161,17 @@ class QuotaPacer:
         while self._accepted and self._accepted[0] < horizon:
             self._accepted.popleft()
 
-    def _maybe_probe(self, now: float) -> None:
+    def _maybe_probe(self, now: float) -> bool:
         if self.per_minute is None or now - self._last_probe < self.PROBE_EVERY:
-            return
+            return False
         self._last_probe = now
         # Only when the pace actually held requests back: a quiet tenant has nothing to learn.
         if now - self._waited_recently < self.PROBE_EVERY and now - self._last_throttle >= self.PROBE_EVERY:
-            below = self.ceiling is not None and self.per_minute < 0.9 * self.ceiling
-            raised = self.per_minute * (self.RECOVER_STEP if below else self.PROBE_STEP)
+            raised = self.per_minute * self.PROBE_STEPS[min(self._probes, len(self.PROBE_STEPS) - 1)]
+            self._probes += 1
             self.per_minute = raised if self.cap is None else min(raised, self.cap)
+            return True
+        return False
 
     @property
     def accepted_last_minute(self) -> int:

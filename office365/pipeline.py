@@ -85,6 +85,7 @@ class Pipeline:
             pool_size=config.max_concurrency + 4,
             user_agent=self._user_agent,
             rewrite_origin=config.management_url is not None,
+            on_throttling=functools.partial(SampledLog(self._log, interval=600.0), "throttled"),
         )
         loop = asyncio.get_running_loop()
         slots = asyncio.Semaphore(config.max_concurrency * 2)

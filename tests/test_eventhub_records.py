@@ -72,6 +72,18 @@ def test_json_orjson_refuses_is_still_json():
     assert stats.text == 0
 
 
+def test_utf16_document_without_bom_is_forwarded_as_utf8():
+    # Its bytes are valid UTF-8 too (a NUL after each character): they must not go out as they came.
+    out, stats = split(['{"category": "Utf16", "id": 7}'.encode("utf-16-le")])
+    assert out == [b'{"category":"Utf16","id":7}'] and stats.text == 0
+
+
+def test_integers_beyond_64_bits_keep_every_digit():
+    big, low = 123456789012345678901234567890, -9223372036854775809
+    out, _ = split([b'{"records":[{"v":%d},{"w":%d,"s":"x"}]}' % (big, low), b'{"v":%d}' % big])
+    assert out == [b'{"v":%d}' % big, b'{"w":%d,"s":"x"}' % low, b'{"v":%d}' % big]
+
+
 def test_lone_surrogate_escapes_stay_json():
     out, stats = split([b'{"a":"\\ud800"}', b'{"records":[{"a":"\\udc00x"}]}'], text_event=text_as_json)
     assert [orjson.loads(e.replace(b"\\ud800", b"").replace(b"\\udc00", b"")) for e in out] == [{"a": ""}, {"a": "x"}]

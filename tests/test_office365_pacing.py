@@ -142,13 +142,26 @@ def test_pacer_probes_upwards_only_when_it_holds_requests_back():
     clock.advance(120)
     pacer.on_accepted()  # idle tenant: nothing was held back, nothing to learn
     assert pacer.per_minute == start
-    while clock.now < 1000 + 300:
-        wait = pacer.delay()
-        if wait:
-            clock.advance(wait)
-        else:
-            pacer.on_accepted()
-    assert start < pacer.per_minute < start * 1.2
+
+    def backlog(seconds: float) -> None:
+        end = clock.now + seconds
+        while clock.now < end:
+            wait = pacer.delay()
+            if wait:
+                clock.advance(wait)
+            else:
+                pacer.on_accepted()
+
+    # The throttling is over (a storm, not the quota): a backlog held back by a stale estimate climbs out of it
+    # in seconds, faster with each probe that meets no throttling.
+    backlog(30)
+    assert pacer.per_minute > 3 * start
+    # A throttled answer ends the climb: back under what the API accepted, small steps again.
+    pacer.on_throttled()
+    after = pacer.per_minute
+    assert after <= 0.95 * pacer.accepted_last_minute + 1
+    backlog(5.5)
+    assert pacer.per_minute == pytest.approx(after * QuotaPacer.PROBE_STEPS[0])
 
 
 def test_configured_cap_paces_from_the_start_and_is_never_exceeded():
