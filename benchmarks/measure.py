@@ -72,13 +72,17 @@ def _answers(url: str) -> bool:
         return False
 
 
+# How a trigger is started (``benchmarks.profile`` puts it under its profiler).
+TRIGGER_COMMAND = [sys.executable, "main.py"]
+
+
 def run_trigger(parameter: str, env: dict[str, str], delivered, expected: int, timeout: float, log_path: Path,
                 interval: float = 0.05) -> Run:
     """Start ``python main.py PARAMETER``; sample until ``delivered() >= expected``; stop it with SIGTERM."""
     run = Run()
     with open(log_path, "ab") as log:
         started = time.monotonic()
-        proc = subprocess.Popen([sys.executable, "main.py", parameter], cwd=ROOT, env={**os.environ, **env},
+        proc = subprocess.Popen([*TRIGGER_COMMAND, parameter], cwd=ROOT, env={**os.environ, **env},
                                 stdout=log, stderr=log)
         watched = psutil.Process(proc.pid)
         health = f"http://127.0.0.1:{env['LIVENESS_PORT']}/health" if env.get("LIVENESS_PORT") else None

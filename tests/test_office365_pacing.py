@@ -67,11 +67,11 @@ def test_throttling_sets_the_pace_under_the_quota_seen():
         pacer.delay()
         pacer.on_accepted()
         clock.advance(0.002)
-    pacer.on_throttled()
+    assert pacer.on_throttled()  # an episode begins: the trigger tells the user
     assert pacer.per_minute == pytest.approx(2000 * QuotaPacer.MARGIN)
     assert pacer.delay() == pytest.approx(1.0)  # first hold: 1 s
     # Further throttled answers in the same episode back off exponentially and keep the estimate.
-    pacer.on_throttled()
+    assert not pacer.on_throttled()
     assert pacer.delay() == pytest.approx(2.0)
     pacer.on_throttled(retry_after=30)
     assert pacer.delay() == pytest.approx(30.0)

@@ -1,0 +1,78 @@
+"""Where a trigger spends its CPU: ``python -m benchmarks.profile {o365_cpu|eventhub_envelopes|eventhub_1kb}``.
+
+Runs the scenario's workload (quick size) with the trigger started as ``python -m benchmarks.profile --run
+main.py PARAMETER``: every thread of the trigger (event loop, record splitting, delivery) gets its own
+``cProfile`` profiler, merged at exit into ``reports/profile-<scenario>.txt`` (the top functions by own time and
+by cumulative time). Profiling slows the trigger down (about 2x): read shares, not rates.
+"""
+
+from __future__ import annotations
+
+import atexit
+import cProfile
+import io
+import pstats
+import runpy
+import shutil
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+from emulators.process import ROOT
+
+_profiles: list[cProfile.Profile] = []
+
+
+def _profile_this_thread(*_args) -> None:
+    sys.setprofile(None)  # this hook runs once per thread: hand the thread over to its own profiler
+    profile = cProfile.Profile()
+    _profiles.append(profile)
+    profile.enable()
+
+
+def _write(out: Path) -> None:
+    for profile in _profiles:
+        profile.disable()
+    text = io.StringIO()
+    stats = pstats.Stats(_profiles[0], stream=text)
+    for profile in _profiles[1:]:
+        stats.add(profile)
+    stats.sort_stats("tottime").print_stats(40)
+    stats.sort_stats("cumulative").print_stats(40)
+    out.write_text(text.getvalue())
+
+
+def run(out: Path, argv: list[str]) -> None:
+    """Inside the trigger process: profile every thread, then run ``main.py`` as ``python main.py`` would."""
+    threading.setprofile(_profile_this_thread)
+    _profile_this_thread()
+    atexit.register(_write, out)
+    sys.argv = argv
+    runpy.run_path(argv[0], run_name="__main__")
+
+
+def main() -> None:
+    if sys.argv[1] == "--run":
+        run(Path(sys.argv[2]), sys.argv[3:])
+        return
+    from benchmarks import measure, scenarios
+
+    name = sys.argv[1]
+    out = ROOT / "reports" / f"profile-{name}.txt"
+    measure.TRIGGER_COMMAND = [sys.executable, "-m", "benchmarks.profile", "--run", str(out), "main.py"]
+    work = Path(tempfile.mkdtemp(prefix="sekoia-m365-profile-"))
+    workspace = scenarios.Workspace(work)
+    if name == "eventhub_1kb":
+        scenarios.eventhub_1kb(workspace, quick=True, baselines=False)
+    else:
+        getattr(scenarios, name)(workspace, quick=True)
+    if out.exists():
+        shutil.rmtree(work, ignore_errors=True)
+        print(f"wrote {out}")
+    else:
+        print(f"no profile written: see the trigger's log under {work}")
+
+
+if __name__ == "__main__":
+    main()
