@@ -390,6 +390,7 @@ class Consumer:
             reported.text += text
             reported.invalid_utf8 += invalid
 
+
 SKIP_NOTES = {
     "empty": "Empty message bodies (or `null`) are skipped: counted in "
              "symphony_module_microsoft_eventhub_skipped_total{reason=\"empty\"}, not logged again",

@@ -189,4 +189,3 @@ class RecordSplitter:
 
 
 _NOT_JSON = object()
-

@@ -1,14 +1,14 @@
 """How hard to push the API: an adaptive number of requests in flight (AIMD) and a pace under the tenant's quota.
 
 Two separate controls, because the API fails in two ways. Latency-bound work needs many requests in flight,
-and an overloaded API (5xx, timeouts, throttling) needs fewer: ``ConcurrencyLimit`` grows by one per
+and an overloaded API (5xx, timeouts) needs fewer: ``ConcurrencyLimit`` grows by one per
 success while below its threshold (slow start), then by 1/limit (one per round trip), and halves on trouble.
 The per-minute quota (2,000 requests/minute baseline, per tenant and publisher) is a rate, not a concurrency:
 ``QuotaPacer`` runs unpaced until the first throttled answer, then estimates the quota from the requests the
 API accepted during the last minute and paces a token bucket a little under it. Pacing instead of "hammer and
-back off" keeps throttled answers rare while using nearly all of the quota. The estimate is only a bound (a throttling storm, or our own demand being low, makes it too small),
-so while the pace holds requests back and nothing is throttled, it probes upwards in growing steps: a wrong
-estimate costs seconds, not the backlog.
+back off" keeps throttled answers rare while using nearly all of the quota. The estimate is only a bound (a
+throttling storm, or a low demand of ours, makes it too small), so while the pace holds requests back and nothing
+is throttled, it probes upwards in growing steps: a wrong estimate costs seconds, not the backlog.
 """
 
 from __future__ import annotations
