@@ -9,19 +9,21 @@ import time
 import uuid
 from collections import Counter
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import aiohttp
+import jwt
 import msal
 import orjson
 import pytest
 import requests
 from azure.core.exceptions import ClientAuthenticationError
 from azure.identity import CertificateCredential, ClientSecretCredential
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from emulators.office365 import CONTENT_TYPES, Office365Emulator
 from emulators.office365.harness import EmulatorProcess, trust_emulator_ca
-from emulators.office365.jws import sign_rs256
 from emulators.office365.timefmt import parse_query_time
 from tests.o365_fixtures import o365_emulator, o365_emulator_factory  # noqa: F401
 
@@ -281,7 +283,7 @@ def test_token_endpoint_errors(emu):
         "exp": now + 600,
     }
     thumbprint = base64.urlsafe_b64encode(bytes.fromhex(info["certificate_thumbprint_sha1"])).decode().rstrip("=")
-    forged = sign_rs256(claims, other_key, {"x5t": thumbprint})
+    forged = jwt.encode(claims, other_key, algorithm="RS256", headers={"x5t": thumbprint})
     bad = fetch_token(
         info,
         client_secret=None,
@@ -296,6 +298,37 @@ def test_token_endpoint_errors(emu):
         f"{info['login_url']}/{info['tenant_id']}/v2.0/.well-known/openid-configuration", verify=info["ca_file"]
     ).json()
     assert config["token_endpoint"] == token_url
+
+
+def test_client_assertion_checks(emu):
+    """Assertions signed with the registered certificate's key: only a well-formed one for this app and tenant passes."""
+    info = emu.info
+    key = serialization.load_pem_private_key(Path(info["private_key_file"]).read_bytes(), password=None)
+    thumbprint = base64.urlsafe_b64encode(bytes.fromhex(info["certificate_thumbprint_sha1"])).decode().rstrip("=")
+    token_url = f"{info['login_url']}/{info['tenant_id']}/oauth2/v2.0/token"
+    now = int(time.time())
+    good = {"aud": token_url, "iss": info["client_id"], "sub": info["client_id"], "nbf": now, "exp": now + 600}
+
+    def outcome(claims: dict, algorithm: str = "RS256", headers: dict | None = None, signing_key=key) -> str:
+        assertion = jwt.encode(claims, signing_key, algorithm=algorithm, headers=headers or {"x5t": thumbprint})
+        response = fetch_token(
+            info,
+            client_secret=None,
+            client_assertion=assertion,
+            client_assertion_type="urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        )
+        return "ok" if response.status_code == 200 else response.json()["error_description"].split(" Trace ID")[0]
+
+    assert outcome(good) == "ok"
+    assert outcome(good, "PS256") == "ok"
+    assert "expired (exp)" in outcome({**good, "exp": now - 3600})
+    assert "not yet valid (nbf)" in outcome({**good, "nbf": now + 3600})
+    assert "is not this tenant's token endpoint" in outcome({**good, "aud": "https://example.com/token"})
+    assert "iss and sub" in outcome({**good, "iss": str(uuid.uuid4())})
+    assert "neither x5t#S256 nor x5t" in outcome(good, headers={"kid": "x"})
+    assert "unsupported alg" in outcome(good, "HS256", signing_key="a shared secret of 32 bytes or more!")
+    missing_exp = {k: v for k, v in good.items() if k != "exp"}
+    assert "not a valid JWT" in outcome(missing_exp) and "exp" in outcome(missing_exp)
 
 
 def test_token_down_and_token_lifetime(emu):

@@ -18,10 +18,12 @@ import time
 import uuid
 from urllib.parse import unquote, urlparse
 
+import jwt
 from aiohttp import web
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from jwt.algorithms import RSAAlgorithm
+from jwt.utils import base64url_decode, base64url_encode
 
-from . import jws
 from .config import EmulatorConfig
 from .policy import RequestPolicy
 from .responses import aad_error, json_response, reset_connection
@@ -33,6 +35,7 @@ ROLES = ["ActivityFeed.Read", "ActivityFeed.ReadDlp"]
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ASSERTION_CLOCK_SKEW = 300
 GENERIC_TENANTS = ("common", "organizations", "consumers")
+ASSERTION_ALGORITHMS = ["RS256", "PS256"]  # what MSAL and azure-identity sign client assertions with
 
 
 class InvalidToken(Exception):
@@ -48,7 +51,7 @@ class EntraService:
         self._key = tls.token_signing_key
         self._public_key = self._key.public_key()
         public_der = self._public_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
-        self.kid = jws.b64url_encode(hashlib.sha1(public_der).digest())  # noqa: S324 - an identifier, like Entra's
+        self.kid = _b64url(hashlib.sha1(public_der).digest())  # noqa: S324 - an identifier, like Entra's
         self._verified: dict[str, dict] = {}  # access token -> claims: one RSA verify per token, not per request
 
     def routes(self) -> list[web.RouteDef]:
@@ -134,7 +137,8 @@ class EntraService:
 
     async def jwks(self, request: web.Request) -> web.Response:
         self.stats.requests["discovery"] += 1
-        return json_response({"keys": [jws.rsa_public_jwk(self._public_key, self.kid)]})
+        jwk = RSAAlgorithm.to_jwk(self._public_key, as_dict=True)
+        return json_response({"keys": [{**jwk, "use": "sig", "alg": "RS256", "kid": self.kid}]})
 
     # ------------------------------------------------------------------ token endpoint
     async def token(self, request: web.Request) -> web.StreamResponse:
@@ -226,18 +230,33 @@ class EntraService:
     def _assertion_problem(self, assertion: str, request: web.Request, tenant: str) -> str | None:
         registered = self.tls.client_certificate
         try:
-            header, claims, signing_input, signature = jws.parse(assertion)
+            header = jwt.get_unverified_header(assertion)
             if "x5t#S256" in header:
-                matches = jws.b64url_decode(header["x5t#S256"]) == registered.sha256_thumbprint
+                matches = _thumbprint(header["x5t#S256"]) == registered.sha256_thumbprint
             elif "x5t" in header:
-                matches = jws.b64url_decode(header["x5t"]) == registered.sha1_thumbprint
+                matches = _thumbprint(header["x5t"]) == registered.sha1_thumbprint
             else:
                 return "the JWT header has neither x5t#S256 nor x5t"
             if not matches:
                 return "the certificate used to sign the client assertion is not registered on the application"
-            jws.verify(registered.certificate.public_key(), header.get("alg", ""), signing_input, signature)
-        except jws.JwsError as exc:
-            return str(exc)
+            # Signature, exp and nbf (with Entra's clock skew) by PyJWT; aud, iss and sub below, as Entra words them.
+            claims = jwt.decode(
+                assertion,
+                registered.certificate.public_key(),
+                algorithms=ASSERTION_ALGORITHMS,
+                leeway=ASSERTION_CLOCK_SKEW,
+                options={"require": ["exp"], "verify_aud": False, "verify_iat": False},
+            )
+        except jwt.ExpiredSignatureError:
+            return "the assertion is expired (exp)"
+        except jwt.ImmatureSignatureError:
+            return "the assertion is not yet valid (nbf)"
+        except jwt.InvalidSignatureError:
+            return "the signature does not verify with the registered certificate"
+        except jwt.InvalidAlgorithmError:
+            return f"unsupported alg (expected one of {', '.join(ASSERTION_ALGORITHMS)})"
+        except jwt.PyJWTError as exc:
+            return f"the assertion is not a valid JWT ({exc})"
         client_id = self.config.client_id.lower()
         if str(claims.get("iss", "")).lower() != client_id or str(claims.get("sub", "")).lower() != client_id:
             return "iss and sub must both be the application's client id"
@@ -245,12 +264,6 @@ class EntraService:
         audiences = audiences if isinstance(audiences, list) else [audiences]
         if not any(_is_token_endpoint(a, tenant, request) for a in audiences):
             return f"aud {claims.get('aud')!r} is not this tenant's token endpoint"
-        now = time.time()
-        exp, nbf = claims.get("exp"), claims.get("nbf", 0)
-        if not isinstance(exp, (int, float)) or exp <= now - ASSERTION_CLOCK_SKEW:
-            return "the assertion is expired (exp)"
-        if not isinstance(nbf, (int, float)) or nbf > now + ASSERTION_CLOCK_SKEW:
-            return "the assertion is not yet valid (nbf)"
         return None
 
     def _issue(self, client_id: str, credential: str, v2: bool) -> dict:
@@ -273,10 +286,10 @@ class EntraService:
             "roles": ROLES,
             "sub": service_principal,
             "tid": tid,
-            "uti": jws.b64url_encode(uuid.uuid4().bytes),
+            "uti": _b64url(uuid.uuid4().bytes),
             "ver": "1.0",
         }
-        access_token = jws.sign_rs256(claims, self._key, {"kid": self.kid, "x5t": self.kid})
+        access_token = jwt.encode(claims, self._key, algorithm="RS256", headers={"kid": self.kid, "x5t": self.kid})
         if v2:
             return {
                 "token_type": "Bearer",
@@ -300,20 +313,38 @@ class EntraService:
         claims = self._verified.get(token)
         if claims is None:
             try:
-                header, claims, signing_input, signature = jws.parse(token)
-                if header.get("kid") != self.kid:
+                if jwt.get_unverified_header(token).get("kid") != self.kid:
                     raise InvalidToken("the token was not signed by this issuer")
-                jws.verify(self._public_key, header.get("alg", ""), signing_input, signature)
-            except jws.JwsError as exc:
+                # Expiry is checked below on every request, cached or not; the rest once per token.
+                claims = jwt.decode(
+                    token,
+                    self._public_key,
+                    algorithms=["RS256"],
+                    audience=RESOURCE,
+                    options={"require": ["exp", "aud"], "verify_exp": False},
+                )
+            except jwt.InvalidAudienceError as exc:
+                raise InvalidToken(f"the token audience is not {RESOURCE}") from exc
+            except jwt.PyJWTError as exc:
                 raise InvalidToken(f"the token is malformed or its signature is invalid ({exc})") from exc
             if len(self._verified) > 50_000:
                 self._verified.clear()
             self._verified[token] = claims
-        if claims.get("exp", 0) <= time.time():
+        if claims["exp"] <= time.time():
             raise InvalidToken("the token is expired")
-        if claims.get("aud") != RESOURCE:
-            raise InvalidToken(f"the token audience is not {RESOURCE}")
         return claims
+
+
+def _b64url(data: bytes) -> str:
+    return base64url_encode(data).decode("ascii")
+
+
+def _thumbprint(value) -> bytes | None:
+    """The certificate hash an x5t / x5t#S256 header carries (base64url), None when it is not one."""
+    try:
+        return base64url_decode(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
 
 
 def _basic_credentials(request: web.Request) -> tuple[str, str]:
