@@ -16,6 +16,8 @@ export POETRY_NO_INTERACTION := 1
 .PHONY: install test demo bench reliability clean
 
 install: $(STAMPS)/python $(STAMPS)/node
+	@# Bytecode for our own modules too: a start without it compiles every import again (PYTHONDONTWRITEBYTECODE).
+	@$(PY) -m compileall -q -j 0 main.py connectors office365 azure_eventhub emulators benchmarks >/dev/null
 
 $(STAMPS)/poetry:
 	@mkdir -p $(STAMPS)
@@ -25,7 +27,7 @@ $(STAMPS)/poetry:
 
 $(STAMPS)/python: $(STAMPS)/poetry pyproject.toml poetry.lock
 	$(TOOLS)/bin/poetry env use $(PYTHON) >/dev/null
-	$(TOOLS)/bin/poetry sync --no-root
+	$(TOOLS)/bin/poetry sync --no-root --compile
 	@touch $@
 
 $(STAMPS)/node: package.json package-lock.json

@@ -1,6 +1,6 @@
 """The packaging rules every Sekoia module is checked against (shared/reference/sekoia-module.md §3)."""
 
-import ast
+import importlib
 import json
 import re
 import struct
@@ -8,6 +8,8 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+
+from connectors.trigger import CollectorTrigger
 
 ROOT = Path(__file__).resolve().parent.parent
 CATEGORIES = {"Applicative", "Cloud Providers", "Collaboration Tools", "Email", "Endpoint", "Generic", "IAM",
@@ -74,11 +76,11 @@ def test_expected_triggers_and_main_registers_each_once():
                   for p in ROOT.glob("trigger_*.json")}
     assert parameters == {"office365_management_api": "Office 365 Management API",
                           "consume_eventhub_messages": "Consume EventHub messages"}
-    registered = []
-    for node in ast.walk(ast.parse((ROOT / "main.py").read_text())):
-        if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "register":
-            registered.append(node.args[1].value)
-    assert sorted(registered) == sorted(parameters)
+    import main
+
+    assert sorted(main.TRIGGERS) == sorted(parameters)
+    for path, class_name in main.TRIGGERS.values():
+        assert issubclass(getattr(importlib.import_module(path), class_name), CollectorTrigger), class_name
 
 
 def test_changelog_matches_manifest_version():
