@@ -3,27 +3,24 @@
 ``python -m emulators.azurite [--port 0] [--location DIR] [--container NAME ...]`` prints ``READY {json}`` with
 ``connection_string``, ``account_url``, ``port`` and ``pid``, then runs until SIGTERM.
 
-Containers are managed with a few signed HTTP calls (Shared Key) rather than ``azure-storage-blob``: the module
-does not depend on that package (only the checkpoint store's vendored copy), and the helper stays independent.
+Containers and blob listings go through ``azure-storage-blob`` (a development dependency: the module itself only
+uses the checkpoint store's vendored copy), signed with the emulator's well-known account key.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
-import hashlib
-import hmac
+import functools
 import json
 import signal
 import socket
 import subprocess
 import time
-import xml.etree.ElementTree as ElementTree
-from email.utils import formatdate
 from pathlib import Path
-from urllib.parse import parse_qsl, quote, urlsplit
 
 import requests
+from azure.core.exceptions import ResourceExistsError
+from azure.storage.blob import BlobServiceClient
 
 ROOT = Path(__file__).resolve().parent.parent
 MAIN_JS = ROOT / "node_modules" / "azurite" / "dist" / "src" / "blob" / "main.js"
@@ -31,7 +28,6 @@ MAIN_JS = ROOT / "node_modules" / "azurite" / "dist" / "src" / "blob" / "main.js
 # The well-known development account of every Azure Storage emulator (public, not a secret).
 ACCOUNT = "devstoreaccount1"
 ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
-API_VERSION = "2021-08-06"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -145,8 +141,9 @@ class Azurite:
 
     # -- containers and blobs ----------------------------------------------------------------------------------
 
-    @property
+    @functools.cached_property
     def admin(self) -> "BlobAdmin":
+        """One client for the server's life: the port stays the same across restarts."""
         return BlobAdmin(self.account_url)
 
     def create_container(self, name: str) -> None:
@@ -154,63 +151,33 @@ class Azurite:
 
 
 class BlobAdmin:
-    """Minimal Shared Key client: create / delete containers and list blobs with their metadata."""
+    """Create containers and list blobs with their metadata, with azure-storage-blob's client (Shared Key).
+
+    No retries: callers poll or expect an error at once when Azurite is down (``ServiceRequestError``).
+    """
 
     def __init__(self, account_url: str, account: str = ACCOUNT, key: str = ACCOUNT_KEY, timeout: float = 10.0):
-        self.account_url = account_url.rstrip("/")
-        self.account = account
-        self._key = base64.b64decode(key)
-        self.timeout = timeout
-
-    def _request(self, method: str, path: str, params: dict[str, str]) -> requests.Response:
-        url = f"{self.account_url}/{quote(path)}" if path else self.account_url
-        headers = {"x-ms-date": formatdate(usegmt=True), "x-ms-version": API_VERSION}
-        request = requests.Request(method, url, params=params, headers=headers).prepare()
-        request.headers["Authorization"] = f"SharedKey {self.account}:{self._sign(request)}"
-        return requests.Session().send(request, timeout=self.timeout)
-
-    def _sign(self, request: requests.PreparedRequest) -> str:
-        parts = urlsplit(request.url)
-        ms_headers = sorted((k.lower(), v.strip()) for k, v in request.headers.items() if k.lower().startswith("x-ms-"))
-        query = sorted(parse_qsl(parts.query, keep_blank_values=True))
-        length = request.headers.get("Content-Length", "")
-        to_sign = "\n".join(
-            [request.method or "", "", "", "" if length == "0" else length, "", request.headers.get("Content-Type", ""),
-             "", "", "", "", "", ""]
-            + [f"{k}:{v}" for k, v in ms_headers]
-            + [f"/{self.account}{parts.path}" + "".join(f"\n{k.lower()}:{v}" for k, v in query)]
+        self.service = BlobServiceClient(
+            account_url,
+            credential={"account_name": account, "account_key": key},
+            retry_total=0,
+            connection_timeout=timeout,
+            read_timeout=timeout,
         )
-        digest = hmac.new(self._key, to_sign.encode("utf-8"), hashlib.sha256).digest()
-        return base64.b64encode(digest).decode()
 
     def create_container(self, name: str, exist_ok: bool = True) -> None:
-        response = self._request("PUT", name, {"restype": "container"})
-        if response.status_code == 409 and exist_ok:
-            return
-        response.raise_for_status()
-
-    def delete_container(self, name: str) -> None:
-        response = self._request("DELETE", name, {"restype": "container"})
-        if response.status_code != 404:
-            response.raise_for_status()
+        try:
+            self.service.create_container(name)
+        except ResourceExistsError:
+            if not exist_ok:
+                raise
 
     def list_blobs(self, container: str, prefix: str = "") -> list[dict]:
         """``[{"name", "metadata": {...}}]`` for every blob under ``prefix``."""
-        blobs, marker = [], ""
-        while True:
-            params = {"restype": "container", "comp": "list", "include": "metadata", "prefix": prefix}
-            if marker:
-                params["marker"] = marker
-            response = self._request("GET", container, params)
-            response.raise_for_status()
-            tree = ElementTree.fromstring(response.content)
-            for blob in tree.iter("Blob"):
-                found = blob.find("Metadata")
-                metadata = {item.tag: item.text or "" for item in found} if found is not None else {}
-                blobs.append({"name": blob.findtext("Name"), "metadata": metadata})
-            marker = tree.findtext("NextMarker") or ""
-            if not marker:
-                return blobs
+        blobs = self.service.get_container_client(container).list_blobs(
+            name_starts_with=prefix or None, include=["metadata"]
+        )
+        return [{"name": blob.name, "metadata": dict(blob.metadata or {})} for blob in blobs]
 
 
 def main(argv: list[str] | None = None) -> None:

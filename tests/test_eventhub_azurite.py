@@ -3,7 +3,7 @@
 import asyncio
 
 import pytest
-import requests
+from azure.core.exceptions import ServiceRequestError
 from azure.eventhub.extensions.checkpointstoreblobaio import BlobCheckpointStore
 
 from emulators.azurite import Azurite, BlobAdmin
@@ -29,7 +29,7 @@ def test_checkpoints_survive_a_restart_on_the_same_port(tmp_path):
         assert blobs == [{"name": "ns/hub/$default/checkpoint/3",
                           "metadata": {"offset": "1024", "sequencenumber": "7"}}]
         azurite.stop()
-        with pytest.raises(requests.ConnectionError):
+        with pytest.raises(ServiceRequestError):
             BlobAdmin(azurite.account_url, timeout=2).list_blobs("checkpoints")
     finally:
         azurite.stop()
