@@ -21,11 +21,11 @@ from pathlib import Path
 import orjson
 import requests
 
+from emulators import fixtures
 from emulators.azurite import Azurite
 from emulators.process import ROOT, ServerProcess, wait_until
 from emulators.runtime.harness import Runtime, compare
 
-FIXTURES = ROOT.parent / "shared" / "fixtures"
 TIMEOUT = 180.0
 
 
@@ -86,8 +86,8 @@ def eventhub(work: Path) -> dict:
         expected = []
         producer = EventHubProducerClient.from_connection_string(emulator.info["connection_string"])
         with producer:
-            for path in sorted((FIXTURES / "eventhub").glob("*.ndjson")):
-                records = [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+            for lines in fixtures.eventhub_records().values():
+                records = [orjson.loads(line) for line in lines]
                 expected.extend(canonical(record) for record in records)
                 batch = producer.create_batch()
                 batch.add(EventData(orjson.dumps({"records": records})))

@@ -12,12 +12,12 @@ import orjson
 import requests
 
 from benchmarks.measure import Run, run_trigger
+from emulators import fixtures
 from emulators.azurite import Azurite
 from emulators.process import ROOT, ServerProcess
 from emulators.runtime.harness import Runtime
 
 O365_CONTENT_TYPES = 5
-FIXTURES = ROOT.parent / "shared" / "fixtures"
 
 
 class Workspace:
@@ -198,8 +198,7 @@ def one_kb_events(count: int):
 
 
 def envelopes(count: int, per_envelope: int = 20):
-    records = [orjson.loads(line) for path in sorted((FIXTURES / "eventhub").glob("*.ndjson"))
-               for line in path.read_bytes().splitlines() if line.strip()]
+    records = [orjson.loads(line) for line in fixtures.eventhub_lines()]
     for i in range(count):
         chosen = [records[(i * per_envelope + k) % len(records)] for k in range(per_envelope)]
         yield orjson.dumps({"records": chosen})

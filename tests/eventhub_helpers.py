@@ -18,12 +18,12 @@ from pathlib import Path
 
 import orjson
 
+from emulators import fixtures
 from emulators.azurite import Azurite
 from emulators.eventhub.harness import EmulatorProcess
 from emulators.process import ROOT, wait_until
 from emulators.runtime.harness import Runtime, compare
 
-FIXTURES = ROOT.parent / "shared" / "fixtures" / "eventhub"
 TRIGGER = "consume_eventhub_messages"
 CONTAINER = "checkpoints"
 ID_FIELD = "sekoia_test_id"
@@ -35,11 +35,8 @@ __all__ = ["EventHubStack", "compare", "wait_until"]
 
 
 def fixture_lines() -> list[bytes]:
-    """The 29 real diagnostic-settings records, as their bytes."""
-    lines = []
-    for path in sorted(FIXTURES.glob("*.ndjson")):
-        lines.extend(line for line in path.read_bytes().splitlines() if line.strip())
-    return lines
+    """The 29 real diagnostic-settings records, as their bytes (an error names a missing fixture file)."""
+    return fixtures.eventhub_lines()
 
 
 def canonical(record) -> str:

@@ -8,7 +8,6 @@ import json
 import os
 import threading
 import time
-from pathlib import Path
 
 import pytest
 from azure.eventhub import EventData, EventHubConsumerClient, EventHubProducerClient
@@ -16,25 +15,18 @@ from azure.eventhub.aio import EventHubConsumerClient as AioConsumer
 from azure.eventhub.aio import EventHubProducerClient as AioProducer
 from azure.eventhub.exceptions import AuthenticationError, EventDataSendError, EventHubError
 
+from emulators import fixtures
 from emulators.eventhub import EventHubEmulator
 from emulators.eventhub.harness import EmulatorProcess
 from emulators.eventhub.hashing import partition_for_key
 
-FIXTURES_DIR = Path(os.environ.get("EVENTHUB_FIXTURES", "/work/shared/fixtures/eventhub"))
 HUBS = {"basic": 3, "aio": 4, "positions": 1, "props": 2, "epoch": 2, "limits": 1}
 FAST_FAIL = {"retry_total": 0}
 
 
 def envelopes() -> list[bytes]:
     """One real diagnostic-settings message per fixture file: {"records": [...all its lines...]}."""
-    files = sorted(FIXTURES_DIR.glob("*.ndjson"))
-    if not files:
-        pytest.skip(f"no fixtures in {FIXTURES_DIR}")
-    bodies = []
-    for path in files:
-        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        bodies.append(json.dumps({"records": records}).encode())
-    return bodies
+    return [b'{"records":[' + b",".join(lines) + b"]}" for lines in fixtures.eventhub_records().values()]
 
 
 @pytest.fixture(scope="module")

@@ -3,26 +3,16 @@
 from __future__ import annotations
 
 import tracemalloc
-from pathlib import Path
 
 import orjson
 import pytest
 
+from emulators import fixtures
 from office365.blobs import INVALID_JSON, INVALID_UTF8, NOT_ARRAY, NOT_OBJECT, parse_blob
 
-FIXTURES = Path("/work/shared/fixtures/o365")
 
-
-def fixture_lines() -> list[bytes]:
-    lines = []
-    for path in sorted(FIXTURES.glob("*.ndjson")):
-        lines += [line for line in path.read_bytes().splitlines() if line.strip()]
-    return lines
-
-
-@pytest.mark.skipif(not FIXTURES.exists(), reason="shared fixtures not available")
 def test_real_records_come_out_as_the_same_objects():
-    lines = fixture_lines()
+    lines = fixtures.o365_lines()
     parsed = parse_blob(b"[" + b",".join(lines) + b"]")
     assert not parsed.problems
     assert len(parsed.records) == len(lines) == 118

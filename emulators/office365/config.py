@@ -8,6 +8,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from emulators import fixtures
+
 CONTENT_TYPES = (
     "Audit.AzureActiveDirectory",
     "Audit.Exchange",
@@ -25,15 +27,9 @@ DEFAULT_CLIENT_SECRET = "Emu8Q~local.office365.emulator.secret-0123456789"
 
 
 def default_fixtures_dir() -> Path:
-    """Where the 118 recorded audit records live: env override, then repo-local copies, then the shared tree."""
+    """Where the 118 recorded audit records live: ``$O365_FIXTURES_DIR``, else the repository's copies."""
     env = os.environ.get("O365_FIXTURES_DIR")
-    if env:
-        return Path(env)
-    repo_root = Path(__file__).resolve().parents[2]
-    for candidate in (repo_root / "fixtures" / "o365", repo_root / "tests" / "fixtures" / "o365"):
-        if candidate.is_dir():
-            return candidate
-    return Path("/work/shared/fixtures/o365")
+    return Path(env) if env else fixtures.O365_DIR
 
 
 @dataclass
@@ -190,7 +186,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
     a("--tenant-id", default=d.tenant_id)
     a("--client-id", default=d.client_id)
     a("--client-secret", default=d.client_secret)
-    a("--fixtures-dir", default=None, help="directory of <ContentType>.ndjson (default: $O365_FIXTURES_DIR or shared)")
+    a("--fixtures-dir", default=None,
+      help="directory of <ContentType>.ndjson (default: $O365_FIXTURES_DIR, else emulators/fixtures/o365)")
     g = p.add_argument_group("content (fixed at start)")
     g.add_argument("--blobs", type=int, default=None, help="generated blobs per content type (default: fixtures)")
     g.add_argument("--records-per-blob", type=int, default=None)

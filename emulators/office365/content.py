@@ -16,8 +16,10 @@ from pathlib import Path
 
 import orjson
 
+from emulators.fixtures import read_lines
+
 from .config import CONTENT_TYPES, EmulatorConfig
-from .records import RecordSource, load_fixture_lines, mix64, unit_fraction
+from .records import RecordSource, mix64, unit_fraction
 from .timefmt import content_id_stamp, format_content_time, now_ms
 
 OK, EXPIRED, VANISHED, MALFORMED = "ok", "expired", "vanished", "malformed"
@@ -82,12 +84,8 @@ class ContentStore:
         fixtures_dir = config.resolved_fixtures_dir()
         sources = {}
         for index, content_type in enumerate(CONTENT_TYPES):
-            path = Path(fixtures_dir) / f"{content_type}.ndjson"
-            if not path.is_file():
-                raise FileNotFoundError(f"fixture file missing: {path} (set --fixtures-dir or O365_FIXTURES_DIR)")
-            sources[content_type] = RecordSource(
-                content_type, index, load_fixture_lines(path), config.seed, config.oversize_kb
-            )
+            lines = read_lines(Path(fixtures_dir) / f"{content_type}.ndjson")  # names a missing or empty file
+            sources[content_type] = RecordSource(content_type, index, lines, config.seed, config.oversize_kb)
         store = cls(config, sources)
         reference_ms = now_ms()
         for index, content_type in enumerate(CONTENT_TYPES):

@@ -8,8 +8,6 @@ without keeping millions of records in memory.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import orjson
 
 from .timefmt import format_record_time
@@ -33,16 +31,6 @@ def mix64(value: int) -> int:
 def unit_fraction(value: int) -> float:
     """Deterministic number in [0, 1) for per-record decisions (duplicates)."""
     return mix64(value) / 2.0**64
-
-
-def load_fixture_lines(path: Path) -> list[bytes]:
-    lines = []
-    with path.open("rb") as handle:
-        for raw in handle:
-            line = raw.rstrip(b"\r\n")
-            if line.strip():
-                lines.append(line)
-    return lines
 
 
 class RecordSource:
