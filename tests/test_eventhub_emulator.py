@@ -440,3 +440,36 @@ async def test_throughput_sanity():
         f"flowing ({count / (ended - started):,.0f}/s including connect); "
         f"emulator CPU {(cpu_end - first[2]) * 1e6 / steady_events:.1f} us/event delivered"
     )
+
+
+def test_partitions_added_while_serving_as_the_service_answers_them(tmp_path):
+    """Raising the partition count (an Azure Resource Manager operation on the service, the control endpoint here):
+    the management READ answers the new ids at once, new partitions start empty and take events, the old ones keep
+    theirs, the count never goes down, and a restart keeps the grown count."""
+    with EmulatorProcess(hubs={"growing": 2}, persist_dir=tmp_path / "data") as process:
+        cs = process.info["connection_string"]
+        with EventHubProducerClient.from_connection_string(cs) as producer:
+            producer.send_batch([EventData(f"old {i}") for i in range(3)], partition_id="1")
+            assert producer.get_partition_ids() == ["0", "1"]
+            assert process.control(hub="growing", partition_count=4) == {"hubs": {"growing": 4}, "added": ["2", "3"]}
+            # Same client, no reconnection: the service answers the new count to the next READ.
+            assert producer.get_partition_ids() == ["0", "1", "2", "3"]
+            new = producer.get_partition_properties("3")
+        # The producer client, like the consumer, caches the partition ids it first read: a new one sees "3".
+        with EventHubProducerClient.from_connection_string(cs) as producer:
+            producer.send_event(EventData("on a new partition"), partition_id="3")
+        assert (new["is_empty"], new["beginning_sequence_number"], new["last_enqueued_sequence_number"]) == (
+            True, 0, -1)
+        assert [e.body_as_str() for e in sync_read(cs, 1, starting_position="-1", partition_id="3")] == [
+            "on a new partition"]
+        with pytest.raises(ValueError, match="cannot be decreased"):
+            process.control(hub="growing", partition_count=3)
+        with pytest.raises(ValueError, match="unknown event hub"):
+            process.control(hub="nope", partition_count=8)
+        assert process.control_state()["hubs"] == {"growing": 4}
+        process.restart()  # the command line still says 2
+        assert process.info["hubs"] == {"growing": 4}
+        with EventHubProducerClient.from_connection_string(cs) as producer:
+            assert producer.get_partition_ids() == ["0", "1", "2", "3"]
+            assert producer.get_partition_properties("1")["last_enqueued_sequence_number"] == 2
+            assert producer.get_partition_properties("3")["last_enqueued_sequence_number"] == 0

@@ -33,6 +33,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=DEFAULT_PARTITIONS,
         help=f"partitions of hubs given without :PARTITIONS (default {DEFAULT_PARTITIONS})",
     )
+    parser.add_argument(
+        "--control-port", type=int, default=0, help="HTTP port of /_emulator/control, 0 = any free port (default 0)"
+    )
     parser.add_argument("--key-name", default=DEFAULT_KEY_NAME, help=f"SAS key name (default {DEFAULT_KEY_NAME})")
     parser.add_argument("--key", default=DEFAULT_KEY, help=f"SAS key (default {DEFAULT_KEY})")
     parser.add_argument(
@@ -88,6 +91,7 @@ async def serve(args: argparse.Namespace) -> None:
         partitions=args.partitions,
         host=args.host,
         port=args.port,
+        control_port=args.control_port,
         key_name=args.key_name,
         key=args.key,
         consumer_groups=args.consumer_group,

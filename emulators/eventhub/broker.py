@@ -10,6 +10,7 @@ import bisect
 import itertools
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Iterable, Protocol
@@ -24,6 +25,7 @@ _LOG = logging.getLogger(__name__)
 
 DEFAULT_CONSUMER_GROUP = "$Default"
 MAX_MESSAGE_SIZE = 1024 * 1024
+MAX_PARTITIONS = 1024  # a dedicated cluster's limit (premium: 100, standard: 32)
 
 
 def now_ms() -> int:
@@ -224,11 +226,22 @@ class EventHub:
     def __init__(self, name: str, partition_count: int, created_at: int, store: HubStore | None) -> None:
         self.name = name
         self.created_at = created_at
-        self.partitions = [
-            Partition(name, str(i), store.partition_log(str(i)) if store else None) for i in range(partition_count)
-        ]
+        self.store = store
+        self.partitions: list[Partition] = []
         self.consumer_groups: dict[str, ConsumerGroup] = {}
-        self._round_robin = itertools.cycle(range(partition_count))
+        self.grow(partition_count)
+
+    def grow(self, partition_count: int) -> list[Partition]:
+        """Add partitions up to ``partition_count``, as the service does when the count is raised (premium and
+        dedicated tiers): ids go on from the last one, new partitions start empty at sequence number 0, existing
+        ones keep their events; round robin and partition keys spread over the new count from now on."""
+        added = [
+            Partition(self.name, str(i), self.store.partition_log(str(i)) if self.store else None)
+            for i in range(len(self.partitions), partition_count)
+        ]
+        self.partitions.extend(added)
+        self._round_robin = itertools.cycle(range(len(self.partitions)))
+        return added
 
     def partition(self, partition_id: str) -> Partition | None:
         try:
@@ -274,6 +287,7 @@ class Broker:
         self.retention_seconds = retention_seconds
         self.max_message_size = max_message_size
         self.stats = Stats()
+        self.steals: deque[dict] = deque(maxlen=1000)  # receivers detached by a newer epoch: when and where
         self.persist_dir = Path(persist_dir) if persist_dir else None
         self.hubs: dict[str, EventHub] = {}
         for name, count in hubs.items():
@@ -291,8 +305,12 @@ class Broker:
         store = HubStore(self.persist_dir, name)
         meta = store.load_meta() or {}
         created = int(meta.get("created_at") or now_ms())
-        if meta.get("partitions") not in (None, count):
-            _LOG.warning("hub %s was persisted with %s partitions, now %d", name, meta["partitions"], count)
+        persisted = int(meta.get("partitions") or 0)
+        if persisted > count:  # partitions are never removed: a hub grown while running keeps its count
+            _LOG.info("hub %s was grown to %d partitions (configured %d): keeping %d", name, persisted, count, persisted)
+            count = persisted
+        elif persisted and persisted < count:
+            _LOG.warning("hub %s was persisted with %d partitions, now %d", name, persisted, count)
         for extra in store.extra_partition_files(count):
             _LOG.warning("hub %s: ignoring %s (partition beyond the configured count)", name, extra.name)
         store.save_meta({"created_at": created, "partitions": count})
@@ -304,6 +322,26 @@ class Broker:
                 _LOG.info("hub %s partition %s: replayed %d events", name, partition.id, len(partition.wires))
         self._trim(hub)
         return hub
+
+    def set_partition_count(self, hub_name: str, count: int) -> list[str]:
+        """Raise a hub's partition count (what Azure Resource Manager does; AMQP cannot); the ids added."""
+        hub = self.hub(hub_name)
+        if hub is None:
+            raise KeyError(hub_name)
+        if isinstance(count, bool) or not isinstance(count, int):
+            raise ValueError(f"partition_count must be an integer, not {count!r}")
+        if count < len(hub.partitions):
+            raise ValueError(
+                f"the partition count of '{hub.name}' cannot be decreased ({len(hub.partitions)} -> {count})"
+            )
+        if count > MAX_PARTITIONS:
+            raise ValueError(f"at most {MAX_PARTITIONS} partitions per event hub")
+        added = hub.grow(count)
+        if hub.store is not None:
+            hub.store.save_meta({"created_at": hub.created_at, "partitions": count})
+        if added:
+            _LOG.info("hub %s now has %d partitions", hub.name, count)
+        return [partition.id for partition in added]
 
     # -- lookups ------------------------------------------------------------------------------
     def hub(self, name: str | None) -> EventHub | None:

@@ -445,6 +445,9 @@ class AmqpConnection(asyncio.Protocol):
             raise LinkRefused("amqp:link:stolen", refusal)
         for old in stolen:
             self.broker.stats.links_stolen += 1
+            self.broker.steals.append(
+                {"at": time.time(), "hub": hub.name, "consumer_group": group.name, "partition": partition.id}
+            )
             old.conn.detach_link(
                 old,
                 frames.error(

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
+
+from emulators.process import ChildProcess
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -66,15 +67,16 @@ class EmulatorProcess:
         args += list(extra_args)
         self.command = [python, "-m", "emulators.eventhub", *args]
         self.startup_timeout = startup_timeout
-        self.process: subprocess.Popen[str] | None = None
+        self.process: ChildProcess | None = None
         self.info: dict[str, Any] = {}
         self.stderr_lines: list[str] = []
 
     def start(self) -> dict[str, Any]:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_REPO_ROOT), env.get("PYTHONPATH")]))
-        self.process = subprocess.Popen(
-            self.command, cwd=_REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        self.process = ChildProcess(
+            self.command, cwd=_REPO_ROOT, env=env, name="emulators.eventhub", stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True,
         )
         # drain stderr in the background so a chatty emulator never blocks on a full pipe
         threading.Thread(target=self._drain_stderr, args=(self.process,), daemon=True).start()
@@ -82,7 +84,7 @@ class EmulatorProcess:
         self.info = json.loads(line[len("READY ") :])
         return self.info
 
-    def _read_ready_line(self, process: subprocess.Popen[str]) -> str:
+    def _read_ready_line(self, process: ChildProcess) -> str:
         result: list[str] = []
         stdout = process.stdout
         assert stdout is not None
@@ -96,7 +98,7 @@ class EmulatorProcess:
             raise RuntimeError(f"emulator did not become ready (got {line!r}); stderr:\n{tail}")
         return line.strip()
 
-    def _drain_stderr(self, process: subprocess.Popen[str]) -> None:
+    def _drain_stderr(self, process: ChildProcess) -> None:
         for line in process.stderr:  # type: ignore[union-attr]
             self.stderr_lines.append(line)
 
@@ -104,14 +106,7 @@ class EmulatorProcess:
         process, self.process = self.process, None
         if process is None:
             return None
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        return process.returncode
+        return process.stop(timeout)
 
     def restart(self) -> dict[str, Any]:
         """Stop and start again on the same port (persistence makes the events survive)."""
@@ -128,6 +123,27 @@ class EmulatorProcess:
                 if time.monotonic() > deadline:  # the port may linger briefly after the stop
                     raise
                 time.sleep(0.2)
+
+    def control(self, **changes: Any) -> dict[str, Any]:
+        """POST /_emulator/control (e.g. ``hub=..., partition_count=6``); raises on a refused change."""
+        return self._control("POST", changes)
+
+    def control_state(self) -> dict[str, Any]:
+        """GET /_emulator/control: hubs and their partition counts, stats, receivers stolen (when, where)."""
+        return self._control("GET", None)
+
+    def _control(self, method: str, body: dict[str, Any] | None) -> dict[str, Any]:
+        import urllib.error
+        import urllib.request
+
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.info["control_url"] + "/_emulator/control", data=data, method=method,
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - loopback test server
+                return json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            raise ValueError(json.loads(error.read()).get("error", str(error))) from None
 
     @property
     def pid(self) -> int | None:

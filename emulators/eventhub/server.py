@@ -11,6 +11,7 @@ from typing import Any, Callable, Iterable, Mapping, TypeVar
 
 from .broker import MAX_MESSAGE_SIZE, Broker
 from .connection import AmqpConnection
+from .control import ControlApi
 from .frames import error
 
 _LOG = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ class EventHubEmulator:
         partitions: int = DEFAULT_PARTITIONS,
         host: str = "127.0.0.1",
         port: int = 0,
+        control_port: int = 0,
         key_name: str = DEFAULT_KEY_NAME,
         key: str = DEFAULT_KEY,
         consumer_groups: Iterable[str] = (),
@@ -73,6 +75,8 @@ class EventHubEmulator:
         self.hubs = normalize_hubs(hubs, partitions)
         self.host = host
         self.port = port
+        self.control_port = control_port
+        self.control = ControlApi(self)
         self.key_name = key_name
         self.key = key
         self.max_frame_size = max(int(max_frame_size), 512)
@@ -97,9 +101,12 @@ class EventHubEmulator:
     # -- async lifecycle ------------------------------------------------------------------------
     async def start(self) -> dict[str, Any]:
         self.broker = Broker(self.hubs, {self.key_name: self.key}, **self._broker_args)  # type: ignore[arg-type]
+        # A persisted hub may have been grown before this start: it keeps its partitions.
+        self.hubs = {name: len(self.broker.hubs[name.lower()].partitions) for name in self.hubs}
         self._loop = asyncio.get_running_loop()
         self._server = await self._loop.create_server(lambda: AmqpConnection(self), self.host, self.port)
         self.port = self._server.sockets[0].getsockname()[1]
+        await self.control.start(self.host, self.control_port)
         if self.broker.retention_seconds is not None:
             self._retention_task = asyncio.create_task(self._retention_loop())
         self._started_at = time.monotonic()
@@ -111,6 +118,7 @@ class EventHubEmulator:
         if self._server is None:
             return
         self._server.close()
+        await self.control.stop()
         if self._retention_task is not None:
             self._retention_task.cancel()
         for conn in list(self.connections):
@@ -134,6 +142,17 @@ class EventHubEmulator:
         while True:
             await asyncio.sleep(period)
             self.broker.enforce_retention()  # type: ignore[union-attr]
+
+    def set_partition_count(self, hub: str | None, count: int) -> list[str]:
+        """Raise a hub's partition count (default hub: the first) while serving; the ids added. Existing links and
+        events are untouched; the management READ answers the new count at once. Also POST /_emulator/control."""
+        assert self.broker is not None, "start() first"
+        name = next((h for h in self.hubs if h.lower() == (hub or next(iter(self.hubs))).lower()), None)
+        if name is None:
+            raise KeyError(hub)
+        added = self.broker.set_partition_count(name, count)
+        self.hubs[name] = len(self.broker.hubs[name.lower()].partitions)
+        return added
 
     def preload(self, count: int, size: int = 1024, hub: str | None = None) -> None:
         """Append `count` synthetic events of about `size` bytes (JSON `{"records": [...]}` bodies)
@@ -224,6 +243,7 @@ class EventHubEmulator:
             "connection_string": self.connection_string(),
             "namespace_connection_string": self.namespace_connection_string(),
             "hubs": dict(self.hubs),
+            "control_url": self.control.url,
             "key_name": self.key_name,
             "key": self.key,
         }
