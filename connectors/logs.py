@@ -1,10 +1,20 @@
-"""Log helpers: secret values never reach a log line, whoever writes it (our code, the SDK or a client library)."""
+"""Log helpers: secret values never reach a log line, whoever writes it (our code, the SDK or a client library);
+a condition is said once, not at every attempt (``OnceLogger``); logging never waits on the runtime (``LogPump``)."""
 
 from __future__ import annotations
 
 import logging
+import math
 import re
-from collections.abc import Iterable
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+
+from connectors.retry import Backoff
+
+logger = logging.getLogger(__name__)
 
 MASK = "***"
 # Credentials embedded in connection strings and URLs are secrets of their own.
@@ -71,3 +81,247 @@ def install_redaction(redactor: Redactor) -> None:
 def describe(**fields: object) -> str:
     """``key=value`` pairs for a log line, in the order given: one line a machine and a person can both read."""
     return " ".join(f"{key}={value}" for key, value in fields.items() if value is not None)
+
+
+def format_duration(seconds: float) -> str:
+    """``45s``, ``12 min 5s``, ``3 h 20 min``: durations as a person reads them in a log line."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60}s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+
+
+class OnceLogger:
+    """Said once per outage: one line when a condition begins, silence while it lasts, one line with how long it
+    lasted when it ends.
+
+    For conditions met again at every attempt (an endpoint failing, a store unreachable): ``began`` at every
+    failure, ``ended`` at every success; only the first of each is said. ``key`` tells apart conditions that come
+    and go independently (one per partition, say). ``remind_every`` says it again while it lasts (with how long
+    and how often so far); ``forget_after`` ends, silently, a condition whose end nobody reports (no ``began``
+    for that long). Thread-safe: several senders may share one.
+    """
+
+    def __init__(
+        self,
+        log: Callable[[str, str], None],
+        *,
+        remind_every: float | None = None,
+        forget_after: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self._log = log
+        self._remind_every = remind_every
+        self._forget_after = forget_after
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._ongoing: dict[str, list[float]] = {}  # key -> [began, last said, last seen, times]
+
+    def began(self, message: str, level: str = "warning", key: str = "") -> bool:
+        """The condition holds (again). True when this call said so."""
+        now = self._clock()
+        with self._lock:
+            entry = self._ongoing.get(key)
+            if entry is not None and self._forget_after is not None and now - entry[2] >= self._forget_after:
+                entry = None
+            if entry is None:
+                self._ongoing[key] = [now, now, now, 1]
+                line = message
+            else:
+                entry[2], entry[3] = now, entry[3] + 1
+                if self._remind_every is None or now - entry[1] < self._remind_every:
+                    return False
+                entry[1] = now
+                line = f"{message} (still so after {format_duration(now - entry[0])}, {entry[3]} times)"
+        self._log(line, level)
+        return True
+
+    def ended(self, message: str, level: str = "info", key: str = "") -> bool:
+        """The condition is over. True when it was ongoing: then the line is said, with how long it lasted."""
+        with self._lock:
+            entry = self._ongoing.pop(key, None)
+        if entry is None:
+            return False
+        self._log(f"{message} (after {format_duration(self._clock() - entry[0])})", level)
+        return True
+
+    def lasting(self, key: str = "") -> float | None:
+        """Seconds the condition has lasted; None when it is not ongoing."""
+        with self._lock:
+            entry = self._ongoing.get(key)
+        return None if entry is None else self._clock() - entry[0]
+
+
+_LOW_LEVELS = ("debug", "info")
+
+
+class LogPump:
+    """Log lines for the runtime, sent by one thread: ``put`` never waits, whatever the runtime does.
+
+    The SDK sends logs synchronously and retries for over a minute: from an event loop, that froze every fetcher
+    while the runtime was down. Here lines wait in a bounded queue; info and debug lines linger a moment to go in
+    batches, warnings and above go at once. While the runtime is away the queue keeps the newest lines: when it
+    is full the oldest debug/info line goes first (a warning or an error only when nothing else is left), and
+    how many were dropped is said once the runtime answers again. ``flush`` waits, boundedly, for what is queued
+    (a critical line before exit). The same thread runs ``every`` (the status line): no thread of our own.
+    """
+
+    def __init__(
+        self,
+        send: Callable[[list[dict]], None],
+        say: Callable[[str, str], None],
+        *,
+        capacity: int = 2000,
+        batch_size: int = 50,
+        linger: float = 0.5,
+        backoff: Callable[[], Backoff] = lambda: Backoff(base=1.0, cap=30.0),
+        name: str = "runtime-logs",
+    ):
+        self._send = send
+        self._capacity = capacity
+        self._batch_size = batch_size
+        self._linger = linger
+        self._backoff = backoff
+        self._name = name
+        self._cond = threading.Condition()
+        self._low: deque[tuple[int, float, dict]] = deque()
+        self._high: deque[tuple[int, float, dict]] = deque()
+        self._seq = 0
+        self._in_flight = 0
+        self._flushing = 0
+        self._thread: threading.Thread | None = None
+        self._timer: tuple[float, Callable[[], None]] | None = None
+        self._next_tick = math.inf
+        self._say = say
+        self.outage = OnceLogger(say)
+        self.dropped: Counter[str] = Counter()  # since the last time it was said
+        self.sent = 0
+
+    # -- callers ---------------------------------------------------------------------------------------------
+
+    def put(self, message: str, level: str) -> None:
+        entry = {"date": datetime.now(UTC).replace(tzinfo=None).isoformat(), "level": level, "message": message}
+        with self._cond:
+            self._seq += 1
+            (self._low if level in _LOW_LEVELS else self._high).append((self._seq, time.monotonic(), entry))
+            if len(self._low) + len(self._high) > self._capacity:
+                dropped = (self._low or self._high).popleft()
+                self.dropped[dropped[2]["level"]] += 1
+            self._cond.notify_all()
+            self._start()
+
+    def every(self, interval: float, callback: Callable[[], None]) -> None:
+        """Call ``callback`` on the pump's thread every ``interval`` seconds (it may ``put`` lines)."""
+        with self._cond:
+            self._timer = (interval, callback)
+            self._next_tick = time.monotonic() + interval
+            self._cond.notify_all()
+            self._start()
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until every queued line was sent, for at most ``timeout`` seconds; True when they were."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            self._flushing += 1
+            self._cond.notify_all()  # cuts a linger or a backoff short
+            try:
+                while self._low or self._high or self._in_flight:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return False
+                    self._cond.wait(remaining)
+                return True
+            finally:
+                self._flushing -= 1
+
+    @property
+    def queued(self) -> int:
+        with self._cond:
+            return len(self._low) + len(self._high) + self._in_flight
+
+    # -- the thread ------------------------------------------------------------------------------------------
+
+    def _start(self) -> None:
+        if self._thread is None:  # caller holds the lock
+            self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        backoff = self._backoff()
+        batch: list[dict] = []
+        retry_at = failed_at = 0.0
+        while True:
+            tick = None
+            with self._cond:
+                while True:
+                    now = time.monotonic()
+                    if now >= self._next_tick and self._timer is not None:
+                        tick = self._timer[1]
+                        self._next_tick = now + self._timer[0]
+                        break
+                    if batch and self._flushing:
+                        retry_at = min(retry_at, failed_at + 0.5)  # someone waits: try again soon
+                    if batch and now >= retry_at:
+                        break
+                    if not batch and self._ready(now):
+                        batch = self._take()
+                        self._in_flight = len(batch)
+                        break
+                    wake = min(retry_at if batch else self._linger_until(), self._next_tick)
+                    self._cond.wait(None if wake == math.inf else max(0.001, wake - now))
+            if tick is not None:
+                try:
+                    tick()
+                except Exception as error:  # noqa: BLE001 - a broken periodic task must not stop the logs
+                    logger.warning("Periodic task of %s failed: %r", self._name, error)
+                continue
+            try:
+                self._send(batch)
+            except Exception as error:  # noqa: BLE001 - any failure: keep the lines and try again
+                failed_at = time.monotonic()
+                retry_at = failed_at + backoff.next_delay()
+                self.outage.began(
+                    f"Sending logs to the runtime failed ({describe_failure(error)}); they wait here (the newest "
+                    f"{self._capacity} lines) and go once it answers", "warning")
+                continue
+            backoff.reset()
+            with self._cond:
+                self.sent += len(batch)
+                batch, self._in_flight = [], 0
+                dropped, self.dropped = self.dropped, Counter()
+                self._cond.notify_all()
+            lost = f"; {sum(dropped.values())} log lines were dropped meanwhile ({_levels(dropped)})" if dropped else ""
+            if not self.outage.ended(f"The runtime accepts logs again{lost}") and dropped:
+                self._say(f"{sum(dropped.values())} log lines were dropped, the queue being full ({_levels(dropped)})",
+                          "warning")
+
+    def _ready(self, now: float) -> bool:
+        """Something to send now (caller holds the lock)."""
+        if self._high or self._flushing or len(self._low) >= self._batch_size:
+            return True
+        return bool(self._low) and now - self._low[0][1] >= self._linger
+
+    def _linger_until(self) -> float:
+        return self._low[0][1] + self._linger if self._low else math.inf
+
+    def _take(self) -> list[dict]:
+        """The oldest lines, both deques merged in the order they were put (caller holds the lock)."""
+        batch = []
+        while len(batch) < self._batch_size and (self._low or self._high):
+            if not self._high or (self._low and self._low[0][0] < self._high[0][0]):
+                batch.append(self._low.popleft()[2])
+            else:
+                batch.append(self._high.popleft()[2])
+        return batch
+
+
+def _levels(counts: Counter) -> str:
+    return ", ".join(f"{count} {level}" for level, count in sorted(counts.items()))
+
+
+def describe_failure(error: BaseException) -> str:
+    """The class and, for an HTTP answer, its status: never a URL (it may hold a token) nor a body."""
+    status = getattr(getattr(error, "response", None), "status_code", None)
+    return f"{type(error).__name__}" + (f" HTTP {status}" if status else "")

@@ -4,6 +4,9 @@ Both survive SIGKILL at any instruction: a checkpoint file is either the old or 
 temporary file, fsync, rename over, fsync the directory); a journal may end in a torn line from an append that
 never returned, which is ignored because nobody acted on it. Anything else unreadable raises
 ``CorruptStateError``: silently starting over would re-read a week of data or skip it.
+
+State holds audit data (record hashes, content ids, whole events set aside): files are 0600 and their
+directories 0700 whatever the umask (``main.py`` also sets a 077 umask for every other file of the process).
 """
 
 from __future__ import annotations
@@ -26,10 +29,35 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+FILE_MODE = 0o600
+DIRECTORY_MODE = 0o700
+
+
+def private_directory(path: Path) -> Path:
+    """Create ``path`` (and missing parents) readable by this user only; an existing one is made so too."""
+    path = Path(path)
+    path.mkdir(mode=DIRECTORY_MODE, parents=True, exist_ok=True)
+    if path.stat().st_mode & 0o777 != DIRECTORY_MODE:
+        path.chmod(DIRECTORY_MODE)
+    return path
+
+
+def _open_private(path: Path, flags: int):
+    """A binary file handle on ``path``, created 0600 (and made 0600 if it existed with wider rights)."""
+    fd = os.open(path, flags | os.O_CREAT, FILE_MODE)
+    try:
+        os.fchmod(fd, FILE_MODE)
+        return os.fdopen(fd, "ab" if flags & os.O_APPEND else "wb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.parent.is_dir():
+        private_directory(path.parent)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
+    with _open_private(tmp, os.O_WRONLY | os.O_TRUNC) as handle:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
@@ -96,8 +124,9 @@ class Journal:
         if not data:
             return
         if self._handle is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._handle = open(self.path, "ab")
+            if not self.path.parent.is_dir():
+                private_directory(self.path.parent)
+            self._handle = _open_private(self.path, os.O_WRONLY | os.O_APPEND)
         self._handle.write(data)
         self._handle.flush()
         os.fsync(self._handle.fileno())

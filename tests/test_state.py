@@ -1,7 +1,3 @@
-import os
-import signal
-import subprocess
-import sys
 import time
 
 import orjson
@@ -9,6 +5,7 @@ import pytest
 
 from connectors.errors import CorruptStateError
 from connectors.state import Journal, StateFile
+from emulators.process import python_child
 
 
 def test_state_file_round_trip_and_default(tmp_path):
@@ -72,11 +69,9 @@ while True:
 def test_state_survives_sigkill_at_random_moments(tmp_path):
     state_path, journal_path = tmp_path / "state.json", tmp_path / "journal.jsonl"
     for round_ in range(8):
-        writer = subprocess.Popen([sys.executable, "-c", WRITER, str(state_path), str(journal_path)],
-                                  cwd=os.path.dirname(os.path.dirname(__file__)))
+        writer = python_child("-c", WRITER, str(state_path), str(journal_path))
         time.sleep(0.15 + 0.05 * round_)
-        writer.send_signal(signal.SIGKILL)
-        writer.wait()
+        writer.kill()
         saved = StateFile(state_path).load()  # never torn: the old or the new version
         assert saved is not None and saved["pad"] == "x" * 5000
         entries = Journal(journal_path).replay()
@@ -85,3 +80,34 @@ def test_state_survives_sigkill_at_random_moments(tmp_path):
         assert numbers == sorted(set(numbers))
         assert saved["i"] - numbers[-1] in (0, 1)
     assert orjson.loads(state_path.read_bytes())["i"] > 8
+
+
+def test_state_files_and_their_directories_are_private_whatever_the_umask(tmp_path):
+    import os
+    import stat
+
+    from connectors.state import private_directory
+
+    def mode(path):
+        return stat.S_IMODE(os.stat(path).st_mode)
+
+    previous = os.umask(0o022)  # a library user's usual umask: files 0644 unless we say otherwise
+    try:
+        state = StateFile(tmp_path / "state" / "trigger" / "checkpoint.json")
+        state.save({"resume": 1})
+        journal = Journal(tmp_path / "ledger" / "ledger.jsonl")
+        journal.append([{"c": "blob"}])
+        journal.rewrite([{"c": "blob"}])  # compaction: a new file replaces the old one
+        journal.append([{"c": "other"}])
+        old = tmp_path / "old" / "ledger.jsonl"  # written by an earlier version, world-readable
+        old.parent.mkdir(mode=0o755)
+        old.write_bytes(b'{"c": "x"}\n')
+        old.chmod(0o644)
+        Journal(old).append([{"c": "y"}])
+        private_directory(old.parent)
+        assert (mode(state.path), mode(state.path.parent)) == (0o600, 0o700)
+        assert (mode(journal.path), mode(journal.path.parent)) == (0o600, 0o700)
+        assert (mode(old), mode(old.parent)) == (0o600, 0o700)
+        assert Journal(old).replay() == [{"c": "x"}, {"c": "y"}]
+    finally:
+        os.umask(previous)

@@ -1,0 +1,34 @@
+"""How a run stops, the same for both triggers.
+
+SIGTERM (or ``stop()`` from any thread) sets the run's stop event on its event loop at once; every wait of the
+collection is a wait "unless stopping", so the collect loop ends within moments, and the trigger then gives the
+forwarder its grace to deliver what was handed over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+class Stopping(Exception):
+    """The trigger is stopping: give up quietly."""
+
+
+async def unless_stopping(step: Awaitable[T], stopping: asyncio.Event) -> T:
+    """The result of ``step`` (a start-up step may wait a minute for an unreachable endpoint), or ``Stopping``
+    as soon as the trigger is asked to stop, the step then being cancelled."""
+    task = asyncio.ensure_future(step)
+    stop = asyncio.ensure_future(stopping.wait())
+    try:
+        await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stop.cancel()
+    if not task.done():
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        raise Stopping()
+    return task.result()
