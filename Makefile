@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 export POETRY_VIRTUALENVS_IN_PROJECT := true
 export POETRY_NO_INTERACTION := 1
 
-.PHONY: install test demo bench reliability clean
+.PHONY: install test demo bench reliability schemas clean
 
 install: $(STAMPS)/python $(STAMPS)/node
 	@# Bytecode for our own modules too: a start without it compiles every import again (PYTHONDONTWRITEBYTECODE).
@@ -46,6 +46,10 @@ bench: install
 
 reliability: install
 	$(PY) -m benchmarks.reliability $(if $(QUICK),--quick,)
+
+# trigger_*.json and connector_*.json from the configuration models (tests/test_schemas.py fails when they drift).
+schemas: install
+	$(PY) -m connectors.schema
 
 clean:
 	rm -rf $(VENV) $(TOOLS) $(STAMPS) node_modules

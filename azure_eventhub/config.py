@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
 from urllib.parse import unquote, urlsplit
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import AliasChoices, ConfigDict, Field, field_validator, model_validator
 
 from connectors.errors import ConfigurationError
 from connectors.trigger import CollectorConfiguration
@@ -27,33 +27,130 @@ def _connection_string_fields(value: str) -> dict[str, str]:
     return fields
 
 
+def _without_batch_age(schema: dict) -> None:
+    # `max_wait_time`, the name Sekoia's trigger has always used, sets the batch age: the arguments show it alone.
+    schema["properties"].pop("batch_max_age_seconds", None)
+
+
 class EventHubConfiguration(CollectorConfiguration):
+    model_config = ConfigDict(json_schema_extra=_without_batch_age)
+
     # -- the hub: a connection string (SAS key with the Listen claim) or Entra ID ----------------------------------
-    hub_connection_string: str | None = None
-    hub_name: str | None = None
-    hub_consumer_group: str = DEFAULT_CONSUMER_GROUP
-    fully_qualified_namespace: str | None = None  # e.g. mynamespace.servicebus.windows.net (Entra ID auth)
-    tenant_id: str | None = None
-    client_id: str | None = None  # also selects a user-assigned managed identity
-    client_secret: str | None = None
-    certificate: str | None = None  # PEM: certificate and private key
-    certificate_password: str | None = None
+    hub_connection_string: str | None = Field(
+        None,
+        title="Event hub connection string",
+        description="Connection string of the event hub (event hub > Shared access policies, a policy with the Listen "
+        "claim). Leave empty to use Entra ID with `fully_qualified_namespace`.",
+    )
+    hub_name: str | None = Field(
+        None,
+        title="Event hub name",
+        description="Name of the event hub (optional when the connection string has an EntityPath)",
+    )
+    hub_consumer_group: str = Field(
+        DEFAULT_CONSUMER_GROUP,
+        title="Consumer group",
+        description="Consumer group to read with; give this trigger a consumer group of its own",
+    )
+    fully_qualified_namespace: str | None = Field(
+        None,
+        title="Event Hubs namespace",
+        description="Entra ID authentication: the namespace, e.g. mynamespace.servicebus.windows.net (role Azure "
+        "Event Hubs Data Receiver)",
+    )
+    tenant_id: str | None = Field(
+        None, title="Tenant ID", description="Entra ID authentication: directory (tenant) ID of the application"
+    )
+    client_id: str | None = Field(
+        None,
+        title="Client ID",
+        description="Entra ID authentication: application (client) ID, or the client ID of a user-assigned managed "
+        "identity",
+    )
+    client_secret: str | None = Field(
+        None, title="Client secret", description="Entra ID authentication: client secret of the application"
+    )
+    certificate: str | None = Field(
+        None,
+        title="Certificate",
+        description="Entra ID authentication: PEM certificate with its private key, instead of a client secret",
+    )
+    certificate_password: str | None = Field(
+        None, title="Certificate password", description="Password of the certificate's private key, if any"
+    )
 
     # -- checkpoints: Azure Blob Storage (shared, load balanced) or the local state store (one instance) ----------
-    storage_connection_string: str | None = None
-    storage_account_url: str | None = None  # https://ACCOUNT.blob.core.windows.net with Entra ID auth
-    storage_container_name: str | None = None
+    storage_connection_string: str | None = Field(
+        None,
+        title="Storage connection string",
+        description="Connection string of the Azure Storage account keeping the checkpoints (storage account > Access "
+        "keys). Without storage, checkpoints stay in the trigger's local state, for one instance only.",
+    )
+    storage_account_url: str | None = Field(
+        None,
+        title="Storage account URL",
+        description="Entra ID authentication to the storage account: https://ACCOUNT.blob.core.windows.net (role "
+        "Storage Blob Data Contributor), instead of a storage connection string",
+    )
+    storage_container_name: str | None = Field(
+        None,
+        title="Storage container name",
+        description="Existing blob container for the checkpoints and partition ownership (required with a storage "
+        "account)",
+    )
 
     # -- reading ------------------------------------------------------------------------------------------------
-    starting_position: str = "earliest"  # when a partition has no checkpoint: earliest | latest | ISO 8601 time
-    categories: list[str] | None = None  # keep only records whose `category` is one of these
-    max_batch_size: int = Field(100, ge=1, le=5_000, validation_alias=AliasChoices("max_batch_size", "chunk_size"))
-    max_wait_time: float | None = Field(None, gt=0, le=300)  # seconds a record may wait before it is sent
-    # Messages the client buffers per owned partition: memory is about prefetch x message size x partitions.
-    prefetch: int = Field(300, ge=10, le=5_000)
-    use_websockets: bool = False
-    http_proxy: str | None = None  # http://[user:password@]host:port (AMQP over WebSockets through it)
-    load_balancing_interval: float = Field(30.0, ge=1, le=600)
+    starting_position: str = Field(
+        "earliest",
+        title="Starting position",
+        description="Where to start in a partition that has no checkpoint yet: `earliest` (everything retained), "
+        "`latest` (only new events) or an ISO 8601 time such as 2026-01-31T08:00:00Z",
+    )
+    categories: list[str] | None = Field(
+        None,
+        title="Categories",
+        description="Forward only the records whose `category` is one of these (e.g. SignInLogs, AuditLogs); records "
+        "without a category are always forwarded. Empty: every record.",
+    )
+    max_batch_size: int = Field(
+        100,
+        ge=1,
+        le=5_000,
+        validation_alias=AliasChoices("max_batch_size", "chunk_size"),
+        title="Messages read at once",
+        description="Largest number of Event Hubs messages read from a partition at once (the former `chunk_size`)",
+    )
+    max_wait_time: float | None = Field(
+        None,
+        gt=0,
+        le=300,
+        title="Maximum wait (seconds)",
+        description="Seconds a record may wait for a fuller batch before it is sent (default 1)",
+    )
+    prefetch: int = Field(
+        300,
+        ge=10,
+        le=5_000,
+        title="Prefetch (messages)",
+        description="Messages buffered per partition read. Memory is about (prefetch + max_batch_size) x message size "
+        "x partitions read: lower it (e.g. 30) when diagnostic settings send messages close to 1 MB",
+    )
+    use_websockets: bool = Field(
+        False,
+        title="Use WebSockets",
+        description="Speak AMQP over WebSockets (port 443) instead of AMQP (port 5671), e.g. behind a firewall",
+    )
+    http_proxy: str | None = Field(
+        None, title="HTTP proxy", description="HTTP proxy, http://[user:password@]host:port; implies WebSockets"
+    )
+    load_balancing_interval: float = Field(
+        30.0,
+        ge=1,
+        le=600,
+        title="Load-balancing interval (seconds)",
+        description="Seconds between partition load-balancing rounds between instances sharing the storage "
+        "container; a stopped instance's partitions are taken over after six rounds",
+    )
 
     secret_fields: ClassVar[tuple[str, ...]] = (
         "intake_key",

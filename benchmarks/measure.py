@@ -10,8 +10,6 @@ CPU seconds (whole process, start-up included) and peak RSS are read from the tr
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -20,7 +18,7 @@ from pathlib import Path
 import psutil
 import requests
 
-from emulators.process import ROOT
+from emulators.process import ChildProcess
 
 
 @dataclass
@@ -82,8 +80,9 @@ def run_trigger(parameter: str, env: dict[str, str], delivered, expected: int, t
     run = Run()
     with open(log_path, "ab") as log:
         started = time.monotonic()
-        proc = subprocess.Popen([*TRIGGER_COMMAND, parameter], cwd=ROOT, env={**os.environ, **env},
-                                stdout=log, stderr=log)
+        proc = ChildProcess([*TRIGGER_COMMAND, parameter], env={**os.environ, **env}, name=parameter,
+                            stdout=log, stderr=log)
+    with proc:  # ended even when sampling fails
         watched = psutil.Process(proc.pid)
         health = f"http://127.0.0.1:{env['LIVENESS_PORT']}/health" if env.get("LIVENESS_PORT") else None
         cpu = 0.0
@@ -109,12 +108,5 @@ def run_trigger(parameter: str, env: dict[str, str], delivered, expected: int, t
         run.cpu_seconds = cpu
         run.peak_rss_mb = max(run.peak_rss_mb, _high_water_mark_mb(proc.pid))
         run.complete = count >= expected
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        run.exit_code = proc.returncode
+        run.exit_code = proc.stop(30)
     return run

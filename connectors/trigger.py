@@ -29,11 +29,34 @@ class CollectorConfiguration(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    intake_key: str | None = Field(None, description="Send to this intake; without it, records go to the playbook")
-    intake_server: str | None = None
-    batch_max_events: int = Field(10_000, ge=1, le=100_000)
-    batch_max_bytes: int = Field(4_000_000, ge=10_000, le=7_000_000)
-    batch_max_age_seconds: float = Field(1.0, gt=0, le=300)
+    # Titles and descriptions are what Sekoia shows of each argument: connectors/schema.py writes them to the JSON.
+    intake_key: str | None = Field(
+        None,
+        title="Intake key",
+        description="Intake key of the Sekoia.io intake receiving the records; without it, records go to the playbook",
+    )
+    intake_server: str | None = Field(
+        None,
+        title="Intake server",
+        description="Base URL of the Sekoia.io intake (defaults to the runtime's, e.g. https://intake.sekoia.io)",
+    )
+    batch_max_events: int = Field(
+        10_000, ge=1, le=100_000, title="Batch size (events)", description="Most records sent to Sekoia.io in one request"
+    )
+    batch_max_bytes: int = Field(
+        4_000_000,
+        ge=10_000,
+        le=7_000_000,
+        title="Batch size (bytes)",
+        description="Most bytes of records sent to Sekoia.io in one request",
+    )
+    batch_max_age_seconds: float = Field(
+        1.0,
+        gt=0,
+        le=300,
+        title="Batch age (seconds)",
+        description="Longest time a record waits in a batch before it is sent",
+    )
 
     # Configuration fields whose values must never appear in a log line or a metric.
     secret_fields: ClassVar[tuple[str, ...]] = ("intake_key",)

@@ -22,6 +22,8 @@ import requests
 from azure.core.exceptions import ResourceExistsError
 from azure.storage.blob import BlobServiceClient
 
+from emulators.process import ChildProcess
+
 ROOT = Path(__file__).resolve().parent.parent
 MAIN_JS = ROOT / "node_modules" / "azurite" / "dist" / "src" / "blob" / "main.js"
 
@@ -54,7 +56,7 @@ class Azurite:
         self.host = host
         self.port = port or free_port(host)
         self.log_path = log_path
-        self.proc: subprocess.Popen | None = None
+        self.proc: ChildProcess | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------------------
 
@@ -70,7 +72,7 @@ class Azurite:
             args.append("--inMemoryPersistence")
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         try:
-            self.proc = subprocess.Popen(args, cwd=ROOT, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+            self.proc = ChildProcess(args, name="azurite", stdout=log, stderr=log)
         finally:
             if log is not subprocess.DEVNULL:
                 log.close()
@@ -94,13 +96,7 @@ class Azurite:
     def stop(self, timeout: float = 10.0) -> None:
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        self.proc.stop(timeout)
         self.proc = None
 
     def restart(self, down_for: float = 0.0) -> None:

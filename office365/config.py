@@ -50,31 +50,133 @@ def _https_url(value: str | None) -> str | None:
 
 
 class Office365Configuration(CollectorConfiguration):
-    tenant_id: str = Field(description="Directory (tenant) ID of the Microsoft Entra tenant")
-    client_id: str = Field(description="Application (client) ID of the app registration")
+    tenant_id: str = Field(
+        title="Tenant ID", description="Directory (tenant) ID of the Microsoft Entra tenant (a GUID)"
+    )
+    client_id: str = Field(
+        title="Client ID",
+        description="Application (client) ID of the app registration that holds the Office 365 Management API "
+        "permission ActivityFeed.Read (and ActivityFeed.ReadDlp for DLP.All)",
+    )
     # repr=False: a configuration printed by mistake does not show its secrets.
-    client_secret: str | None = Field(None, repr=False)
-    certificate: str | None = Field(None, description="PEM certificate registered on the app")
-    private_key: str | None = Field(None, description="PEM private key of the certificate", repr=False)
-    private_key_password: str | None = Field(None, repr=False)
-    cloud: Cloud = "enterprise"
-    content_types: list[str] = Field(default_factory=lambda: list(CONTENT_TYPES))
-    publisher_identifier: str | None = None
-    login_url: str | None = None
-    management_url: str | None = None
+    client_secret: str | None = Field(
+        None,
+        repr=False,
+        title="Client secret",
+        description="Value of a client secret of the app registration. Give it, or a certificate and its private key",
+    )
+    certificate: str | None = Field(
+        None,
+        title="Certificate",
+        description="PEM certificate registered on the app registration, used instead of a client secret",
+    )
+    private_key: str | None = Field(
+        None, repr=False, title="Private key", description="PEM private key of the certificate"
+    )
+    private_key_password: str | None = Field(
+        None, repr=False, title="Private key password", description="Password of the private key, when it is encrypted"
+    )
+    cloud: Cloud = Field(
+        "enterprise",
+        title="Cloud",
+        description="Microsoft 365 cloud of the tenant: enterprise (and GCC) sign in at login.microsoftonline.com, GCC "
+        "High and DoD at login.microsoftonline.us; each has its own Management API host",
+    )
+    content_types: list[str] = Field(
+        default_factory=lambda: list(CONTENT_TYPES),
+        title="Content types",
+        description="Content types to collect (all five by default)",
+        # The validator accepts any case and a comma-separated string; the schema shows the canonical names.
+        json_schema_extra={"items": {"type": "string", "enum": list(CONTENT_TYPES)}, "uniqueItems": True},
+    )
+    publisher_identifier: str | None = Field(
+        None,
+        title="Publisher identifier",
+        description="GUID sent as PublisherIdentifier on every request; it selects the throttling quota. Defaults to "
+        "the tenant ID",
+    )
+    login_url: str | None = Field(
+        None, title="Login URL", description="Override of the Microsoft Entra authority host (https), e.g. for a proxy"
+    )
+    management_url: str | None = Field(
+        None,
+        title="Management API URL",
+        description="Override of the Management Activity API host (https), e.g. for a proxy",
+    )
 
     # Tuning
-    max_concurrency: int = Field(32, ge=1, le=256)
-    max_requests_per_minute: int | None = Field(None, ge=10)
-    initial_lookback_hours: float = Field(168.0, ge=0, le=168)
-    relist_hours: float = Field(24.0, ge=0, le=168)
-    relist_interval_minutes: float = Field(15.0, gt=0)
-    deep_relist_minutes: float = Field(240.0, ge=0)
-    poll_interval_seconds: float = Field(30.0, gt=0, le=3600)
-    request_timeout_seconds: float = Field(30.0, gt=0, le=600)
-    max_pending_blobs: int = Field(2000, ge=10, le=100_000)
-    record_filter_size: int = Field(200_000, ge=0, le=5_000_000)
-    expiry_warning_hours: float = Field(24.0, ge=0, le=167)
+    max_concurrency: int = Field(
+        32,
+        ge=1,
+        le=256,
+        title="Maximum concurrency",
+        description="Most requests in flight at once; the trigger adapts below it when the API slows down or throttles",
+    )
+    max_requests_per_minute: int | None = Field(
+        None,
+        ge=10,
+        title="Maximum requests per minute",
+        description="Cap on requests per minute (unset: paced automatically under the quota the API shows)",
+    )
+    initial_lookback_hours: float = Field(
+        168.0,
+        ge=0,
+        le=168,
+        title="Initial lookback (hours)",
+        description="At the first start, how far back to collect (the API keeps content 7 days)",
+    )
+    relist_hours: float = Field(
+        24.0,
+        ge=0,
+        le=168,
+        title="Re-list window (hours)",
+        description="How far back the periodic re-listing looks for content that became available late",
+    )
+    relist_interval_minutes: float = Field(
+        15.0, gt=0, title="Re-list interval (minutes)", description="How often the recent windows are listed again"
+    )
+    deep_relist_minutes: float = Field(
+        240.0,
+        ge=0,
+        title="Full re-list interval (minutes)",
+        description="How often the whole 7 days are listed again (0: never)",
+    )
+    poll_interval_seconds: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        title="Poll interval (seconds)",
+        description="Pause between two listings of new content",
+    )
+    request_timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        le=600,
+        title="Request timeout (seconds)",
+        description="Longest wait for the answer to one request to the Management API or to Microsoft Entra",
+    )
+    max_pending_blobs: int = Field(
+        2000,
+        ge=10,
+        le=100_000,
+        title="Maximum pending blobs",
+        description="Per content type, how many listed blobs may wait for delivery before listing pauses",
+    )
+    record_filter_size: int = Field(
+        200_000,
+        ge=0,
+        le=5_000_000,
+        title="Record filter size",
+        description="How many recent records are remembered to forward a record repeated in a later blob only once "
+        "(0: off)",
+    )
+    expiry_warning_hours: float = Field(
+        24.0,
+        ge=0,
+        le=167,
+        title="Expiry warning (hours)",
+        description="Warn when the oldest pending content expires within this many hours",
+    )
 
     secret_fields: ClassVar[tuple[str, ...]] = ("intake_key", "client_secret", "private_key", "private_key_password")
 

@@ -1,6 +1,17 @@
 import pytest
 
+from emulators.process import running_children
 from emulators.runtime.harness import Runtime
+
+
+@pytest.fixture(autouse=True)
+def _end_child_processes():
+    """Whatever a test started and left running is ended when it finishes, fails or times out (the fixtures of a
+    wider scope were set up before, so their servers are not touched)."""
+    before = running_children()
+    yield
+    for child in running_children() - before:
+        child.stop()
 
 
 @pytest.fixture

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -21,7 +19,7 @@ import orjson
 from emulators import fixtures
 from emulators.azurite import Azurite
 from emulators.eventhub.harness import EmulatorProcess
-from emulators.process import ROOT, wait_until
+from emulators.process import ChildProcess, python_child, wait_until
 from emulators.runtime.harness import Runtime, compare
 
 TRIGGER = "consume_eventhub_messages"
@@ -104,7 +102,7 @@ class EventHubStack:
         self.emulator.start()
         self.azurite: Azurite | None = None
         self.runtime: Runtime | None = None
-        self.processes: list[subprocess.Popen] = []
+        self.processes: list[ChildProcess] = []
         self._counted_bytes = self._counted_lines = 0
         try:
             if azurite:
@@ -145,13 +143,12 @@ class EventHubStack:
         return env
 
     def start_process(self, config: dict, intake: bool = True, data_path: Path | None = None,
-                      log_name: str = "trigger") -> subprocess.Popen:
-        """``python main.py consume_eventhub_messages`` with the container's environment."""
+                      log_name: str = "trigger") -> ChildProcess:
+        """``python main.py consume_eventhub_messages`` with the container's environment; ended with the stack."""
         base = {k: v for k, v in os.environ.items() if k not in {"TRIGGER_CONFIGURATION", "INTAKE_URL"}}
-        log = open(self.workdir / f"{log_name}-{len(self.processes)}.log", "ab")
-        proc = subprocess.Popen([sys.executable, "main.py", TRIGGER], cwd=ROOT,
-                                env={**base, **self.env(config, intake, data_path)}, stdout=log, stderr=log)
-        log.close()
+        with open(self.workdir / f"{log_name}-{len(self.processes)}.log", "ab") as log:
+            proc = python_child("main.py", TRIGGER, env={**base, **self.env(config, intake, data_path)},
+                                stdout=log, stderr=log)
         self.processes.append(proc)
         return proc
 
@@ -196,9 +193,7 @@ class EventHubStack:
 
     def close(self) -> None:
         for proc in self.processes:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(10)
+            proc.kill()
         for server in (self.runtime, self.azurite, self.emulator):
             if server is not None:
                 try:
@@ -213,9 +208,9 @@ class EventHubStack:
         self.close()
 
 
-def terminate(proc: subprocess.Popen, timeout: float = 20) -> int:
-    proc.send_signal(signal.SIGTERM)
-    return proc.wait(timeout)
+def terminate(proc: ChildProcess, timeout: float = 20) -> int:
+    """SIGTERM; the exit code (negative when it had to be killed after ``timeout`` seconds)."""
+    return proc.stop(timeout)
 
 
 class InProcessTrigger:

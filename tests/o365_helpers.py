@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -24,7 +22,7 @@ from pathlib import Path
 import orjson
 
 from emulators.office365.harness import EmulatorProcess
-from emulators.process import ROOT, ServerProcess, wait_until
+from emulators.process import ChildProcess, ServerProcess, python_child, wait_until
 
 TRIGGER = "office365_management_api"
 
@@ -55,6 +53,7 @@ class O365Rig:
         self.emulator_args = emulator_args
         self.runtime_args = runtime_args
         self.runtime: ServerProcess | None = None
+        self.triggers: list[ChildProcess] = []
         self.ports = (free_port(), free_port())  # liveness, metrics: one trigger at a time per rig
 
     # -- lifecycle ------------------------------------------------------------------------------------------
@@ -80,6 +79,8 @@ class O365Rig:
         return self
 
     def __exit__(self, *exc) -> None:
+        for proc in self.triggers:
+            proc.stop()
         if self.runtime is not None:
             self.runtime.stop()
         self.emulator.__exit__(*exc)
@@ -127,23 +128,17 @@ class O365Rig:
 
     # -- the trigger as the container runs it ----------------------------------------------------------------
 
-    def start_trigger(self, config: dict | None = None, log_name: str = "trigger.log") -> subprocess.Popen:
+    def start_trigger(self, config: dict | None = None, log_name: str = "trigger.log") -> ChildProcess:
+        """Ended with the rig (``__exit__``) if the test does not stop it."""
         env = {**os.environ, **self.env(config or self.trigger_config()), **bytecode_cache_env()}
-        log = open(self.workdir / log_name, "ab")
-        return subprocess.Popen(
-            [sys.executable, "main.py", TRIGGER], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
-        )
+        with open(self.workdir / log_name, "ab") as log:
+            proc = python_child("main.py", TRIGGER, env=env, stdout=log, stderr=subprocess.STDOUT)
+        self.triggers.append(proc)
+        return proc
 
     @staticmethod
-    def stop_trigger(proc: subprocess.Popen, timeout: float = 30.0) -> int:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-        return proc.returncode
+    def stop_trigger(proc: ChildProcess, timeout: float = 30.0) -> int:
+        return proc.stop(timeout)
 
     # -- what was published and what arrived ----------------------------------------------------------------
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import threading
 import time
 from collections import Counter
@@ -29,8 +28,7 @@ def test_two_consumers_split_partitions_and_a_killed_one_hands_over(tmp_path):
         publisher = threading.Thread(target=stack.publish_envelopes, args=(second, 10))
         publisher.start()
         victim, survivor = consumers
-        victim.send_signal(signal.SIGKILL)
-        victim.wait(10)
+        victim.kill()
         publisher.join(60)
         assert wait_until(lambda: len(set(stack.delivered_ids())) >= 4000 or survivor.poll() is not None, 90, 0.5)
         # The survivor took the dead one's partitions once their ownership expired.

@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 
 from connectors.trigger import CollectorTrigger
-from emulators.process import ROOT
+from emulators.process import python_child
 from emulators.runtime.harness import Runtime
 from tests.eventhub_helpers import EventHubStack, InProcessTrigger
 
@@ -47,9 +46,8 @@ def test_store_down_or_missing_container_exit_main_with_code_2(stack, tmp_path):
     try:
         for name, (config, field, words) in cases.items():  # in parallel, each with its own runtime stub
             runtime = Runtime(tmp_path / name)
-            proc = subprocess.Popen([sys.executable, "main.py", "consume_eventhub_messages"], cwd=ROOT,
-                                    env={**base, **runtime.env(config)}, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.PIPE)
+            proc = python_child("main.py", "consume_eventhub_messages", env={**base, **runtime.env(config)},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             running[name] = (proc, runtime, field, words)
         for name, (proc, runtime, field, words) in running.items():
             _, stderr = proc.communicate(timeout=120)
@@ -59,8 +57,7 @@ def test_store_down_or_missing_container_exit_main_with_code_2(stack, tmp_path):
             assert AZURITE_KEY_PART not in stderr.decode()
     finally:
         for proc, runtime, *_ in running.values():
-            if proc.poll() is None:
-                proc.kill()
+            proc.kill()
             runtime.stop()
 
 

@@ -2,15 +2,13 @@
 runtime stub, with a minimal file-replay trigger so the foundation is proven before any Microsoft source."""
 
 import json
-import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import orjson
 
-from emulators.process import ROOT, wait_until
+from emulators.process import ROOT, ChildProcess, python_child, wait_until
 from emulators.runtime.harness import compare
 
 REPLAY_MAIN = ROOT / "tests" / "support" / "replay_main.py"
@@ -22,10 +20,10 @@ def source_file(tmp_path: Path, count: int) -> Path:
     return path
 
 
-def start(runtime, configuration: dict, intake=True, extra_env=None) -> subprocess.Popen:
+def start(runtime, configuration: dict, intake=True, extra_env=None) -> ChildProcess:
     env = {**runtime.env(configuration, intake=intake), **(extra_env or {})}
-    return subprocess.Popen([sys.executable, str(REPLAY_MAIN), "replay_file"], cwd=ROOT,
-                            env={**_base_env(), **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return python_child(str(REPLAY_MAIN), "replay_file", env={**_base_env(), **env}, stdout=subprocess.DEVNULL,
+                        stderr=subprocess.PIPE)
 
 
 def _base_env():
@@ -38,9 +36,8 @@ def ids(runtime):
     return [orjson.loads(line)["Id"] for line in runtime.delivered()]
 
 
-def stop(proc, timeout=15) -> int:
-    proc.send_signal(signal.SIGTERM)
-    return proc.wait(timeout)
+def stop(proc: ChildProcess, timeout=15) -> int:
+    return proc.stop(timeout)
 
 
 def test_every_line_delivered_then_graceful_stop(runtime, tmp_path):

@@ -5,7 +5,7 @@ import pytest
 
 from connectors.errors import CorruptStateError
 from connectors.state import Journal, StateFile
-from emulators.process import python_child
+from emulators.process import python_child, wait_until
 
 
 def test_state_file_round_trip_and_default(tmp_path):
@@ -69,8 +69,11 @@ while True:
 def test_state_survives_sigkill_at_random_moments(tmp_path):
     state_path, journal_path = tmp_path / "state.json", tmp_path / "journal.jsonl"
     for round_ in range(8):
+        written = journal_path.stat().st_size if journal_path.exists() else 0
         writer = python_child("-c", WRITER, str(state_path), str(journal_path))
-        time.sleep(0.15 + 0.05 * round_)
+        # Killed while it writes: once it appended (its start-up takes a varying time), a varying moment later.
+        assert wait_until(lambda: journal_path.exists() and journal_path.stat().st_size > written, 30)
+        time.sleep(0.01 * round_)
         writer.kill()
         saved = StateFile(state_path).load()  # never torn: the old or the new version
         assert saved is not None and saved["pad"] == "x" * 5000

@@ -35,8 +35,13 @@ def backlog_stack(ctx: Context, trigger: str, name: str) -> Stack:
         stack: Stack = O365Stack(ctx, name, "--blobs", str(blobs), "--records-per-blob", str(RECORDS_PER_BLOB))
     else:
         stack = EventHubStack(ctx, name)
-        stack.feed.send_records(records_with_ids(records, "k"))
-    stack.runtime_control(latency_ms=ctx.scale.kill_latency_ms)
+    try:
+        if isinstance(stack, EventHubStack):
+            stack.feed.send_records(records_with_ids(records, "k"))
+        stack.runtime_control(latency_ms=ctx.scale.kill_latency_ms)
+    except BaseException:
+        stack.close()  # the scenario's `with` has not started yet
+        raise
     return stack
 
 

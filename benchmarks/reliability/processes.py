@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,7 +12,7 @@ import requests
 
 from benchmarks.measure import _answers
 from benchmarks.reliability.context import Artifacts
-from emulators.process import ROOT, wait_until
+from emulators.process import python_child, wait_until
 from tests.o365_helpers import bytecode_cache_env
 
 # What the runtime gives the container: never inherited from the shell that runs the suite.
@@ -38,8 +35,8 @@ class TriggerProcess:
         artifacts.add_file(self.stdout_path)
         artifacts.add_file(self.stderr_path)
         with open(self.stdout_path, "ab") as out, open(self.stderr_path, "ab") as err:
-            self.proc = subprocess.Popen([sys.executable, "main.py", parameter], cwd=ROOT,
-                                         env={**base, **env, **bytecode_cache_env()}, stdout=out, stderr=err)
+            self.proc = python_child("main.py", parameter, env={**base, **env, **bytecode_cache_env()}, name=name,
+                                     stdout=out, stderr=err)
         self.started = time.monotonic()
         self.ended: float | None = None
 
@@ -67,9 +64,7 @@ class TriggerProcess:
         return text
 
     def kill(self) -> None:
-        if self.alive:
-            self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
+        self.proc.kill()
         self.poll()
 
     def terminate(self, timeout: float = 60.0) -> tuple[int | None, float]:
@@ -77,21 +72,12 @@ class TriggerProcess:
         to end). Killed after ``timeout`` (exit code then negative)."""
         wait_until(lambda: not self.alive or self.ready(), 30, 0.1)
         started = time.monotonic()
-        if self.alive:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        self.proc.stop(timeout)
         self.poll()
         return self.proc.returncode, round(time.monotonic() - started, 2)
 
     def wait(self, timeout: float) -> int | None:
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            return None
+        self.proc.wait_for(timeout)
         return self.poll()
 
     def output(self) -> bytes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -10,6 +11,7 @@ from functools import partial
 
 from benchmarks.reliability import bad_config, bad_input, faults, kills, rebalance, secrets
 from benchmarks.reliability.context import Context
+from emulators.process import running_children
 
 Scenario = Callable[[Context], dict]
 
@@ -38,11 +40,18 @@ REQUIRED = ("published", "delivered_unique", "lost", "duplicates", "kills", "rec
 def run_one(ctx: Context, name: str, log: Callable[[str], None] = print) -> dict:
     log(f"== {name} ...")
     started = time.monotonic()
+    before = running_children()
     try:
         result = SCENARIOS[name](ctx)
     except Exception as error:  # noqa: BLE001 - a broken scenario is a failed one, the others still run
         result = {"passed": False, "failures": [f"the scenario crashed: {error!r}"],
                   "traceback": traceback.format_exc()[-4000:]}
+    left = [child for child in running_children() - before if child.thread == threading.get_ident()]
+    if left:  # a scenario that leaves a server or a trigger running has a bug: end them, and say so
+        for child in left:
+            child.stop()
+        result = {**result, "passed": False,
+                  "failures": [*result.get("failures", []), f"left running: {sorted(c.name for c in left)}"]}
     ordered = {key: result.get(key, 0 if key not in ("recovery_s", "passed") else None) for key in REQUIRED}
     ordered["passed"] = bool(result.get("passed"))
     ordered.update((key, value) for key, value in result.items() if key not in ordered)

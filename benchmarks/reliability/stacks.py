@@ -128,8 +128,7 @@ class Stack:
 
     def close(self) -> None:
         for process in self.processes:
-            if process.alive:
-                process.kill()
+            process.kill()
 
     def __enter__(self):
         return self
@@ -219,8 +218,10 @@ class O365Stack(Stack):
         return self.rig.logs()
 
     def close(self) -> None:
-        super().close()
-        self.rig.__exit__(None, None, None)
+        try:
+            super().close()
+        finally:  # the servers end even when a trigger would not
+            self.rig.__exit__(None, None, None)
 
 
 class EventHubStack(Stack):
@@ -236,10 +237,14 @@ class EventHubStack(Stack):
         self.stack = eventhub_helpers.EventHubStack(
             work, partitions=partitions,
             emulator_args={"key": self.key, "persist_dir": work / "hub", "strict_consumer_groups": strict_consumer_groups})
-        ctx.artifacts.add_file(Path(self.stack.runtime.info["logs_out"]))
-        self.data_path = self.stack.runtime.data_path
-        self.reader = DeliveredReader(self.stack.runtime.out, event_key)
-        self.feed = EventHubFeed(self.stack.connection_string, partitions)
+        try:
+            ctx.artifacts.add_file(Path(self.stack.runtime.info["logs_out"]))
+            self.data_path = self.stack.runtime.data_path
+            self.reader = DeliveredReader(self.stack.runtime.out, event_key)
+            self.feed = EventHubFeed(self.stack.connection_string, partitions)
+        except BaseException:
+            self.stack.close()
+            raise
 
     @property
     def emulator(self):
@@ -282,9 +287,11 @@ class EventHubStack(Stack):
         return self.stack.logs()
 
     def close(self) -> None:
-        super().close()
-        self.feed.close()
-        self.stack.close()
+        try:
+            super().close()
+            self.feed.close()
+        finally:  # the servers end even when a trigger or the feed would not
+            self.stack.close()
 
 
 class EventHubFeed:

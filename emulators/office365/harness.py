@@ -22,6 +22,8 @@ from pathlib import Path
 
 import requests
 
+from emulators.process import ChildProcess
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CA_ENV_VARS = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")
 
@@ -48,7 +50,7 @@ class EmulatorProcess:
         self.env = env
         self.ready_timeout = ready_timeout
         self.info: dict = {}
-        self.process: subprocess.Popen | None = None
+        self.process: ChildProcess | None = None
         self._stderr = tempfile.NamedTemporaryFile(prefix="o365-emulator-", suffix=".log", delete=False)
         self._session = requests.Session()
 
@@ -63,8 +65,9 @@ class EmulatorProcess:
         argv = [self.python, "-m", "emulators.office365", *self.args]
         if "--port" not in self.args:
             argv += ["--port", "0"]
-        self.process = subprocess.Popen(
-            argv, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=self._stderr, env=self.env, text=True
+        self.process = ChildProcess(
+            argv, cwd=REPO_ROOT, name="emulators.office365", stdout=subprocess.PIPE, stderr=self._stderr, env=self.env,
+            text=True,
         )
         deadline = time.monotonic() + self.ready_timeout
         with selectors.DefaultSelector() as selector:
@@ -85,13 +88,7 @@ class EmulatorProcess:
     def stop(self, timeout: float = 15.0) -> int | None:
         if self.process is None:
             return None
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        self.process.stop(timeout)
         if self.process.stdout:
             self.process.stdout.close()
         self._session.close()
