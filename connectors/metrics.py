@@ -25,7 +25,13 @@ delivery_retries = Counter(
 )
 oversize_events = Counter(
     "oversize_events",
-    "Events over the intake's 250,000-byte limit, kept aside instead of sent",
+    "Events over the intake's 250,000-byte limit: sent shortened, kept whole in the data path",
+    ["trigger"],
+    namespace=NAMESPACE,
+)
+refused_events = Counter(
+    "refused_events",
+    "Events the runtime refused for good (HTTP 400, 413...): not sent, kept in the data path",
     ["trigger"],
     namespace=NAMESPACE,
 )

@@ -15,7 +15,7 @@ from sekoia_automation.connector import Connector
 from sekoia_automation.exceptions import ModuleConfigurationError, TriggerConfigurationError
 from sekoia_automation.trigger import Trigger
 
-from connectors.delivery import BatchLimits, Forwarder, IntakeSink, OversizeStore, PlaybookSink
+from connectors.delivery import STOP_GRACE_SECONDS, BatchLimits, Forwarder, IntakeSink, PlaybookSink, SetAsideStore
 from connectors.errors import ConfigurationError, CorruptStateError
 from connectors.logs import Redactor, install_redaction
 from connectors.retry import Backoff
@@ -90,7 +90,8 @@ class CollectorTrigger(Connector):
     # Quiet tenants are normal: liveness follows the collect loop's heartbeat, not the flow of events.
     seconds_without_events = 0
     last_heartbeat_threshold = 900
-    stop_grace_seconds = 25.0
+    # Delivery's share of the 20 s an orchestrator gives after SIGTERM, counted from the signal.
+    stop_grace_seconds = STOP_GRACE_SECONDS
     # Set when a run ended on a configuration or state error, so main.py exits non-zero.
     fatal_error: ClassVar[str | None] = None
 
@@ -166,14 +167,22 @@ class CollectorTrigger(Connector):
             trigger=self.name,
             limits=limits,
             log=self.log,
-            oversize=OversizeStore(self.state_dir / "oversize-events.jsonl"),
+            set_aside=SetAsideStore(self.state_dir / "set-aside-events.jsonl"),
             on_delivered=self._delivered,
+            on_fatal=self._stop_on_configuration_error,
         )
 
     @property
     def _user_agent(self) -> str:
         manifest = self.module.manifest
         return f"sekoiaio-connector/{manifest.get('slug', 'microsoft')}-{manifest.get('version', '0')}"
+
+    def _stop_on_configuration_error(self, error: ConfigurationError) -> None:
+        """A delivery thread met a configuration error (the intake refused the key): one critical log, stop,
+        exit code 2. Nothing more is sent or acknowledged."""
+        CollectorTrigger.fatal_error = str(error)
+        self.log(str(error), "critical")
+        self.stop()
 
     def _delivered(self, count: int) -> None:
         self._error_count = 0
@@ -185,6 +194,12 @@ class CollectorTrigger(Connector):
     @abstractmethod
     def collect(self) -> None:
         """Collect until ``self.running`` turns false; hand records to ``self.forwarder`` with their acks."""
+
+    def stop(self, *args, **kwargs) -> None:
+        super().stop(*args, **kwargs)
+        forwarder = self.__dict__.get("forwarder")
+        if forwarder is not None:  # delivery's deadline counts from the stop request
+            forwarder.stopping(self.stop_grace_seconds)
 
     def run(self) -> None:
         try:

@@ -1,13 +1,17 @@
 """The delivery layer against the runtime stub (a real HTTP server on loopback)."""
 
+import hashlib
+import json
 import threading
 import time
 
 import orjson
 import pytest
 
-from connectors.delivery import BatchLimits, Forwarder, IntakeSink, OversizeStore, PlaybookSink
+from connectors.delivery import BatchLimits, Forwarder, IntakeSink, PlaybookSink, SetAsideStore
+from connectors.errors import ConfigurationError
 from connectors.retry import Backoff
+from connectors.truncation import MARKER, shorten
 
 
 def events(count, start=0, pad=0):
@@ -31,16 +35,22 @@ class Recorder:
 
 # Two senders share the wire, so batches may land in either order: compare what arrived as a multiset, and
 # check the order that matters (acknowledgements) directly.
-def forwarder(runtime, tmp_path, logs=None, **limits):
-    sink = IntakeSink(runtime.info["intake_url"], runtime.info["intake_key"], user_agent="tests")
+def forwarder(runtime, tmp_path, logs=None, sink=None, fatal=None, **limits):
+    sink = sink or IntakeSink(runtime.info["intake_url"], runtime.info["intake_key"], user_agent="tests")
     return Forwarder(
         sink,
         trigger="tests",
         limits=BatchLimits(**{"max_events": 100, "max_age": 0.2, **limits}),
         log=(lambda message, level: logs.append((level, message))) if logs is not None else None,
-        oversize=OversizeStore(tmp_path / "oversize.jsonl"),
+        set_aside=SetAsideStore(tmp_path / "set-aside.jsonl"),
         backoff=lambda: Backoff(base=0.05, cap=0.5),
+        on_fatal=fatal.append if fatal is not None else None,
     )
+
+
+def set_aside(tmp_path):
+    path = tmp_path / "set-aside.jsonl"
+    return [orjson.loads(line) for line in path.read_bytes().splitlines()] if path.exists() else []
 
 
 def test_events_arrive_exactly_as_sent_and_acks_follow_confirmation(runtime, tmp_path):
@@ -90,20 +100,51 @@ def test_failures_and_503s_are_retried_until_confirmed(runtime, tmp_path):
     assert runtime.stats()["failures"] > 0
 
 
-def test_oversize_event_is_counted_logged_once_and_kept(runtime, tmp_path):
+def test_oversize_event_arrives_shortened_and_is_kept_whole(runtime, tmp_path):
     logs = []
     fwd = forwarder(runtime, tmp_path, logs=logs)
-    big = orjson.dumps({"n": "big", "pad": "y" * 260_000})
-    batch = events(5)[:2] + [big] + events(5)[2:]
+    big = orjson.dumps({"n": "big", "pad": "y" * 260_000, "note": "kept", "deep": {"text": "z" * 100_000}})
+    text = b"a plain text line " * 20_000
+    batch = events(5)[:2] + [big, text] + events(5)[2:]
     fwd.add(batch, origin="blob-42")
     assert fwd.drain(timeout=30)
     fwd.close()
-    assert sorted(runtime.delivered()) == sorted(events(5))
-    assert fwd.oversize == 1
-    oversize_logs = [m for _, m in logs if "over the intake limit" in m]
-    assert len(oversize_logs) == 1 and str(len(big)) in oversize_logs[0] and "blob-42" in oversize_logs[0]
-    kept = [orjson.loads(line) for line in (tmp_path / "oversize.jsonl").read_bytes().splitlines()]
-    assert kept == [{"origin": "blob-42", "bytes": len(big), "event": big.decode()}]
+    delivered = runtime.delivered()
+    assert sorted(line for line in delivered if b"sekoia_truncated" not in line) == sorted(events(5))
+    [short_json] = [orjson.loads(line) for line in delivered if line.startswith(b'{"n":"big"')]
+    [short_text] = [line for line in delivered if line.startswith(b"a plain text line")]
+    assert len(orjson.dumps(short_json)) <= 250_000 and len(short_text) <= 250_000
+    marker = short_json[MARKER]
+    assert marker["original_bytes"] == len(big) and marker["fields"] == ["pad"]  # the longest value alone was cut
+    assert short_json["note"] == "kept" and short_json["deep"]["text"] == "z" * 100_000
+    assert short_text.endswith(f"original_bytes={len(text)} sha256={hashlib.sha256(text).hexdigest()}]".encode())
+    assert fwd.shortened == 2
+    warnings = [m for _, m in logs if "over the intake limit" in m]
+    assert len(warnings) == 2 and all("blob-42" in m and "sent shortened" in m for m in warnings)
+    kept = set_aside(tmp_path)
+    assert [entry["event"].encode() for entry in kept] == [big, text]
+    assert {entry["origin"] for entry in kept} == {"blob-42"} and kept[0]["sha256"] == marker["sha256"]
+
+
+@pytest.mark.parametrize("value", [
+    {"a": {"b": "x" * 300_000, "c": "short"}, "n": 123456789012345678901234, "l": ["y" * 100_000, "z"]},
+    ["w" * 200_000, "v" * 200_000],
+    list(range(60_000)),  # small values only: the start of the event, wrapped
+    "é" * 200_000,
+])
+def test_shortened_json_stays_json_under_the_limit(value):
+    event = json.dumps(value, ensure_ascii=False).encode()
+    short = shorten(event, 250_000)
+    assert len(short.event) <= 250_000 and short.original_bytes == len(event)
+    result = json.loads(short.event)  # exact integers: the standard library
+    if isinstance(value, dict):
+        assert result["n"] == value["n"] and result["a"]["c"] == "short" and result["l"] == value["l"]
+        assert result[MARKER]["fields"] == ["a.b"] and value["a"]["b"].startswith(result["a"]["b"])
+        assert len(short.event) > 249_000  # cut no more than needed
+    elif isinstance(value, str):
+        assert result.startswith("éé") and MARKER in result
+    else:
+        assert result[MARKER]["sha256"] == short.sha256
 
 
 def test_large_batches_are_split_under_the_payload_limit(runtime, tmp_path):
@@ -123,16 +164,6 @@ def test_unconfirmed_batch_is_never_acknowledged(runtime, tmp_path):
     fwd.add(events(10), ack=recorder.ack("never"))
     assert fwd.close(grace=1.0) is False
     assert recorder.acks == []
-
-
-def test_wrong_intake_key_is_not_confirmed(runtime, tmp_path):
-    recorder = Recorder()
-    sink = IntakeSink(runtime.info["intake_url"], "not-the-key", user_agent="tests")
-    fwd = Forwarder(sink, trigger="tests", limits=BatchLimits(max_age=0.1), backoff=lambda: Backoff(0.05, 0.2))
-    fwd.add(events(3), ack=recorder.ack("never"))
-    assert fwd.close(grace=1.0) is False
-    assert recorder.acks == [] and runtime.delivered() == []
-    assert runtime.stats()["rejected"] > 0
 
 
 def test_playbook_mode_sends_a_records_file_event(runtime, tmp_path):
@@ -171,6 +202,114 @@ def test_ack_only_units_and_concurrent_producers_keep_order(runtime, tmp_path):
         mine = [entry for entry in order if entry[0] == worker]
         assert [entry[1] for entry in mine] == sorted(entry[1] for entry in mine)
         assert len(mine) == 40
+
+
+def test_refused_events_are_isolated_set_aside_and_the_rest_goes_on(runtime, tmp_path):
+    logs = []
+    runtime.control(refuse_markers=["refuse-me"])
+    recorder = Recorder(runtime)
+    fwd = forwarder(runtime, tmp_path, logs=logs)
+    bad = {}
+    for unit in range(10):
+        batch = events(100, start=unit * 100)
+        if unit in (2, 5, 9):
+            batch[37] = orjson.dumps({"n": f"bad-{unit}", "note": "refuse-me"})
+            bad[batch[37]] = f"blob-{unit}"
+        fwd.add(batch, ack=recorder.ack(unit), origin=f"blob-{unit}")
+    assert fwd.drain(timeout=60)
+    fwd.close()
+    good = [event for unit in range(10) for event in events(100, start=unit * 100)
+            if not (unit in (2, 5, 9) and event == events(1, start=unit * 100 + 37)[0])]
+    assert sorted(runtime.delivered()) == sorted(good)
+    assert [name for name, _ in recorder.acks] == list(range(10))  # the resume point went past them
+    kept = set_aside(tmp_path)
+    assert {entry["event"].encode(): entry["origin"] for entry in kept} == bad
+    assert all(entry["reason"].startswith("refused: HTTP 400") for entry in kept)
+    assert fwd.refused == 3 and runtime.stats()["refused"] >= 3
+    refusals = [m for level, m in logs if "refused an event" in m]
+    assert len(refusals) == 3 and all(any(origin in m for m in refusals) for origin in bad.values())
+    assert not any("retrying" in m for _, m in logs)  # a refusal is not an outage
+
+
+def test_a_payload_too_large_is_split_until_it_fits(runtime, tmp_path):
+    runtime.control(refuse_over_bytes=20_000)
+    fwd = forwarder(runtime, tmp_path, max_events=200)
+    batch = events(200, pad=900)  # about 1 KB each: requests of 20 events at most are taken
+    lone = orjson.dumps({"n": "alone", "pad": "q" * 30_000})  # under the event limit, over this intake's request
+    fwd.add(batch[:100] + [lone] + batch[100:], origin="partition 3")
+    assert fwd.drain(timeout=60)
+    fwd.close()
+    assert sorted(runtime.delivered()) == sorted(batch)
+    [entry] = set_aside(tmp_path)
+    assert entry["event"].encode() == lone and entry["reason"].startswith("refused: HTTP 413")
+    assert entry["origin"] == "partition 3"
+
+
+def test_playbook_refusals_are_classified_the_same_way(runtime, tmp_path):
+    runtime.control(refuse_markers=["refuse-me"])
+    sink = PlaybookSink(runtime.info["callback_url"], runtime.info["token"], runtime.data_path, "tests")
+    fwd = forwarder(runtime, tmp_path, sink=sink, max_events=50)
+    batch = events(120)
+    batch[60] = orjson.dumps({"n": "bad", "note": "refuse-me"})
+    fwd.add(batch, origin="partition 0")
+    assert fwd.drain(timeout=30)
+    fwd.close()
+    assert sorted(runtime.delivered()) == sorted(batch[:60] + batch[61:])
+    assert [entry["event"].encode() for entry in set_aside(tmp_path)] == [batch[60]]
+    assert not any((runtime.data_path / "tests_events").iterdir())  # every split's records file removed
+
+
+@pytest.mark.parametrize("case, field", [
+    ("wrong_key", "intake_key"), ("forbidden", "intake_key"), ("wrong_server", "intake_server"),
+    ("playbook_token", "intake_key"),
+])
+def test_configuration_errors_stop_delivery_and_name_the_field(runtime, tmp_path, case, field):
+    info = runtime.info
+    sink = {
+        "wrong_key": IntakeSink(info["intake_url"], "not-the-key", user_agent="tests"),
+        "forbidden": IntakeSink(info["intake_url"], info["intake_key"], user_agent="tests"),
+        "wrong_server": IntakeSink(info["intake_url"] + "/no/intake/here", info["intake_key"], user_agent="tests"),
+        "playbook_token": PlaybookSink(info["callback_url"], "not-the-token", runtime.data_path, "tests"),
+    }[case]
+    if case == "forbidden":
+        runtime.control(deny_status=403)
+    fatal, recorder = [], Recorder()
+    fwd = forwarder(runtime, tmp_path, sink=sink, fatal=fatal)
+    for unit in range(5):
+        fwd.add(events(100, start=unit * 100), ack=recorder.ack(unit))
+    assert _wait(lambda: fatal, 10)
+    assert fwd.drain(timeout=10) is False
+    assert fwd.add(events(3), ack=recorder.ack("after")) == 0  # nothing taken once it cannot be acknowledged
+    assert fwd.close(grace=1.0) is False
+    [error] = fatal  # told once, whatever the number of senders and batches
+    assert isinstance(error, ConfigurationError) and error.field == field
+    assert f"`{field}`" in str(error) and "not-the" not in str(error)  # names the field, never the value
+    assert recorder.acks == [] and runtime.delivered() == []
+
+
+def test_close_returns_by_its_deadline_while_the_runtime_hangs(runtime, tmp_path):
+    runtime.control(hang_seconds=120)
+    recorder = Recorder()
+    fwd = forwarder(runtime, tmp_path)
+    fwd.add(events(10), ack=recorder.ack("never"))
+    assert _wait(lambda: runtime.stats()["hung"] >= 1, 10)  # a sender is blocked in its HTTP call
+    started = time.monotonic()
+    assert fwd.close(grace=1.0) is False
+    assert time.monotonic() - started < 10  # a bound far under the hang, not a measure of speed
+    assert recorder.acks == [] and runtime.delivered() == []
+
+
+def test_a_stop_request_frees_a_producer_waiting_for_room(runtime, tmp_path):
+    runtime.control(hang_seconds=120)
+    fwd = forwarder(runtime, tmp_path, max_events=10, in_flight=0, senders=1)
+    producer = threading.Thread(target=fwd.add, args=(events(100),), daemon=True)
+    producer.start()
+    assert _wait(lambda: runtime.stats()["hung"] >= 1, 10)
+    assert producer.is_alive()  # blocked by backpressure behind the hung batch
+    fwd.stopping(grace=1.0)
+    producer.join(10)
+    assert not producer.is_alive()
+    assert fwd.close(grace=5.0) is False
 
 
 def _wait(predicate, timeout):

@@ -110,7 +110,7 @@ def test_main_handles_bad_and_oversize_bodies(stack):
     ]
     stack.publish(bodies, partition_id="1")
     proc = stack.start_process(stack.config())
-    expected = 20 + 2 + 1 + 1 + 19  # records + 2 text bodies + good[20] + the array
+    expected = 20 + 2 + 1 + 1 + 19 + 2  # records + 2 text bodies + good[20] + the array + 2 oversize, shortened
     assert wait_until(lambda: stack.delivered_count() >= expected or proc.poll() is not None, 60)
     time.sleep(1)
     assert terminate(proc) == 0
@@ -118,10 +118,13 @@ def test_main_handles_bad_and_oversize_bodies(stack):
     assert len(delivered) == expected
     assert b"plain text line from some producer" in delivered and b"caf\\xe9 latin-1 \\xff" in delivered
     assert b"[1,2,3]" in delivered or b"[1, 2, 3]" in delivered
-    ids = [orjson.loads(line).get("sekoia_test_id") for line in delivered if line.startswith(b"{")]
+    shortened = [orjson.loads(line) for line in delivered if b'"sekoia_truncated"' in line]
+    ids = [orjson.loads(line).get("sekoia_test_id") for line in delivered
+           if line.startswith(b"{") and b'"sekoia_truncated"' not in line]
     assert compare(ids_of(good), ids) == {"expected": 40, "delivered": 40, "lost": 0, "duplicates": 0}
-    # The two oversize events were kept aside with a warning, not sent; the checkpoint passed them.
-    oversize = stack.runtime.data_path / "state" / "consume_eventhub_messages" / "oversize-events.jsonl"
+    # The two oversize events arrived shortened and were kept whole with a warning; the checkpoint passed them.
+    assert sorted(event["sekoia_test_id"] for event in shortened) == ["huge", "object"]
+    oversize = stack.runtime.data_path / "state" / "consume_eventhub_messages" / "set-aside-events.jsonl"
     kept = [orjson.loads(line) for line in oversize.read_bytes().splitlines()]
     assert sorted(entry["bytes"] > 250_000 for entry in kept) == [True, True]
     warnings = [log["message"] for log in stack.logs() if log["level"] == "warning"]

@@ -3,8 +3,9 @@
 A stack starts the source emulator (and Azurite), a runtime stub and the trigger processes; it says what was
 published (``expected``: the keys that must arrive; ``optional``: keys that may arrive at most once), what arrived
 (``reader``), what the trigger has checkpointed (``committed``: records it will not read again) and what it kept
-aside as too large (``set_aside``). Keys are the issue's: Office 365 record ``Id``; Event Hubs the canonical JSON
-of each record (a non-JSON event: its text).
+aside (``set_aside``: too large, sent shortened; or refused by the runtime). Keys are the issue's: Office 365
+record ``Id``; Event Hubs the canonical JSON of each record (a non-JSON event: its text). A shortened event that
+arrived counts as the arrival of the original it names by SHA-256 (found in the trigger's set-aside file).
 
 The configuration and the servers come from the trigger engineers' helpers (``tests/o365_helpers.py``,
 ``tests/eventhub_helpers.py``).
@@ -12,6 +13,7 @@ The configuration and the servers come from the trigger engineers' helpers (``te
 
 from __future__ import annotations
 
+import re
 import secrets
 import threading
 import time
@@ -53,14 +55,21 @@ def configured_secrets(config: dict, env: dict[str, str]) -> list[str]:
     return values + [env["TOKEN"]]
 
 
+# The marker of an event sent shortened (connectors.truncation), as JSON or as text: the original's SHA-256.
+_SHORTENED = re.compile(rb"sekoia_truncated\W+original_bytes\W+\d+\W+sha256\W+([0-9a-f]{64})")
+
+
 class DeliveredReader:
     """What the runtime stub confirmed, read incrementally from its output file (one event per line)."""
 
-    def __init__(self, path: Path, key: Callable[[bytes], str]):
+    def __init__(self, path: Path, key: Callable[[bytes], str], data_path: Path | None = None):
         self.path = Path(path)
         self.key = key
+        self.data_path = data_path  # where the trigger keeps the originals of shortened events
         self.keys: Counter = Counter()
         self.total = 0
+        self.shortened = 0
+        self._originals: dict[str, bytes] = {}
         self._offset = 0
         self._rest = b""
         self._lock = threading.Lock()
@@ -77,9 +86,21 @@ class DeliveredReader:
             cut = data.rfind(b"\n") + 1  # a line being written is read at the next refresh
             self._rest = data[cut:]
             for line in data[:cut].splitlines():  # the split Runtime.delivered() uses
-                self.keys[self.key(line)] += 1
+                self.keys[self._key(line)] += 1
                 self.total += 1
         return self
+
+    def _key(self, line: bytes) -> str:
+        match = _SHORTENED.search(line) if b"sekoia_truncated" in line else None
+        if match is None or self.data_path is None:
+            return self.key(line)
+        self.shortened += 1
+        sha = match.group(1).decode()
+        if sha not in self._originals:  # kept before it was sent: the file has it by now
+            self._originals.update(set_aside_events(self.data_path))
+        original = self._originals.get(sha)
+        return self.key(original) if original is not None else f"shortened, original not kept: {sha}"
+
 
     @property
     def unique(self) -> int:
@@ -91,16 +112,26 @@ class DeliveredReader:
         return all(self.keys[key] + set_aside[key] >= count for key, count in expected.items())
 
 
-def set_aside_keys(data_path: Path, key: Callable[[bytes], str]) -> Counter:
-    """Events the trigger kept in its oversize file instead of sending (over the intake's size limit)."""
-    keys: Counter = Counter()
-    for path in Path(data_path).glob("state/*/oversize-events.jsonl"):
+def set_aside_entries(data_path: Path) -> list[dict]:
+    """What the trigger kept in its set-aside file: events over the intake's size limit (sent shortened) and
+    events the runtime refused (not sent), each with its origin and reason."""
+    entries = []
+    for path in Path(data_path).glob("state/*/set-aside-events.jsonl"):
         for line in path.read_bytes().splitlines():
             try:
-                keys[key(orjson.loads(line)["event"].encode("utf-8"))] += 1
-            except (orjson.JSONDecodeError, KeyError, TypeError):
+                entries.append(orjson.loads(line))
+            except orjson.JSONDecodeError:
                 continue  # a torn last line: the event was not kept
-    return keys
+    return entries
+
+
+def set_aside_events(data_path: Path) -> dict[str, bytes]:
+    """The kept events by SHA-256."""
+    return {entry["sha256"]: entry["event"].encode("utf-8") for entry in set_aside_entries(data_path)}
+
+
+def set_aside_keys(data_path: Path, key: Callable[[bytes], str]) -> Counter:
+    return Counter(key(entry["event"].encode("utf-8")) for entry in set_aside_entries(data_path))
 
 
 class Stack:
@@ -171,7 +202,7 @@ class O365Stack(Stack):
             raise
         ctx.artifacts.add_file(Path(self.rig.runtime.info["logs_out"]))
         self.data_path = self.rig.data_path
-        self.reader = DeliveredReader(self.rig.out, o365_key)
+        self.reader = DeliveredReader(self.rig.out, o365_key, self.data_path)
 
     @property
     def emulator(self):
@@ -240,7 +271,7 @@ class EventHubStack(Stack):
         try:
             ctx.artifacts.add_file(Path(self.stack.runtime.info["logs_out"]))
             self.data_path = self.stack.runtime.data_path
-            self.reader = DeliveredReader(self.stack.runtime.out, event_key)
+            self.reader = DeliveredReader(self.stack.runtime.out, event_key, self.data_path)
             self.feed = EventHubFeed(self.stack.connection_string, partitions)
         except BaseException:
             self.stack.close()

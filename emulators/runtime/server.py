@@ -4,7 +4,9 @@ Every delivered event is appended to one JSONL file, one event per line, before 
 answered request is a confirmed delivery. Intake events are written exactly as delivered (the strings of
 ``jsons``); records of a playbook event are read from the records file it points at and written compactly.
 Knobs add latency, a failure rate, and periods of being down, at start or at any time through
-``POST /_runtime/control``.
+``POST /_runtime/control``; and, on the delivery endpoints (``/batch`` and ``/callback``), refusals for good of
+requests holding a marker string or over a size, a status for every request (401, 403, 404: wrong key or
+server), and hanging before answering.
 """
 
 from __future__ import annotations
@@ -26,6 +28,12 @@ class RuntimeKnobs:
     failure_rate: float = 0.0  # fraction of requests answered 503
     down_until: float = 0.0  # monotonic time until which every request is cut (connection reset)
     down_status: int = 0  # 0: cut the connection while down; else answer this status
+    # Delivery endpoints only (/batch, /callback):
+    refuse_markers: list[str] = field(default_factory=list)  # a request holding one of these: refuse_status
+    refuse_status: int = 400
+    refuse_over_bytes: int = 0  # events of a request (sum of their sizes) over this: 413
+    deny_status: int = 0  # answer every request with this status (401, 403, 404...) without reading it
+    hang_seconds: float = 0.0  # wait this long before handling a request (the events are written after)
 
 
 @dataclass
@@ -37,6 +45,9 @@ class RuntimeStats:
     rejected: int = 0
     failures: int = 0
     cut: int = 0
+    refused: int = 0  # requests refused by refuse_markers or refuse_over_bytes
+    denied: int = 0
+    hung: int = 0
     secrets_served: int = 0
 
 
@@ -126,12 +137,39 @@ class RuntimeStub:
             return web.json_response({"message": "injected failure"}, status=503)
         return await handler(request)
 
+    async def _delivery_faults(self) -> web.Response | None:
+        """Before a delivery request is read: a status for all, or a hang."""
+        knobs = self.knobs
+        if knobs.deny_status:
+            self.stats.denied += 1
+            return web.json_response({"message": "denied"}, status=knobs.deny_status)
+        if knobs.hang_seconds:
+            self.stats.hung += 1
+            await asyncio.sleep(knobs.hang_seconds)
+        return None
+
+    def _refusal(self, events: list[bytes]) -> web.Response | None:
+        """A refusal for good of the request's events: one holds a marker, or they are too large together."""
+        knobs = self.knobs
+        status = 0
+        if knobs.refuse_markers and any(marker.encode() in event for event in events for marker in knobs.refuse_markers):
+            status = knobs.refuse_status
+        elif knobs.refuse_over_bytes and sum(map(len, events)) > knobs.refuse_over_bytes:
+            status = 413
+        if not status:
+            return None
+        self.stats.refused += 1
+        return web.json_response({"message": "refused"}, status=status)
+
     def _authorized(self, request: web.Request) -> bool:
         return request.headers.get("Authorization") == f"Bearer {self.token}"
 
     # -- endpoints ---------------------------------------------------------------------------------------------
 
     async def batch(self, request: web.Request) -> web.Response:
+        fault = await self._delivery_faults()
+        if fault is not None:
+            return fault
         try:
             body = orjson.loads(await request.read())
             key, jsons = body["intake_key"], body["jsons"]
@@ -142,6 +180,9 @@ class RuntimeStub:
             return web.json_response({"message": "Invalid intake key"}, status=401)
         if not isinstance(jsons, list) or not all(isinstance(item, str) for item in jsons):
             return web.json_response({"message": "jsons must be a list of strings"}, status=400)
+        refusal = self._refusal([item.encode("utf-8", "surrogatepass") for item in jsons])
+        if refusal is not None:
+            return refusal
         if jsons:
             self._out.write("\n".join(jsons).encode("utf-8") + b"\n")
             self._out.flush()
@@ -151,6 +192,9 @@ class RuntimeStub:
         return web.json_response({"received": True, "event_ids": [f"ev-{first + i}" for i in range(len(jsons))]})
 
     async def callback(self, request: web.Request) -> web.Response:
+        fault = await self._delivery_faults()
+        if fault is not None:
+            return fault
         if not self._authorized(request):
             self.stats.rejected += 1
             return web.json_response({"message": "Invalid token"}, status=401)
@@ -169,6 +213,9 @@ class RuntimeStub:
                     records.extend(orjson.loads(path.read_bytes()))
                 except (OSError, orjson.JSONDecodeError) as error:
                     return web.json_response({"message": f"cannot read {path}: {error}"}, status=400)
+        refusal = self._refusal([orjson.dumps(record) for record in records])
+        if refusal is not None:
+            return refusal
         if records:
             self._out.write(b"".join(orjson.dumps(record) + b"\n" for record in records))
             self._out.flush()
@@ -192,8 +239,13 @@ class RuntimeStub:
         return web.json_response({"value": self.module_secrets, "node_value": self.trigger_secrets})
 
     async def control(self, request: web.Request) -> web.Response:
-        """``{"latency_ms", "failure_rate", "down_for" (seconds from now), "down_status"}``: any subset."""
+        """``{"latency_ms", "failure_rate", "down_for" (seconds from now), "down_status", "refuse_markers",
+        "refuse_status", "refuse_over_bytes", "deny_status", "hang_seconds"}``: any subset."""
         body = orjson.loads(await request.read() or b"{}")
+        for name, kind in (("refuse_markers", list), ("refuse_status", int), ("refuse_over_bytes", int),
+                           ("deny_status", int), ("hang_seconds", float)):
+            if name in body:
+                setattr(self.knobs, name, kind(body[name]))
         if "latency_ms" in body:
             self.knobs.latency_ms = float(body["latency_ms"])
         if "failure_rate" in body:
