@@ -15,7 +15,6 @@ import socket
 import subprocess
 import tempfile
 import threading
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -179,7 +178,7 @@ class O365Rig:
             "extra_ids": list(extra)[:10],
         }
 
-    def wait_complete(self, timeout: float, expected: int | None = None, settle: float = 0.0) -> bool:
+    def wait_complete(self, timeout: float, expected: int | None = None) -> bool:
         """Until the delivered Ids cover the published ones (the expected count when given)."""
 
         def done() -> bool:
@@ -188,10 +187,11 @@ class O365Rig:
                 return False
             return expected is not None or not (self.published() - self.delivered())
 
-        ok = wait_until(done, timeout, interval=0.5)
-        if ok and settle:
-            time.sleep(settle)
-        return ok
+        return wait_until(done, timeout, interval=0.5)
+
+    def listing_pages(self) -> int:
+        """Listing pages the emulator answered: a re-list of every content type adds at least one each."""
+        return self.emulator.stats()["responses"].get("content_list 200", 0)
 
     def logs(self) -> list[dict]:
         path = Path(self.runtime.info["logs_out"])

@@ -80,13 +80,18 @@ def test_faults_duplicates_late_expired_vanished_and_malformed_blobs(tmp_path):
         env = rig.env(config)
         proc = rig.start_trigger(config)
         try:
-            time.sleep(7)  # until the late blobs are published, in windows the trigger already listed
+            # The late blobs appear in windows the trigger already listed: complete means it found them too.
+            assert wait_until(
+                lambda: all(blob["visible"] for blob in rig.emulator.blobs() if blob["role"] == "late"), 30
+            )
             assert rig.wait_complete(120), rig.comparison()
             # Bad blobs deliver nothing the ground truth counts: wait until each was seen (it logs them).
             malformed = [blob["contentId"] for blob in rig.emulator.blobs() if blob["state"] == "malformed"]
             trigger_log = tmp_path / "trigger.log"
             assert wait_until(lambda: all(cid in trigger_log.read_text() for cid in malformed), 60)
-            time.sleep(2)  # nothing more arrives
+            # Re-lists (every 3 s) bring nothing twice: counted once two more went by.
+            pages = rig.listing_pages()
+            assert wait_until(lambda: rig.listing_pages() >= pages + 2 * 5, 60)
             metrics = scrape(env["METRICS_PORT"])
         finally:
             assert rig.stop_trigger(proc) == 0
@@ -124,12 +129,13 @@ def test_throttled_answers_slow_the_trigger_down_and_it_finishes(tmp_path):
         env = rig.env(config)
         proc = rig.start_trigger(config)
         try:
-            assert wait_until(lambda: sum(rig.emulator.stats()["throttled"].values()) > 0, 60)
-            time.sleep(1)  # the requests in flight when the quota ran out are throttled together
-            throttled_at_first = sum(rig.emulator.stats()["throttled"].values())
-            time.sleep(4)
-            # Then it holds back: a probe or two while the quota's window drains, not a retry storm.
-            assert sum(rig.emulator.stats()["throttled"].values()) <= throttled_at_first + 3
+            assert wait_until(lambda: throttled(rig) > 0, 60)
+            # The requests in flight when the quota ran out are throttled together: once their answers are in,
+            # it holds back (1 s, 2 s, 4 s...), a probe or two while the quota's window drains, not a retry storm.
+            assert wait_until(lambda: quiet(rig, 0.5), 30)
+            throttled_at_first = throttled(rig)
+            time.sleep(4)  # a window of observation (a client retrying at once gets hundreds of answers in it)
+            assert throttled(rig) <= throttled_at_first + 3
             metrics = scrape(env["METRICS_PORT"])
             assert "symphony_module_microsoft_o365_throttled_responses_total" in metrics
             pace = [
@@ -144,6 +150,17 @@ def test_throttled_answers_slow_the_trigger_down_and_it_finishes(tmp_path):
             assert rig.stop_trigger(proc) == 0
         comparison = rig.comparison()
         assert comparison["lost"] == 0 and comparison["duplicates"] == 0, comparison
+
+
+def throttled(rig: O365Rig) -> int:
+    return sum(rig.emulator.stats()["throttled"].values())
+
+
+def quiet(rig: O365Rig, seconds: float) -> bool:
+    """No throttled answer for ``seconds``."""
+    before = throttled(rig)
+    time.sleep(seconds)
+    return throttled(rig) == before
 
 
 def test_stop_and_kill_mid_backlog_lose_nothing(tmp_path):
@@ -236,8 +253,10 @@ def test_token_endpoint_down_at_start_then_back(tmp_path):
     with O365Rig(tmp_path, "--token-down", "503") as rig:
         proc = rig.start_trigger(rig.trigger_config())
         try:
-            time.sleep(6)
-            assert proc.poll() is None and rig.delivered_count() == 0  # waiting for Entra, not dead
+            # Refused, tried again after a pause, and said: waiting for Entra, not dead.
+            assert wait_until(lambda: rig.emulator.stats()["requests"].get("token", 0) >= 2, 60)
+            assert wait_until(lambda: any("Microsoft Entra failed" in entry["message"] for entry in rig.logs()), 30)
+            assert proc.poll() is None and rig.delivered_count() == 0
             rig.emulator.control(token_down="")
             assert rig.wait_complete(60), rig.comparison()
         finally:

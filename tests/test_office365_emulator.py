@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from emulators.office365 import CONTENT_TYPES, Office365Emulator
 from emulators.office365.harness import EmulatorProcess, trust_emulator_ca
 from emulators.office365.timefmt import parse_query_time
+from emulators.process import wait_until
 from tests.o365_fixtures import o365_emulator, o365_emulator_factory  # noqa: F401
 
 SCOPE = "https://manage.office.com/.default"
@@ -341,7 +342,8 @@ def test_token_down_and_token_lifetime(emu):
     emu.control(token_down=False, token_lifetime=1)
     short = fetch_token(emu.info).json()
     assert short["expires_in"] == 1
-    time.sleep(2.05)
+    # Refused as expired once its second is over.
+    assert wait_until(lambda: emu.get("/subscriptions/list", token=short["access_token"]).status_code == 401, 10)
     expired = emu.get("/subscriptions/list", token=short["access_token"])
     assert expired.status_code == 401 and "expired" in expired.json()["error"]["message"]
     assert "WWW-Authenticate" in expired.headers
@@ -578,7 +580,7 @@ def test_problem_blobs_and_late_blobs(o365_emulator_factory):  # noqa: F811
     assert Counter(before["ids"]) == delivered
     # fixtures + partially malformed and oversize blobs (5 x 5 records each), + duplicates rescued from bad blobs
     assert before["count"] >= FIXTURE_RECORDS + 25 + 25
-    time.sleep(1.6)
+    assert wait_until(lambda: all(blob["visible"] for blob in api.emulator("blobs") if blob["role"] == "late"), 30)
     delivered, _ = collect_all(api)
     after = api.emulator("published")
     assert Counter(after["ids"]) == delivered
@@ -586,9 +588,7 @@ def test_problem_blobs_and_late_blobs(o365_emulator_factory):  # noqa: F811
 
 
 def test_generated_content_and_continuous(o365_emulator_factory):  # noqa: F811
-    began = time.monotonic()
     emulator, info = o365_emulator_factory(blobs=400, records_per_blob=50, seed=3, subscribed=["Audit.Exchange"])
-    assert time.monotonic() - began < 20
     api = Api(info)
     published = api.emulator("published")
     assert published["count"] == 400 * 50 == len(set(published["ids"]))  # only the subscribed type counts
@@ -603,19 +603,20 @@ def test_generated_content_and_continuous(o365_emulator_factory):  # noqa: F811
         assert created - timedelta(minutes=31) <= datetime.fromisoformat(record["CreationTime"]) <= created
 
     emulator.control(continuous=20)
-    time.sleep(0.6)
+    assert wait_until(lambda: api.emulator("published", ids=0)["count"] >= published["count"] + 5 * 50, 30)
     emulator.control(continuous=0)
-    grown = api.emulator("published", ids=0)["count"]
-    assert grown >= published["count"] + 5 * 50
 
 
 def test_keep_alive_has_no_nagle_stalls(emu):
-    # 40 ms delayed-ACK stalls would make 40 sequential keep-alive requests take well over a second.
+    # A 40 ms delayed-ACK stall would hold back every keep-alive answer: even the fastest of 40 would take 40 ms.
+    # Load only slows some of them down, so the fastest one is the measure.
     emu.get("/resources/dlpSensitiveTypes")
-    began = time.monotonic()
+    fastest = float("inf")
     for _ in range(40):
+        began = time.monotonic()
         assert emu.get("/resources/dlpSensitiveTypes").status_code == 200
-    assert time.monotonic() - began < 1.2
+        fastest = min(fastest, time.monotonic() - began)
+    assert fastest < 0.035
 
 
 async def test_in_loop_async_api():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 
@@ -112,20 +111,37 @@ def provider(stub: StubEntra, logs: list) -> TokenProvider:
     return tokens
 
 
-def test_tokens_are_cached_renewed_before_expiry_and_once_after_a_rejection():
+class Clock:
+    def __init__(self):
+        self.now = 5000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def test_tokens_are_cached_renewed_before_expiry_and_once_after_a_rejection(monkeypatch):
+    import office365.auth
+
+    clock = Clock()  # the provider's clock only: asyncio keeps the real one
+    monkeypatch.setattr(office365.auth, "time", clock)
+
     async def scenario():
-        stub, logs = StubEntra(lifetime=0.5), []
+        stub, logs = StubEntra(lifetime=100), []
         tokens = provider(stub, logs)
         assert await tokens.token() == "token-1"
+        clock.now += 79.9
         assert await tokens.token() == "token-1"  # cached
-        await asyncio.sleep(0.45)  # 80% of a short life: renewed before it expires
+        clock.now += 0.2  # past 80% of a short life, before its end: renewed before it expires
         assert await tokens.token() == "token-2"
         # Many requests rejected with the same token: one renewal between them.
         renewed = await asyncio.gather(*(tokens.renew_after_rejection("token-2") for _ in range(5)))
         assert renewed == ["token-3"] * 5 and stub.calls == 3
         long_lived = provider(StubEntra(lifetime=3599), [])
         await long_lived.token()
-        assert 3290 < long_lived._renew_at - time.monotonic() < 3300  # five minutes before expiry
+        clock.now += 3298.9
+        assert await long_lived.token() == "token-1"
+        clock.now += 0.2  # five minutes before expiry
+        assert await long_lived.token() == "token-2"
 
     asyncio.run(scenario())
 
