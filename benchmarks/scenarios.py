@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,7 +12,7 @@ import requests
 from benchmarks.measure import Run, run_trigger
 from emulators import fixtures
 from emulators.azurite import Azurite
-from emulators.process import ROOT, ServerProcess
+from emulators.process import ServerProcess, python_child
 from emulators.runtime.harness import Runtime
 
 O365_CONTENT_TYPES = 5
@@ -225,17 +223,16 @@ def run_bare_client(work: Path, backlog: EventHubBacklog, group: str, timeout: f
     """The bare azure-eventhub aio consumer reading the same events and doing nothing: the client's ceiling."""
     run = Run()
     started = time.monotonic()
-    result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.bare_consumer", backlog.info["connection_string"], backlog.hub, group,
-         str(backlog.events), str(timeout)],
-        cwd=ROOT, env=os.environ.copy(), capture_output=True, timeout=timeout + 60,
-    )
-    (work / "bare.log").write_bytes(result.stderr)
-    figures = orjson.loads(result.stdout.splitlines()[-1])
+    with python_child("-m", "benchmarks.bare_consumer", backlog.info["connection_string"], backlog.hub, group,
+                      str(backlog.events), str(timeout), name="bare_consumer", stdout=subprocess.PIPE,
+                      stderr=subprocess.PIPE) as proc:
+        stdout, stderr = proc.communicate(timeout=timeout + 60)
+    (work / "bare.log").write_bytes(stderr)
+    figures = orjson.loads(stdout.splitlines()[-1])
     run.records, run.seconds = figures["events"], figures["seconds"]
     run.cpu_seconds, run.peak_rss_mb = figures["cpu_seconds"], figures["peak_rss_mb"]
     run.complete = figures["events"] >= backlog.events
-    run.exit_code = result.returncode
+    run.exit_code = proc.returncode
     del started
     return run
 

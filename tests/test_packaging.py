@@ -1,4 +1,4 @@
-"""The packaging rules every Sekoia module is checked against (shared/reference/sekoia-module.md §3)."""
+"""The packaging rules every Sekoia module is checked against (the Sekoia module contract, its packaging section)."""
 
 import importlib
 import json
