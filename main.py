@@ -5,6 +5,7 @@ never loads msal, so each starts collecting sooner.
 """
 
 import importlib
+import os
 import sys
 
 TRIGGERS = {
@@ -14,6 +15,9 @@ TRIGGERS = {
 
 
 def main() -> int:
+    # Every file the process writes holds audit data or leads to it (state, ledgers, set-aside events, the
+    # records files of playbook events): readable by this user only (files 0600, directories 0700).
+    os.umask(0o077)
     # The SDK's storage layer probes every smart_open transport at import; the Azure one imports
     # azure.storage.blob where it is installed (a development dependency), 0.3-0.5 s of start-up for a
     # transport the SDK never uses here.

@@ -26,6 +26,7 @@ from azure.eventhub.aio import CheckpointStore
 
 from azure_eventhub import metrics
 from connectors.errors import ConfigurationError
+from connectors.logs import OnceLogger
 from connectors.retry import Backoff
 from connectors.state import StateFile
 
@@ -137,7 +138,7 @@ class CheckpointWriter:
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
-        self._failing_since: float | None = None
+        self._outage = OnceLogger(log)
         self.written = 0
         self.failures = 0
 
@@ -203,10 +204,8 @@ class CheckpointWriter:
                 self.written += 1
                 metrics.checkpoints_written.inc()
                 metrics.checkpoint_sequence.labels(partition_id).set(position.sequence_number)
-        if not failed and self._failing_since is not None:
-            self._log(f"Checkpoint store reachable again after {time.monotonic() - self._failing_since:.0f}s; "
-                      "checkpoints are saved again", "info")
-            self._failing_since = None
+        if not failed:
+            self._outage.ended("Checkpoint store reachable again; checkpoints are saved again")
         return failed
 
     async def _write_one(self, partition_id: str, position: Position) -> None:
@@ -217,13 +216,11 @@ class CheckpointWriter:
     def _failed(self, partition_id: str, error: BaseException) -> None:
         self.failures += 1
         metrics.checkpoint_failures.inc()
-        if self._failing_since is None:
-            self._failing_since = time.monotonic()
-            self._log(
-                f"Saving the checkpoint of partition {partition_id} failed ({describe_error(error)}); the records "
-                "were delivered, retrying: if the trigger restarts meanwhile, they are read and sent again",
-                "error",
-            )
+        self._outage.began(
+            f"Saving the checkpoint of partition {partition_id} failed ({describe_error(error)}); the records "
+            "were delivered, retrying: if the trigger restarts meanwhile, they are read and sent again",
+            "error",
+        )
 
     async def flush(self, timeout: float) -> bool:
         """Write what is pending now; True when nothing is left unwritten."""

@@ -35,6 +35,7 @@ from azure_eventhub.config import EventHubConfiguration, parse_starting_position
 from azure_eventhub.records import RecordSplitter, SplitStats
 from connectors.delivery import Forwarder
 from connectors.errors import ConfigurationError
+from connectors.logs import OnceLogger
 from connectors.state import StateFile
 
 LogFunction = Callable[[str, str], None]
@@ -104,7 +105,8 @@ class Consumer:
         self._reported = SplitStats()
         self._text_warned_at = -1e9
         self._skips_told: set[str] = set()
-        self._error_streaks: dict[str, tuple[int, float]] = {}
+        # Once per outage (two quiet minutes end one), then a reminder every ten minutes, never per event.
+        self._errors = OnceLogger(log, remind_every=600.0, forget_after=120.0)
         self._owner_saved = False
         self._last_batch_at = 0.0
         self._unflushed = False
@@ -254,14 +256,7 @@ class Consumer:
         where = f"partition {partition_id}" if partition_id is not None else "load balancing (checkpoint store)"
         kind = "partition" if partition_id is not None else "load_balancing"
         metrics.receive_errors.labels(kind).inc()
-        streak, last = self._error_streaks.get(where, (0, 0.0))
-        now = time.monotonic()
-        if now - last > 120:  # quiet for two minutes: this is a new outage
-            streak = 0
-        self._error_streaks[where] = (streak + 1, now)
-        if streak == 0 or streak % 20 == 0:  # once per outage, then a reminder now and then, never per event
-            self.log(f"Event Hubs {where}: {describe_error(error)}; the client retries by itself "
-                     f"({streak + 1} errors so far)", "warning")
+        self._errors.began(f"Event Hubs {where}: {describe_error(error)}; the client retries by itself", key=where)
 
     def _fail(self, error: ConfigurationError, kind: str) -> None:
         metrics.receive_errors.labels(kind).inc()

@@ -40,6 +40,7 @@ from sekoia_automation.constants import EVENT_BYTES_MAX_SIZE, INTAKE_PAYLOAD_BYT
 
 from connectors import metrics
 from connectors.errors import ConfigurationError
+from connectors.logs import OnceLogger
 from connectors.retry import Backoff, parse_retry_after
 from connectors.state import Journal
 from connectors.truncation import digest, shorten
@@ -289,7 +290,7 @@ class Forwarder:
         self._closed = False
         self._abort_at: float | None = None  # once stopping: no attempt starts or waits past this moment
         self._wake = threading.Event()  # cuts a backoff sleep short when stopping or failing
-        self._outage_since: float | None = None
+        self._outage = OnceLogger(self._log)
         self._failure: str | None = None
         self._abort_told = False
         self.fatal_error: ConfigurationError | None = None
@@ -398,8 +399,7 @@ class Forwarder:
     @property
     def outage_seconds(self) -> float | None:
         """How long the runtime has been failing to confirm (None: it answers)."""
-        since = self._outage_since
-        return None if since is None else time.monotonic() - since
+        return self._outage.lasting()
 
     def _current(self) -> _Batch:
         if not self._batch:
@@ -604,15 +604,7 @@ class Forwarder:
     # senders, batches and attempts in between.
 
     def _outage_began(self, error: RetryableError) -> None:
-        with self._lock:
-            if self._outage_since is not None:
-                return
-            self._outage_since = time.monotonic()
-        self._log(f"Delivery to the runtime failed, retrying until it succeeds: {error}", "warning")
+        self._outage.began(f"Delivery to the runtime failed, retrying until it succeeds: {error}")
 
     def _outage_ended(self) -> None:
-        with self._lock:
-            if self._outage_since is None:
-                return
-            lasted, self._outage_since = time.monotonic() - self._outage_since, None
-        self._log(f"Runtime reachable again after {lasted:.0f}s; delivery resumed", "info")
+        self._outage.ended("Runtime reachable again; delivery resumed")

@@ -14,8 +14,6 @@ from datetime import UTC, datetime
 
 from connectors.retry import Backoff
 
-logger = logging.getLogger(__name__)
-
 MASK = "***"
 # Credentials embedded in connection strings and URLs are secrets of their own.
 _EMBEDDED = re.compile(r"(?i)(SharedAccessKey|AccountKey|SharedAccessSignature|sig|client_secret)=([^;&\s\"']+)")
@@ -44,6 +42,13 @@ class Redactor:
         if self._secrets:
             ordered = sorted(self._secrets, key=len, reverse=True)
             self._pattern = re.compile("|".join(re.escape(secret) for secret in ordered))
+
+    def discard(self, secrets: Iterable[str]) -> None:
+        """Forget values that are no longer secret (an expired access token), so a months-long run keeps a
+        short list."""
+        self._secrets.difference_update(secrets)
+        ordered = sorted(self._secrets, key=len, reverse=True)
+        self._pattern = re.compile("|".join(re.escape(secret) for secret in ordered)) if ordered else None
 
     def __call__(self, text: str) -> str:
         if self._pattern is not None:
@@ -119,15 +124,16 @@ class OnceLogger:
         self._lock = threading.Lock()
         self._ongoing: dict[str, list[float]] = {}  # key -> [began, last said, last seen, times]
 
-    def began(self, message: str, level: str = "warning", key: str = "") -> bool:
-        """The condition holds (again). True when this call said so."""
+    def began(self, message: str, level: str = "warning", key: str = "", since: float | None = None) -> bool:
+        """The condition holds (again), since the clock's ``since`` if known (e.g. when the failed attempt
+        started), else now. True when this call said so."""
         now = self._clock()
         with self._lock:
             entry = self._ongoing.get(key)
             if entry is not None and self._forget_after is not None and now - entry[2] >= self._forget_after:
                 entry = None
             if entry is None:
-                self._ongoing[key] = [now, now, now, 1]
+                self._ongoing[key] = [now if since is None else since, now, now, 1]
                 line = message
             else:
                 entry[2], entry[3] = now, entry[3] + 1
@@ -165,7 +171,7 @@ class LogPump:
     batches, warnings and above go at once. While the runtime is away the queue keeps the newest lines: when it
     is full the oldest debug/info line goes first (a warning or an error only when nothing else is left), and
     how many were dropped is said once the runtime answers again. ``flush`` waits, boundedly, for what is queued
-    (a critical line before exit). The same thread runs ``every`` (the status line): no thread of our own.
+    (a critical line before exit).
     """
 
     def __init__(
@@ -192,8 +198,6 @@ class LogPump:
         self._in_flight = 0
         self._flushing = 0
         self._thread: threading.Thread | None = None
-        self._timer: tuple[float, Callable[[], None]] | None = None
-        self._next_tick = math.inf
         self._say = say
         self.outage = OnceLogger(say)
         self.dropped: Counter[str] = Counter()  # since the last time it was said
@@ -209,14 +213,6 @@ class LogPump:
             if len(self._low) + len(self._high) > self._capacity:
                 dropped = (self._low or self._high).popleft()
                 self.dropped[dropped[2]["level"]] += 1
-            self._cond.notify_all()
-            self._start()
-
-    def every(self, interval: float, callback: Callable[[], None]) -> None:
-        """Call ``callback`` on the pump's thread every ``interval`` seconds (it may ``put`` lines)."""
-        with self._cond:
-            self._timer = (interval, callback)
-            self._next_tick = time.monotonic() + interval
             self._cond.notify_all()
             self._start()
 
@@ -253,14 +249,9 @@ class LogPump:
         batch: list[dict] = []
         retry_at = failed_at = 0.0
         while True:
-            tick = None
             with self._cond:
                 while True:
                     now = time.monotonic()
-                    if now >= self._next_tick and self._timer is not None:
-                        tick = self._timer[1]
-                        self._next_tick = now + self._timer[0]
-                        break
                     if batch and self._flushing:
                         retry_at = min(retry_at, failed_at + 0.5)  # someone waits: try again soon
                     if batch and now >= retry_at:
@@ -269,14 +260,9 @@ class LogPump:
                         batch = self._take()
                         self._in_flight = len(batch)
                         break
-                    wake = min(retry_at if batch else self._linger_until(), self._next_tick)
+                    wake = retry_at if batch else self._linger_until()
                     self._cond.wait(None if wake == math.inf else max(0.001, wake - now))
-            if tick is not None:
-                try:
-                    tick()
-                except Exception as error:  # noqa: BLE001 - a broken periodic task must not stop the logs
-                    logger.warning("Periodic task of %s failed: %r", self._name, error)
-                continue
+            attempt = time.monotonic()
             try:
                 self._send(batch)
             except Exception as error:  # noqa: BLE001 - any failure: keep the lines and try again
@@ -284,7 +270,7 @@ class LogPump:
                 retry_at = failed_at + backoff.next_delay()
                 self.outage.began(
                     f"Sending logs to the runtime failed ({describe_failure(error)}); they wait here (the newest "
-                    f"{self._capacity} lines) and go once it answers", "warning")
+                    f"{self._capacity} lines) and go once it answers", "warning", since=attempt)
                 continue
             backoff.reset()
             with self._cond:

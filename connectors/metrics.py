@@ -38,3 +38,15 @@ refused_events = Counter(
 pending_batches = Gauge(
     "pending_batches", "Batches waiting for the runtime's confirmation", ["trigger"], namespace=NAMESPACE
 )
+
+
+def gauge_values(metric) -> dict[str, float]:
+    """A metric's current values by its first label's value ("" without labels), through the public collect()."""
+    values: dict[str, float] = {}
+    for family in metric.collect():
+        for sample in family.samples:
+            if sample.name.endswith(("_created", "_bucket", "_count", "_sum")):
+                continue
+            label = next(iter(sample.labels.values()), "")
+            values[label] = values.get(label, 0.0) + sample.value
+    return values

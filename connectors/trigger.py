@@ -1,24 +1,35 @@
-"""The base both triggers stand on: configuration, secrets kept out of logs, delivery, state, clean stop."""
+"""The base both triggers stand on: configuration, secrets kept out of logs, logs that never block, a status
+line, delivery, state, one way to stop."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
+import threading
+import time
 from abc import abstractmethod
+from collections.abc import Awaitable, Callable
 from functools import cached_property
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
+import requests
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sekoia_automation.configuration.exception import MissingConfigurationError
 from sekoia_automation.connector import Connector
 from sekoia_automation.exceptions import ModuleConfigurationError, TriggerConfigurationError
+from sekoia_automation.module import ModuleItem
 from sekoia_automation.trigger import Trigger
 
 from connectors.delivery import STOP_GRACE_SECONDS, BatchLimits, Forwarder, IntakeSink, PlaybookSink, SetAsideStore
 from connectors.errors import ConfigurationError, CorruptStateError
-from connectors.logs import Redactor, install_redaction
+from connectors.logs import LogPump, Redactor, format_duration, install_redaction
 from connectors.retry import Backoff
+from connectors.state import private_directory
+from connectors.stopping import unless_stopping
+
+T = TypeVar("T")
 
 # Outside a container there is no /symphony_data: this variable moves the data path (checkpoints, records files).
 DATA_PATH_VARIABLE = "SEKOIA_DATA_PATH"
@@ -57,6 +68,12 @@ class CollectorConfiguration(BaseModel):
         title="Batch age (seconds)",
         description="Longest time a record waits in a batch before it is sent",
     )
+    status_interval_seconds: float = Field(
+        600.0,
+        ge=0,
+        description="Every this many seconds, one status line in the playbook's logs: records forwarded, lag and "
+        "pending work, throttling, set-aside events, runtime outage. 0: no status line",
+    )
 
     # Configuration fields whose values must never appear in a log line or a metric.
     secret_fields: ClassVar[tuple[str, ...]] = ("intake_key",)
@@ -92,6 +109,9 @@ class CollectorTrigger(Connector):
     last_heartbeat_threshold = 900
     # Delivery's share of the 20 s an orchestrator gives after SIGTERM, counted from the signal.
     stop_grace_seconds = STOP_GRACE_SECONDS
+    # At exit, queued log lines (a critical one above all) get this long to reach the runtime.
+    log_flush_seconds = 3.0
+    log_request_timeout = (5.0, 10.0)  # connect, read: one attempt to send log lines (the pump retries)
     # Set when a run ended on a configuration or state error, so main.py exits non-zero.
     fatal_error: ClassVar[str | None] = None
 
@@ -101,6 +121,17 @@ class CollectorTrigger(Connector):
         super().__init__(module, data_path, **kwargs)
         self._redactor = Redactor()
         self._failures = Backoff(base=2.0, cap=120.0)
+        # Logs reach the runtime through our pump only: the SDK's timer would send them a second way.
+        self._logs_timer.stop()
+        self._runtime_logs = LogPump(self._post_logs, self.log)
+        self._log_lock = threading.Lock()  # the SDK's rate-limit cache is not thread-safe
+        self._forwarded = 0
+        self._forwarded_lock = threading.Lock()
+        self._status_interval = 0.0
+        self._status_since = self._status_due = time.monotonic()
+        self._status_turn = threading.Lock()
+        # The running event loop and its stop event, woken by stop() from the signal handler or any thread.
+        self._wake: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
 
     # -- configuration ----------------------------------------------------------------------------------------
 
@@ -129,18 +160,92 @@ class CollectorTrigger(Connector):
     # -- logging ------------------------------------------------------------------------------------------------
 
     def log(self, message: str, level: str = "info", *args, **kwargs) -> None:
-        super().log(self._redactor(message), level, *args, **kwargs)
+        """Log locally at once and queue for the runtime: never waits, whatever the runtime does (the SDK's own
+        ``log`` sends synchronously, with retries for over a minute, from whichever thread logs)."""
+        message = self._redactor(message)
+        with self._log_lock:
+            if level == "critical" and self._critical_log_sent:
+                level = "error"  # the SDK's rule: one critical line per run
+            if kwargs.pop("propagate", True):
+                ModuleItem.log(self, message, level, *args, **kwargs)  # the process's output (and Sentry)
+            key = f"{level.lower()}:{message}"
+            if self._rate_limited_logs.get(key):  # the SDK's rule: the same line at most once a minute
+                return
+            self._rate_limited_logs[key] = True
+            if level == "critical":
+                self._critical_log_sent = True
+        self._runtime_logs.put(message, level)
 
     # log_exception needs no override: its text goes through log() above, its traceback through the root
     # handlers' RedactingFilter.
+
+    def _post_logs(self, batch: list[dict]) -> None:
+        """One attempt (the pump retries), on the pump's thread; the SDK's endpoint, token and body."""
+        response = self._logs_session.post(self.logs_url, json={"logs": batch}, headers=self._headers,
+                                           timeout=self.log_request_timeout)
+        response.raise_for_status()
+
+    @cached_property
+    def _logs_session(self) -> requests.Session:
+        return requests.Session()
+
+    def _send_logs_to_api(self) -> None:
+        """Called by the SDK when the trigger ends: what is queued gets a bounded wait, not the SDK's minute."""
+        self._runtime_logs.flush(self.log_flush_seconds)
+
+    # -- status line ----------------------------------------------------------------------------------------
+
+    def status(self) -> list[str]:
+        """The trigger's own figures for the status line (lag and pending work per content type or partition,
+        throttling...), each a short phrase; called from whichever thread beats the heartbeat, so it reads
+        thread-safe figures (the gauges the monitors keep)."""
+        return []
+
+    def status_line(self) -> str:
+        with self._forwarded_lock:
+            forwarded, self._forwarded = self._forwarded, 0
+        now = time.monotonic()
+        period, self._status_since = now - self._status_since, now
+        parts = [f"{forwarded} records forwarded in the last {format_duration(period)}"]
+        try:
+            parts += self.status()
+        except Exception as error:  # noqa: BLE001 - the line still says what the base knows
+            parts.append(f"trigger figures unavailable ({type(error).__name__})")
+        forwarder = self.__dict__.get("forwarder")
+        if forwarder is not None:
+            if forwarder.shortened or forwarder.refused:
+                parts.append(f"{forwarder.shortened} oversize events sent shortened and {forwarder.refused} refused "
+                             f"by the runtime since the start, kept whole in {forwarder.set_aside_path}")
+            outage = forwarder.outage_seconds
+            if outage is not None:
+                parts.append(f"the runtime has not confirmed a batch for {format_duration(outage)}")
+        logs_outage = self._runtime_logs.outage.lasting()
+        if logs_outage is not None:
+            parts.append(f"the runtime's log endpoint has failed for {format_duration(logs_outage)}")
+        return "Status: " + "; ".join(parts)
+
+    def heartbeat(self) -> None:
+        """The collect loops beat every second or two: the status line's clock (on time whatever the runtime
+        does, since logging never waits; a stalled loop shows as missing lines and a failing liveness)."""
+        super().heartbeat()
+        if not self._status_interval or time.monotonic() < self._status_due:
+            return
+        if not self._status_turn.acquire(blocking=False):
+            return  # another thread is saying it
+        try:
+            self._status_due = time.monotonic() + self._status_interval
+            line = self.status_line()
+            ModuleItem.log(self, line, "info")
+            self._runtime_logs.put(line, "info")  # not rate-limited: a quiet trigger's lines may repeat
+        finally:
+            self._status_turn.release()
 
     # -- delivery and state -------------------------------------------------------------------------------------
 
     @cached_property
     def state_dir(self) -> Path:
-        path = Path(self.data_path) / "state" / self.name
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+        # Both levels: the directory of every trigger's state is no one else's business either.
+        return private_directory(private_directory(Path(self.data_path) / "state") / self.name)
 
     @cached_property
     def metric_intake(self) -> str:
@@ -187,6 +292,8 @@ class CollectorTrigger(Connector):
     def _delivered(self, count: int) -> None:
         self._error_count = 0
         self._failures.reset()
+        with self._forwarded_lock:
+            self._forwarded += count
         self.put_forwarded_events(intake_key=self.metric_intake, count=count)
 
     # -- run ----------------------------------------------------------------------------------------------------
@@ -195,16 +302,59 @@ class CollectorTrigger(Connector):
     def collect(self) -> None:
         """Collect until ``self.running`` turns false; hand records to ``self.forwarder`` with their acks."""
 
+    # One way to stop: SIGTERM -> stop() -> the run's stop event, set on its loop at once -> every wait of the
+    # collection ends ("unless stopping") -> collect() returns -> the forwarder gets stop_grace_seconds.
+
+    def run_async(self, main: Callable[[asyncio.Event], Awaitable[None]], stopping: asyncio.Event | None = None) -> None:
+        """Run ``main(stopping)`` on a new event loop; ``stop()`` sets ``stopping`` from any thread."""
+
+        async def body() -> None:
+            event = stopping or asyncio.Event()
+            self._wake = (asyncio.get_running_loop(), event)
+            if not self.running:  # stopped before the loop listened
+                event.set()
+            try:
+                await main(event)
+            finally:
+                self._wake = None
+
+        asyncio.run(body())
+
+    async def unless_stopping(self, step: Awaitable[T]) -> T:
+        """A start-up step (a probe may wait a minute for an unreachable endpoint), cut short by a stop
+        (raises ``Stopping``)."""
+        if self._wake is None:
+            raise RuntimeError("unless_stopping outside run_async")
+        return await unless_stopping(step, self._wake[1])
+
     def stop(self, *args, **kwargs) -> None:
         super().stop(*args, **kwargs)
         forwarder = self.__dict__.get("forwarder")
         if forwarder is not None:  # delivery's deadline counts from the stop request
             forwarder.stopping(self.stop_grace_seconds)
+        wake = self._wake
+        if wake is not None:
+            try:
+                wake[0].call_soon_threadsafe(wake[1].set)
+            except RuntimeError:
+                pass  # the loop already ended
+
+    def finish_delivery(self) -> bool:
+        """After the collect loop: stopping, deliver what was handed over within the grace and close; after a
+        failed run, wait for it (the next run reads a complete state). True when all was confirmed."""
+        forwarder = self.__dict__.get("forwarder")
+        if forwarder is None:
+            return True
+        if self.running:
+            return forwarder.drain(timeout=self.stop_grace_seconds)
+        return forwarder.close(grace=self.stop_grace_seconds)
 
     def run(self) -> None:
         try:
             self._redactor.add(self._secret_values())
             install_redaction(self._redactor)
+            self._status_interval = self.configuration.status_interval_seconds
+            self._status_due = time.monotonic() + self._status_interval
             self.collect()
         except (ConfigurationError, CorruptStateError, TriggerConfigurationError, ModuleConfigurationError) as error:
             CollectorTrigger.fatal_error = str(error)
@@ -215,8 +365,7 @@ class CollectorTrigger(Connector):
             self.log_exception(error, message=f"Collection failed ({type(error).__name__}); restarting in {delay:.0f}s")
             self._stop_event.wait(delay)
         finally:
-            if not self.running and "forwarder" in self.__dict__:
-                if not self.forwarder.close(grace=self.stop_grace_seconds):
-                    self.log("Stopped with undelivered events; they will be collected again at the next start", "warning")
+            if not self.running and not self.finish_delivery():
+                self.log("Stopped with undelivered events; they will be collected again at the next start", "warning")
             self.heartbeat()
 

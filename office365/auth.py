@@ -18,6 +18,7 @@ import msal.exceptions
 import requests
 
 from connectors.errors import ConfigurationError
+from connectors.logs import OnceLogger
 from connectors.retry import Backoff
 from office365.config import Credential, Endpoints
 from office365.tls import requests_verify
@@ -130,7 +131,7 @@ class TokenProvider:
         self._renew_at = 0.0
         self._lock = asyncio.Lock()
         self._backoff = Backoff(base=1.0, cap=15.0)
-        self._failing_since: float | None = None
+        self._outage = OnceLogger(log)
         self.renewals = 0
 
     async def token(self) -> str:
@@ -154,14 +155,10 @@ class TokenProvider:
                 token, lifetime = await asyncio.to_thread(self._acquire)
             except TransientAuthError as error:
                 delay = self._backoff.next_delay()
-                if self._failing_since is None:
-                    self._failing_since = time.monotonic()
-                    self._log(f"Getting a token from Microsoft Entra failed, retrying: {error}", "warning")
+                self._outage.began(f"Getting a token from Microsoft Entra failed, retrying: {error}")
                 await asyncio.sleep(delay)
                 continue
-            if self._failing_since is not None:
-                self._log(f"Microsoft Entra answered again after {time.monotonic() - self._failing_since:.0f}s", "info")
-                self._failing_since = None
+            self._outage.ended("Microsoft Entra answered again")
             self._backoff.reset()
             self._token = token
             # Five minutes before expiry (short-lived tokens: at 80% of their life).

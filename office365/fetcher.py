@@ -12,6 +12,7 @@ import asyncio
 from dataclasses import dataclass
 
 from connectors.retry import Backoff
+from connectors.stopping import Stopping
 from office365.client import ApiError, ApiResponse, ManagementClient, Throttled, TransientError, sleep_or_stop
 from office365.listing import ContentRef
 from office365.subscriptions import fatal
@@ -19,10 +20,6 @@ from office365.subscriptions import fatal
 SKIP_CODES = {"AF20050": "vanished", "AF20051": "expired", "AF20052": "invalid_id"}
 TRANSIENT_ATTEMPTS = 6
 THROTTLED_ATTEMPTS = 30
-
-
-class Stopping(Exception):
-    """The trigger is stopping: give up quietly."""
 
 
 class Deferred(Exception):

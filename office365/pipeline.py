@@ -18,6 +18,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from connectors.delivery import Forwarder
+from connectors.stopping import unless_stopping
 from office365 import metrics
 from office365.auth import TokenProvider
 from office365.client import ApiError, ManagementClient, Throttled, TransientError, sleep_or_stop
@@ -90,7 +91,6 @@ class Pipeline:
         loop = asyncio.get_running_loop()
         slots = asyncio.Semaphore(config.max_concurrency * 2)
         processor = Processor(self.forwarder, self.state, self._log, lambda: loop.call_soon_threadsafe(slots.release))
-        watcher = asyncio.create_task(self._watch_running())
         try:
             async with client:
                 await self._unless_stopping(tokens.token())  # wrong credentials stop here, with one clear message
@@ -117,23 +117,13 @@ class Pipeline:
         except Stopping:
             pass
         finally:
-            watcher.cancel()
             self.stopping.set()
             if not await asyncio.to_thread(processor.stop):
                 self._log("Processing did not stop in time (the runtime is slow to accept events)", "warning")
 
     async def _unless_stopping(self, step):
         """Run a start-up step (it may wait long for Entra or the API to come back) unless the trigger stops."""
-        task = asyncio.ensure_future(step)
-        stop = asyncio.create_task(self.stopping.wait())
-        try:
-            await asyncio.wait([task, stop], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stop.cancel()
-        if not task.done():
-            task.cancel()
-            raise Stopping()
-        return task.result()
+        return await unless_stopping(step, self.stopping)
 
     async def _until_stop_or_failure(self, tasks: list[asyncio.Task]) -> None:
         stop = asyncio.create_task(self.stopping.wait())
@@ -147,11 +137,6 @@ class Pipeline:
         for result in results:
             if isinstance(result, BaseException) and not isinstance(result, (asyncio.CancelledError, Stopping)):
                 raise result
-
-    async def _watch_running(self) -> None:
-        while self._running():
-            await asyncio.sleep(0.2)
-        self.stopping.set()
 
     async def _retrying(self, call, what: str) -> None:
         """Retry a start-up call through transient trouble until it works or the trigger stops."""

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import timedelta
 
+from connectors.logs import format_duration
+from connectors.metrics import gauge_values
 from connectors.trigger import CollectorTrigger
+from office365 import metrics
 from office365.config import Office365Configuration, resolve_credential, resolve_endpoints
 from office365.pipeline import Pipeline
 from office365.state import CollectorState
@@ -13,6 +15,24 @@ from office365.state import CollectorState
 
 class Office365Trigger(CollectorTrigger):
     configuration_model = Office365Configuration
+    _throttled_before = 0.0
+
+    def status(self) -> list[str]:
+        """Lag and pending blobs per content type, and throttling, from the gauges the pipeline's monitor keeps."""
+        lag, pending = gauge_values(metrics.lag_seconds), gauge_values(metrics.pending_blobs)
+        config: Office365Configuration = self.configuration  # type: ignore[assignment]
+        parts = [
+            f"{content_type}: lag {format_duration(lag[content_type])}, {int(pending.get(content_type, 0))} blobs "
+            "pending" for content_type in config.content_types if content_type in lag
+        ] or ["no content type listed yet"]
+        throttled = sum(gauge_values(metrics.throttled).values())
+        recent, self._throttled_before = throttled - self._throttled_before, throttled
+        pace = sum(gauge_values(metrics.quota_pace).values())
+        if recent:
+            parts.append(f"throttled {int(recent)} times" + (f", pacing at {pace:.0f} requests/min" if pace else ""))
+        else:
+            parts.append("not throttled")
+        return parts
 
     def collect(self) -> None:
         config: Office365Configuration = self.configuration  # type: ignore[assignment]
@@ -40,12 +60,8 @@ class Office365Trigger(CollectorTrigger):
             user_agent=self._user_agent,
         )
         try:
-            asyncio.run(pipeline.run())
+            self.run_async(lambda stopping: pipeline.run(), pipeline.stopping)
         finally:
-            if not self.running:
-                # Deliver what was handed over, then save the resume point its acknowledgements moved.
-                self.forwarder.close(grace=self.stop_grace_seconds)
-            else:
-                # Failed run: let what was handed over be confirmed, so the next run reads a complete ledger.
-                self.forwarder.drain(timeout=self.stop_grace_seconds)
+            # Deliver what was handed over, then save the resume point its acknowledgements moved.
+            self.finish_delivery()
             state.close()

@@ -1,15 +1,21 @@
 """The log helpers' own logic: said once per outage, and a log queue that never blocks and stays bounded.
 
-The pump's sending is a plain function here (pure queue logic); the reliability scenario ``runtime_logs_down``
-runs it against the runtime stub with its log endpoint down and hanging.
+The pump's queue logic with a plain function as the runtime; then a trigger's log() against the runtime stub with
+its log endpoint hanging. The reliability scenarios ``*_runtime_logs_down`` run whole triggers through that.
 """
 
 from __future__ import annotations
 
+import signal
 import threading
 
+import pytest
+from sekoia_automation.module import Module
+
 from connectors.logs import LogPump, OnceLogger, format_duration
+from connectors.trigger import CollectorTrigger
 from emulators.process import wait_until
+from emulators.runtime.harness import Runtime
 
 
 class FakeClock:
@@ -51,7 +57,7 @@ def test_format_duration():
     assert [format_duration(s) for s in (0.4, 59, 61, 3600 * 3 + 1234)] == ["0s", "59s", "1 min 1s", "3 h 20 min"]
 
 
-class Runtime:
+class LogEndpoint:
     """The runtime's log endpoint as the pump sees it: it may hang (until released) or refuse."""
 
     def __init__(self):
@@ -72,13 +78,13 @@ class Runtime:
         return [entry["message"] for entry in self.received]
 
 
-def pump_for(runtime: Runtime, said: list, **kwargs) -> LogPump:
+def pump_for(runtime: LogEndpoint, said: list, **kwargs) -> LogPump:
     pump = LogPump(runtime.send, lambda message, level: said.append((level, message)), **kwargs)
     return pump
 
 
 def test_put_returns_while_the_runtime_hangs_and_the_lines_go_once_it_answers():
-    runtime, said = Runtime(), []
+    runtime, said = LogEndpoint(), []
     pump = pump_for(runtime, said, linger=0.05)
     runtime.open.clear()  # every send hangs
     logger = threading.Thread(target=lambda: [pump.put(f"line {n}", "error") for n in range(500)])
@@ -93,7 +99,7 @@ def test_put_returns_while_the_runtime_hangs_and_the_lines_go_once_it_answers():
 
 
 def test_a_full_queue_drops_the_oldest_info_lines_first_and_says_how_many_once_back():
-    runtime, said = Runtime(), []
+    runtime, said = LogEndpoint(), []
     pump = pump_for(runtime, said, capacity=10, batch_size=5, linger=0.0)
     runtime.refusing = True
     pump.put("first", "info")
@@ -117,10 +123,85 @@ def test_a_full_queue_drops_the_oldest_info_lines_first_and_says_how_many_once_b
     assert sum("failed" in m for _, m in said) == 1
 
 
-def test_every_runs_on_the_pump_thread_until_the_process_ends():
-    runtime, said = Runtime(), []
-    pump = pump_for(runtime, said)
-    ticks = []
-    pump.every(0.05, lambda: (ticks.append(threading.current_thread().name), pump.put("status", "info")))
-    assert wait_until(lambda: len(ticks) >= 3 and runtime.messages().count("status") >= 2, 10)
-    assert set(ticks) == {"runtime-logs"}
+class QuietTrigger(CollectorTrigger):
+    """The base class alone: what every trigger's log() does."""
+
+    def collect(self) -> None:
+        pass
+
+
+@pytest.fixture
+def runtime(tmp_path):
+    runtime = Runtime(tmp_path)
+    yield runtime
+    runtime.stop()
+
+
+@pytest.fixture
+def make_trigger(runtime, monkeypatch):
+    """A trigger of ``cls`` with ``config``, in the environment the container gets from the runtime stub."""
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def make(cls: type[CollectorTrigger], config: dict) -> CollectorTrigger:
+        for key, value in runtime.env(config).items():
+            monkeypatch.setenv(key, value)
+        return cls(Module())
+
+    yield make
+    for sig, handler in handlers.items():  # the SDK takes them over
+        signal.signal(sig, handler)
+
+
+def test_a_trigger_logs_without_waiting_for_a_hanging_runtime_and_the_lines_arrive_once_it_answers(
+        runtime, make_trigger):
+    trigger = make_trigger(QuietTrigger, {})
+    trigger.log_request_timeout = (2.0, 2.0)  # each attempt against the hanging endpoint gives up sooner
+    runtime.control(logs_hang_seconds=300)
+    # The SDK sends error and critical lines at once, with retries: from an event loop that froze collection.
+    logging = threading.Thread(target=lambda: [trigger.log(f"error {n}", "error") for n in range(20)] +
+                               [trigger.log("fatal: stopping", "critical")])
+    logging.start()
+    logging.join(30)
+    assert not logging.is_alive(), "log() waited on the runtime"
+    exiting = threading.Thread(target=trigger._send_logs_to_api)  # what the SDK calls as the trigger ends
+    exiting.start()
+    exiting.join(trigger.log_flush_seconds + 20)
+    assert not exiting.is_alive(), "the flush at exit is not bounded"
+    runtime.control(logs_hang_seconds=0)
+    assert wait_until(lambda: any("accepts logs again" in entry["message"] for entry in runtime.logs()), 60)
+    messages = [entry["message"] for entry in runtime.logs()]
+    assert [m for m in messages if m.startswith("error ")] == [f"error {n}" for n in range(20)]
+    assert [(e["level"], e["message"]) for e in runtime.logs() if e["level"] == "critical"] == [
+        ("critical", "fatal: stopping")]
+    assert sum("Sending logs to the runtime failed (ReadTimeout)" in m for m in messages) == 1
+
+
+class BeatingTrigger(CollectorTrigger):
+    """A collect loop that beats like the triggers' monitors, and figures of its own."""
+
+    def collect(self) -> None:
+        self._delivered(7)
+        while self.running:
+            self.heartbeat()
+            self._stop_event.wait(0.05)
+
+    def status(self) -> list[str]:
+        return ["partition 0: 3 events behind"]
+
+
+def test_the_status_line_comes_at_its_interval_with_the_triggers_figures(runtime, make_trigger):
+    trigger = make_trigger(BeatingTrigger, {"status_interval_seconds": 0.3})
+    running = threading.Thread(target=trigger.run)
+    running.start()
+
+    def statuses() -> list[str]:
+        return [entry["message"] for entry in runtime.logs() if entry["message"].startswith("Status:")]
+
+    try:
+        assert wait_until(lambda: len(statuses()) >= 3, 30)
+    finally:
+        trigger.stop()
+        running.join(30)
+    first, second = statuses()[:2]
+    assert first.startswith("Status: 7 records forwarded in the last ") and "partition 0: 3 events behind" in first
+    assert second.startswith("Status: 0 records forwarded")  # since the previous line

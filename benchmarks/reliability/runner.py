@@ -9,7 +9,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
-from benchmarks.reliability import bad_config, bad_input, faults, kills, rebalance, secrets
+from benchmarks.reliability import bad_config, bad_input, faults, kills, rebalance, runtime_logs, secrets
 from benchmarks.reliability.context import Context
 from emulators.process import running_children
 
@@ -31,6 +31,8 @@ SHARED: dict[str, Scenario] = {
     "eventhub_fuzz": bad_input.eventhub_fuzz,
     "o365_bad_config": bad_config.o365_bad_config,
     "eventhub_bad_config": bad_config.eventhub_bad_config,
+    "o365_runtime_logs_down": partial(runtime_logs.run, trigger="o365"),
+    "eventhub_runtime_logs_down": partial(runtime_logs.run, trigger="eventhub"),
 }
 SCENARIOS: dict[str, Scenario] = {**SOLO, **SHARED, "secrets": secrets.scan}
 # The fields the issue asks of every scenario, in its order.

@@ -34,6 +34,9 @@ class RuntimeKnobs:
     refuse_over_bytes: int = 0  # events of a request (sum of their sizes) over this: 413
     deny_status: int = 0  # answer every request with this status (401, 403, 404...) without reading it
     hang_seconds: float = 0.0  # wait this long before handling a request (the events are written after)
+    # The log endpoint only (/logs), while delivery works: its own outage, a status or a hang.
+    logs_status: int = 0  # answer every log request with this status (the lines are not kept)
+    logs_hang_seconds: float = 0.0  # hold every log request this long (or until reset) before handling it
 
 
 @dataclass
@@ -49,6 +52,8 @@ class RuntimeStats:
     denied: int = 0
     hung: int = 0
     secrets_served: int = 0
+    logs_failed: int = 0
+    logs_hung: int = 0
 
 
 @dataclass
@@ -226,6 +231,14 @@ class RuntimeStub:
     async def logs(self, request: web.Request) -> web.Response:
         if not self._authorized(request):
             return web.json_response({"message": "Invalid token"}, status=401)
+        if self.knobs.logs_hang_seconds:
+            self.stats.logs_hung += 1
+            deadline = time.monotonic() + self.knobs.logs_hang_seconds
+            while self.knobs.logs_hang_seconds and time.monotonic() < deadline:  # held until the knob is reset
+                await asyncio.sleep(0.1)
+        if self.knobs.logs_status:
+            self.stats.logs_failed += 1
+            return web.json_response({"message": "logs unavailable"}, status=self.knobs.logs_status)
         entries = orjson.loads(await request.read()).get("logs", [])
         self._logs.write(b"".join(orjson.dumps(entry) + b"\n" for entry in entries))
         self._logs.flush()
@@ -240,10 +253,12 @@ class RuntimeStub:
 
     async def control(self, request: web.Request) -> web.Response:
         """``{"latency_ms", "failure_rate", "down_for" (seconds from now), "down_status", "refuse_markers",
-        "refuse_status", "refuse_over_bytes", "deny_status", "hang_seconds"}``: any subset."""
+        "refuse_status", "refuse_over_bytes", "deny_status", "hang_seconds", "logs_status", "logs_hang_seconds"}``:
+        any subset."""
         body = orjson.loads(await request.read() or b"{}")
         for name, kind in (("refuse_markers", list), ("refuse_status", int), ("refuse_over_bytes", int),
-                           ("deny_status", int), ("hang_seconds", float)):
+                           ("deny_status", int), ("hang_seconds", float), ("logs_status", int),
+                           ("logs_hang_seconds", float)):
             if name in body:
                 setattr(self.knobs, name, kind(body[name]))
         if "latency_ms" in body:

@@ -1,0 +1,112 @@
+"""The runtime's log endpoint hangs, then fails, while records flow (issue 10, items 4 and 13).
+
+The SDK sends log lines synchronously, with retries; a trigger logging from its event loop froze every fetcher
+while the runtime was away. Here the runtime stub holds every ``/logs`` request (then answers 503) while its
+delivery endpoints work, the trigger logs a status line every ``STATUS_S`` seconds, and:
+
+- records published during the hang are delivered during the hang (``delivered_during_fault_s``);
+- the lines queued meanwhile reach the runtime once it answers, with one line saying the log endpoint failed and
+  one saying it is back (with the duration and what was dropped, if anything);
+- status lines arrive, with the figures of the trigger (lag per content type or partition);
+- SIGTERM while the log endpoint hangs again still ends the process within the stop budget.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+from benchmarks.reliability.context import Context
+from benchmarks.reliability.faults import RECORDS_PER_BLOB, _checkpointed
+from benchmarks.reliability.kills import finish
+from benchmarks.reliability.processes import output_counts, runtime_counts
+from benchmarks.reliability.stacks import EventHubStack, O365Stack, Stack, reconcile, wait_covered
+from emulators.process import wait_until
+
+STATUS_S = 2.0
+STOP_BUDGET_S = 20.0
+HANG = 3600.0
+FIGURES = {"o365": ": lag ", "eventhub": "partitions owned"}
+
+
+def _stack(ctx: Context, trigger: str, name: str) -> Stack:
+    if trigger == "o365":
+        return O365Stack(ctx, name, "--blobs", "4", "--records-per-blob", str(RECORDS_PER_BLOB))
+    return EventHubStack(ctx, name)
+
+
+def _now() -> str:
+    """The trigger's date format for log entries (UTC, naive ISO), to compare with theirs."""
+    return datetime.now(UTC).replace(tzinfo=None).isoformat()
+
+
+def _messages(stack: Stack) -> list[str]:
+    return [str(entry.get("message", "")) for entry in stack.runtime_logs()]
+
+
+def run(ctx: Context, trigger: str) -> dict:
+    scale = ctx.scale
+    failures: list[str] = []
+    with _stack(ctx, trigger, f"{trigger}_runtime_logs_down") as stack:
+        stack.start_stream(scale.stream_per_s, RECORDS_PER_BLOB)
+        process = stack.spawn(stack.config(status_interval_seconds=STATUS_S))
+        delivering = wait_until(lambda: stack.reader.refresh().total > 0 or not process.alive, 90, 0.2)
+        if not delivering or wait_covered(stack, stack.expected(), 90, processes=[process]) is None:
+            failures.append("the trigger did not keep up with the stream before the fault")
+        if not wait_until(lambda: any(m.startswith("Status:") for m in _messages(stack)), 30):
+            failures.append("no status line before the fault")
+        # The log endpoint hangs (requests held an hour), then refuses; delivery works all along.
+        stack.runtime_control(logs_hang_seconds=HANG)
+        hang_dates = [_now()]
+        deadline = time.monotonic() + scale.fault_s
+        time.sleep(1.0)  # records published from now on must arrive while the log endpoint still hangs
+        during = stack.expected()
+        covered = wait_covered(stack, during, max(1.0, deadline - time.monotonic()), processes=[process])
+        if covered is None:
+            failures.append("records published during the hang were not delivered during it: collection stalled")
+        wait_until(lambda: time.monotonic() >= deadline or not process.alive, scale.fault_s + 5, 0.25)
+        hang_dates.append(_now())
+        stack.runtime_control(logs_hang_seconds=0, logs_status=503)
+        time.sleep(min(5.0, scale.fault_s / 2))
+        stack.runtime_control(logs_status=0)
+        ended = time.monotonic()
+        back = wait_until(lambda: any("accepts logs again" in m for m in _messages(stack)), 60, 0.5)
+        recovery = round(time.monotonic() - ended, 2) if back else None
+        if not back:
+            failures.append("the runtime never heard that its log endpoint is back")
+        stack.stop_stream()
+        final = stack.expected()
+        if wait_covered(stack, final, 90, also=_checkpointed(stack, sum(final.values())), processes=[process]) is None:
+            failures.append("the records published were not all delivered and checkpointed")
+        # Stopping while the log endpoint hangs again: the queued lines get a bounded wait, not the SDK's minutes.
+        stack.runtime_control(logs_hang_seconds=HANG)
+        code, stop_s = process.terminate()
+        stack.runtime_control(logs_hang_seconds=0)
+        logs = stack.runtime_logs()
+        messages = [str(entry.get("message", "")) for entry in logs]
+        result = reconcile(final, stack.reader.refresh().keys, stack.optional(), stack.set_aside())
+        statuses = [m for m in messages if m.startswith("Status:")]
+        # Said on time during the hang (they reached the runtime afterwards): the status clock never waits.
+        on_time = sum(1 for entry in logs if str(entry.get("message", "")).startswith("Status:")
+                      and hang_dates[0] <= str(entry.get("date", "")) <= hang_dates[1])
+        result.update(
+            kills=0, recovery_s=recovery, fault_s=scale.fault_s, exit_code=code, stop_s=stop_s,
+            delivered_during_fault_s=covered, status_lines=len(statuses), status_lines_during_hang=on_time,
+            status_sample=statuses[-1][:400] if statuses else None,
+            log_failed_lines=sum("Sending logs to the runtime failed" in m for m in messages),
+            log_back_lines=sum("accepts logs again" in m for m in messages),
+            **output_counts(stack.processes), **runtime_counts(logs),
+        )
+    expected_on_time = int(scale.fault_s / STATUS_S) - 1
+    if on_time < expected_on_time or not any(FIGURES[trigger] in line for line in statuses):
+        failures.append(f"{on_time} status lines dated during the {scale.fault_s} s hang (at least "
+                        f"{expected_on_time} expected), or none with the trigger's figures")
+    if result["log_failed_lines"] != 1 or result["log_back_lines"] != 1:
+        failures.append(f"the log endpoint's outage was said {result['log_failed_lines']} times, its end "
+                        f"{result['log_back_lines']} times (once each expected)")
+    if code != 0 or stop_s > STOP_BUDGET_S:
+        failures.append(f"SIGTERM while the log endpoint hangs: exit code {code} after {stop_s} s "
+                        f"(budget {STOP_BUDGET_S:.0f} s)")
+    if result["output_tracebacks"]:
+        failures.append(f"{result['output_tracebacks']} tracebacks in the output")
+    return finish(result, failures)
