@@ -446,7 +446,7 @@ class Forwarder:
         metrics.refused_events.labels(self.trigger).inc()
         self._log(
             f"The runtime refused an event of {len(event)} bytes from {origin or 'unknown origin'} ({reason}); it "
-            f"was not sent and is {where}; delivery goes on",
+            f"was not sent and is {where} (sha256 {digest(event)}); delivery goes on",
             "warning",
         )
 
@@ -494,7 +494,7 @@ class Forwarder:
             return False
         started = time.monotonic()
         try:
-            self._send(batch.events, batch.origins)
+            refused = self._send(batch.events, batch.origins)
         except DeliveryAborted:
             metrics.delivery_batches.labels(self.trigger, "aborted").inc()
             if not self._abort_told and self.fatal_error is None:  # one line per stop, however many batches were on the way
@@ -505,7 +505,7 @@ class Forwarder:
         except Misdirected as refusal:
             self._fail(self.sink.configuration_error(refusal))
             return False
-        count = len(batch.events)
+        count = len(batch.events) - refused
         if count:
             with self._lock:
                 self.delivered += count
@@ -516,34 +516,35 @@ class Forwarder:
                 self._on_delivered(count)
         return True
 
-    def _send(self, events: list[bytes], origins: list[str]) -> None:
-        """Deliver ``events``: refused requests are split until each refused event is alone, and set aside."""
+    def _send(self, events: list[bytes], origins: list[str]) -> int:
+        """Deliver ``events``: refused requests are split until each refused event is alone, and set aside.
+        Returns how many were set aside."""
         if not events:
-            return
+            return 0
         try:
             requests_ = self.sink.prepare(events)
         except ValueError as error:  # an event the sink cannot encode (not UTF-8): find it like a refused one
-            self._split(events, origins, f"cannot be encoded: {type(error).__name__}")
-            return
+            return self._split(events, origins, f"cannot be encoded: {type(error).__name__}")
+        refused = 0
         try:
             for request in requests_:
                 try:
                     self._send_until_confirmed(request)
                 except Refused as refusal:
                     span = slice(request.start, request.stop)
-                    self._split(events[span], origins[span], str(refusal))
+                    refused += self._split(events[span], origins[span], str(refusal))
         finally:
             for request in requests_:
                 if request.cleanup is not None:
                     shutil.rmtree(request.cleanup, ignore_errors=True)
+        return refused
 
-    def _split(self, events: list[bytes], origins: list[str], reason: str) -> None:
+    def _split(self, events: list[bytes], origins: list[str], reason: str) -> int:
         if len(events) == 1:
             self._set_aside_refused(events[0], origins[0], reason)
-            return
+            return 1
         half = len(events) // 2
-        self._send(events[:half], origins[:half])
-        self._send(events[half:], origins[half:])
+        return self._send(events[:half], origins[:half]) + self._send(events[half:], origins[half:])
 
     def _run_acks(self, batch: _Batch) -> None:
         for ack in batch.acks:

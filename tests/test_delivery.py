@@ -226,6 +226,7 @@ def test_refused_events_are_isolated_set_aside_and_the_rest_goes_on(runtime, tmp
     assert {entry["event"].encode(): entry["origin"] for entry in kept} == bad
     assert all(entry["reason"].startswith("refused: HTTP 400") for entry in kept)
     assert fwd.refused == 3 and runtime.stats()["refused"] >= 3
+    assert fwd.delivered == 997  # set aside, not counted as delivered
     refusals = [m for level, m in logs if "refused an event" in m]
     assert len(refusals) == 3 and all(any(origin in m for m in refusals) for origin in bad.values())
     assert not any("retrying" in m for _, m in logs)  # a refusal is not an outage

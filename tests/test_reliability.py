@@ -47,6 +47,30 @@ def test_o365_wrong_secret_is_one_critical_log_and_exit_2(ctx):
     assert case["exit_code"] == 2 and "`client_secret`" in case["critical"][0]
 
 
+def test_o365_refused_records_are_set_aside_and_the_rest_delivered(ctx):
+    result = run(ctx, "o365_refused_events")
+    assert result["refused_kept"] == result["refused"] == result["set_aside"] > 0
+    assert result["delivered_unique"] == result["published"] - result["refused"]
+
+
+def test_eventhub_oversize_records_arrive_shortened(ctx):
+    result = run(ctx, "eventhub_oversize_shortened")
+    assert result["shortened_delivered"] == result["oversize"] > 0
+    assert result["largest_shortened_bytes"] <= 250_000
+
+
+def test_o365_wrong_intake_is_one_critical_log_and_exit_2(ctx):
+    result = run(ctx, "o365_wrong_intake")
+    assert {case["exit_code"] for case in result["cases"].values()} == {2}
+    assert {case["field"] for case in result["cases"].values()} == {"intake_key", "intake_server"}
+
+
+def test_o365_stop_while_the_runtime_hangs(ctx):
+    result = run(ctx, "o365_stop_runtime_hangs")
+    assert result["exit_code_while_hanging"] == 0 and result["stop_s_while_hanging"] <= 20
+    assert result["committed_at_stop"] == 0
+
+
 def test_secrets_scan_finds_a_planted_secret(tmp_path):
     """The scan itself: a secret or an unmasked key in any output is a hit."""
     leaky = tmp_path / "trigger.stderr"
