@@ -2,7 +2,9 @@
 
 - **Resume point** per content type (``StateFile``): content created before it was all delivered. It is the
   earlier of "listed up to" and the creation time of the oldest blob listed but not yet delivered, so it only
-  moves past a blob once the runtime confirmed that blob's records.
+  moves past a blob once the runtime confirmed that blob's records. Until a first window is listed it is only
+  the ``initial_lookback`` (saved as ``initial``): a restart after a fault that came before any listing owes
+  nothing older than what the API still keeps, so it reports no gap.
 - **Ledger** of delivered blobs (``Journal``, one fsync per commit of a group of blobs): re-listing a window
   (the trailing re-list that catches late blobs, a restart) skips what was delivered. Entries expire with
   the blob (7 days), so the ledger stays bounded; it is compacted when mostly expired.
@@ -26,6 +28,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from connectors.errors import CorruptStateError
+from connectors.locks import InstanceLock
 from connectors.state import Journal, StateFile
 from office365.listing import ContentRef
 
@@ -103,6 +106,7 @@ class _Progress:
     listed_until: float  # epoch seconds: every blob created before it was listed (and tracked or delivered)
     pending: dict[str, float] = field(default_factory=dict)  # content id -> contentCreated
     saved_resume: float | None = None
+    initial: bool = True  # nothing listed yet: the resume point is only the initial lookback
 
     def resume(self) -> float:
         return min(self.listed_until, min(self.pending.values())) if self.pending else self.listed_until
@@ -122,6 +126,13 @@ class CollectorState:
     ):
         self.directory = Path(directory)
         self.content_types = list(content_types)
+        # Two processes on this state would both list and send everything: the second one stops here.
+        self._instance = InstanceLock(
+            self.directory / "office365.lock",
+            "SEKOIA_DATA_PATH",
+            "two collectors on one data path would send every record twice; stop the other one, or give each "
+            "instance its own data path",
+        )
         self._checkpoint = StateFile(self.directory / "office365-checkpoint.json")
         self._journal = Journal(self.directory / "office365-ledger.jsonl")
         self._lock = threading.Lock()
@@ -131,7 +142,12 @@ class CollectorState:
         self._last_compact_check = time.monotonic()
         self.filter = RecordFilter(filter_capacity)
         self._progress: dict[str, _Progress] = {}
-        self._load((now or datetime.now(UTC)), initial_lookback)
+        self._saved_initial: list[str] | None = None
+        try:
+            self._load((now or datetime.now(UTC)), initial_lookback)
+        except BaseException:
+            self._instance.release()
+            raise
 
     # -- loading --------------------------------------------------------------------------------------------
 
@@ -140,6 +156,7 @@ class CollectorState:
         if not isinstance(saved, dict) or not isinstance(saved.get("resume", {}), dict):
             raise CorruptStateError(f"State file {self._checkpoint.path} does not hold a resume point per content type")
         resume = saved.get("resume", {})
+        never_listed = set(saved.get("initial", ())) if isinstance(saved.get("initial", ()), list) else set()
         initial = (now - initial_lookback).timestamp()
         for content_type in self.content_types:
             value = resume.get(content_type)
@@ -152,7 +169,9 @@ class CollectorState:
                         f"State file {self._checkpoint.path}: bad resume point for {content_type}"
                     ) from None
             self._progress[content_type] = _Progress(
-                listed_until=start, saved_resume=start if value is not None else None
+                listed_until=start,
+                saved_resume=start if value is not None else None,
+                initial=value is None or content_type in never_listed,
             )
 
         entries = self._journal.replay()
@@ -203,6 +222,7 @@ class CollectorState:
         with self._lock:
             progress = self._progress[content_type]
             progress.listed_until = max(progress.listed_until, until.timestamp())
+            progress.initial = False
 
     def skip_to(self, content_type: str, moment: datetime) -> None:
         """Content before ``moment`` expired while the trigger was away: stop resuming from before it."""
@@ -213,9 +233,10 @@ class CollectorState:
                 if created < moment.timestamp():
                     del progress.pending[content_id]
 
-    def has_checkpoint(self, content_type: str) -> bool:
-        """Whether the resume point came from an earlier run (not from ``initial_lookback``)."""
-        return self._progress[content_type].saved_resume is not None
+    def owes_from_resume(self, content_type: str) -> bool:
+        """Whether content from the resume point on was promised: a window was listed since the state began (the
+        initial lookback alone promises only what the API still keeps)."""
+        return not self._progress[content_type].initial
 
     def pending(self, content_type: str) -> tuple[int, float | None]:
         """(blobs listed and not delivered, contentCreated of the oldest one)."""
@@ -247,11 +268,13 @@ class CollectorState:
             if not force and now - self._last_save < SAVE_INTERVAL:
                 return
             resume = {ct: progress.resume() for ct, progress in self._progress.items()}
-            if all(resume[ct] == self._progress[ct].saved_resume for ct in resume):
+            initial = [ct for ct, progress in self._progress.items() if progress.initial]
+            if initial == self._saved_initial and all(resume[ct] == self._progress[ct].saved_resume for ct in resume):
                 return
-            self._checkpoint.save({"version": self.VERSION, "resume": resume})
+            self._checkpoint.save({"version": self.VERSION, "resume": resume, "initial": initial})
             for content_type, value in resume.items():
                 self._progress[content_type].saved_resume = value
+            self._saved_initial = initial
             self._last_save = now
 
     def _maybe_compact(self) -> None:
@@ -272,8 +295,11 @@ class CollectorState:
                 self._journal_entries = len(live)
 
     def close(self) -> None:
-        self.save(force=True)
-        self._journal.close()
+        try:
+            self.save(force=True)
+            self._journal.close()
+        finally:
+            self._instance.release()
 
     @property
     def ledger_size(self) -> int:

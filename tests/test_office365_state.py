@@ -54,7 +54,7 @@ def test_record_hash_is_stable_and_content_based():
 def test_first_start_resumes_from_the_initial_lookback(tmp_path):
     state = state_at(tmp_path, lookback=timedelta(hours=2))
     assert state.resume_point("Audit.Exchange") == NOW - timedelta(hours=2)
-    assert not state.has_checkpoint("Audit.Exchange")
+    assert not state.owes_from_resume("Audit.Exchange")
 
 
 def test_resume_point_waits_for_the_oldest_pending_blob(tmp_path):
@@ -85,7 +85,7 @@ def test_restart_resumes_exactly_and_remembers_delivered_blobs_and_records(tmp_p
     state.close()
 
     again = state_at(tmp_path, now=NOW + timedelta(minutes=10))
-    assert again.has_checkpoint("Audit.Exchange")
+    assert again.owes_from_resume("Audit.Exchange")
     assert again.resume_point("Audit.Exchange") == NOW - timedelta(hours=4)  # the undelivered blob
     assert again.is_known("Audit.Exchange", "c$1")
     assert not again.is_known("Audit.Exchange", "c$2")  # listed again, fetched again
@@ -99,6 +99,7 @@ def test_a_crash_before_the_checkpoint_only_moves_the_resume_point_back(tmp_path
     state.listed("Audit.Exchange", NOW)
     state.save(force=True)
     state.commit([Delivered(blob, hashes=[5], records=1)])  # ledger written; the checkpoint may lag (1/s)
+    state._instance.release()  # the process dies: the kernel drops its lock
     again = state_at(tmp_path)
     assert again.is_known("Audit.Exchange", "c$1")  # so a re-list skips it: no duplicate
 
@@ -188,3 +189,26 @@ def test_ledger_is_compacted_when_mostly_expired(tmp_path, monkeypatch):
     lines = (tmp_path / "office365-ledger.jsonl").read_bytes().splitlines()
     assert [orjson.loads(line)["c"] for line in lines] == ["new$1"]
     assert state.ledger_size == 1
+
+
+def test_a_restart_before_any_listing_owes_only_what_the_api_still_keeps(tmp_path):
+    state = state_at(tmp_path)  # initial lookback: the whole retention
+    state.skip_to("Audit.Exchange", NOW - timedelta(days=7) + timedelta(minutes=2))
+    state.close()  # a fault stopped the run before any window was listed
+    again = state_at(tmp_path, now=NOW + timedelta(hours=1))
+    assert not again.owes_from_resume("Audit.Exchange")  # no gap to report: nothing was promised yet
+    again.listed("Audit.Exchange", NOW)
+    again.close()
+    third = state_at(tmp_path, now=NOW + timedelta(hours=2))
+    assert third.owes_from_resume("Audit.Exchange") and not third.owes_from_resume("DLP.All")
+
+
+def test_a_second_instance_on_the_same_state_is_refused_with_one_clear_message(tmp_path):
+    from connectors.errors import ConfigurationError
+
+    first = state_at(tmp_path)
+    with pytest.raises(ConfigurationError) as refused:
+        state_at(tmp_path)
+    assert "another instance" in str(refused.value) and str(tmp_path) in str(refused.value)
+    first.close()
+    state_at(tmp_path).close()  # released at stop
