@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import os
 import time
+from email.utils import formatdate
 
 import orjson
 from aiohttp import web
@@ -16,7 +17,7 @@ from .config import CONTENT_TYPES, EmulatorConfig
 from .content import EXPIRED, VANISHED, ContentStore
 from .entra import ROLES, EntraService, InvalidToken
 from .policy import Dropped, RequestPolicy
-from .responses import api_error, json_response
+from .responses import JSON_CONTENT_TYPE, api_error, json_response
 from .stats import Stats
 from .subscriptions import ADMIN_DISABLED, ENABLED, SubscriptionBook
 from .timefmt import now_ms, parse_query_time
@@ -32,6 +33,11 @@ DLP_SENSITIVE_TYPES = [
     {"id": "cb353f78-2b72-4c3c-8827-92ebe4f69fdf", "name": "ABA Routing Number"},
     {"id": "0e9b3178-9678-47dd-a509-37222ca96b42", "name": "EU Debit Card Number"},
 ]
+
+
+def api_date() -> str:
+    """The Date header on the API's clock (clock_offset_seconds), as clients are told to honour it."""
+    return formatdate(now_ms() / 1000, usegmt=True)
 
 
 class BadRequest(Exception):
@@ -68,6 +74,8 @@ def api_call(kind: str):
             except Dropped:
                 raise asyncio.CancelledError() from None  # connection already reset: send nothing
             stats.responses[f"{kind} {response.status}"] += 1
+            if not response.prepared:
+                response.headers["Date"] = api_date()
             return response
 
         return wrapper
@@ -136,11 +144,23 @@ class ActivityApi:
                 f"The tenant ID passed in the URL ({tenant}) does not match the tenant ID passed in the access "
                 f"token ({claims.get('tid')}).",
             )
-        if ROLES[0] not in claims.get("roles", []):
+        roles = claims.get("roles", [])
+        if ROLES[0] not in roles:
             return api_error(
                 401, "AF10001", "The permission set sent in the request does not include ActivityFeed.Read."
             )
+        if self._concerns_dlp(request) and (ROLES[1] not in roles or not self.config.dlp_permission):
+            self.stats.auth_failures["no ActivityFeed.ReadDlp"] += 1
+            return api_error(
+                401, "AF10001", "The permission set sent in the request does not include ActivityFeed.ReadDlp."
+            )
         return None
+
+    @staticmethod
+    def _concerns_dlp(request: web.Request) -> bool:
+        """DLP.All content needs ActivityFeed.ReadDlp: its subscription, listings and blobs."""
+        content_type = next((v for k, v in request.query.items() if k.lower() == "contenttype"), "")
+        return content_type.lower() == "dlp.all" or "$dlp_all$" in request.match_info.get("content_id", "")
 
     # ------------------------------------------------------------------ helpers
     @staticmethod
@@ -283,7 +303,24 @@ class ActivityApi:
         body = self.store.body(blob)
         self.stats.blobs_served += 1
         self.stats.blob_bytes += len(body)
+        if self.config.blob_bytes_per_second > 0:
+            return await self._trickle(request, body)
         return json_response(body)
+
+    async def _trickle(self, request: web.Request, body: bytes) -> web.StreamResponse:
+        """A slow transfer that keeps arriving: a tenth of a second's worth of bytes every tenth of a second."""
+        response = web.StreamResponse(headers={"Content-Type": JSON_CONTENT_TYPE, "Date": api_date()})
+        response.content_length = len(body)
+        await response.prepare(request)
+        view = memoryview(body)
+        while view:
+            chunk = max(1, int(self.config.blob_bytes_per_second / 10))
+            await response.write(bytes(view[:chunk]))
+            view = view[chunk:]
+            if view:
+                await asyncio.sleep(0.1)
+        await response.write_eof()
+        return response
 
     @api_call("dlp_sensitive_types")
     async def dlp_sensitive_types(self, request, tenant, params):

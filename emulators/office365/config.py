@@ -72,6 +72,9 @@ class EmulatorConfig:
     next_page_header: str = "NextPageUri"
     strict_24h: bool = True
     disabled_by_admin: list[str] = field(default_factory=list)
+    clock_offset_seconds: float = 0.0  # the API's clock minus the real one: Date headers, windows, new content
+    blob_bytes_per_second: float = 0.0  # blob bodies trickle out at this rate (0: at once)
+    dlp_permission: bool = True  # False: tokens are treated as lacking ActivityFeed.ReadDlp (DLP.All: AF10001)
 
     def validate(self) -> None:
         for name in ("subscribed", "disabled_by_admin"):
@@ -86,6 +89,8 @@ class EmulatorConfig:
             raise ValueError("throttle_status: expected 403 or 429")
         if not 0.0 <= self.fault_rate <= 1.0 or not 0.0 <= self.duplicate_rate <= 1.0:
             raise ValueError("fault_rate and duplicate_rate must be within [0, 1]")
+        if self.blob_bytes_per_second < 0:
+            raise ValueError("blob_bytes_per_second must be >= 0")
         if self.page_size < 1 or self.token_lifetime < 1:
             raise ValueError("page_size and token_lifetime must be >= 1")
         if self.blobs is not None and self.blobs < 0:
@@ -114,6 +119,9 @@ RUNTIME_KNOBS = (
     "next_page_header",
     "strict_24h",
     "disabled_by_admin",
+    "clock_offset_seconds",
+    "blob_bytes_per_second",
+    "dlp_permission",
 )
 
 
@@ -153,6 +161,9 @@ _COERCE = {
     "next_page_header": str,
     "strict_24h": _as_bool,
     "disabled_by_admin": _as_list,
+    "clock_offset_seconds": float,
+    "blob_bytes_per_second": float,
+    "dlp_permission": _as_bool,
 }
 
 
@@ -219,6 +230,10 @@ def build_arg_parser() -> argparse.ArgumentParser:
     r.add_argument("--strict-24h", dest="strict_24h", action="store_true", default=True)
     r.add_argument("--no-strict-24h", dest="strict_24h", action="store_false")
     r.add_argument("--disabled-by-admin", default="", help="content types whose subscription answers AF20023")
+    r.add_argument("--clock-offset-seconds", type=float, default=0.0, help="the API's clock ahead (+) or behind (-)")
+    r.add_argument("--blob-bytes-per-second", type=float, default=0.0, help="serve blob bodies this slowly (0: off)")
+    r.add_argument("--no-dlp-permission", dest="dlp_permission", action="store_false", default=True,
+                   help="act as if the app lacked ActivityFeed.ReadDlp (DLP.All answers AF10001)")
     p.add_argument("--log-level", default="WARNING")
     p.add_argument("--access-log", action="store_true")
     return p
@@ -262,6 +277,9 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         next_page_header=args.next_page_header,
         strict_24h=args.strict_24h,
         disabled_by_admin=_as_list(args.disabled_by_admin),
+        clock_offset_seconds=args.clock_offset_seconds,
+        blob_bytes_per_second=args.blob_bytes_per_second,
+        dlp_permission=args.dlp_permission,
     )
     config.validate()
     return config

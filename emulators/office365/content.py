@@ -48,6 +48,7 @@ class Blob:
     visible_after: float = 0.0  # time.monotonic() before which listings leave the blob out
     previous: "Blob | None" = None  # the earlier blob whose duplicate-selected records this one repeats
     body: bytes | None = None  # rendered before READY when everything fits in --prerender-mb
+    published_ms: int = 0  # API time it was published (for late blobs: when it became listable, if not later)
 
     @property
     def delivers_records(self) -> bool:
@@ -77,6 +78,7 @@ class ContentStore:
         self._lru: OrderedDict[str, bytes] = OrderedDict()
         self._lru_bytes = 0
         self.prerendered = False
+        self._reference_ms = 0  # API time at build: blobs of the initial backlog count as published then
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -87,7 +89,7 @@ class ContentStore:
             lines = read_lines(Path(fixtures_dir) / f"{content_type}.ndjson")  # names a missing or empty file
             sources[content_type] = RecordSource(content_type, index, lines, config.seed, config.oversize_kb)
         store = cls(config, sources)
-        reference_ms = now_ms()
+        reference_ms = store._reference_ms = now_ms()
         for index, content_type in enumerate(CONTENT_TYPES):
             store._populate(content_type, index, reference_ms)
         store._prerender()
@@ -164,9 +166,34 @@ class ContentStore:
             malformed=spec.malformed,
             visible_after=spec.visible_after,
             previous=blobs[-1] if blobs and self.config.duplicate_rate > 0 else None,
+            published_ms=max(spec.created_ms, self._reference_ms),
         )
         blobs.append(blob)
         self._created[content_type].append(spec.created_ms)
+        self._by_id[blob.content_id] = blob
+        return blob
+
+    def publish_late(self, content_type: str, seconds_late: float, records: int | None = None) -> Blob:
+        """A blob listable from now on whose contentCreated is ``seconds_late`` in the past: it lands in windows a
+        collector may have listed already (the API's late content)."""
+        now = now_ms()
+        created_ms = now - int(seconds_late * 1000)
+        size = records or self.config.records_per_blob or (5 if self.config.blobs is None else 50)
+        created = self._created[content_type]
+        blobs = self.blobs[content_type]
+        stamp = content_id_stamp(created_ms, len(self._by_id))
+        region = f"emea{(mix64(self.config.seed) + len(self._by_id)) % 10000:04d}"
+        blob = Blob(
+            content_type=content_type,
+            content_id=f"{stamp}${stamp}${CONTENT_ID_SLUGS[content_type]}${region}",
+            created_ms=created_ms,
+            keys=self.sources[content_type].allocate(size),
+            role="late",
+            published_ms=now,
+        )
+        position = bisect.bisect_right(created, created_ms)  # listings stay sorted by contentCreated
+        created.insert(position, created_ms)
+        blobs.insert(position, blob)
         self._by_id[blob.content_id] = blob
         return blob
 
@@ -283,24 +310,26 @@ class ContentStore:
             result["ids"] = ids
         return result
 
-    def manifest(self, content_type: str | None = None) -> list[dict]:
+    def manifest(self, content_type: str | None = None, with_ids: bool = False) -> list[dict]:
         now = time.monotonic()
         out = []
         for ct in [content_type] if content_type else self.blobs:
             for blob in self.blobs.get(ct, []):
-                out.append(
-                    {
-                        "contentType": ct,
-                        "contentId": blob.content_id,
-                        "contentCreated": format_content_time(blob.created_ms),
-                        "role": blob.role,
-                        "state": blob.state,
-                        "malformed": blob.malformed or None,
-                        "visible": blob.visible_after <= now,
-                        "records": len(blob.keys),
-                        "duplicates": len(self._duplicate_keys(blob)),
-                    }
-                )
+                entry = {
+                    "contentType": ct,
+                    "contentId": blob.content_id,
+                    "contentCreated": format_content_time(blob.created_ms),
+                    "role": blob.role,
+                    "state": blob.state,
+                    "malformed": blob.malformed or None,
+                    "visible": blob.visible_after <= now,
+                    "records": len(blob.keys),
+                    "duplicates": len(self._duplicate_keys(blob)),
+                    "published": blob.published_ms / 1000,
+                }
+                if with_ids:
+                    entry["ids"] = [self.sources[ct].record_id(key) for key in blob.keys]
+                out.append(entry)
         return out
 
     def listing_entry(self, blob: Blob, base_url: str) -> dict:

@@ -10,6 +10,7 @@ from .content import ContentStore
 from .responses import json_response
 from .stats import Stats
 from .subscriptions import SubscriptionBook
+from .timefmt import set_clock_offset
 
 
 class ControlApi:
@@ -30,16 +31,41 @@ class ControlApi:
         ]
 
     def apply(self, changes: dict) -> dict:
-        """Apply knob changes; `reset_stats: true` is an action rather than a knob."""
+        """Apply knob changes; `reset_stats: true` and `publish_late: {...}` are actions rather than knobs."""
         changes = dict(changes)
         reset = bool(changes.pop("reset_stats", False))
+        late = changes.pop("publish_late", None)
+        if late is not None:
+            late = self._check_late(late)
         applied = apply_runtime_changes(self.config, changes)
         for content_type in applied.get("disabled_by_admin", []):
             self.subscriptions.disable_by_admin(content_type)
+        if "clock_offset_seconds" in applied:
+            set_clock_offset(self.config.clock_offset_seconds)
         if reset:
             self.stats.reset()
             applied["reset_stats"] = True
+        if late is not None:
+            types, seconds_late, count, records = late
+            applied["publish_late"] = [
+                self.store.publish_late(content_type, seconds_late, records).content_id
+                for content_type in types
+                for _ in range(count)
+            ]
         return applied
+
+    def _check_late(self, late) -> tuple[list[str], float, int, int | None]:
+        """``{"seconds_late": s, "count": n, "content_types": [...], "records": m}``: n blobs per content type,
+        created ``s`` seconds ago, listable from now on."""
+        if not isinstance(late, dict) or not isinstance(late.get("seconds_late"), (int, float)):
+            raise ValueError("publish_late: expected {\"seconds_late\": seconds, \"count\": n, \"content_types\": [...]}")
+        types = late.get("content_types") or list(self.store.sources)
+        unknown = set(types) - set(self.store.sources)
+        if unknown:
+            raise ValueError(f"publish_late: unknown content types {sorted(unknown)}")
+        if not 0 <= late["seconds_late"] < 7 * 86400:
+            raise ValueError("publish_late: seconds_late must be within the 7-day retention")
+        return list(types), float(late["seconds_late"]), int(late.get("count", 1)), late.get("records")
 
     async def health(self, request: web.Request) -> web.Response:
         return json_response({"ok": True})
@@ -61,7 +87,8 @@ class ControlApi:
         return json_response(result)
 
     async def blobs(self, request: web.Request) -> web.Response:
-        return json_response(self.store.manifest(request.query.get("contentType") or None))
+        with_ids = request.query.get("ids", "0") in ("1", "true")
+        return json_response(self.store.manifest(request.query.get("contentType") or None, with_ids))
 
     async def get_control(self, request: web.Request) -> web.Response:
         return json_response(self.config.runtime_view())

@@ -122,6 +122,8 @@ class EmulatorProcess:
     def published(self, **params) -> dict:
         return self._call("GET", "/_emulator/published", params=params, timeout=300)
 
-    def blobs(self, content_type: str | None = None) -> list[dict]:
-        params = {"contentType": content_type} if content_type else None
+    def blobs(self, content_type: str | None = None, ids: int = 0) -> list[dict]:
+        params = {"contentType": content_type} if content_type else {}
+        if ids:
+            params["ids"] = "1"  # each blob's record Ids
         return self._call("GET", "/_emulator/blobs", params=params, timeout=60)

@@ -23,6 +23,7 @@ from .entra import EntraService
 from .policy import RequestPolicy
 from .stats import Stats
 from .subscriptions import SubscriptionBook
+from .timefmt import set_clock_offset
 from .tls import TlsMaterial, create_tls_material
 
 log = logging.getLogger("emulators.office365")
@@ -54,6 +55,7 @@ class Office365Emulator:
         else:
             workdir = self._owned_workdir = Path(tempfile.mkdtemp(prefix="o365-emulator-"))
         loop = asyncio.get_running_loop()
+        set_clock_offset(cfg.clock_offset_seconds)  # before content: its times are the API's
         # Key generation and content generation are CPU work: keep the loop responsive meanwhile.
         self.tls = await loop.run_in_executor(None, create_tls_material, workdir)
         self.store = await loop.run_in_executor(None, ContentStore.build, cfg)

@@ -40,5 +40,13 @@ def content_id_stamp(epoch_ms: int, discriminator: int) -> str:
     return time.strftime("%Y%m%d%H%M%S", time.gmtime(seconds)) + f"{millis:03d}{discriminator % 1_000_000:06d}"
 
 
+# The API's clock may differ from the host's (the clock_offset_seconds knob): every API time goes through now_ms().
+CLOCK = {"offset_ms": 0}
+
+
 def now_ms() -> int:
-    return time.time_ns() // 1_000_000
+    return time.time_ns() // 1_000_000 + CLOCK["offset_ms"]
+
+
+def set_clock_offset(seconds: float) -> None:
+    CLOCK["offset_ms"] = int(seconds * 1000)
