@@ -103,7 +103,7 @@ class Consumer:
         self.stats = SplitStats()  # totals, for metrics and warnings
         self._stats_lock = threading.Lock()
         self._reported = SplitStats()
-        self._text_warned_at = -1e9
+        self._text_bodies = OnceLogger(log, remind_every=self.settings.text_warning_interval)
         self._skips_told: set[str] = set()
         # Once per outage (two quiet minutes end one), then a reminder every ten minutes, never per event.
         self._errors = OnceLogger(log, remind_every=600.0, forget_after=120.0)
@@ -200,17 +200,15 @@ class Consumer:
         self.progress[partition_id] = Progress(sequence_number, last.enqueued_time, time.time())
         with self._stats_lock:
             self.stats.add(stats)
-            warn = stats.text and time.monotonic() - self._text_warned_at >= self.settings.text_warning_interval
-            if warn:
-                self._text_warned_at = time.monotonic()
-                text, invalid = self.stats.text, self.stats.invalid_utf8
+            text, invalid = self.stats.text, self.stats.invalid_utf8
             first_skips = [reason for reason in SKIP_NOTES if getattr(stats, reason) and reason not in self._skips_told]
             self._skips_told.update(first_skips)
         for reason in first_skips:  # once per process: skipping is expected, the metric counts the rest
             self.log(SKIP_NOTES[reason], "info")
-        if warn:  # at the first one, then at most every text_warning_interval
-            self.log(f"{text} message bodies so far were not JSON ({invalid} not even UTF-8) and were forwarded "
-                     "as text: a producer of this event hub sends something other than diagnostic records", "warning")
+        if stats.text:  # said at the first one, then every text_warning_interval
+            self._text_bodies.began(f"{text} message bodies so far were not JSON ({invalid} not even UTF-8) and were "
+                                    "forwarded as text: a producer of this event hub sends something other than "
+                                    "diagnostic records")
         ack = partial(self._acked, partition_id, last.offset, sequence_number, len(events), stats.records)
         self.forwarder.add(records, ack=ack, origin=f"partition {partition_id} up to sequence number {sequence_number}")
         self._last_batch_at = time.monotonic()
