@@ -265,7 +265,9 @@ class Forwarder:
         log: LogFunction | None = None,
         set_aside: SetAsideStore | None = None,
         session: requests.Session | None = None,
-        timeout: tuple[float, float] = (10.0, 60.0),
+        # A slow intake may take over a minute to answer: giving up sooner would resend (duplicates) forever.
+        # Stopping does not wait for it: attempts are then bounded by the stop deadline.
+        timeout: tuple[float, float] = (10.0, 120.0),
         backoff: Callable[[], Backoff] = lambda: Backoff(base=0.5, cap=30.0),
         on_delivered: Callable[[int], None] | None = None,
         on_fatal: Callable[[ConfigurationError], None] | None = None,

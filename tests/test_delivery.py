@@ -262,7 +262,7 @@ def test_playbook_refusals_are_classified_the_same_way(runtime, tmp_path):
 
 @pytest.mark.parametrize("case, field", [
     ("wrong_key", "intake_key"), ("forbidden", "intake_key"), ("wrong_server", "intake_server"),
-    ("playbook_token", "intake_key"),
+    ("redirect", "intake_server"), ("playbook_token", "intake_key"),
 ])
 def test_configuration_errors_stop_delivery_and_name_the_field(runtime, tmp_path, case, field):
     info = runtime.info
@@ -270,10 +270,11 @@ def test_configuration_errors_stop_delivery_and_name_the_field(runtime, tmp_path
         "wrong_key": IntakeSink(info["intake_url"], "not-the-key", user_agent="tests"),
         "forbidden": IntakeSink(info["intake_url"], info["intake_key"], user_agent="tests"),
         "wrong_server": IntakeSink(info["intake_url"] + "/no/intake/here", info["intake_key"], user_agent="tests"),
+        "redirect": IntakeSink(info["intake_url"], info["intake_key"], user_agent="tests"),
         "playbook_token": PlaybookSink(info["callback_url"], "not-the-token", runtime.data_path, "tests"),
     }[case]
-    if case == "forbidden":
-        runtime.control(deny_status=403)
+    if case in ("forbidden", "redirect"):  # a redirected POST would come back as a GET that "succeeds"
+        runtime.control(deny_status=403 if case == "forbidden" else 308)
     fatal, recorder = [], Recorder()
     fwd = forwarder(runtime, tmp_path, sink=sink, fatal=fatal)
     for unit in range(5):
