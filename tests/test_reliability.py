@@ -71,6 +71,13 @@ def test_o365_stop_while_the_runtime_hangs(ctx):
     assert result["committed_at_stop"] == 0
 
 
+def test_o365_logs_never_wait_for_a_hanging_runtime_and_files_stay_private(ctx):
+    result = run(ctx, "o365_runtime_logs_down")
+    assert result["delivered_during_fault_s"] is not None and result["status_lines_during_hang"] >= 1
+    assert result["log_failed_lines"] == 1 and result["log_back_lines"] == 1
+    assert result["wide_state_modes"] == [] and result["records_files"] and not result["records_files_shared"]
+
+
 def test_secrets_scan_finds_a_planted_secret(tmp_path):
     """The scan itself: a secret or an unmasked key in any output is a hit."""
     leaky = tmp_path / "trigger.stderr"

@@ -8,13 +8,19 @@ delivery endpoints work, the trigger logs a status line every ``STATUS_S`` secon
 - the lines queued meanwhile reach the runtime once it answers, with one line saying the log endpoint failed and
   one saying it is back (with the duration and what was dropped, if anything);
 - status lines arrive, with the figures of the trigger (lag per content type or partition);
-- SIGTERM while the log endpoint hangs again still ends the process within the stop budget.
+- SIGTERM while the log endpoint hangs again still ends the process within the stop budget;
+- every file the trigger wrote under ``state/`` is 0600 and every directory 0700, and so were the records files
+  of playbook events (the Office 365 trigger runs in playbook mode here, the Event Hubs one with an intake key).
 """
 
 from __future__ import annotations
 
+import stat
 import time
 from datetime import UTC, datetime
+from pathlib import Path
+
+import requests
 
 from benchmarks.reliability.context import Context
 from benchmarks.reliability.faults import RECORDS_PER_BLOB, _checkpointed
@@ -35,6 +41,21 @@ def _stack(ctx: Context, trigger: str, name: str) -> Stack:
     return EventHubStack(ctx, name)
 
 
+def _runtime_stats(stack: Stack) -> dict:
+    runtime = stack.rig.runtime if isinstance(stack, O365Stack) else stack.stack.runtime  # type: ignore[attr-defined]
+    return requests.get(runtime.info["url"] + "/_runtime/stats", timeout=10).json()
+
+
+def _wide_modes(root: Path) -> list[str]:
+    """Files not 0600 and directories not 0700 under ``root`` (the trigger's state)."""
+    wide = []
+    for path in [root, *root.rglob("*")]:
+        mode = stat.S_IMODE(path.lstat().st_mode)
+        if mode != (0o700 if path.is_dir() else 0o600):
+            wide.append(f"{path.relative_to(root.parent)} {mode:o}")
+    return wide
+
+
 def _now() -> str:
     """The trigger's date format for log entries (UTC, naive ISO), to compare with theirs."""
     return datetime.now(UTC).replace(tzinfo=None).isoformat()
@@ -49,7 +70,7 @@ def run(ctx: Context, trigger: str) -> dict:
     failures: list[str] = []
     with _stack(ctx, trigger, f"{trigger}_runtime_logs_down") as stack:
         stack.start_stream(scale.stream_per_s, RECORDS_PER_BLOB)
-        process = stack.spawn(stack.config(status_interval_seconds=STATUS_S))
+        process = stack.spawn(stack.config(status_interval_seconds=STATUS_S), intake=trigger != "o365")
         delivering = wait_until(lambda: stack.reader.refresh().total > 0 or not process.alive, 90, 0.2)
         if not delivering or wait_covered(stack, stack.expected(), 90, processes=[process]) is None:
             failures.append("the trigger did not keep up with the stream before the fault")
@@ -83,6 +104,7 @@ def run(ctx: Context, trigger: str) -> dict:
         code, stop_s = process.terminate()
         stack.runtime_control(logs_hang_seconds=0)
         logs = stack.runtime_logs()
+        runtime_stats = _runtime_stats(stack)
         messages = [str(entry.get("message", "")) for entry in logs]
         result = reconcile(final, stack.reader.refresh().keys, stack.optional(), stack.set_aside())
         statuses = [m for m in messages if m.startswith("Status:")]
@@ -95,6 +117,9 @@ def run(ctx: Context, trigger: str) -> dict:
             status_sample=statuses[-1][:400] if statuses else None,
             log_failed_lines=sum("Sending logs to the runtime failed" in m for m in messages),
             log_back_lines=sum("accepts logs again" in m for m in messages),
+            wide_state_modes=_wide_modes(stack.data_path / "state"),
+            records_files=runtime_stats.get("records_files", 0),
+            records_files_shared=runtime_stats.get("records_files_shared", 0),
             **output_counts(stack.processes), **runtime_counts(logs),
         )
     expected_on_time = int(scale.fault_s / STATUS_S) - 1
@@ -107,6 +132,11 @@ def run(ctx: Context, trigger: str) -> dict:
     if code != 0 or stop_s > STOP_BUDGET_S:
         failures.append(f"SIGTERM while the log endpoint hangs: exit code {code} after {stop_s} s "
                         f"(budget {STOP_BUDGET_S:.0f} s)")
+    if result["wide_state_modes"]:
+        failures.append(f"state readable by others: {result['wide_state_modes'][:5]}")
+    if trigger == "o365" and (not result["records_files"] or result["records_files_shared"]):
+        failures.append(f"{result['records_files_shared']} of {result['records_files']} playbook records files "
+                        "readable by others")
     if result["output_tracebacks"]:
         failures.append(f"{result['output_tracebacks']} tracebacks in the output")
     return finish(result, failures)

@@ -54,6 +54,8 @@ class RuntimeStats:
     secrets_served: int = 0
     logs_failed: int = 0
     logs_hung: int = 0
+    records_files: int = 0  # records files of playbook events read
+    records_files_shared: int = 0  # ... of which the file or its directory was open to the group or others
 
 
 @dataclass
@@ -216,6 +218,9 @@ class RuntimeStub:
                 path = self.data_path / directory / value
                 try:
                     records.extend(orjson.loads(path.read_bytes()))
+                    self.stats.records_files += 1
+                    if (path.stat().st_mode | path.parent.stat().st_mode) & 0o077:  # audit data others may read
+                        self.stats.records_files_shared += 1
                 except (OSError, orjson.JSONDecodeError) as error:
                     return web.json_response({"message": f"cannot read {path}: {error}"}, status=400)
         refusal = self._refusal([orjson.dumps(record) for record in records])
