@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -155,8 +156,9 @@ class ServerProcess:
         self.stop()
 
 
-def read_ready(child: ChildProcess, timeout: float) -> dict:
-    """The JSON of the ``READY {json}`` line the child prints on stdout; the child is stopped if none comes."""
+def read_ready(child: ChildProcess, timeout: float, describe: Callable[[], str] | None = None) -> dict:
+    """The JSON of the ``READY {json}`` line the child prints on stdout; the child is stopped if none comes, and
+    the error adds what ``describe`` returns then (its log)."""
     result: dict = {}
 
     def read() -> None:
@@ -170,10 +172,10 @@ def read_ready(child: ChildProcess, timeout: float) -> dict:
     reader.start()
     reader.join(timeout)
     if not result:
-        code = child.poll()
+        code = child.poll() if reader.is_alive() else child.wait_for(5)  # stdout closed: it is exiting
         child.stop()
         state = f"exited with code {code}" if code is not None else f"printed no READY line within {timeout} s"
-        raise RuntimeError(f"{child.name} {state}")
+        raise RuntimeError(f"{child.name} {state}" + (f":\n{describe()}" if describe else ""))
     return result
 
 

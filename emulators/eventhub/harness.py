@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from emulators.process import ChildProcess
+from emulators.process import ChildProcess, read_ready
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -80,23 +80,8 @@ class EmulatorProcess:
         )
         # drain stderr in the background so a chatty emulator never blocks on a full pipe
         threading.Thread(target=self._drain_stderr, args=(self.process,), daemon=True).start()
-        line = self._read_ready_line(self.process)
-        self.info = json.loads(line[len("READY ") :])
+        self.info = read_ready(self.process, self.startup_timeout, lambda: "".join(self.stderr_lines[-20:]))
         return self.info
-
-    def _read_ready_line(self, process: ChildProcess) -> str:
-        result: list[str] = []
-        stdout = process.stdout
-        assert stdout is not None
-        reader = threading.Thread(target=lambda: result.append(stdout.readline()), daemon=True)
-        reader.start()
-        reader.join(self.startup_timeout)
-        line = result[0] if result else ""
-        if not line.startswith("READY "):
-            self.stop()
-            tail = "".join(self.stderr_lines[-20:])
-            raise RuntimeError(f"emulator did not become ready (got {line!r}); stderr:\n{tail}")
-        return line.strip()
 
     def _drain_stderr(self, process: ChildProcess) -> None:
         for line in process.stderr:  # type: ignore[union-attr]

@@ -11,18 +11,15 @@ with EmulatorProcess("--blobs", "100") as emu:
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import selectors
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import requests
 
-from emulators.process import ChildProcess
+from emulators.process import ChildProcess, read_ready
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CA_ENV_VARS = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")
@@ -69,21 +66,8 @@ class EmulatorProcess:
             argv, cwd=REPO_ROOT, name="emulators.office365", stdout=subprocess.PIPE, stderr=self._stderr, env=self.env,
             text=True,
         )
-        deadline = time.monotonic() + self.ready_timeout
-        with selectors.DefaultSelector() as selector:
-            selector.register(self.process.stdout, selectors.EVENT_READ)
-            while time.monotonic() < deadline:
-                if not selector.select(timeout=max(0.0, deadline - time.monotonic())):
-                    break
-                line = self.process.stdout.readline()
-                if not line:  # exited before READY
-                    self.process.wait(5)
-                    raise RuntimeError(f"emulator exited with {self.process.returncode}:\n{self.log()}")
-                if line.startswith("READY "):
-                    self.info = json.loads(line[len("READY ") :])
-                    return self.info
-        self.stop()
-        raise TimeoutError(f"no READY line within {self.ready_timeout}s:\n{self.log()}")
+        self.info = read_ready(self.process, self.ready_timeout, self.log)
+        return self.info
 
     def stop(self, timeout: float = 15.0) -> int | None:
         if self.process is None:
