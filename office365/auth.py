@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections import deque
 from collections.abc import Callable
 
 import msal
@@ -18,6 +19,7 @@ import msal.exceptions
 import requests
 
 from connectors.errors import ConfigurationError
+from connectors.logs import Redactor
 from connectors.logs import OnceLogger
 from connectors.retry import Backoff
 from office365.config import Credential, Endpoints
@@ -120,6 +122,7 @@ class TokenProvider:
         credential: Credential,
         log: Callable[[str, str], None],
         timeout: float = 30.0,
+        redactor: Redactor | None = None,
     ):
         self.endpoints = endpoints
         self.client_id = client_id
@@ -133,6 +136,8 @@ class TokenProvider:
         self._backoff = Backoff(base=1.0, cap=15.0)
         self._outage = OnceLogger(log)
         self.renewals = 0
+        self._redactor = redactor
+        self._masked: deque[str] = deque()  # the current token and the one before (requests may still carry it)
 
     async def token(self) -> str:
         if self._token is not None and time.monotonic() < self._renew_at:
@@ -160,11 +165,22 @@ class TokenProvider:
                 continue
             self._outage.ended("Microsoft Entra answered again")
             self._backoff.reset()
+            self._mask(token)
             self._token = token
             # Five minutes before expiry (short-lived tokens: at 80% of their life).
             self._renew_at = time.monotonic() + max(lifetime * self.RENEW_FRACTION, lifetime - self.RENEW_MARGIN)
             self.renewals += 1
             return
+
+    def _mask(self, token: str) -> None:
+        """A token joins the log redaction list before any request carries it; the one two renewals back (expired
+        or about to be) leaves it."""
+        if self._redactor is None:
+            return
+        self._redactor.add([token])
+        self._masked.append(token)
+        if len(self._masked) > 2:
+            self._redactor.discard([self._masked.popleft()])
 
     # -- blocking part (runs in a thread) -------------------------------------------------------------------
 

@@ -133,7 +133,7 @@ class Office365Configuration(CollectorConfiguration):
         description="How far back the periodic re-listing looks for content that became available late",
     )
     relist_interval_minutes: float = Field(
-        15.0, gt=0, title="Re-list interval (minutes)", description="How often the recent windows are listed again"
+        12.0, gt=0, title="Re-list interval (minutes)", description="How often the recent windows are listed again"
     )
     deep_relist_minutes: float = Field(
         240.0,

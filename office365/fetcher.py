@@ -15,11 +15,12 @@ from connectors.retry import Backoff
 from connectors.stopping import Stopping
 from office365.client import ApiError, ApiResponse, ManagementClient, Throttled, TransientError, sleep_or_stop
 from office365.listing import ContentRef
-from office365.subscriptions import fatal
+from office365.subscriptions import MissingDlpPermission, fatal
 
 SKIP_CODES = {"AF20050": "vanished", "AF20051": "expired", "AF20052": "invalid_id"}
 TRANSIENT_ATTEMPTS = 6
 THROTTLED_ATTEMPTS = 30
+PERMISSION_WAIT = 3600.0
 
 
 class Deferred(Exception):
@@ -73,6 +74,9 @@ async def fetch_blob(client: ManagementClient, ref: ContentRef, stopping: asynci
         if error.status == 404:
             return Fetched(ref, skipped="vanished", code="HTTP 404")
         problem = fatal(error, ref.content_type)
+        if isinstance(problem, MissingDlpPermission):
+            # Withdrawn after the blob was listed: the lister says so; the blob waits for the permission.
+            raise Deferred(str(error), PERMISSION_WAIT) from None
         if problem is not None:
             raise problem from None
         # Unexpected refusal: keep the blob pending and try again much later (the resume point waits for it).

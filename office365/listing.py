@@ -18,7 +18,9 @@ from office365.client import ApiResponse, ManagementClient
 
 MAX_WINDOW = timedelta(hours=23, minutes=59)  # strictly under 24 h: exactly 24 h is refused by some tenants
 RETENTION = timedelta(days=7)
-RETENTION_MARGIN = timedelta(minutes=10)  # stay clear of the 7-day limit across clock skew and slow pages
+# Windows are built on the API's clock (its Date header): the margin only covers the pages of the oldest window
+# (a refused window is narrowed anyway), so content near its 7-day expiry is still listed.
+RETENTION_MARGIN = timedelta(minutes=2)
 NEXT_PAGE_HEADERS = ("NextPageUri", "NextPageUrl")
 
 Getter = Callable[[str], Awaitable[ApiResponse]]
@@ -60,6 +62,36 @@ def floor_second(moment: datetime) -> datetime:
 def horizon(now: datetime) -> datetime:
     """The oldest start time the API accepts, with a margin."""
     return floor_second(now - RETENTION + RETENTION_MARGIN)
+
+
+class RelistSchedule:
+    """When to list past time again, recent time more often than old time: late blobs land in windows already
+    listed. ``tiers`` are (how far back, every how many seconds); a due tier also does the work of shorter ones."""
+
+    def __init__(self, tiers: list[tuple[timedelta, float]], now: float):
+        self.tiers = sorted((span, every) for span, every in tiers if every > 0)
+        # A run starts with every tier but the longest due: late blobs may have come while the trigger was away.
+        self._last = [-math.inf] * len(self.tiers)
+        if len(self.tiers) > 1:
+            self._last[-1] = now
+
+    def due(self, now: float) -> timedelta | None:
+        """The span to list again now (and mark done), or None."""
+        chosen = None
+        for index, (span, every) in enumerate(self.tiers):
+            if now - self._last[index] >= every:
+                chosen = index
+        if chosen is None:
+            return None
+        for index in range(chosen + 1):
+            self._last[index] = now
+        return self.tiers[chosen][0]
+
+    def wait(self, now: float) -> float:
+        """Seconds until the next tier is due."""
+        if not self.tiers:
+            return math.inf
+        return max(0.0, min(last + every - now for last, (_, every) in zip(self._last, self.tiers)))
 
 
 def windows(start: datetime, end: datetime, max_length: timedelta = MAX_WINDOW) -> list[tuple[datetime, datetime]]:

@@ -12,27 +12,30 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import math
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from connectors.delivery import Forwarder
+from connectors.logs import Redactor
 from connectors.stopping import unless_stopping
 from office365 import metrics
 from office365.auth import TokenProvider
 from office365.client import ApiError, ManagementClient, Throttled, TransientError, sleep_or_stop
 from office365.config import Credential, Endpoints, Office365Configuration
 from office365.fetcher import Deferred, Fetched, Stopping, fetch_blob, get_with_retries
-from office365.listing import RETENTION, horizon, list_pages, utcnow, windows
+from office365.listing import RETENTION, RelistSchedule, floor_second, horizon, list_pages, windows
 from office365.pacing import ConcurrencyLimit, Gate, QuotaPacer
 from office365.processor import Processor, SampledLog
 from office365.state import CollectorState
-from office365.subscriptions import RESTART_CODES, Subscriptions, fatal
+from office365.subscriptions import RESTART_CODES, MissingDlpPermission, Subscriptions, fatal
 
 Log = Callable[[str, str], None]
 MONITOR_INTERVAL = 2.0
 POLL_OVERLAP = timedelta(minutes=5)  # blobs often show up a little after their creation time
+RECENT_RELIST = timedelta(hours=1)  # listed again at every poll: blobs up to an hour late come within a poll
+NARROWING_STEPS = 4  # a refused window is tried again on its newer half, quarter, ... down to a sixteenth
+PERMISSION_RECHECK = 3 * 3600.0  # a content type the app may not read: warn, and look again, this often
 AF_BAD_NEXT_PAGE = "AF20031"
 AF_BAD_WINDOW = ("AF20055", "AF20030")
 
@@ -50,6 +53,7 @@ class Pipeline:
         heartbeat: Callable[[], None] = lambda: None,
         report_lag: Callable[[float], None] = lambda lag: None,
         user_agent: str = "sekoiaio-connector/office365",
+        redactor: Redactor | None = None,
     ):
         self.config = config
         self.endpoints = endpoints
@@ -62,6 +66,7 @@ class Pipeline:
         self._heartbeat = heartbeat
         self._report_lag = report_lag
         self._user_agent = user_agent
+        self._redactor = redactor  # access tokens obtained at run time join it
         self.stopping = asyncio.Event()
         self._gaps_reported: set[str] = set()
         self._expiry_warned: dict[str, float] = {}
@@ -71,7 +76,12 @@ class Pipeline:
     async def run(self) -> None:
         config = self.config
         tokens = TokenProvider(
-            self.endpoints, config.client_id, self.credential, self._log, timeout=config.request_timeout_seconds
+            self.endpoints,
+            config.client_id,
+            self.credential,
+            self._log,
+            timeout=config.request_timeout_seconds,
+            redactor=self._redactor,
         )
         self.limit = ConcurrencyLimit(config.max_concurrency, initial=min(config.max_concurrency, 8))
         gate = Gate(self.limit, QuotaPacer(config.max_requests_per_minute))
@@ -95,18 +105,22 @@ class Pipeline:
             async with client:
                 await self._unless_stopping(tokens.token())  # wrong credentials stop here, with one clear message
                 subscriptions = Subscriptions(client, self._log)
-                await self._unless_stopping(
+                denied = await self._unless_stopping(
                     self._retrying(lambda: subscriptions.ensure(config.content_types), "starting subscriptions")
                 )
+                collected = [ct for ct in config.content_types if ct not in denied]
+                if not collected:  # nothing the app may read: only a person can fix it
+                    raise fatal(ApiError(401, "AF10001", "permission"), denied[0])
                 self._log(
-                    f"Collecting {', '.join(config.content_types)} from {self.endpoints.feed} "
+                    f"Collecting {', '.join(collected)} from {self.endpoints.feed} "
                     f"(up to {config.max_concurrency} requests in flight)",
                     "info",
                 )
                 processor.start()
                 queue: asyncio.Queue = asyncio.Queue()
                 tasks = [
-                    asyncio.create_task(self._lister(ct, client, subscriptions, queue)) for ct in config.content_types
+                    asyncio.create_task(self._collect(ct, client, subscriptions, queue, ct in denied))
+                    for ct in config.content_types
                 ]
                 tasks += [
                     asyncio.create_task(self._fetcher(client, queue, slots, processor))
@@ -138,13 +152,12 @@ class Pipeline:
             if isinstance(result, BaseException) and not isinstance(result, (asyncio.CancelledError, Stopping)):
                 raise result
 
-    async def _retrying(self, call, what: str) -> None:
-        """Retry a start-up call through transient trouble until it works or the trigger stops."""
+    async def _retrying(self, call, what: str):
+        """Retry a start-up call through transient trouble until it works (its result) or the trigger stops."""
         failing = 0
         while True:
             try:
-                await call()
-                return
+                return await call()
             except (Throttled, TransientError) as error:
                 failing += 1
                 if failing == 3:
@@ -156,34 +169,72 @@ class Pipeline:
 
     # -- listing --------------------------------------------------------------------------------------------
 
-    async def _lister(
+    async def _collect(
+        self,
+        content_type: str,
+        client: ManagementClient,
+        subscriptions: Subscriptions,
+        queue: asyncio.Queue,
+        denied: bool,
+    ) -> None:
+        """List one content type for the life of the run; while the app may not read it, say so every few hours
+        and look again (a permission granted later is picked up without a restart)."""
+        while True:
+            if denied:
+                await self._wait_for_permission(content_type, subscriptions)
+            poller = asyncio.create_task(self._poller(content_type, client, subscriptions, queue))
+            relister = asyncio.create_task(self._relister(content_type, client, queue))
+            try:
+                done, _ = await asyncio.wait([poller, relister], return_when=asyncio.FIRST_EXCEPTION)
+            finally:
+                poller.cancel()
+                relister.cancel()
+                await asyncio.gather(poller, relister, return_exceptions=True)
+            problem = next((task.exception() for task in done if not task.cancelled() and task.exception()), None)
+            if problem is None:
+                return  # stopping
+            if not isinstance(problem, MissingDlpPermission):
+                raise problem
+            denied = True  # withdrawn while running
+
+    async def _wait_for_permission(self, content_type: str, subscriptions: Subscriptions) -> None:
+        while True:
+            others = [ct for ct in self.config.content_types if ct != content_type]
+            self._log(
+                f"{content_type} is not collected: the app lacks the application permission ActivityFeed.ReadDlp of "
+                f"the Office 365 Management API (AF10001); {', '.join(others) or 'no other content type'} still "
+                "collected. Grant ActivityFeed.ReadDlp with admin consent (picked up within "
+                f"{PERMISSION_RECHECK / 3600:g} h, no restart needed), or remove {content_type} from content_types",
+                "warning",
+            )
+            if await sleep_or_stop(PERMISSION_RECHECK, self.stopping):
+                raise Stopping()
+            try:
+                await subscriptions.start(content_type, "ActivityFeed.ReadDlp is granted now")
+            except MissingDlpPermission:
+                continue
+            except (Throttled, TransientError):
+                continue  # not a refusal: try listing, it retries on its own
+            self._log(f"ActivityFeed.ReadDlp is granted now: collecting {content_type}", "info")
+            return
+
+    async def _poller(
         self, content_type: str, client: ManagementClient, subscriptions: Subscriptions, queue: asyncio.Queue
     ) -> None:
-        """Each poll lists from where the last one ended (with a small overlap); every ``relist_interval_minutes``
-        the trailing ``relist_hours`` again, every ``deep_relist_minutes`` the whole retention: late blobs land
-        in windows already listed, and the ledger makes re-listing cheap (known blobs are skipped)."""
-        config = self.config
-        relist_every = config.relist_interval_minutes * 60
-        deep_every = config.deep_relist_minutes * 60
-        last_relist = -math.inf  # a run starts with a trailing re-list: late blobs may have come while stopped
-        last_deep = time.monotonic()
+        """Each poll lists from where the last one ended and, with it, the last hour again (blobs up to an hour
+        late are listed within a poll); it alone moves the resume point forward."""
+        recent = RECENT_RELIST + timedelta(seconds=self.config.poll_interval_seconds) + POLL_OVERLAP
         restarts = 0
         while not self.stopping.is_set():
-            now = utcnow()
+            now = client.now()
             earliest = horizon(now)
             resume = self.state.resume_point(content_type)
             if resume < earliest:
                 self._report_gap(content_type, resume, earliest)
                 self.state.skip_to(content_type, earliest)
-            start = self.state.listed_until(content_type) - POLL_OVERLAP
-            if time.monotonic() - last_relist >= relist_every:
-                start, last_relist = min(start, now - timedelta(hours=config.relist_hours)), time.monotonic()
-            if deep_every and time.monotonic() - last_deep >= deep_every:
-                start, last_deep = earliest, time.monotonic()
+            start = min(self.state.listed_until(content_type) - POLL_OVERLAP, now - recent)
             try:
-                for window_start, window_end in windows(max(start, earliest), now):
-                    await self._list_window(content_type, client, queue, window_start, window_end)
-                    self.state.listed(content_type, window_end)
+                await self._list_range(content_type, client, queue, max(start, earliest), now, advance=True)
                 restarts = 0
             except (Throttled, TransientError) as error:
                 self._sampled(f"list:{content_type}", f"Listing {content_type} failed, retrying later: {error}")
@@ -198,7 +249,93 @@ class Pipeline:
                 self._sampled(
                     f"list:{content_type}", f"Listing {content_type} was refused, retrying later: {error}", "error"
                 )
-            await sleep_or_stop(config.poll_interval_seconds, self.stopping)
+            await sleep_or_stop(self.config.poll_interval_seconds, self.stopping)
+
+    async def _relister(self, content_type: str, client: ManagementClient, queue: asyncio.Queue) -> None:
+        """Older time again, less often: the last day every ``relist_interval_minutes``, the whole retention every
+        ``deep_relist_minutes`` (see the README for what it costs). Known blobs are skipped, so a re-list costs
+        listing pages only. Runs beside the poller: a long re-list never delays new content."""
+        config = self.config
+        schedule = RelistSchedule(
+            [
+                (
+                    timedelta(hours=config.relist_hours, minutes=config.relist_interval_minutes) + POLL_OVERLAP,
+                    config.relist_interval_minutes * 60,
+                ),
+                (RETENTION, config.deep_relist_minutes * 60),
+            ],
+            time.monotonic(),
+        )
+        while not self.stopping.is_set():
+            span = schedule.due(time.monotonic())
+            if span is not None:
+                now = client.now()
+                # Up to what the poller listed: beyond it is new content, the poller's (and the resume point's).
+                end = min(now, self.state.listed_until(content_type))
+                try:
+                    await self._list_range(content_type, client, queue, max(now - span, horizon(now)), end)
+                except (Throttled, TransientError) as error:
+                    self._sampled(f"relist:{content_type}", f"Re-listing {content_type} failed: {error}")
+                except ApiError as error:
+                    problem = fatal(error, content_type)
+                    if problem is not None:
+                        raise problem from None
+                    # The poller meets the same answer and deals with it (subscription restarts included).
+                    self._sampled(f"relist:{content_type}", f"Re-listing {content_type} was refused: {error}")
+            if await sleep_or_stop(min(schedule.wait(time.monotonic()), 60.0), self.stopping):
+                return
+
+    async def _list_range(
+        self,
+        content_type: str,
+        client: ManagementClient,
+        queue: asyncio.Queue,
+        start: datetime,
+        end: datetime,
+        advance: bool = False,
+    ) -> None:
+        """List [start, end) window by window; a window the API refuses is narrowed or skipped, never retried in a
+        loop that would hold back the newer ones. ``advance``: record each window as listed (the poller)."""
+        for window_start, window_end in windows(start, end):
+            try:
+                await self._list_window(content_type, client, queue, window_start, window_end)
+            except ApiError as error:
+                if error.code not in AF_BAD_WINDOW:
+                    raise
+                await self._refused_window(content_type, client, queue, window_start, window_end, error)
+            if advance:
+                self.state.listed(content_type, window_end)
+
+    async def _refused_window(
+        self,
+        content_type: str,
+        client: ManagementClient,
+        queue: asyncio.Queue,
+        start: datetime,
+        end: datetime,
+        error: ApiError,
+    ) -> None:
+        """The API refused [start, end) although it was built on the API's clock: list its newer half, then the
+        newer quarter..., and say once what could not be listed. The whole-retention re-list tries it again."""
+        accepted = end
+        narrowed = start
+        for _ in range(NARROWING_STEPS):
+            narrowed = floor_second(narrowed + (end - narrowed) / 2)
+            try:
+                await self._list_window(content_type, client, queue, narrowed, end)
+                accepted = narrowed
+                break
+            except ApiError as again:
+                if again.code not in AF_BAD_WINDOW:
+                    raise
+        what = "skipped it" if accepted == end else f"listed only from {accepted.isoformat()}"
+        self._sampled(
+            f"window:{content_type}",
+            f"The API refused the listing window {start.isoformat()} - {end.isoformat()} of {content_type} ({error}); "
+            f"{what} and went on with newer windows. Content of {content_type} created between {start.isoformat()} "
+            f"and {accepted.isoformat()} is collected only if a later re-list is accepted",
+            "error",
+        )
 
     async def _list_window(
         self, content_type: str, client: ManagementClient, queue: asyncio.Queue, start: datetime, end: datetime
@@ -225,17 +362,12 @@ class Pipeline:
             except ApiError as error:
                 if error.code == AF_BAD_NEXT_PAGE and attempt < 2:
                     continue  # the page token went stale: list the window again (known blobs are skipped)
-                if error.code in AF_BAD_WINDOW:
-                    self._sampled(
-                        f"window:{content_type}",
-                        f"The API refused the window {start.isoformat()} - {end.isoformat()} of {content_type}: "
-                        f"{error}",
-                        "error",
-                    )
                 raise
 
     def _report_gap(self, content_type: str, resume: datetime, earliest: datetime) -> None:
-        if content_type in self._gaps_reported or not self.state.has_checkpoint(content_type):
+        # Only content that was owed and is now out of the API's reach: not the initial lookback's oldest part
+        # when no window was listed yet (a restart after an early fault), not a blob still listable.
+        if content_type in self._gaps_reported or not self.state.owes_from_resume(content_type):
             return
         self._gaps_reported.add(content_type)
         self._log(

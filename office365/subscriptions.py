@@ -16,14 +16,19 @@ ALREADY_ENABLED = "AF20024"
 NOT_SUBSCRIBED = "AF20022"
 DISABLED_BY_ADMIN = "AF20023"
 RESTART_CODES = {NOT_SUBSCRIBED, DISABLED_BY_ADMIN}
+DLP = "DLP.All"
+
+
+class MissingDlpPermission(ConfigurationError):
+    """DLP.All without ActivityFeed.ReadDlp: the other content types can still be collected."""
 
 
 def fatal(error: ApiError, content_type: str | None = None) -> ConfigurationError | None:
     """The API errors that retrying cannot fix, as what to change."""
     code, message = error.code, error.message.lower()
     if code == "AF10001" or (error.status == 403 and "permission" in message):
-        if content_type == "DLP.All":
-            return ConfigurationError(
+        if content_type == DLP:
+            return MissingDlpPermission(
                 "content_types",
                 "DLP.All needs the application permission ActivityFeed.ReadDlp of the Office 365 Management API: "
                 "grant it with admin consent, or remove DLP.All from content_types",
@@ -53,7 +58,9 @@ class Subscriptions:
         self.client = client
         self._log = log
 
-    async def ensure(self, content_types: list[str]) -> None:
+    async def ensure(self, content_types: list[str]) -> list[str]:
+        """Start the subscriptions that are not enabled; the content types the app may not read (DLP.All without
+        ActivityFeed.ReadDlp), which the caller leaves out instead of stopping."""
         response = await self.client.get(self.client.operation_url("subscriptions/list"), "subscription")
         data = response.json() if response.body.strip() else []
         status = {
@@ -61,19 +68,24 @@ class Subscriptions:
             for entry in (data if isinstance(data, list) else [])
             if isinstance(entry, dict)
         }
+        denied = []
         for content_type in content_types:
             current = status.get(content_type.lower())
             if current == "enabled":
                 continue
-            if current is None:
-                await self.start(content_type, "there was none yet")
-            else:
-                self._log(
-                    f"The subscription to {content_type} was {current}; starting it. Content of the time it was off "
-                    "cannot be retrieved",
-                    "warning",
-                )
-                await self.start(content_type, f"it was {current}")
+            try:
+                if current is None:
+                    await self.start(content_type, "there was none yet")
+                else:
+                    self._log(
+                        f"The subscription to {content_type} was {current}; starting it. Content of the time it was "
+                        "off cannot be retrieved",
+                        "warning",
+                    )
+                    await self.start(content_type, f"it was {current}")
+            except MissingDlpPermission:
+                denied.append(content_type)
+        return denied
 
     async def start(self, content_type: str, reason: str) -> None:
         url = self.client.operation_url("subscriptions/start", contentType=content_type)

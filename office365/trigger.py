@@ -58,6 +58,7 @@ class Office365Trigger(CollectorTrigger):
             heartbeat=self.heartbeat,
             report_lag=lambda lag: self.put_events_lag(intake_key=self.metric_intake, lag=lag),
             user_agent=self._user_agent,
+            redactor=self._redactor,
         )
         try:
             self.run_async(lambda stopping: pipeline.run(), pipeline.stopping)
