@@ -59,12 +59,16 @@ def test_restart_resumes_from_the_checkpoint(runtime, tmp_path):
     proc = start(runtime, config)
     assert wait_until(lambda: len(runtime.delivered()) >= 3000, 60)
     assert stop(proc) == 0
-    # A second run finds its checkpoint at the end: nothing more is sent.
+    # A second run finds its checkpoint at the end: nothing more is sent (checked once it said where it is).
     proc = start(runtime, config)
-    time.sleep(3)
+    assert wait_until(lambda: replayed(runtime).count("Replayed up to line 3000") == 2, 60), replayed(runtime)
     assert stop(proc) == 0
     assert compare([f"rec-{i}" for i in range(3000)], ids(runtime)) == {
         "expected": 3000, "delivered": 3000, "lost": 0, "duplicates": 0}
+
+
+def replayed(runtime) -> list[str]:
+    return [entry["message"] for entry in runtime.logs() if entry["message"].startswith("Replayed")]
 
 
 def test_crash_between_delivery_and_checkpoint_redelivers_never_loses(runtime, tmp_path):
@@ -83,9 +87,12 @@ def test_crash_between_delivery_and_checkpoint_redelivers_never_loses(runtime, t
 
 
 def test_runtime_down_at_start_then_back_loses_nothing(runtime, tmp_path):
-    runtime.control(down_for=4)
+    runtime.control(down_for=600)
     source = source_file(tmp_path, 1000)
     proc = start(runtime, {"source": str(source)})
+    # Down until the trigger met the outage (its requests were cut), then back.
+    assert wait_until(lambda: runtime.stats()["cut"] > 0, 60)
+    runtime.control(down_for=0)
     assert wait_until(lambda: len(runtime.delivered()) >= 1000, 60)
     assert stop(proc) == 0
     assert compare([f"rec-{i}" for i in range(1000)], ids(runtime))["lost"] == 0
