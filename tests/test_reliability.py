@@ -25,19 +25,19 @@ def run(ctx: Context, name: str) -> dict:
 
 def test_o365_kills(ctx):
     result = run(ctx, "o365_kills")
-    assert result["kills"] == SMOKE.kills and result["kills_mid_backlog"] == SMOKE.kills
+    assert result["kills_mid_backlog"] == SMOKE.kills  # every kill landed while records were still to deliver
     assert result["duplicates"] <= result["in_flight_at_kills"]
 
 
 def test_eventhub_kills(ctx):
     result = run(ctx, "eventhub_kills")
-    assert result["kills"] == SMOKE.kills
+    assert result["kills_mid_backlog"] == SMOKE.kills
     assert result["duplicates"] <= result["in_flight_at_kills"]
 
 
 def test_o365_runtime_down_recovers(ctx):
     result = run(ctx, "o365_runtime_down")
-    assert result["fault_s"] == SMOKE.fault_s and result["recovery_s"] is not None
+    assert result["recovery_s"] is not None and result["exit_code"] == 0
     assert 1 <= result["runtime_warnings"] <= 3  # said once, not per batch
 
 
