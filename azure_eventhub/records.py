@@ -1,33 +1,26 @@
 """From Event Hubs message bodies to the events forwarded to Sekoia: one per diagnostic record.
 
-- ``{"records": [...]}`` (what diagnostic settings send) becomes one event per record, each serialized once
-  with orjson; an empty ``records`` list is a heartbeat and is skipped.
-- Any other JSON document (object, array, scalar) is forwarded as such, its bytes untouched.
+Every body goes through the record codec shared with the Office 365 trigger (``connectors.codec``), which keeps
+each record's bytes as the producer wrote them (integers beyond 64 bits, escapes and key order included), reads
+UTF-16/32 and byte order marks, and keeps bytes that are not UTF-8 visible as ``\\xNN``.
+
+- ``{"records": [...]}`` (what diagnostic settings send) becomes one event per record, cut out of the envelope;
+  an empty ``records`` list is a heartbeat and is skipped.
+- Any other JSON document (object, array, scalar) is forwarded as such.
 - A body that is not JSON is tried as NDJSON (one document per line, as some log shippers batch), else it is
   forwarded as text: a collector must not drop what it cannot parse, the intake parses text formats too, and
-  the counter and the warning tell the user a producer sends something unexpected. Bytes that are not UTF-8
-  are kept visible as ``\\xNN`` escapes rather than replaced, so nothing is lost from the content.
+  the counter and the warning tell the user a producer sends something unexpected.
 - Empty bodies (or ``null``) are skipped and counted.
-- orjson reads integers beyond 64 bits as floats: an envelope holding a run of 19 digits or more goes through
-  the standard library, whose integers are exact, so re-serialized records keep every digit.
-
-The hot path is: one ``orjson.loads`` per body, one ``orjson.dumps`` per record, one byte scan per envelope.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 
 import orjson
 
-_loads = orjson.loads
-_dumps = orjson.dumps
-_JSONDecodeError = orjson.JSONDecodeError
-# Every digit mapped to "0": a run of 19 zeros afterwards is a run of 19 digits before (one C pass, ~0.5 µs/KB).
-_DIGITS_AS_ZERO = bytes(0x30 if 0x30 <= i <= 0x39 else i for i in range(256))
-_LONG_DIGITS = b"0" * 19  # -9223372036854775809 has 19: orjson rounds it
+from connectors.codec import Document, NotJSON, decode_text, read_envelope
 
 
 @dataclass(slots=True)
@@ -39,6 +32,7 @@ class SplitStats:
     filtered: int = 0  # records left out by the category filter
     text: int = 0  # non-JSON bodies forwarded as text
     invalid_utf8: int = 0  # of which not valid UTF-8
+    repaired: int = 0  # JSON bodies holding bytes that are not UTF-8, forwarded with them as \xNN
 
     def add(self, other: "SplitStats") -> None:
         for field in fields(self):
@@ -52,23 +46,7 @@ def text_as_raw(text: str) -> bytes:
 
 def text_as_json(text: str) -> bytes:
     """Playbook mode: records are written as a JSON array, so text goes as a JSON string."""
-    return _dumps(text)
-
-
-def _reject_constant(name: str):
-    raise ValueError(f"{name} is not JSON")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if value in (float("inf"), float("-inf")):
-        raise ValueError("number out of range")
-    return value
-
-
-def _slow_loads(body: bytes):
-    """Valid JSON orjson refuses: a BOM, UTF-16/32 (the standard library detects them). Strictly JSON: no NaN."""
-    return json.loads(body, parse_constant=_reject_constant, parse_float=_finite_float)
+    return orjson.dumps(text)
 
 
 class RecordSplitter:
@@ -78,35 +56,14 @@ class RecordSplitter:
 
     def split(self, bodies: Iterable[bytes], out: list[bytes], stats: SplitStats) -> None:
         """Append the events of every body to ``out``; count what was skipped in ``stats``."""
-        categories = self.categories
         for body in bodies:
             stats.events += 1
             try:
-                document = _loads(body)
-            except _JSONDecodeError:
-                self._not_orjson(body, out, stats)
+                document = read_envelope(body)
+            except NotJSON:
+                self._not_json(body, out, stats)
                 continue
-            if type(document) is dict:
-                records = document.get("records")
-                if type(records) is list:
-                    if _LONG_DIGITS in body.translate(_DIGITS_AS_ZERO):
-                        self._not_orjson(body, out, stats)  # a number orjson may have rounded
-                    elif not records:
-                        stats.heartbeats += 1
-                    elif categories is None:
-                        out.extend(map(_dumps, records))
-                        stats.records += len(records)
-                    else:
-                        self._filtered(records, out, stats)
-                    continue
-                if categories is not None and not self._wanted(document):
-                    stats.filtered += 1
-                    continue
-            elif document is None:
-                stats.empty += 1
-                continue
-            out.append(body)
-            stats.records += 1
+            self._document(document, out, stats)
 
     def as_text(self, bodies: Iterable[bytes], out: list[bytes], stats: SplitStats) -> None:
         """Last resort if splitting ever failed on a batch: every body as text, nothing lost or retried forever."""
@@ -114,78 +71,57 @@ class RecordSplitter:
             stats.events += 1
             stats.text += 1
             stats.records += 1
-            out.append(self.text_event(body.decode("utf-8", "backslashreplace")))
+            out.append(self.text_event(decode_text(body)[0]))
+
+    def _document(self, document: Document, out: list[bytes], stats: SplitStats) -> None:
+        if document.invalid_utf8:
+            stats.repaired += 1
+        items = document.items
+        if items is not None:  # an envelope
+            if not items:
+                stats.heartbeats += 1
+            elif self.categories is None:
+                out.extend(items)
+                stats.records += len(items)
+            else:
+                for item, value in zip(items, document.values()):
+                    if self._wanted(value):
+                        out.append(item)
+                        stats.records += 1
+                    else:
+                        stats.filtered += 1
+        elif document.value is None:
+            stats.empty += 1
+        elif self.categories is not None and not self._wanted(document.value):
+            stats.filtered += 1
+        else:
+            out.append(document.raw)
+            stats.records += 1
 
     def _wanted(self, record) -> bool:
         category = record.get("category") if type(record) is dict else None
         # Records without a category cannot be classified: keep them rather than lose them.
         return not isinstance(category, str) or category.lower() in self.categories  # type: ignore[operator]
 
-    def _filtered(self, records: list, out: list[bytes], stats: SplitStats) -> None:
-        for record in records:
-            if self._wanted(record):
-                out.append(_dumps(record))
-                stats.records += 1
-            else:
-                stats.filtered += 1
-
-    def _not_orjson(self, body: bytes, out: list[bytes], stats: SplitStats) -> None:
+    def _not_json(self, body: bytes, out: list[bytes], stats: SplitStats) -> None:
         if not body.strip():
             stats.empty += 1
             return
-        try:
-            document = _slow_loads(body)
-        except (ValueError, RecursionError):
-            document = _NOT_JSON
-        if document is not _NOT_JSON:
-            self._json_document(document, out, stats)
-            return
         if b"\n" in body and self._ndjson(body, out, stats):
             return
-        try:
-            text = body.decode("utf-8")
-        except UnicodeDecodeError:
-            text = body.decode("utf-8", "backslashreplace")
+        text, invalid = decode_text(body)
+        if invalid:
             stats.invalid_utf8 += 1
         stats.text += 1
         stats.records += 1
         out.append(self.text_event(text))
 
-    def _json_document(self, document, out: list[bytes], stats: SplitStats) -> None:
-        """A document the standard library read (orjson refused it, or might round it): re-serialize it as JSON.
-
-        Never the bytes as they came: UTF-16 JSON is valid UTF-8 too (NULs between the characters). ASCII escapes,
-        because this parser accepts lone surrogates (``"\\ud800"``), which UTF-8 cannot encode.
-        """
-        def encode(value) -> bytes:
-            return json.dumps(value, separators=(",", ":")).encode("ascii")
-
-        if type(document) is dict and type(document.get("records")) is list:
-            records = document["records"]
-            if not records:
-                stats.heartbeats += 1
-            for record in records:
-                if self.categories is None or self._wanted(record):
-                    out.append(encode(record))
-                    stats.records += 1
-                else:
-                    stats.filtered += 1
-        elif document is None:
-            stats.empty += 1
-        else:
-            out.append(encode(document))
-            stats.records += 1
-
     def _ndjson(self, body: bytes, out: list[bytes], stats: SplitStats) -> bool:
-        lines = [line for line in body.split(b"\n") if line.strip()]
         try:
-            for line in lines:
-                _loads(line)
-        except _JSONDecodeError:
+            documents = [read_envelope(line) for line in body.split(b"\n") if line.strip()]
+        except NotJSON:
             return False
-        stats.events -= 1  # each line is counted as a body of its own
-        self.split(lines, out, stats)
+        stats.events += len(documents) - 1  # each line is counted as a body of its own
+        for document in documents:
+            self._document(document, out, stats)
         return True
-
-
-_NOT_JSON = object()

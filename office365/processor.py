@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from connectors.delivery import Forwarder
 from office365 import metrics
-from office365.blobs import parse_blob
+from office365.blobs import INVALID_UTF8, parse_blob
 from office365.fetcher import Fetched
 from office365.state import CollectorState, Delivered
 
@@ -148,6 +148,13 @@ class Processor:
                 f"Blob {ref.content_id} of {ref.content_type} holds unusable content: {parsed.describe_problems()}; "
                 f"its {len(parsed.records)} valid records are forwarded",
                 "warning",
+            )
+        if parsed.invalid_utf8:
+            metrics.bad_content.labels(ref.content_type, INVALID_UTF8).inc(parsed.invalid_utf8)
+            self._sampled(
+                f"utf8:{ref.content_type}",
+                f"Blob {ref.content_id} of {ref.content_type} holds {parsed.invalid_utf8} bytes that are not UTF-8: "
+                "its records are forwarded with each such byte written \\xNN",
             )
         # Hot path: one hash and one set lookup per record.
         sha1, from_bytes = hashlib.sha1, int.from_bytes
