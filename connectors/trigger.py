@@ -234,7 +234,7 @@ class CollectorTrigger(Connector):
             return  # another thread is saying it
         try:
             self._status_due = time.monotonic() + self._status_interval
-            line = self.status_line()
+            line = self._redactor(self.status_line())
             ModuleItem.log(self, line, "info")
             self._runtime_logs.put(line, "info")  # not rate-limited: a quiet trigger's lines may repeat
         finally:
