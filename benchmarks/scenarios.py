@@ -295,3 +295,6 @@ def growth(ws: Workspace, quick: bool, o365_1x: dict, eventhub_1x: dict) -> dict
         }
     return {"workload": "o365_cpu and eventhub_1kb at 1x and 5x", **result,
             "goal": "time grows <= 5.5x, peak RSS grows <= 1.3x"}
+
+
+from benchmarks.freshness import o365_freshness  # noqa: E402,F401 - a scenario of its own module
