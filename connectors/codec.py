@@ -8,8 +8,9 @@ One policy for every record, whichever trigger reads it:
   ``\\/``) and key order reach the SIEM as they came.
 - **Strict JSON**: a body is a record list only if it is JSON as RFC 8259 says (no ``NaN``, no trailing comma),
   since playbook mode writes records into a JSON array; what is not JSON is the caller's to handle.
-- **Layout**: whitespace runs holding a line break or a tab are removed (a JSON string cannot hold either raw,
-  so such runs lie between tokens): each record travels on one line. Other spaces stay.
+- **Layout**: in a body with line breaks, whitespace runs holding a line break or a tab are removed (a JSON
+  string cannot hold either raw, so such runs lie between tokens): each record travels on one line. Other
+  spaces stay.
 - **Encodings**: JSON in UTF-16 or UTF-32 (with or without a byte order mark) and UTF-8 with a BOM are read as
   the standard library reads them (RFC 8259 encoding detection) and forwarded as UTF-8, the text unchanged.
 - **Invalid UTF-8**: each byte that is not UTF-8 becomes the four characters ``\\xNN`` (inside a JSON string,
@@ -92,23 +93,24 @@ def read_array(body: bytes) -> Document:
 def read_envelope(body: bytes) -> Document:
     """A document whose records are the elements of its ``records`` array (a diagnostic-settings envelope);
     any other document comes back whole (``items`` None)."""
-    try:
-        spans = _ENVELOPE.decode(body).records
-    except _ValidationError:  # perhaps JSON, not an envelope (shape errors stop the decoder early: parse it all)
+    if body.startswith(b'{"records"'):  # what diagnostic settings write: no need to look further
         try:
-            value = _loads(body)
-        except _JSONDecodeError:
+            return _cut(body, _ENVELOPE.decode(body).records) or _read_exactly(body, envelope=True)
+        except _ValidationError:  # perhaps JSON, not an envelope (a shape error stops the decoder early)
+            pass
+        except (_DecodeError, RecursionError):
             return _read_exactly(body, envelope=True)
-        if type(value) is dict and "records" in value:
-            return _read_exactly(body, envelope=True)  # "records" that is not a list: the exact path says what
-        return Document(None, compact(body), value)
-    except (_DecodeError, RecursionError):
+    try:
+        value = _loads(body)
+    except _JSONDecodeError:
         return _read_exactly(body, envelope=True)
-    return _cut(body, spans) or _read_exactly(body, envelope=True)
+    if type(value) is dict and "records" in value:
+        return _read_exactly(body, envelope=True)  # laid out otherwise, or "records" that is not a list
+    return Document(None, compact(body), value)
 
 
 def compact(raw: bytes) -> bytes:
-    """JSON bytes without their line breaks: whitespace runs holding a tab, CR or LF (never inside a string)."""
+    """Validated JSON bytes on one line: whitespace runs holding a tab, CR or LF removed (never inside a string)."""
     return _LAYOUT.sub(b"", raw) if _has_breaks(raw) else raw
 
 
@@ -125,7 +127,7 @@ def decode_text(body: bytes) -> tuple[str, int]:
 
 
 def _has_breaks(data: bytes) -> bool:
-    return b"\n" in data or b"\r" in data or b"\t" in data  # memchr each: a regex class search is 20x slower
+    return b"\n" in data  # one memchr (a regex class search is 20x slower); a lone CR or tab is left as written
 
 
 def _cut(body: bytes, spans: list) -> Document | None:

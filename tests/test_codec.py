@@ -65,7 +65,7 @@ SERIALIZERS = {
 
 @pytest.mark.parametrize("trigger", TRIGGERS)
 @pytest.mark.parametrize("serializer", SERIALIZERS)
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(items=records)
 @example(items=[{"n": 123456789012345678901234}, {"n": -9223372036854775809, "f": 1.10}])
 @example(items=[{"s": "},{"}, {"a": [{"b": "}"}, {"c": "{"}]}, {"s": "\\\"},{\\\""}])
@@ -77,7 +77,7 @@ def test_records_keep_their_bytes(trigger, serializer, items):
 
 @pytest.mark.parametrize("trigger", TRIGGERS)
 @pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le"])
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(items=records)
 def test_utf16_utf32_and_byte_order_marks_come_out_as_the_same_text_in_utf8(trigger, encoding, items):
     raws = [json.dumps(item, ensure_ascii=False) for item in items]
@@ -89,8 +89,8 @@ def test_utf16_utf32_and_byte_order_marks_come_out_as_the_same_text_in_utf8(trig
 @settings(max_examples=40, deadline=None)
 @given(items=st.lists(st.dictionaries(st.text(max_size=5), values, max_size=4), min_size=1, max_size=5))
 def test_line_breaks_between_tokens_are_removed_and_nothing_else(trigger, items):
-    raws = [json.dumps(item, indent=2) for item in items]
-    out, _ = through(trigger, container(trigger, raws, ",\n  ").encode())
+    document = items if trigger == "office365" else {"records": items}
+    out, _ = through(trigger, json.dumps(document, indent=2).encode())
     assert [json.loads(event) for event in out] == items  # the standard library: integers and floats exact
     assert all(b"\n" not in event and b"\t" not in event for event in out)
 
@@ -121,13 +121,15 @@ def test_lone_surrogate_escapes_are_kept_as_written(trigger):
 
 
 @pytest.mark.parametrize("trigger", TRIGGERS)
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(body=st.binary(max_size=300))
 def test_any_body_gives_utf8_json_records_or_a_reason(trigger, body):
     if trigger == "office365":
         parsed = parse_blob(body)
         events = parsed.records
-        assert events or not parsed.problems or parsed.describe_problems()
+        assert all(event.startswith(b"{") for event in events)
+        if not events and not parsed.problems:  # nothing forwarded and nothing said: only for an empty array
+            assert read_array(body).items == []
     else:
         events, stats = [], SplitStats()
         RecordSplitter(text_event=text_as_json).split([body], events, stats)
