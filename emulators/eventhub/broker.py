@@ -58,6 +58,7 @@ class Stats:
     management_requests: int = 0
     links_stolen: int = 0
     events_trimmed: int = 0
+    busy_since: float = 0.0  # epoch seconds of the first connection opened while none was open
 
     def as_dict(self) -> dict[str, int]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -287,7 +288,8 @@ class Broker:
         self.retention_seconds = retention_seconds
         self.max_message_size = max_message_size
         self.stats = Stats()
-        self.steals: deque[dict] = deque(maxlen=1000)  # receivers detached by a newer epoch: when and where
+        # Receivers gone (closed by their client, or stolen by a newer epoch): when, where, how.
+        self.receivers_ended: deque[dict] = deque(maxlen=10_000)
         self.persist_dir = Path(persist_dir) if persist_dir else None
         self.hubs: dict[str, EventHub] = {}
         for name, count in hubs.items():

@@ -86,6 +86,8 @@ class AmqpConnection(asyncio.Protocol):
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         self.server.connections.add(self)
         stats = self.broker.stats
+        if not stats.connections_open:  # the start-up bench's "first request"
+            stats.busy_since = time.time()
         stats.connections_total += 1
         stats.connections_open += 1
         _LOG.debug("connection from %s", self.peer)
@@ -445,9 +447,7 @@ class AmqpConnection(asyncio.Protocol):
             raise LinkRefused("amqp:link:stolen", refusal)
         for old in stolen:
             self.broker.stats.links_stolen += 1
-            self.broker.steals.append(
-                {"at": time.time(), "hub": hub.name, "consumer_group": group.name, "partition": partition.id}
-            )
+            old.stolen = True
             old.conn.detach_link(
                 old,
                 frames.error(

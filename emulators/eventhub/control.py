@@ -2,8 +2,9 @@
 changes outside AMQP: raising a hub's partition count is an Azure Resource Manager operation there, and the AMQP
 ``$management`` READ then answers the new ``partition_count`` and ``partition_ids``.
 
-    GET  /_emulator/control  -> {"hubs": {name: partitions}, "stats": {...}, "steals": [{at, hub, consumer_group,
-                                partition}, ...]}  (steals: receivers detached by a newer epoch, epoch seconds)
+    GET  /_emulator/control  -> {"hubs": {name: partitions}, "stats": {...}, "receivers_ended": [{at, hub,
+                                consumer_group, partition, stolen}, ...]}  (consumer links gone, epoch seconds;
+                                stolen: detached by a newer epoch, else closed by their client)
     POST /_emulator/control  {"hub": NAME (default: the first), "partition_count": N}
                              -> {"hubs": {...}, "added": ["4", "5"]}; 400 when N is lower than now (the service
                                 never removes partitions) or not an integer, 404 for an unknown hub
@@ -50,7 +51,7 @@ class ControlApi:
     def view(self) -> dict[str, Any]:
         broker = self.emulator.broker
         return {"hubs": dict(self.emulator.hubs), "stats": self.emulator.stats(),
-                "steals": list(broker.steals) if broker else []}
+                "receivers_ended": list(broker.receivers_ended) if broker else []}
 
     async def get_control(self, request: web.Request) -> web.Response:
         return _json(self.view())

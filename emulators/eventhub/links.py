@@ -253,7 +253,8 @@ class ConsumerLink(SendingLink):
     """Streams a partition to a consumer: pre-settled deliveries of the stored wire bytes,
     as many as the link credit (and the peer's session window) allows."""
 
-    __slots__ = ("hub", "group", "partition", "next_seq", "epoch", "runtime_metric", "_header", "_scheduled")
+    __slots__ = ("hub", "group", "partition", "next_seq", "epoch", "runtime_metric", "_header", "_scheduled",
+                 "stolen")
 
     def __init__(
         self,
@@ -275,6 +276,7 @@ class ConsumerLink(SendingLink):
         self.partition = partition
         self.next_seq = next_seq
         self.epoch = epoch
+        self.stolen = False
         self.runtime_metric = runtime_metric
         self._header = TransferHeader(session.channel, handle)
         self._scheduled = False
@@ -359,4 +361,8 @@ class ConsumerLink(SendingLink):
         if not self.detached:
             self.partition.listeners.discard(self)
             self.group.release(self.partition.id, self)
+            self.conn.broker.receivers_ended.append(
+                {"at": time.time(), "hub": self.hub.name, "consumer_group": self.group.name,
+                 "partition": self.partition.id, "stolen": self.stolen}
+            )
         super().release()
