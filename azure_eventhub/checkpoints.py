@@ -5,15 +5,20 @@ ownership in memory: it serves one instance only, since two processes on one fil
 partition. Sharing partitions between instances needs the Blob store, whose ownership blobs the client's load
 balancing relies on.
 
+Both stores also keep, beside the checkpoints, the partition ids the trigger saw when it first started
+(``load_partition_ids`` / ``record_partition_ids``): a partition without a checkpoint that is not among them was
+added to the hub later, so all its events came after the first start and it is read from its beginning.
+
 ``CheckpointWriter`` receives "delivered up to this event" from the forwarder's delivery thread (the ack of a
 batch) and writes it from the event loop. Acks that arrive while a write is under way are coalesced: at most
-one write per partition per confirmed batch, usually fewer, never one per event.
+one write per partition per confirmed batch, usually fewer, never one per event. An ack of a partition this
+instance no longer reads (it moved to another owner, or was closed) is dropped: the new owner writes that
+partition's checkpoints from the position it started at.
 """
 
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import threading
 import time
 import uuid
@@ -22,10 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
+from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.eventhub.aio import CheckpointStore
+from azure.eventhub.extensions.checkpointstoreblobaio import BlobCheckpointStore
 
 from azure_eventhub import metrics
-from connectors.errors import ConfigurationError
+from connectors.locks import InstanceLock
 from connectors.logs import OnceLogger
 from connectors.retry import Backoff
 from connectors.state import StateFile
@@ -39,7 +47,14 @@ class LocalCheckpointStore(CheckpointStore):
     def __init__(self, path: Path):
         self.file = StateFile(path)
         self._data: dict[str, dict[str, dict[str, Any]]] = self.file.load({}) or {}  # raises CorruptStateError
-        self._lock_handle = _exclusive_lock(Path(path).with_name(Path(path).name + ".lock"))
+        self._partitions_file = StateFile(Path(path).with_name("eventhub-partitions.json"))
+        # Refuse a second consumer on the same local checkpoints: both would read every partition.
+        self._instance = InstanceLock(
+            Path(path).with_name(Path(path).name + ".lock"),
+            "storage_connection_string",
+            "the local checkpoint store serves one instance only; configure a storage account and container to "
+            "run several",
+        )
         self._ownership: dict[tuple[str, str, str, str], dict[str, Any]] = {}
         self._lock = asyncio.Lock()
 
@@ -93,32 +108,67 @@ class LocalCheckpointStore(CheckpointStore):
             for partition_id, entry in partitions.items()
         ]
 
+    async def load_partition_ids(self, fully_qualified_namespace, eventhub_name, consumer_group) -> list[str] | None:
+        recorded = self._partitions_file.load({}) or {}
+        return recorded.get(self._key(fully_qualified_namespace, eventhub_name, consumer_group))
+
+    async def record_partition_ids(self, fully_qualified_namespace, eventhub_name, consumer_group,
+                                   partition_ids: list[str]) -> list[str]:
+        """Record the first start's partition ids unless already recorded; the ids recorded."""
+        key = self._key(fully_qualified_namespace, eventhub_name, consumer_group)
+        async with self._lock:
+            recorded = self._partitions_file.load({}) or {}
+            if key not in recorded:
+                recorded[key] = list(partition_ids)
+                await asyncio.to_thread(self._partitions_file.save, recorded)
+            return recorded[key]
+
     async def close(self) -> None:
-        if self._lock_handle is not None:
-            self._lock_handle.close()  # releases the lock
-            self._lock_handle = None
+        self._instance.release()
 
 
-def _exclusive_lock(path: Path):
-    """Refuse a second consumer on the same local checkpoints: both would read every partition."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(path, "a+")
-    try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.close()
-        raise ConfigurationError(
-            "storage_connection_string",
-            f"another instance already consumes with the local checkpoint store {path.parent}: the local store "
-            "serves one instance only; configure a storage account and container to run several",
-        ) from None
-    return handle
+class BlobStore(BlobCheckpointStore):
+    """The client's Blob checkpoint store, plus the first start's partition ids in a blob beside the checkpoints
+    (``NAMESPACE/HUB/GROUP/partitions``, JSON; the client lists only ``checkpoint/`` and ``ownership/`` blobs)."""
+
+    def _partitions_blob(self, namespace: str, hub: str, group: str):
+        return self._container_client.get_blob_client(f"{namespace}/{hub}/{group}/partitions".lower())
+
+    async def owner_of(self, fully_qualified_namespace, eventhub_name, consumer_group, partition_id) -> str | None:
+        """The owner id in the partition's ownership blob (one HEAD request), None without one."""
+        blob = self._container_client.get_blob_client(
+            f"{fully_qualified_namespace}/{eventhub_name}/{consumer_group}/ownership/{partition_id}".lower())
+        try:
+            properties = await blob.get_blob_properties()
+        except ResourceNotFoundError:
+            return None
+        return (properties.metadata or {}).get("ownerid")
+
+    async def load_partition_ids(self, fully_qualified_namespace, eventhub_name, consumer_group) -> list[str] | None:
+        blob = self._partitions_blob(fully_qualified_namespace, eventhub_name, consumer_group)
+        try:
+            downloaded = await blob.download_blob()
+            return orjson.loads(await downloaded.readall())["partition_ids"]
+        except ResourceNotFoundError:
+            return None
+
+    async def record_partition_ids(self, fully_qualified_namespace, eventhub_name, consumer_group,
+                                   partition_ids: list[str]) -> list[str]:
+        """Create the blob unless it exists (several instances may start at once: the first one's record wins)."""
+        blob = self._partitions_blob(fully_qualified_namespace, eventhub_name, consumer_group)
+        try:
+            await blob.upload_blob(orjson.dumps({"partition_ids": list(partition_ids)}), overwrite=False)
+            return list(partition_ids)
+        except ResourceExistsError:
+            recorded = await self.load_partition_ids(fully_qualified_namespace, eventhub_name, consumer_group)
+            return recorded if recorded is not None else list(partition_ids)
 
 
 @dataclass(frozen=True, slots=True)
 class Position:
     offset: str
     sequence_number: int
+    owner: int | None = None  # the reading of the partition it came from (``CheckpointWriter.claimed``)
 
 
 class CheckpointWriter:
@@ -135,21 +185,32 @@ class CheckpointWriter:
         self._lock = threading.Lock()
         self._pending: dict[str, Position] = {}
         self._written: dict[str, int] = {}
+        self._owners: dict[str, int] = {}  # partition -> token of its current reading by this instance
+        self.owner_id: str | None = None  # this run's owner id in the ownership blobs, once the client has one
+        self._readings = 0
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
         self._outage = OnceLogger(log)
         self.written = 0
         self.failures = 0
+        self.dropped = 0  # positions not written: their partition was no longer read by this instance
 
     # -- delivery thread ----------------------------------------------------------------------------------------
 
-    def confirmed(self, partition_id: str, offset: str, sequence_number: int) -> None:
-        """Everything of ``partition_id`` up to this event was delivered (called on the delivery thread)."""
+    def confirmed(self, partition_id: str, offset: str, sequence_number: int, owner: int | None = None) -> None:
+        """Everything of ``partition_id`` up to this event was delivered (called on the delivery thread).
+
+        ``owner``: the token of the reading the event came from; if the partition was closed since, the position
+        is dropped (``None``: the position is not tied to a reading)."""
         with self._lock:
+            if owner is not None and self._owners.get(partition_id) != owner:
+                self.dropped += 1
+                metrics.checkpoints_dropped.inc()
+                return
             current = self._pending.get(partition_id)
             if current is None or sequence_number > current.sequence_number:
-                self._pending[partition_id] = Position(offset, sequence_number)
+                self._pending[partition_id] = Position(offset, sequence_number, owner)
         try:
             self._loop.call_soon_threadsafe(self._wake.set)
         except RuntimeError:
@@ -199,8 +260,9 @@ class CheckpointWriter:
                     raise result
                 failed[partition_id] = position
                 self._failed(partition_id, result)
-            else:
-                self._written[partition_id] = position.sequence_number
+            elif result:
+                if self._reads(partition_id, position):
+                    self._written[partition_id] = position.sequence_number
                 self.written += 1
                 metrics.checkpoints_written.inc()
                 metrics.checkpoint_sequence.labels(partition_id).set(position.sequence_number)
@@ -208,10 +270,30 @@ class CheckpointWriter:
             self._outage.ended("Checkpoint store reachable again; checkpoints are saved again")
         return failed
 
-    async def _write_one(self, partition_id: str, position: Position) -> None:
+    async def _still_owned(self, partition_id: str) -> bool:
+        owner_of = getattr(self.store, "owner_of", None)  # shared stores only: the local one has one consumer
+        if owner_of is None or self.owner_id is None:
+            return True
+        owner = await asyncio.wait_for(owner_of(**self.base, partition_id=partition_id), self._timeout)
+        return owner == self.owner_id
+
+    def _reads(self, partition_id: str, position: Position) -> bool:
+        """Is the reading this position came from still this instance's reading of the partition?"""
+        return position.owner is None or self._owners.get(partition_id) == position.owner
+
+    async def _write_one(self, partition_id: str, position: Position) -> bool:
+        """Write the position; False when it was dropped instead: its partition closed while it waited, or another
+        instance claimed it already (a reader held back by a slow runtime sees its link stolen only once the
+        runtime confirms its batch: the ownership blob says so first, at the cost of one HEAD per write)."""
+        if not self._reads(partition_id, position) or not await self._still_owned(partition_id):
+            with self._lock:
+                self.dropped += 1
+            metrics.checkpoints_dropped.inc()
+            return False
         checkpoint = dict(self.base, partition_id=partition_id, offset=position.offset,
                           sequence_number=position.sequence_number)
         await asyncio.wait_for(self.store.update_checkpoint(checkpoint), self._timeout)
+        return True
 
     def _failed(self, partition_id: str, error: BaseException) -> None:
         self.failures += 1
@@ -236,8 +318,21 @@ class CheckpointWriter:
             self._wake.set()
             await asyncio.sleep(min(0.05, remaining))
 
+    def claimed(self, partition_id: str) -> int:
+        """This instance starts reading the partition: the token its acks carry (event loop)."""
+        with self._lock:
+            self._readings += 1
+            self._owners[partition_id] = self._readings
+            return self._readings
+
     def forget(self, partition_id: str) -> None:
-        """The partition went to another owner: what it writes from now on is its own progress."""
+        """This instance stopped reading the partition (closed, or it moved to another owner): positions not
+        written yet, and acks still to come of that reading, are dropped (event loop)."""
+        with self._lock:
+            self._owners.pop(partition_id, None)
+            if self._pending.pop(partition_id, None) is not None:
+                self.dropped += 1
+                metrics.checkpoints_dropped.inc()
         self._written.pop(partition_id, None)
 
 

@@ -22,9 +22,7 @@ from azure.core.exceptions import (
 from azure.eventhub import TransportType
 from azure.eventhub.aio import CheckpointStore, EventHubConsumerClient
 from azure.eventhub.exceptions import AuthenticationError, EventHubError
-from azure.eventhub.extensions.checkpointstoreblobaio import BlobCheckpointStore
-
-from azure_eventhub.checkpoints import LocalCheckpointStore, describe_error
+from azure_eventhub.checkpoints import BlobStore, LocalCheckpointStore, describe_error
 from azure_eventhub.config import EventHubConfiguration, proxy_settings
 from connectors.errors import ConfigurationError
 
@@ -68,13 +66,13 @@ def _storage_kwargs(config: EventHubConfiguration) -> dict[str, Any]:
     return {"proxies": {"http": config.http_proxy, "https": config.http_proxy}}
 
 
-def build_blob_store(config: EventHubConfiguration, credential: Any, options: dict[str, Any]) -> BlobCheckpointStore:
+def build_blob_store(config: EventHubConfiguration, credential: Any, options: dict[str, Any]) -> BlobStore:
     kwargs = {**options, **_storage_kwargs(config)}
     container = config.storage_container_name or ""
     try:
         if config.storage_connection_string:
-            return BlobCheckpointStore.from_connection_string(config.storage_connection_string, container, **kwargs)
-        return BlobCheckpointStore(config.storage_account_url or "", container, credential=credential, **kwargs)
+            return BlobStore.from_connection_string(config.storage_connection_string, container, **kwargs)
+        return BlobStore(config.storage_account_url or "", container, credential=credential, **kwargs)
     except (ValueError, TypeError) as error:
         field = "storage_connection_string" if config.storage_connection_string else "storage_account_url"
         raise ConfigurationError(field, f"not usable ({type(error).__name__}): check it was copied whole") from None

@@ -32,6 +32,7 @@ from azure_eventhub import metrics
 from azure_eventhub.checkpoints import CheckpointWriter, describe_error
 from azure_eventhub.clients import consumer_group_error, credential_error, is_auth_error, is_not_found
 from azure_eventhub.config import EventHubConfiguration, parse_starting_position
+from azure_eventhub.partitions import PartitionWatch
 from azure_eventhub.records import RecordSplitter, SplitStats
 from connectors.delivery import Forwarder
 from connectors.errors import ConfigurationError
@@ -62,6 +63,7 @@ class Progress:
 class Settings:
     stop_grace: float = 25.0  # seconds to deliver and checkpoint what was read, once asked to stop
     backlog_interval: float = 30.0  # partition properties are read this often, not per event
+    partition_check_interval: float = 10.0  # the hub's partition list: new ones are claimed within a minute
     text_warning_interval: float = 600.0
     idle_flush: float = 0.25  # no new batch for this long: send what is buffered now instead of at its max age
 
@@ -99,6 +101,9 @@ class Consumer:
         self.accepting = True
         self.fatal: ConfigurationError | None = None
         self.owned: set[str] = set()
+        self.readings: dict[str, int] = {}  # partition -> token of this instance's reading (its acks carry it)
+        self.partitions = PartitionWatch(client, writer.store, writer.base,
+                                         parse_starting_position(config.starting_position), log)
         self.progress: dict[str, Progress] = {}
         self.stats = SplitStats()  # totals, for metrics and warnings
         self._stats_lock = threading.Lock()
@@ -115,6 +120,7 @@ class Consumer:
 
     async def run(self) -> None:
         await self._release_previous_owner()
+        starting_positions = await self.partitions.starting_positions()
         writer_task = asyncio.create_task(self.writer.run(), name="eventhub-checkpoints")
         monitor_task = asyncio.create_task(self._monitor(), name="eventhub-monitor")
         flush_task = asyncio.create_task(self._flush_when_idle(), name="eventhub-idle-flush")
@@ -122,7 +128,7 @@ class Consumer:
             self.client.receive_batch(
                 self._on_batch,
                 max_batch_size=self.config.max_batch_size,
-                starting_position=parse_starting_position(self.config.starting_position),
+                starting_position=starting_positions,
                 on_error=self._on_error,
                 on_partition_initialize=self._on_partition_initialize,
                 on_partition_close=self._on_partition_close,
@@ -209,24 +215,29 @@ class Consumer:
             self._text_bodies.began(f"{text} message bodies so far were not JSON ({invalid} not even UTF-8) and were "
                                     "forwarded as text: a producer of this event hub sends something other than "
                                     "diagnostic records")
-        ack = partial(self._acked, partition_id, last.offset, sequence_number, len(events), stats.records)
+        ack = partial(self._acked, partition_id, self.readings.get(partition_id), last.offset, sequence_number,
+                      len(events), stats.records)
         self.forwarder.add(records, ack=ack, origin=f"partition {partition_id} up to sequence number {sequence_number}")
         self._last_batch_at = time.monotonic()
         self._unflushed = True
 
-    def _acked(self, partition_id: str, offset: str, sequence_number: int, events: int, records: int) -> None:
+    def _acked(self, partition_id: str, reading: int | None, offset: str, sequence_number: int, events: int,
+               records: int) -> None:
         """Delivery thread: the runtime confirmed the batch and everything queued before it."""
         metrics.events_forwarded.inc(events)
         metrics.records_forwarded.inc(records)
-        self.writer.confirmed(partition_id, offset, sequence_number)
+        # Dropped by the writer if the partition closed since (another instance owns it and checkpoints it).
+        self.writer.confirmed(partition_id, offset, sequence_number, owner=reading)
 
     async def _on_partition_initialize(self, context) -> None:
+        self.readings[context.partition_id] = self.writer.claimed(context.partition_id)
         self.owned.add(context.partition_id)
         metrics.owned_partitions.set(len(self.owned))
         self.log(f"Reading partition {context.partition_id} of event hub {self.config.hub_name}", "info")
 
     async def _on_partition_close(self, context, reason) -> None:
         partition_id = context.partition_id
+        self._stop_reading(partition_id)
         self.owned.discard(partition_id)
         metrics.owned_partitions.set(len(self.owned))
         self.progress.pop(partition_id, None)
@@ -250,11 +261,18 @@ class Consumer:
             return
         if isinstance(error, OwnershipLostError) or "stolen" in str(error).lower():
             metrics.receive_errors.labels("ownership_lost").inc()
+            if partition_id is not None:
+                self._stop_reading(partition_id)  # now, not once the client has closed the link
             return  # load balancing at work: logged when the partition closes
         where = f"partition {partition_id}" if partition_id is not None else "load balancing (checkpoint store)"
         kind = "partition" if partition_id is not None else "load_balancing"
         metrics.receive_errors.labels(kind).inc()
         self._errors.began(f"Event Hubs {where}: {describe_error(error)}; the client retries by itself", key=where)
+
+    def _stop_reading(self, partition_id: str) -> None:
+        """Another instance reads the partition, or nobody: acks still to come for it are not checkpointed here."""
+        self.readings.pop(partition_id, None)
+        self.writer.forget(partition_id)
 
     def _fail(self, error: ConfigurationError, kind: str) -> None:
         metrics.receive_errors.labels(kind).inc()
@@ -291,14 +309,18 @@ class Consumer:
                      "again once their ownership expires", "warning")
 
     def _remember_owner(self) -> None:
-        """Save this run's owner id (the client's processor id) for the next start."""
-        if self.owner_file is None or self._owner_saved:
+        """Tell the checkpoint writer this run's owner id (the client's processor id), and save it for the next
+        start."""
+        if self._owner_saved:
             return
         # The processor's id is the owner id written in the ownership blobs; the client does not expose it.
         processors = list(getattr(self.client, "_event_processors", {}).values())
         owner_id = getattr(processors[0], "_id", None) if processors else None
         if owner_id:
             self._owner_saved = True
+            self.writer.owner_id = owner_id
+            if self.owner_file is None:
+                return
             try:
                 self.owner_file.save({"owner_id": owner_id})
             except OSError as error:
@@ -318,6 +340,7 @@ class Consumer:
 
     async def _monitor(self) -> None:
         next_backlog = 0.0
+        next_partition_check = time.monotonic() + self.settings.partition_check_interval
         while True:
             await asyncio.sleep(1.0)
             self.heartbeat()
@@ -326,6 +349,9 @@ class Consumer:
             try:
                 self._remember_owner()
                 self._report_stats()
+                if time.monotonic() >= next_partition_check:
+                    next_partition_check = time.monotonic() + self.settings.partition_check_interval
+                    await self.partitions.check()
                 if self.owned and time.monotonic() >= next_backlog:
                     next_backlog = time.monotonic() + self.settings.backlog_interval
                     await self._refresh_backlog()
@@ -389,6 +415,8 @@ SKIP_NOTES = {
              "symphony_module_microsoft_eventhub_skipped_total{reason=\"empty\"}, not logged again",
     "heartbeats": "Envelopes with an empty `records` list (diagnostic-settings heartbeats) are skipped: counted in "
                   "symphony_module_microsoft_eventhub_skipped_total{reason=\"heartbeat\"}, not logged again",
+    "repaired": "A JSON message body held bytes that are not UTF-8: its records are forwarded with each such byte "
+                "written \\xNN (nothing dropped), not logged again",
 }
 
 

@@ -36,6 +36,12 @@ checkpoints_written = Counter("eventhub_checkpoints_written", "Checkpoints writt
 checkpoint_failures = Counter(
     "eventhub_checkpoint_failures", "Checkpoint writes that failed (retried)", namespace=NAMESPACE
 )
+checkpoints_dropped = Counter(
+    "eventhub_checkpoints_dropped",
+    "Delivered positions not checkpointed: their partition had closed here (moved to another instance), whose "
+    "new owner checkpoints from where it started", namespace=NAMESPACE,
+)
+partitions = Gauge("eventhub_partitions", "Partitions of the event hub, checked while running", namespace=NAMESPACE)
 owned_partitions = Gauge("eventhub_owned_partitions", "Partitions this instance reads now", namespace=NAMESPACE)
 receive_errors = Counter(
     "eventhub_receive_errors", "Errors reported by the Event Hubs client, by kind", ["kind"], namespace=NAMESPACE

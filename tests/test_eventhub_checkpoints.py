@@ -117,3 +117,71 @@ async def test_flush_reports_what_could_not_be_written():
     writer.confirmed("0", "1", 1)
     assert not await writer.flush(0.5)
     task.cancel()
+
+
+async def test_acks_of_a_partition_no_longer_read_here_are_dropped():
+    store = RecordingStore(delay=0.05)
+    writer = writer_for(store)
+    task = asyncio.create_task(writer.run())
+    first = writer.claimed("0")
+    writer.confirmed("0", "100", 1, owner=first)
+    assert await writer.flush(5) and store.writes == [("0", 1)]
+    writer.confirmed("0", "200", 2, owner=first)  # pending when the partition moves to another instance
+    writer.forget("0")
+    writer.confirmed("0", "300", 3, owner=first)  # delivered after the handover
+    second = writer.claimed("0")  # read here again later: the old reading's acks still do not count
+    writer.confirmed("0", "400", 4, owner=first)
+    writer.confirmed("0", "500", 5, owner=second)
+    assert await writer.flush(5)
+    task.cancel()
+    assert store.writes == [("0", 1), ("0", 5)]
+    assert writer.dropped == 3
+
+
+async def test_a_position_waiting_for_its_write_is_dropped_when_the_partition_closes():
+    store = RecordingStore(delay=0.3)
+    writer = writer_for(store)
+    task = asyncio.create_task(writer.run())
+    reading = writer.claimed("1")
+    writer.confirmed("1", "100", 1, owner=reading)
+    await asyncio.sleep(0.05)  # that write is under way
+    writer.confirmed("1", "200", 2, owner=reading)  # waits for it
+    writer.forget("1")
+    assert await writer.flush(5)
+    task.cancel()
+    assert store.writes == [("1", 1)] and writer.dropped == 1
+
+
+async def test_local_store_keeps_the_first_start_partitions(tmp_path):
+    path = tmp_path / "state" / "eventhub-checkpoints.json"
+    store = LocalCheckpointStore(path)
+    assert await store.load_partition_ids(NS, HUB, GROUP) is None
+    assert await store.record_partition_ids(NS, HUB, GROUP, ["0", "1"]) == ["0", "1"]
+    assert await store.record_partition_ids(NS, HUB, GROUP, ["0", "1", "2"]) == ["0", "1"]  # the first one stays
+    await store.close()
+    reopened = LocalCheckpointStore(path)
+    assert await reopened.load_partition_ids(NS, HUB, GROUP) == ["0", "1"]
+    assert await reopened.load_partition_ids(NS, "other-hub", GROUP) is None
+    assert await reopened.list_checkpoints(NS, HUB, GROUP) == []  # not mixed with the checkpoints
+    await reopened.close()
+
+
+async def test_a_partition_claimed_by_another_instance_is_not_checkpointed_even_before_it_closes_here():
+    store = RecordingStore()
+    owners = {"2": "me"}
+
+    async def owner_of(fully_qualified_namespace, eventhub_name, consumer_group, partition_id):
+        return owners.get(partition_id)
+
+    store.owner_of = owner_of  # what the Blob store reads from the ownership blob
+    writer = writer_for(store)
+    writer.owner_id = "me"
+    task = asyncio.create_task(writer.run())
+    reading = writer.claimed("2")
+    writer.confirmed("2", "100", 1, owner=reading)
+    assert await writer.flush(5)
+    owners["2"] = "the new owner"  # its reader here is still held back: the client has not closed it yet
+    writer.confirmed("2", "200", 2, owner=reading)
+    assert await writer.flush(5)
+    task.cancel()
+    assert store.writes == [("2", 1)] and writer.dropped == 1
