@@ -104,3 +104,16 @@ def test_event_hubs_oracle():
 def test_secrets_scan_of_every_scenario_above(ctx):
     result = run(ctx, "secrets")
     assert result["hits"] == 0 and result["metrics_pages"] >= 3 and result["secrets"] >= 5
+
+
+def test_eventhub_partitions_added_while_running_and_while_stopped(ctx):
+    """Issue 10 item 11, with `starting_position: latest` (see eventhub_hardening.py)."""
+    result = run(ctx, "eventhub_new_partitions")
+    assert result["new_partitions_s"] <= 60 and result["partitions_metric"] == 6 and result["growth_logged"]
+
+
+@pytest.mark.parametrize("name", ["o365_clock_skew", "o365_second_instance", "o365_missing_dlp_permission",
+                                  "o365_restart_after_fault", "o365_late_blobs"])
+def test_o365_hardening(ctx, name):
+    """Issue 10 items 6-9 and late blobs: each scenario checks its own log lines (see o365_hardening.py)."""
+    run(ctx, name)

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 from benchmarks.reliability import bad_config, bad_input, delivery, faults, kills, rebalance, runtime_logs, secrets
+from benchmarks.reliability import eventhub_hardening, o365_hardening
 from benchmarks.reliability.context import Context
 from emulators.process import running_children
 
@@ -30,14 +31,16 @@ SHARED: dict[str, Scenario] = {
     "eventhub_bad_input": bad_input.eventhub_bad_input,
     "eventhub_fuzz": bad_input.eventhub_fuzz,
     "o365_bad_config": bad_config.o365_bad_config,
+    **o365_hardening.SCENARIOS,
+    **eventhub_hardening.SCENARIOS,
     "eventhub_bad_config": bad_config.eventhub_bad_config,
-    "o365_runtime_logs_down": partial(runtime_logs.run, trigger="o365"),
-    "eventhub_runtime_logs_down": partial(runtime_logs.run, trigger="eventhub"),
     **{f"{trigger}_{name}": partial(scenario, trigger=trigger) for trigger in ("o365", "eventhub")
        for name, scenario in (("refused_events", delivery.refused_events),
                               ("oversize_shortened", delivery.oversize_shortened),
                               ("wrong_intake", delivery.wrong_intake),
                               ("stop_runtime_hangs", delivery.stop_runtime_hangs))},
+    "o365_runtime_logs_down": partial(runtime_logs.run, trigger="o365"),
+    "eventhub_runtime_logs_down": partial(runtime_logs.run, trigger="eventhub"),
 }
 SCENARIOS: dict[str, Scenario] = {**SOLO, **SHARED, "secrets": secrets.scan}
 # The fields the issue asks of every scenario, in its order.

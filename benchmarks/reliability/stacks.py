@@ -101,7 +101,6 @@ class DeliveredReader:
         original = self._originals.get(sha)
         return self.key(original) if original is not None else f"shortened, original not kept: {sha}"
 
-
     @property
     def unique(self) -> int:
         return len(self.keys)
@@ -400,6 +399,17 @@ class EventHubFeed:
         keys = [event_key(record) for record in records]
         chunks = [keys[i:i + per_envelope] for i in range(0, len(keys), per_envelope)]
         self.send(envelopes(records, per_envelope), chunks)
+
+    def add_partitions(self, count: int) -> None:
+        """The hub now has ``count`` partitions: spread over them too, with a new producer (a producer client
+        keeps the partition ids it first read)."""
+        with self._lock:
+            self.partitions += [str(p) for p in range(len(self.partitions), count)]
+            for partition in self.partitions:
+                self._cumulative.setdefault(partition, [])
+            if self._producer is not None:
+                self._producer.close()
+                self._producer = None
 
     def records_upto(self, partition: str, sequence_number: int) -> int:
         """Records of the partition's events up to this sequence number (included); they start at 0."""
