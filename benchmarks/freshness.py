@@ -4,7 +4,7 @@ blobs that became listable late (their ``contentCreated`` in windows the trigger
 The emulator publishes on-time blobs continuously and, while the trigger runs, late blobs through its
 ``publish_late`` control (up to 1 h late, and 1 h to 24 h late). A blob's latency runs from the moment it became
 listable (the emulator's ``published`` time) to the moment the last of its records reached the runtime stub
-(sampled every ``SAMPLE_S``). Quick mode re-lists the last day every 2 minutes instead of every 12: its figure for
+(sampled every ``SAMPLE_S``). Quick mode re-lists the last day every minute instead of every 12: its figure for
 the 24 h class is indicative of the mechanism, not of the default schedule.
 
 ``relist_cost`` is the quota arithmetic of the README: what the re-list schedule costs at a given volume.
@@ -103,9 +103,9 @@ class ConfirmedTimes:
 
 
 def o365_freshness(ws: Workspace, quick: bool) -> dict:
-    inject_s = 150.0 if quick else 900.0
-    tail_s = 240.0 if quick else 960.0  # past the 15-minute goal of the last blobs injected
-    relist_minutes = 2.0 if quick else 12.0
+    inject_s = 60.0 if quick else 780.0  # full: more than one cycle of the day re-list (12 min)
+    tail_s = 150.0 if quick else 960.0  # past the 15-minute goal of the last blobs injected
+    relist_minutes = 1.0 if quick else 12.0
     work = ws.new("o365_freshness")
     backlog = Office365Backlog(work, 4, 5, "--subscribed", "all", "--continuous", "0.1")
     runtime = Runtime(work / "runtime")
@@ -135,7 +135,7 @@ def o365_freshness(ws: Workspace, quick: bool) -> dict:
                     seconds_late = rng.uniform(120, 3500) if late % 2 == 0 else rng.uniform(3700, 85000)
                     backlog.control(publish_late={"seconds_late": seconds_late})
                     late += 1
-                    next_late += 10.0 if quick else 30.0
+                    next_late += 6.0 if quick else 30.0
                 confirmed.sample()
                 time.sleep(SAMPLE_S)
             backlog.control(continuous=0)
