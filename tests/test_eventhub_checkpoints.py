@@ -62,8 +62,10 @@ class RecordingStore:
         self.writes: list[tuple[str, int]] = []
         self.fail_times = fail_times
         self.delay = delay
+        self.writing = asyncio.Event()  # set once a write began
 
     async def update_checkpoint(self, checkpoint, **kwargs):
+        self.writing.set()
         await asyncio.sleep(self.delay)
         if self.fail_times:
             self.fail_times -= 1
@@ -144,7 +146,7 @@ async def test_a_position_waiting_for_its_write_is_dropped_when_the_partition_cl
     task = asyncio.create_task(writer.run())
     reading = writer.claimed("1")
     writer.confirmed("1", "100", 1, owner=reading)
-    await asyncio.sleep(0.05)  # that write is under way
+    await asyncio.wait_for(store.writing.wait(), 5)  # that write is under way (it lasts 0.3 s)
     writer.confirmed("1", "200", 2, owner=reading)  # waits for it
     writer.forget("1")
     assert await writer.flush(5)
