@@ -177,6 +177,8 @@ class Consumer:
     async def _on_batch(self, context, events: list[EventData]) -> None:
         if not events or not self.accepting:
             return
+        # Taken here, on the loop: a batch that reaches the worker after its partition closed keeps the old token.
+        reading = self.readings.get(context.partition_id, 0)  # 0: no reading, its ack is dropped
         bodies = [event_body(event) for event in events]
         limits = self.forwarder.limits
         size = sum(map(len, bodies))
@@ -184,11 +186,11 @@ class Consumer:
         # cut, and fewer than `in_flight` wait), and a thread hop per batch would cost more than the work.
         if size <= min(INLINE_BYTES, limits.max_bytes) and len(events) < limits.max_events \
                 and self.forwarder.pending < limits.in_flight:
-            self._forward(context.partition_id, events, bodies)
+            self._forward(context.partition_id, reading, events, bodies)
         else:
-            await self.loop.run_in_executor(self.worker, self._forward, context.partition_id, events, bodies)
+            await self.loop.run_in_executor(self.worker, self._forward, context.partition_id, reading, events, bodies)
 
-    def _forward(self, partition_id: str, events: list[EventData], bodies: list[bytes]) -> None:
+    def _forward(self, partition_id: str, reading: int, events: list[EventData], bodies: list[bytes]) -> None:
         """Split a batch into records and queue them with the partition's ack (loop or worker thread)."""
         if not self.accepting:
             return  # stopping: not acknowledged, so read again at the next start
@@ -215,13 +217,12 @@ class Consumer:
             self._text_bodies.began(f"{text} message bodies so far were not JSON ({invalid} not even UTF-8) and were "
                                     "forwarded as text: a producer of this event hub sends something other than "
                                     "diagnostic records")
-        ack = partial(self._acked, partition_id, self.readings.get(partition_id), last.offset, sequence_number,
-                      len(events), stats.records)
+        ack = partial(self._acked, partition_id, reading, last.offset, sequence_number, len(events), stats.records)
         self.forwarder.add(records, ack=ack, origin=f"partition {partition_id} up to sequence number {sequence_number}")
         self._last_batch_at = time.monotonic()
         self._unflushed = True
 
-    def _acked(self, partition_id: str, reading: int | None, offset: str, sequence_number: int, events: int,
+    def _acked(self, partition_id: str, reading: int, offset: str, sequence_number: int, events: int,
                records: int) -> None:
         """Delivery thread: the runtime confirmed the batch and everything queued before it."""
         metrics.events_forwarded.inc(events)
