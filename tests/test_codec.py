@@ -182,3 +182,16 @@ def test_records_in_the_fast_path_are_exact_size_slices():
     items = read_envelope(body).items
     assert items is not None and all(len(item) < 200 for item in items)
     assert sum(map(len, items)) + len(items) - 1 + len('{"records":[]}') == len(body)
+
+
+@pytest.mark.parametrize("trigger", TRIGGERS)
+def test_deep_nesting_is_kept_and_too_deep_nesting_is_refused_not_a_crash(trigger):
+    deep = b'{"a":' * 300 + b"1" + b"}" * 300
+    assert through(trigger, container_bytes(trigger, [deep]))[0] == [deep]
+    too_deep = b"[" * 5000 + b"]" * 5000
+    if trigger == "office365":
+        assert parse_blob(container_bytes(trigger, [too_deep])).problems == {INVALID_JSON: 1}
+    else:
+        out, stats = [], SplitStats()
+        RecordSplitter().split([container_bytes(trigger, [too_deep])], out, stats)
+        assert stats.text == 1 and out == [container_bytes(trigger, [too_deep])]  # forwarded as text, not lost
