@@ -121,7 +121,7 @@ def test_clients_for_entra_websockets_and_proxy(tmp_path):
     assert websockets._config.transport_type == TransportType.AmqpOverWebsocket
     local = build_store(parse(hub_connection_string=HUB), tmp_path, None)
     assert isinstance(local, LocalCheckpointStore)
-    local._lock_handle.close()
+    local._instance.release()
     with pytest.raises(ConfigurationError) as raised:
         build_credential(parse(**base, tenant_id="t", client_id="c", certificate="not a pem"))
     assert raised.value.field == "certificate"
