@@ -119,8 +119,8 @@ class Consumer:
     # -- run ------------------------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        await self._release_previous_owner()
-        starting_positions = await self.partitions.starting_positions()
+        _, starting_positions = await asyncio.gather(self._release_previous_owner(),
+                                                     self.partitions.starting_positions())
         writer_task = asyncio.create_task(self.writer.run(), name="eventhub-checkpoints")
         monitor_task = asyncio.create_task(self._monitor(), name="eventhub-monitor")
         flush_task = asyncio.create_task(self._flush_when_idle(), name="eventhub-idle-flush")
