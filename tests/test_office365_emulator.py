@@ -543,7 +543,7 @@ def test_problem_blobs_and_late_blobs(o365_emulator_factory):  # noqa: F811
         oversize_records=1,
         duplicate_rate=0.3,
         late_blobs=1,
-        late_after=1.5,
+        late_after=6,  # the first part (listing and reading 60 blobs twice) takes well under that, even loaded
         subscribed=list(CONTENT_TYPES),
     )
     api = Api(info)
