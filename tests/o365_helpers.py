@@ -22,6 +22,7 @@ import orjson
 
 from emulators.office365.harness import EmulatorProcess
 from emulators.process import ChildProcess, ServerProcess, python_child, wait_until
+from emulators.runtime.harness import complete_lines
 
 TRIGGER = "office365_management_api"
 
@@ -145,25 +146,14 @@ class O365Rig:
         return Counter(self.emulator.published(all=1)["ids"])
 
     def delivered_records(self) -> list[dict]:
-        if not self.out.exists():
-            return []
-        return [orjson.loads(line) for line in self.out.read_bytes().splitlines() if line.strip()]
+        return [orjson.loads(line) for line in complete_lines(self.out)]
 
     def delivered(self) -> Counter:
         """Record Ids as delivered (a record delivered twice counts twice)."""
-        if not self.out.exists():
-            return Counter()
-        ids = Counter()
-        for line in self.out.read_bytes().splitlines():
-            if line.strip():
-                ids[orjson.loads(line).get("Id")] += 1
-        return ids
+        return Counter(orjson.loads(line).get("Id") for line in complete_lines(self.out))
 
     def delivered_count(self) -> int:
-        if not self.out.exists():
-            return 0
-        with open(self.out, "rb") as handle:
-            return sum(1 for line in handle if line.strip())
+        return len(complete_lines(self.out))
 
     def comparison(self) -> dict:
         published, delivered = self.published(), self.delivered()
@@ -194,10 +184,7 @@ class O365Rig:
         return self.emulator.stats()["responses"].get("content_list 200", 0)
 
     def logs(self) -> list[dict]:
-        path = Path(self.runtime.info["logs_out"])
-        if not path.exists():
-            return []
-        return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+        return [orjson.loads(line) for line in complete_lines(Path(self.runtime.info["logs_out"]))]
 
 
 class InProcessTrigger:

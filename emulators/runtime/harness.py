@@ -19,6 +19,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def complete_lines(path: Path) -> list[bytes]:
+    """The whole lines of a file the stub may be appending to (a line being written is left for the next read)."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    return [line for line in data[: data.rfind(b"\n") + 1].splitlines() if line.strip()]
+
+
 class Runtime:
     """The runtime stub as a subprocess, and what it received."""
 
@@ -39,14 +47,13 @@ class Runtime:
         return requests.get(self.info["url"] + "/_runtime/stats", timeout=5).json()
 
     def delivered(self) -> list[bytes]:
-        return self.out.read_bytes().splitlines() if self.out.exists() else []
+        return complete_lines(self.out)
 
     def delivered_records(self) -> list[dict]:
         return [orjson.loads(line) for line in self.delivered()]
 
     def logs(self) -> list[dict]:
-        path = Path(self.info["logs_out"])
-        return [orjson.loads(line) for line in path.read_bytes().splitlines()] if path.exists() else []
+        return [orjson.loads(line) for line in complete_lines(Path(self.info["logs_out"]))]
 
     def env(self, trigger_configuration: dict, intake: bool = True) -> dict[str, str]:
         """The variables the container gets, plus the data path and free monitoring ports."""
