@@ -1,10 +1,12 @@
 """Run a trigger process the way production does and measure it from the outside.
 
 Throughput is end to end: from the moment the trigger process is ready (its liveness endpoint answers, i.e. the
-SDK finished starting and calls the trigger) to the runtime stub's confirmation of the last expected event. The
-interpreter's start-up before that (importing the SDK and the Azure libraries: seconds on this machine, paid once
-per process) is reported apart as ``startup_s``; ``seconds`` is the whole wall time from the process start.
-CPU seconds (whole process, start-up included) and peak RSS are read from the trigger process.
+SDK finished starting and calls the trigger) to the runtime stub's confirmation of the last expected event; CPU per
+record likewise leaves out the CPU the process spent before it was ready (sampled then). Start-up is reported
+apart: ``ready_s`` (process start to liveness) and ``first_request_s``, from the moment just before the process is
+started to the source emulator's first request or connection (its own clock, read from its stats: the trigger
+reports nothing). ``seconds`` is the whole wall time from the process start. Peak RSS is the kernel's high-water
+mark of the trigger process.
 """
 
 from __future__ import annotations
@@ -27,7 +29,10 @@ class Run:
     seconds: float = 0.0
     cpu_seconds: float = 0.0
     peak_rss_mb: float = 0.0
-    startup_s: float | None = None  # process start until the liveness endpoint answered
+    ready_s: float | None = None  # process start until the liveness endpoint answered
+    first_request_s: float | None = None  # process start until the source's first request (its emulator's clock)
+    startup_cpu_s: float = 0.0  # CPU seconds spent by the process when it became ready
+    ready_rss_mb: float = 0.0  # resident set when it became ready: the interpreter and its imports
     first_delivery_s: float | None = None
     timeline: list[tuple[float, int]] = field(default_factory=list)  # (seconds since start, delivered)
     complete: bool = False
@@ -35,18 +40,20 @@ class Run:
 
     @property
     def records_per_s(self) -> float:
-        busy = self.seconds - (self.startup_s or 0.0)
+        busy = self.seconds - (self.ready_s or 0.0)
         return self.records / busy if busy > 0 else 0.0
 
     @property
     def cpu_us_per_record(self) -> float:
-        return self.cpu_seconds * 1e6 / self.records if self.records else 0.0
+        """After start-up: the CPU spent before readiness (imports, configuration) is not the records'."""
+        return (self.cpu_seconds - self.startup_cpu_s) * 1e6 / self.records if self.records else 0.0
 
     def figures(self) -> dict:
         data = asdict(self)
         data.pop("timeline")
         data.update(records_per_s=round(self.records_per_s, 1), cpu_us_per_record=round(self.cpu_us_per_record, 2),
                     seconds=round(self.seconds, 3), cpu_seconds=round(self.cpu_seconds, 3),
+                    startup_cpu_s=round(self.startup_cpu_s, 3), ready_rss_mb=round(self.ready_rss_mb, 1),
                     peak_rss_mb=round(self.peak_rss_mb, 1))
         return data
 
@@ -75,10 +82,14 @@ TRIGGER_COMMAND = [sys.executable, "main.py"]
 
 
 def run_trigger(parameter: str, env: dict[str, str], delivered, expected: int, timeout: float, log_path: Path,
-                interval: float = 0.05) -> Run:
-    """Start ``python main.py PARAMETER``; sample until ``delivered() >= expected``; stop it with SIGTERM."""
+                first_request=None, interval: float = 0.05) -> Run:
+    """Start ``python main.py PARAMETER``; sample until ``delivered() >= expected``; stop it with SIGTERM.
+
+    ``first_request()`` answers the epoch time of the source emulator's first request since the run began (None
+    when there was none), or the epoch times of its latest connections (the first after the start is taken)."""
     run = Run()
     with open(log_path, "ab") as log:
+        launched_at = time.time()
         started = time.monotonic()
         proc = ChildProcess([*TRIGGER_COMMAND, parameter], env={**os.environ, **env}, name=parameter,
                             stdout=log, stderr=log)
@@ -88,8 +99,9 @@ def run_trigger(parameter: str, env: dict[str, str], delivered, expected: int, t
         cpu = 0.0
         while True:
             now = time.monotonic() - started
-            if run.startup_s is None and health and _answers(health):
-                run.startup_s = round(now, 3)
+            ready = run.ready_s is None and health is not None and _answers(health)
+            if ready:
+                run.ready_s = round(now, 3)
             count = delivered()
             run.timeline.append((round(now, 3), count))
             try:
@@ -98,6 +110,8 @@ def run_trigger(parameter: str, env: dict[str, str], delivered, expected: int, t
                 run.peak_rss_mb = max(run.peak_rss_mb, watched.memory_info().rss / 1e6)
             except psutil.NoSuchProcess:
                 pass
+            if ready:
+                run.startup_cpu_s, run.ready_rss_mb = cpu, run.peak_rss_mb
             if count and run.first_delivery_s is None:
                 run.first_delivery_s = round(now, 3)
             if count >= expected or proc.poll() is not None or now > timeout:
@@ -109,4 +123,25 @@ def run_trigger(parameter: str, env: dict[str, str], delivered, expected: int, t
         run.peak_rss_mb = max(run.peak_rss_mb, _high_water_mark_mb(proc.pid))
         run.complete = count >= expected
         run.exit_code = proc.stop(30)
+    at = first_request() if first_request else None
+    if isinstance(at, list):
+        at = min((when for when in at if when >= launched_at), default=None)
+    if at is not None and at >= launched_at:
+        run.first_request_s = round(at - launched_at, 3)
     return run
+
+
+def goal(metric: str, measured: float | None, op: str, target: float) -> dict:
+    """One goal of issue 12's table, as the report prints and plots it (``met`` is None when nothing was measured)."""
+    met = None if measured is None else measured >= target if op == ">=" else measured <= target
+    return {"metric": metric, "measured": measured, "op": op, "target": target, "met": met}
+
+
+STARTUP_GOAL_S = 1.2
+PEAK_RSS_GOAL_MB = 150.0
+
+
+def cost_goals(ours: dict) -> list[dict]:
+    """What every scenario is held to: start-up (first request to the source) and peak RSS."""
+    return [goal("start-up: first request (s)", ours.get("first_request_s"), "<=", STARTUP_GOAL_S),
+            goal("peak RSS (MB)", ours.get("peak_rss_mb"), "<=", PEAK_RSS_GOAL_MB)]

@@ -1,7 +1,12 @@
-"""The benchmark report: a table for the terminal and a plot a person reads at a glance."""
+"""The benchmark report: a table for the terminal and a plot a person reads at a glance.
+
+Every scenario states its goals as ``{"metric", "measured", "op", "target", "met"}`` (``measure.goal``); a quick
+run's figures are marked indicative: its workloads are a fifth of the full ones.
+"""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib
@@ -9,80 +14,91 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from benchmarks.measure import goal  # noqa: E402
 
-def _headline(name: str, result: dict) -> str:
-    ours = result.get("ours", {})
-    if name == "o365_latency":
-        return f"speedup {result.get('speedup')}x (goal >= 15)"
-    if name == "o365_cpu":
-        return f"{ours.get('records_per_s')} records/s (goal >= 25,000), {ours.get('cpu_us_per_record')} us/record"
-    if name == "o365_quota":
-        adaptive = result.get("adaptive") or {}
-        return (f"quota_use {result.get('quota_use')} (goal >= 0.9), throttled_share {result.get('throttled_share')} "
-                f"(<= 0.02); without the cap: {adaptive.get('quota_use')}, {adaptive.get('throttled_share')}")
-    if name == "eventhub_1kb":
-        return f"ratio {result.get('ratio')} of the client ceiling {result.get('client_ceiling_per_s')}/s (goal >= 0.8)"
-    if name == "eventhub_envelopes":
-        return (f"{ours.get('records_per_s')} records/s (goal >= 50,000); the bare client alone "
-                f"{result.get('client_ceiling_records_per_s')} records/s")
-    if name == "growth":
-        parts = [f"{key}: time x{result[key]['time_growth']}, RSS x{result[key]['rss_growth']}"
-                 for key in ("o365_cpu", "eventhub_1kb") if key in result]
-        return "; ".join(parts) + " (goal time <= 5.5x, RSS <= 1.3x)"
-    return ""
+
+def goals_of(result: dict) -> list[dict]:
+    """A scenario's goals; ``o365_freshness`` states its own per lateness class (p99 against its goal)."""
+    if "goals" in result:
+        return result["goals"]
+    found = []
+    for name, value in result.items():
+        if isinstance(value, dict) and "goal_p99_s" in value:
+            found.append(goal(f"p99 s, {name}", value.get("p99_s"), "<=", value["goal_p99_s"]))
+    if "relist_cost_at_10k_blobs_per_day" in result:
+        share = result["relist_cost_at_10k_blobs_per_day"]["quota_share"]
+        found.append(goal("re-list share of the quota", share, "<=", 0.03))
+    return found
+
+
+def _verdict(item: dict) -> str:
+    return "not measured" if item["met"] is None else "met" if item["met"] else "SHORT"
+
+
+def _goal_text(item: dict) -> str:
+    return f"{item['metric']} {item['measured']} (goal {item['op']} {item['target']:,}) {_verdict(item)}"
 
 
 def line(name: str, result: dict) -> str:
-    return f"   {name}: {_headline(name, result)}"
+    return f"   {name}: " + "; ".join(_goal_text(item) for item in goals_of(result))
 
 
 def table(document: dict) -> str:
-    rows = [("scenario", "records", "seconds", "records/s", "CPU s", "us/rec", "peak RSS MB", "baseline rec/s")]
+    rows = [("scenario", "records", "ready s", "1st req s", "records/s", "CPU s", "us/rec", "peak RSS MB",
+             "baseline rec/s")]
     for name, result in document["scenarios"].items():
         runs = [(name, result)] if "ours" in result else [(f"{name}.{k}", v) for k, v in result.items()
                                                             if isinstance(v, dict) and "ours" in v]
         for label, data in runs:
             ours, base = data["ours"], data.get("baseline", {})
-            rows.append((label, ours["records"], ours["seconds"], ours["records_per_s"], ours["cpu_seconds"],
-                         ours["cpu_us_per_record"], ours["peak_rss_mb"], base.get("records_per_s", "")))
+            rows.append((label, ours["records"], ours.get("ready_s"), ours.get("first_request_s"),
+                         ours["records_per_s"], ours["cpu_seconds"], ours["cpu_us_per_record"], ours["peak_rss_mb"],
+                         base.get("records_per_s", "")))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
     text = "\n".join("  ".join(str(cell).rjust(width) for cell, width in zip(row, widths)) for row in rows)
-    headlines = "\n".join(f"{name}: {_headline(name, result)}" for name, result in document["scenarios"].items())
-    return text + "\n\n" + headlines
+    marker = " (quick run: indicative)" if document.get("quick") else ""
+    goals = "\n".join(f"{name}: {_goal_text(item)}" for name, result in document["scenarios"].items()
+                      for item in goals_of(result))
+    return f"{text}\n\nGoals{marker}:\n{goals}"
 
 
 def plot(document: dict, path: Path) -> None:
-    scenarios = document["scenarios"]
-    compared = [(name, r) for name, r in scenarios.items() if "ours" in r]
-    timelines = [(name, r["timeline"]) for name, r in scenarios.items() if r.get("timeline")]
-    fig, axes = plt.subplots(1, 2, figsize=(15, 6))
-    left, right = axes
-    labels, ours, base = [], [], []
-    for name, result in compared:
-        labels.append(name)
-        ours.append(result["ours"]["records_per_s"])
-        baseline = result.get("baseline", {})
-        base.append(baseline.get("records_per_s", 0) if isinstance(baseline, dict) else 0)
-    positions = range(len(labels))
-    left.bar([p - 0.2 for p in positions], ours, width=0.4, label="ours", color="#0a84d0")
-    left.bar([p + 0.2 for p in positions], base, width=0.4, label="baseline (same run)", color="#b0b0b0")
-    left.set_xticks(list(positions), labels, rotation=20, ha="right")
-    left.set_ylabel("records / s (end to end, confirmed by the runtime)")
-    left.set_title("Throughput: ours vs baseline" + (" (quick)" if document.get("quick") else ""))
-    left.legend()
-    for p, value in zip(positions, ours):
-        left.annotate(f"{value:,.0f}", (p - 0.2, value), ha="center", va="bottom", fontsize=8)
+    """One panel per goal metric: a bar per scenario measured, its goal drawn across the bar (green: met)."""
+    panels: dict[str, list[tuple[str, dict]]] = {}
+    for name, result in document["scenarios"].items():
+        for item in goals_of(result):
+            panels.setdefault(item["metric"], []).append((name, item))
+    timelines = [(name, r["timeline"]) for name, r in document["scenarios"].items() if r.get("timeline")]
+    columns = 4
+    rows = max(1, math.ceil(len(panels) / columns)) + 1
+    fig = plt.figure(figsize=(4.2 * columns, 3.2 * rows))
+    grid = fig.add_gridspec(rows, columns)
+    for index, (metric, items) in enumerate(panels.items()):
+        axis = fig.add_subplot(grid[index // columns, index % columns])
+        for position, (name, item) in enumerate(items):
+            measured = item["measured"] or 0
+            color = "#9a9a9a" if item["met"] is None else "#2e9e4f" if item["met"] else "#e07b00"
+            axis.bar(position, measured, width=0.6, color=color)
+            axis.hlines(item["target"], position - 0.4, position + 0.4, colors="#c00000", linestyles="--")
+            axis.annotate(f"{measured:,.3g}" if measured < 1000 else f"{measured:,.0f}", (position, measured),
+                          ha="center", va="bottom", fontsize=7)
+        axis.set_xticks(range(len(items)), [name for name, _ in items], rotation=20, ha="right", fontsize=7)
+        axis.set_title(f"{metric} (goal {items[0][1]['op']}, dashed)", fontsize=8)
+        axis.tick_params(axis="y", labelsize=7)
+    timeline_axis = fig.add_subplot(grid[rows - 1, :])
     for name, timeline in timelines:
         for who, points in timeline.items():
             if len(points) < 2:
                 continue
             times, rates = _per_second(points)
-            right.plot(times, rates, label=f"{name} ({who})", linewidth=1.2)
-    right.set_yscale("symlog", linthresh=100)
-    right.set_xlabel("seconds since the trigger started")
-    right.set_ylabel("records / s delivered (1 s bins)")
-    right.set_title("Throughput over time")
-    right.legend(fontsize=7)
+            timeline_axis.plot(times, rates, label=f"{name} ({who})", linewidth=1.2)
+    timeline_axis.set_yscale("symlog", linthresh=100)
+    timeline_axis.set_xlabel("seconds since the trigger started")
+    timeline_axis.set_ylabel("records / s (1 s bins)")
+    timeline_axis.set_title("Throughput over time")
+    timeline_axis.legend(fontsize=7)
+    quick = " — quick run: indicative figures" if document.get("quick") else ""
+    fig.suptitle(f"make bench: measured (bars) against issue 12's goals (dashed){quick}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

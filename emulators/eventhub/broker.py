@@ -11,7 +11,7 @@ import itertools
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Iterable, Protocol
 
@@ -58,9 +58,9 @@ class Stats:
     management_requests: int = 0
     links_stolen: int = 0
     events_trimmed: int = 0
-    busy_since: float = 0.0  # epoch seconds of the first connection opened while none was open
+    connections_opened_at: list[float] = field(default_factory=list)  # epoch seconds, the last 100
 
-    def as_dict(self) -> dict[str, int]:
+    def as_dict(self) -> dict[str, int | list[float]]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 

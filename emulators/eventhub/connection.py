@@ -86,8 +86,7 @@ class AmqpConnection(asyncio.Protocol):
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         self.server.connections.add(self)
         stats = self.broker.stats
-        if not stats.connections_open:  # the start-up bench's "first request"
-            stats.busy_since = time.time()
+        stats.connections_opened_at[:] = [*stats.connections_opened_at[-99:], time.time()]  # start-up bench
         stats.connections_total += 1
         stats.connections_open += 1
         _LOG.debug("connection from %s", self.peer)

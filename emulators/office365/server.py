@@ -69,7 +69,7 @@ class Office365Emulator:
         api = ActivityApi(cfg, self.store, subscriptions, entra, policy, self.stats)
         self._control = ControlApi(cfg, self.store, subscriptions, self.stats)
 
-        app = web.Application(client_max_size=4 * 1024 * 1024)
+        app = web.Application(client_max_size=4 * 1024 * 1024, middlewares=[self.stats.stamp_first_request])
         app.add_routes(api.routes() + self._control.routes() + entra.routes())
         self._runner = web.AppRunner(
             app,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from collections import Counter
 
+from aiohttp import web
+
 
 class Stats:
     def __init__(self) -> None:
@@ -23,6 +25,13 @@ class Stats:
         self.auth_failures: Counter[str] = Counter()  # API 401/AF20010 reasons
         self.blob_bytes = 0
         self.blobs_served = 0
+        self.first_request_at: float | None = None  # epoch seconds: the start-up bench's "first request"
+
+    @web.middleware
+    async def stamp_first_request(self, request: web.Request, handler):
+        if self.first_request_at is None and not request.path.startswith("/_emulator"):
+            self.first_request_at = time.time()
+        return await handler(request)
 
     def snapshot(self) -> dict:
         return {
@@ -42,4 +51,5 @@ class Stats:
             "auth_failures": dict(self.auth_failures),
             "blobs_served": self.blobs_served,
             "blob_bytes": self.blob_bytes,
+            "first_request_at": self.first_request_at,
         }
