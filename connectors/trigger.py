@@ -55,7 +55,7 @@ class CollectorConfiguration(BaseModel):
         10_000, ge=1, le=100_000, title="Batch size (events)", description="Most records sent to Sekoia.io in one request"
     )
     batch_max_bytes: int = Field(
-        4_000_000,
+        1_000_000,
         ge=10_000,
         le=7_000_000,
         title="Batch size (bytes)",

@@ -115,6 +115,8 @@ class Processor:
             if group and (item is None or records >= GROUP_RECORDS or time.monotonic() - started >= GROUP_SECONDS):
                 self._acknowledge(group)
                 group, records = [], 0
+            if item is None:  # nothing more fetched for now: send what is buffered instead of at its max age
+                self.forwarder.flush()
         if group:
             self._acknowledge(group)
 
