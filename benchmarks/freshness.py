@@ -150,6 +150,7 @@ def o365_freshness(ws: Workspace, quick: bool) -> dict:
                 return wanted <= confirmed.first_seen.keys()
 
             wait_until(all_confirmed, tail_s, SAMPLE_S)
+            waited_until = time.time()
             trigger.stop(30)
     finally:
         runtime.stop()
@@ -161,11 +162,12 @@ def o365_freshness(ws: Workspace, quick: bool) -> dict:
         name = _class_of(blob)
         seen = [confirmed.first_seen.get(record) for record in blob["ids"]]
         if None in seen:
-            missing[name] += 1
+            missing[name] += 1  # counted with what it waited at least: the percentiles never hide it
+            latencies[name].append(waited_until - blob["published"])
         else:
             latencies[name].append(max(seen) - blob["published"])
     figures = {
-        name: {"blobs": len(values) + missing[name], "undelivered": missing[name],
+        name: {"blobs": len(values), "undelivered": missing[name],
                "p50_s": _percentile(values, 0.5), "p99_s": _percentile(values, 0.99),
                "max_s": round(max(values), 1) if values else None, "goal_p99_s": CLASSES[name],
                "met": bool(values) and not missing[name] and _percentile(values, 0.99) <= CLASSES[name]}
