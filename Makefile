@@ -9,7 +9,7 @@ STAMPS := .make
 PY := $(VENV)/bin/python
 QUICK ?=
 PYTEST_ARGS ?=
-TEST_WORKERS ?= 2
+TEST_WORKERS ?= 4
 
 export POETRY_VIRTUALENVS_IN_PROJECT := true
 export POETRY_NO_INTERACTION := 1
@@ -36,11 +36,11 @@ $(STAMPS)/node: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
-# Two workers, each taking a whole test file at a time (a file's module fixtures and order stay together). Tests
-# marked `slow` (longer end-to-end runs; `make reliability` covers them at scale) run on request:
-# `make test PYTEST_ARGS="-m slow"`.
+# pytest-xdist workers: the tests mostly wait on local servers and child processes, so four keep two cores busy;
+# an idle worker takes tests from a busy one (worksteal). Tests marked `slow` (longer end-to-end runs; `make
+# reliability` covers them at scale) run on request: `make test PYTEST_ARGS="-m slow"`.
 test: install
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal -m "not slow" $(PYTEST_ARGS)
 
 demo: install
 	$(PY) demo.py
