@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from azure.core.exceptions import (
     AzureError,
@@ -22,9 +22,12 @@ from azure.core.exceptions import (
 from azure.eventhub import TransportType
 from azure.eventhub.aio import CheckpointStore, EventHubConsumerClient
 from azure.eventhub.exceptions import AuthenticationError, EventHubError
-from azure_eventhub.checkpoints import BlobStore, LocalCheckpointStore, describe_error
+from azure_eventhub.checkpoints import LocalCheckpointStore, describe_error
 from azure_eventhub.config import EventHubConfiguration, proxy_settings
 from connectors.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from azure_eventhub.blobstore import BlobStore
 
 # Storage calls of the steady state: two quick retries (1 s, then 3 s), then the checkpoint writer's own backoff
 # takes over. The library default (15 s, then 18 s, 21 s...) takes about 80 s before an error surfaces.
@@ -67,6 +70,8 @@ def _storage_kwargs(config: EventHubConfiguration) -> dict[str, Any]:
 
 
 def build_blob_store(config: EventHubConfiguration, credential: Any, options: dict[str, Any]) -> BlobStore:
+    from azure_eventhub.blobstore import BlobStore  # imported only when a storage account is configured
+
     kwargs = {**options, **_storage_kwargs(config)}
     container = config.storage_container_name or ""
     try:

@@ -48,8 +48,9 @@ class EventHubTrigger(CollectorTrigger):
         credential = build_credential(config)
         store = client = None
         try:
-            await self.unless_stopping(probe_store(config, credential))
+            # The source first: the Blob store's import (when one is configured) comes after the hub answered.
             properties = await self.unless_stopping(probe_hub(config, credential))
+            await self.unless_stopping(probe_store(config, credential))
             store = build_store(config, self.state_dir, credential)
             client = build_client(config, store, credential)
             self.log(
