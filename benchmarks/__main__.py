@@ -29,7 +29,7 @@ def machine() -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks")
-    parser.add_argument("--quick", action="store_true", help="smaller workloads, under 3 minutes in all")
+    parser.add_argument("--quick", action="store_true", help="smaller workloads; figures marked indicative")
     parser.add_argument("--only", nargs="*", choices=ORDER, help="run these scenarios only")
     parser.add_argument("--out", type=Path, default=ROOT / "reports")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, data paths)")
