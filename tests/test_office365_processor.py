@@ -6,6 +6,7 @@ import threading
 from datetime import UTC, datetime, timedelta
 
 import orjson
+import pytest
 
 from emulators.process import wait_until
 from office365.fetcher import Fetched
@@ -14,6 +15,8 @@ from office365.processor import Processor
 from office365.state import CollectorState
 
 NOW = datetime.now(UTC)
+# The processing thread failing is the test failing, not a warning beside a pass.
+pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
 
 
 class FakeForwarder:
@@ -29,6 +32,9 @@ class FakeForwarder:
             self.events.extend(events)
             if ack is not None:
                 self.acks.append(ack)
+
+    def flush(self):
+        """The processor sends what is buffered when it has nothing more: here everything is kept anyway."""
 
     def confirm(self):
         with self.lock:
