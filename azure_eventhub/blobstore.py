@@ -7,10 +7,13 @@ import orjson
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.eventhub.extensions.checkpointstoreblobaio import BlobCheckpointStore
 
+from azure_eventhub.checkpoints import FirstStart
+
 
 class BlobStore(BlobCheckpointStore):
-    """The client's Blob checkpoint store, plus the first start's partition ids in a blob beside the checkpoints
-    (``NAMESPACE/HUB/GROUP/partitions``, JSON; the client lists only ``checkpoint/`` and ``ownership/`` blobs)."""
+    """The client's Blob checkpoint store, plus the first start (its time and partition ids) in a blob beside the
+    checkpoints (``NAMESPACE/HUB/GROUP/partitions``, JSON; the client lists only ``checkpoint/`` and
+    ``ownership/`` blobs)."""
 
     def _partitions_blob(self, namespace: str, hub: str, group: str):
         return self._container_client.get_blob_client(f"{namespace}/{hub}/{group}/partitions".lower())
@@ -25,21 +28,27 @@ class BlobStore(BlobCheckpointStore):
             return None
         return (properties.metadata or {}).get("ownerid")
 
-    async def load_partition_ids(self, fully_qualified_namespace, eventhub_name, consumer_group) -> list[str] | None:
+    async def load_first_start(self, fully_qualified_namespace, eventhub_name, consumer_group) -> FirstStart | None:
         blob = self._partitions_blob(fully_qualified_namespace, eventhub_name, consumer_group)
         try:
             downloaded = await blob.download_blob()
-            return orjson.loads(await downloaded.readall())["partition_ids"]
+            return FirstStart.from_json(orjson.loads(await downloaded.readall()))
         except ResourceNotFoundError:
             return None
 
-    async def record_partition_ids(self, fully_qualified_namespace, eventhub_name, consumer_group,
-                                   partition_ids: list[str]) -> list[str]:
-        """Create the blob unless it exists (several instances may start at once: the first one's record wins)."""
+    async def record_first_start(self, fully_qualified_namespace, eventhub_name, consumer_group,
+                                 first: FirstStart) -> FirstStart:
+        """Create the blob unless it exists (several instances may start at once: the first one's record wins).
+        A record of version 1.0 (ids without a time) gets this start's time: instances upgraded together write
+        times seconds apart, and the last one stays."""
         blob = self._partitions_blob(fully_qualified_namespace, eventhub_name, consumer_group)
         try:
-            await blob.upload_blob(orjson.dumps({"partition_ids": list(partition_ids)}), overwrite=False)
-            return list(partition_ids)
+            await blob.upload_blob(orjson.dumps(first.to_json()), overwrite=False)
+            return first
         except ResourceExistsError:
-            recorded = await self.load_partition_ids(fully_qualified_namespace, eventhub_name, consumer_group)
-            return recorded if recorded is not None else list(partition_ids)
+            recorded = await self.load_first_start(fully_qualified_namespace, eventhub_name, consumer_group)
+        if recorded is not None and recorded.started_at is not None:
+            return recorded
+        upgraded = FirstStart(recorded.partition_ids if recorded else first.partition_ids, first.started_at)
+        await blob.upload_blob(orjson.dumps(upgraded.to_json()), overwrite=True)
+        return upgraded

@@ -5,9 +5,10 @@ ownership in memory: it serves one instance only, since two processes on one fil
 partition. Sharing partitions between instances needs the Blob store, whose ownership blobs the client's load
 balancing relies on.
 
-Both stores also keep, beside the checkpoints, the partition ids the trigger saw when it first started
-(``load_partition_ids`` / ``record_partition_ids``): a partition without a checkpoint that is not among them was
-added to the hub later, so all its events came after the first start and it is read from its beginning.
+Both stores also keep, beside the checkpoints, the trigger's first start: its time and the partition ids it saw
+(``load_first_start`` / ``record_first_start``, a ``FirstStart``). ``latest`` means "from that time"; a partition
+without a checkpoint that is not among those ids was added to the hub later, so all its events came after the
+first start and it is read from its beginning.
 
 ``CheckpointWriter`` receives "delivered up to this event" from the forwarder's delivery thread (the ack of a
 batch) and writes it from the event loop. Acks that arrive while a write is under way are coalesced: at most
@@ -24,6 +25,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,27 @@ from connectors.retry import Backoff
 from connectors.state import StateFile
 
 LogFunction = Callable[[str, str], None]
+
+
+@dataclass(frozen=True)
+class FirstStart:
+    """The trigger's first start: the hub's partitions then, and when (``None`` in a record of version 1.0)."""
+
+    partition_ids: list[str]
+    started_at: datetime | None
+
+    @classmethod
+    def from_json(cls, value: Any) -> FirstStart | None:
+        if value is None:
+            return None
+        if isinstance(value, list):  # version 1.0: the ids alone
+            return cls([str(pid) for pid in value], None)
+        started = value.get("started_at")
+        return cls([str(pid) for pid in value["partition_ids"]], datetime.fromisoformat(started) if started else None)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"partition_ids": list(self.partition_ids),
+                "started_at": self.started_at.isoformat() if self.started_at else None}
 
 
 class LocalCheckpointStore(CheckpointStore):
@@ -105,20 +128,23 @@ class LocalCheckpointStore(CheckpointStore):
             for partition_id, entry in partitions.items()
         ]
 
-    async def load_partition_ids(self, fully_qualified_namespace, eventhub_name, consumer_group) -> list[str] | None:
+    async def load_first_start(self, fully_qualified_namespace, eventhub_name, consumer_group) -> FirstStart | None:
         recorded = self._partitions_file.load({}) or {}
-        return recorded.get(self._key(fully_qualified_namespace, eventhub_name, consumer_group))
+        return FirstStart.from_json(recorded.get(self._key(fully_qualified_namespace, eventhub_name, consumer_group)))
 
-    async def record_partition_ids(self, fully_qualified_namespace, eventhub_name, consumer_group,
-                                   partition_ids: list[str]) -> list[str]:
-        """Record the first start's partition ids unless already recorded; the ids recorded."""
+    async def record_first_start(self, fully_qualified_namespace, eventhub_name, consumer_group,
+                                 first: FirstStart) -> FirstStart:
+        """Record the first start unless recorded already (an older record without its time gets this one's);
+        the first start recorded."""
         key = self._key(fully_qualified_namespace, eventhub_name, consumer_group)
         async with self._lock:
             recorded = self._partitions_file.load({}) or {}
-            if key not in recorded:
-                recorded[key] = list(partition_ids)
+            current = FirstStart.from_json(recorded.get(key))
+            if current is None or current.started_at is None:
+                current = first if current is None else FirstStart(current.partition_ids, first.started_at)
+                recorded[key] = current.to_json()
                 await asyncio.to_thread(self._partitions_file.save, recorded)
-            return recorded[key]
+            return current
 
     async def close(self) -> None:
         self._instance.release()

@@ -4,24 +4,30 @@ The client lists the hub's partitions once per process (its load balancing keeps
 partition added to a running hub would never be read. ``PartitionWatch.check`` lists them again every few
 seconds and hands a changed list to the client's load balancing, which claims the new ones at its next round.
 
-``starting_position`` applies only to the partitions the trigger saw when it first started (recorded beside the
-checkpoints). A partition added later holds nothing older than the trigger, so without a checkpoint it is read
-from its beginning, also after a restart, whatever ``starting_position`` says: with ``latest`` it would be
-skipped for good otherwise.
+``starting_position`` applies only to the partitions the trigger saw when it first started, and ``latest`` means
+"from the first start": the first start's time is recorded beside the checkpoints with those partitions, and a
+partition of them without a checkpoint is read from its events enqueued since then (less a minute, for clocks
+apart), at every start. Re-reading ``@latest`` at each start would skip for good what reached a quiet partition
+while the trigger was stopped, or what was read but not confirmed before a crash. A partition added later holds
+nothing older than the trigger, so without a checkpoint it is read from its beginning, also after a restart.
+(Upgrading from 1.0, which recorded no time, the upgrade's first start is taken as the first start.)
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from azure.eventhub.aio import EventHubConsumerClient
 
 from azure_eventhub import metrics
+from azure_eventhub.checkpoints import FirstStart
 
 EARLIEST = "-1"
+LATEST = "@latest"
+CLOCK_SKEW = timedelta(minutes=1)  # `latest` reads from the first start less this: the hub's clock may be behind
 LogFunction = Callable[[str, str], None]
 
 
@@ -40,15 +46,19 @@ class PartitionWatch:
         self._told_stuck = False
 
     async def starting_positions(self) -> dict[str, str | datetime]:
-        """Record the partitions of the first start (unless recorded already); the position of each partition."""
+        """Record the first start (unless recorded already); the position of each partition."""
         ids = await asyncio.wait_for(self.client.get_partition_ids(), 60)
         self._seen(ids)
         key = (self.base["fully_qualified_namespace"], self.base["eventhub_name"], self.base["consumer_group"])
-        first = await asyncio.wait_for(self.store.load_partition_ids(*key), 30)
-        if first is None:
-            first = await asyncio.wait_for(self.store.record_partition_ids(*key, ids), 30)
-        self.positions.update({pid: self.configured if pid in first else EARLIEST for pid in ids})
-        later = [pid for pid in ids if pid not in first]
+        first = await asyncio.wait_for(self.store.load_first_start(*key), 30)
+        if first is None or first.started_at is None:
+            first = await asyncio.wait_for(
+                self.store.record_first_start(*key, FirstStart(list(ids), datetime.now(UTC))), 30)
+        configured = self.configured
+        if configured == LATEST and first.started_at is not None:
+            configured = first.started_at - CLOCK_SKEW
+        self.positions.update({pid: configured if pid in first.partition_ids else EARLIEST for pid in ids})
+        later = [pid for pid in ids if pid not in first.partition_ids]
         if later and self.configured != EARLIEST:
             self.log(f"Partitions {', '.join(later)} were added to the event hub after this trigger first started: "
                      "where they have no checkpoint they are read from their beginning (starting_position applies "

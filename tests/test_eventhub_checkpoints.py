@@ -2,11 +2,13 @@
 
 import asyncio
 import threading
+from datetime import UTC, datetime
 
 import pytest
 
-from azure_eventhub.checkpoints import CheckpointWriter, LocalCheckpointStore
+from azure_eventhub.checkpoints import CheckpointWriter, FirstStart, LocalCheckpointStore
 from connectors.errors import ConfigurationError, CorruptStateError
+from connectors.state import StateFile
 
 NS, HUB, GROUP = "ns.servicebus.windows.net", "logs", "$Default"
 
@@ -154,18 +156,31 @@ async def test_a_position_waiting_for_its_write_is_dropped_when_the_partition_cl
     assert store.writes == [("1", 1)] and writer.dropped == 1
 
 
-async def test_local_store_keeps_the_first_start_partitions(tmp_path):
+async def test_local_store_keeps_the_first_start(tmp_path):
     path = tmp_path / "state" / "eventhub-checkpoints.json"
     store = LocalCheckpointStore(path)
-    assert await store.load_partition_ids(NS, HUB, GROUP) is None
-    assert await store.record_partition_ids(NS, HUB, GROUP, ["0", "1"]) == ["0", "1"]
-    assert await store.record_partition_ids(NS, HUB, GROUP, ["0", "1", "2"]) == ["0", "1"]  # the first one stays
+    first = FirstStart(["0", "1"], datetime(2026, 1, 31, 8, tzinfo=UTC))
+    assert await store.load_first_start(NS, HUB, GROUP) is None
+    assert await store.record_first_start(NS, HUB, GROUP, first) == first
+    later = FirstStart(["0", "1", "2"], datetime(2026, 2, 1, tzinfo=UTC))
+    assert await store.record_first_start(NS, HUB, GROUP, later) == first  # the first one stays
     await store.close()
     reopened = LocalCheckpointStore(path)
-    assert await reopened.load_partition_ids(NS, HUB, GROUP) == ["0", "1"]
-    assert await reopened.load_partition_ids(NS, "other-hub", GROUP) is None
+    assert await reopened.load_first_start(NS, HUB, GROUP) == first
+    assert await reopened.load_first_start(NS, "other-hub", GROUP) is None
     assert await reopened.list_checkpoints(NS, HUB, GROUP) == []  # not mixed with the checkpoints
     await reopened.close()
+
+
+async def test_a_first_start_recorded_by_version_1_0_gets_a_time_and_keeps_its_partitions(tmp_path):
+    path = tmp_path / "state" / "eventhub-checkpoints.json"
+    StateFile(path.with_name("eventhub-partitions.json")).save({f"{NS}/{HUB}/{GROUP}".lower(): ["0", "1"]})
+    store = LocalCheckpointStore(path)
+    assert await store.load_first_start(NS, HUB, GROUP) == FirstStart(["0", "1"], None)
+    upgrade = FirstStart(["0", "1", "2"], datetime(2026, 2, 1, tzinfo=UTC))
+    assert await store.record_first_start(NS, HUB, GROUP, upgrade) == FirstStart(["0", "1"], upgrade.started_at)
+    assert await store.load_first_start(NS, HUB, GROUP) == FirstStart(["0", "1"], upgrade.started_at)
+    await store.close()
 
 
 async def test_a_partition_claimed_by_another_instance_is_not_checkpointed_even_before_it_closes_here():

@@ -1,4 +1,5 @@
-"""Partitions added to a running hub, and across a restart with `starting_position: latest` (emulator + Azurite)."""
+"""Partitions added to a running hub, and across a restart with `starting_position: latest` (emulator + Azurite):
+what reached a partition while the trigger was stopped is read, whether the partition is new or quiet."""
 
 from __future__ import annotations
 
@@ -25,11 +26,11 @@ def start(stack: EventHubStack, config: dict, monkeypatch) -> InProcessTrigger:
     return runner.start()
 
 
-def recorded_partitions(stack: EventHubStack) -> list[str]:
+def first_start(stack: EventHubStack) -> dict:
     blobs = [blob["name"] for blob in stack.azurite.admin.list_blobs(CONTAINER)]
     [name] = [name for name in blobs if name.endswith("/partitions")]
     blob = stack.azurite.admin.service.get_blob_client(CONTAINER, name)
-    return orjson.loads(blob.download_blob().readall())["partition_ids"]
+    return orjson.loads(blob.download_blob().readall())
 
 
 def test_partitions_added_while_running_and_while_stopped_are_read_from_their_beginning(tmp_path, monkeypatch):
@@ -50,7 +51,8 @@ def test_partitions_added_while_running_and_while_stopped_are_read_from_their_be
         finally:
             runner.stop()
         assert runner.error is None and CollectorTrigger.fatal_error is None
-        assert recorded_partitions(stack) == ["0", "1"]  # the first start's partitions
+        recorded = first_start(stack)
+        assert recorded["partition_ids"] == ["0", "1"] and recorded["started_at"]  # the first start's partitions
         assert any("now has 4 partitions (was 2)" in log["message"] for log in stack.logs())
 
         # Grown again while stopped: partitions 4 and 5 have no checkpoint and were not there at the first start.
@@ -58,17 +60,17 @@ def test_partitions_added_while_running_and_while_stopped_are_read_from_their_be
         while_stopped = records_with_ids(300, "stopped")
         for partition in ("2", "3", "4", "5"):
             stack.publish(envelopes(while_stopped[int(partition) % 4::4], 20), partition_id=partition)
-        # Partition 0 was there at the first start and has no checkpoint: `latest` applies to it, as configured.
-        skipped = records_with_ids(20, "skipped")
-        stack.publish(envelopes(skipped, 20), partition_id="0")
+        # Partition 0 was there at the first start and, quiet, has no checkpoint: `latest` means "since the first
+        # start", so what reached it while the trigger was stopped is read too (not skipped by a new `@latest`).
+        quiet = records_with_ids(20, "quiet")
+        stack.publish(envelopes(quiet, 20), partition_id="0")
         runner = start(stack, config, monkeypatch)
         try:
-            assert wait_until(lambda: set(ids_of(while_stopped)) <= set(stack.delivered_ids()), 60)
+            assert wait_until(lambda: set(ids_of(while_stopped + quiet)) <= set(stack.delivered_ids()), 60)
             assert wait_until(lambda: metrics.owned_partitions._value.get() == 6, 30)
         finally:
             runner.stop()
         assert runner.error is None
         assert any("Partitions 2, 3, 4, 5 were added" in log["message"] for log in stack.logs())
-        result = compare(ids_of(while_running + while_stopped), stack.delivered_ids())
+        result = compare(ids_of(while_running + while_stopped + quiet), stack.delivered_ids())
         assert result["lost"] == 0 and result["duplicates"] == 0, result
-        assert not set(ids_of(skipped)) & set(stack.delivered_ids())
