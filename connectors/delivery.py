@@ -13,16 +13,23 @@ The runtime's answers, for both sinks:
 - 401, 403, 404, 405 and redirects: the configuration is wrong (intake key, intake server, playbook token).
   Nothing more is sent or acknowledged; ``on_fatal`` gets a ``ConfigurationError`` naming the field.
 - Any other 4xx (400, 413, 422...): the runtime refuses the request for good. It is split in halves, each sent
-  again, until the refused events are alone; each is set aside (kept in a local file, counted, logged once with
-  where it came from) and the rest goes on. The resume point never waits on one event.
+  again, until the refused events are alone; a lone event refused with 413 is sent once more shortened to half its
+  size. The events still refused are set aside: kept in a local file (one write per request), counted, logged in
+  one line per request with where they came from; the rest goes on, and the resume point never waits on one
+  event. Two limits: a refused event that cannot be kept (the file at its cap, or none configured) is never
+  acknowledged past (the batch is unconfirmed and the trigger stops as on a configuration error); a split request
+  of several events refused event by event means the runtime refuses everything (``intake_server`` points at
+  something else): a configuration error, instead of one request per event.
 
 An event over the intake's 250,000-byte limit is sent shortened (``connectors.truncation``) and kept whole in
-the same local file.
+the same local file. A local write that fails (the records file of the playbook sink, the set-aside file: a full
+disk) is retried with backoff like an outage, said once; nothing after it is acknowledged meanwhile.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import threading
 import time
@@ -31,7 +38,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import orjson
@@ -42,12 +49,13 @@ from connectors import metrics
 from connectors.errors import ConfigurationError
 from connectors.logs import OnceLogger
 from connectors.retry import Backoff, parse_retry_after
-from connectors.state import Journal
+from connectors.state import Journal, _open_private, private_directory
 from connectors.truncation import digest, shorten
 
 logger = logging.getLogger(__name__)
 
 Ack = Callable[[], None]
+T = TypeVar("T")
 LogFunction = Callable[[str, str], None]  # (message, level)
 
 _ENVELOPE_BYTES = 1024  # room for the `{"intake_key": ..., "jsons": [...]}` around the events
@@ -57,6 +65,11 @@ STOP_GRACE_SECONDS = 8.0
 
 RETRIED_STATUSES = frozenset({408, 425, 429})
 CONFIGURATION_STATUSES = frozenset({401, 403, 404, 405})
+# A split request of at least this many events refused one by one: the runtime refuses everything, whatever the
+# events (a proxy answering 400), rather than a run of bad records. Fewer could be neighbouring bad records.
+REFUSES_EVERYTHING_EVENTS = 4
+ORIGINS_NAMED = 3  # origins named in a line about several events
+SLEEP_SLICE = 0.25  # a backoff sleep looks this often whether a stop began (stopping() may run in a signal handler)
 
 
 @dataclass(frozen=True)
@@ -79,6 +92,11 @@ class RetryableError(Exception):
 class Refused(Exception):
     """The runtime refused a request for good (400, 413...): sending it again as it is cannot succeed."""
 
+    def __init__(self, status: int, detail: str):
+        super().__init__(f"HTTP {status}: {detail}")
+        self.status = status
+        self.detail = detail
+
 
 class Misdirected(Exception):
     """The runtime refused the credentials or has no such endpoint (401, 403, 404, 405, a redirect)."""
@@ -91,6 +109,16 @@ class Misdirected(Exception):
 
 class DeliveryAborted(Exception):
     """Stopping with a batch the runtime never confirmed: its acknowledgements are not called."""
+
+
+class UnkeptRefusal(ConfigurationError):
+    """Events the runtime refused could not be kept locally: acknowledging past them would lose them, so the
+    trigger stops (like a configuration error: exit code 2) until someone makes room."""
+
+    def __init__(self, message: str):
+        Exception.__init__(self, message)
+        self.field = "set-aside file"
+        self.expected = message
 
 
 @dataclass
@@ -129,7 +157,7 @@ def _post(session: requests.Session, request: Request, timeout: tuple[float, flo
         raise Misdirected(status, f"redirects to {response.headers.get('Location', '?')}")
     if status in CONFIGURATION_STATUSES:
         raise Misdirected(status, detail)
-    raise Refused(f"HTTP {status}: {detail}")
+    raise Refused(status, detail)
 
 
 class IntakeSink:
@@ -186,9 +214,11 @@ class PlaybookSink:
         self._headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
 
     def prepare(self, events: list[bytes]) -> list[Request]:
-        directory = self.data_path / f"{self.trigger_name}_events" / str(uuid.uuid4())
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / "event.json").write_bytes(b"[" + b",".join(events) + b"]")
+        # Audit records: private whatever the process's umask (both levels, like the state directory).
+        directory = private_directory(private_directory(self.data_path / f"{self.trigger_name}_events")
+                                      / str(uuid.uuid4()))
+        with _open_private(directory / "event.json", os.O_WRONLY | os.O_TRUNC) as handle:
+            handle.write(b"[" + b",".join(events) + b"]")
         body = orjson.dumps(
             {
                 "name": f"{self.trigger_name}-{len(events)}-records",
@@ -205,6 +235,23 @@ class PlaybookSink:
             "intake_key", f"without it, records go to the playbook, but the runtime refused the trigger's callback "
             f"({_origin(self.url)}, {refusal}): the playbook was deleted or its token revoked; restart the playbook, "
             "or set `intake_key` to send to an intake")
+
+
+def _count(kept: list[Kept]) -> str:
+    return "an event" if len(kept) == 1 else f"{len(kept)} events"
+
+
+def _origins(kept: list[Kept]) -> str:
+    """The first few distinct origins, and how many more."""
+    names = list(dict.fromkeys(entry.origin or "unknown origin" for entry in kept))
+    more = len(names) - ORIGINS_NAMED
+    return ", ".join(names[:ORIGINS_NAMED]) + (f" and {more} more" if more > 0 else "")
+
+
+def _clean(requests_: list[Request]) -> None:
+    for request in requests_:
+        if request.cleanup is not None:
+            shutil.rmtree(request.cleanup, ignore_errors=True)
 
 
 def _origin(url: str) -> str:
@@ -226,15 +273,30 @@ class SetAsideStore:
     def path(self) -> Path:
         return self.journal.path
 
-    def keep(self, event: bytes, origin: str, reason: str) -> bool:
-        entry = {"origin": origin, "reason": reason, "bytes": len(event), "sha256": digest(event),
-                 "event": event.decode("utf-8", "replace")}
+    def keep(self, kept: list[Kept]) -> bool:
+        """Write the events in one append (one fsync): all of them, or none (False) when they would take the
+        file over its cap. A failed write (a full disk) raises OSError."""
+        lines = [orjson.dumps({"origin": entry.origin, "reason": entry.reason, "bytes": len(entry.event),
+                               "sha256": digest(entry.event), "event": entry.event.decode("utf-8", "replace")})
+                 for entry in kept]
+        size = sum(len(line) + 1 for line in lines)  # what lands in the file: escaping may make it 6 times the event
         with self._lock:
-            if self.written + len(event) > self.cap_bytes:
+            if self.written + size > self.cap_bytes:
                 return False
-            self.journal.append([entry])
-            self.written += len(event) + 256
+            self.journal.append(orjson.Fragment(line) for line in lines)
+            self.written += size
         return True
+
+
+@dataclass
+class Kept:
+    """An event the intake could not take as it was, for the set-aside file."""
+
+    event: bytes  # whole, as collected
+    origin: str
+    reason: str
+    sent: bool = False  # sent shortened (over a size limit), or not sent at all (refused)
+    by_runtime: bool = False  # refused by the runtime (not by our own encoding)
 
 
 @dataclass
@@ -297,6 +359,8 @@ class Forwarder:
         self._abort_at: float | None = None  # once stopping: no attempt starts or waits past this moment
         self._wake = threading.Event()  # cuts a backoff sleep short when stopping or failing
         self._outage = OnceLogger(self._log)
+        self._local_trouble = OnceLogger(self._log)  # a local write failing (full disk): said once, retried
+        self._unexpected = OnceLogger(self._log)
         self._failure: str | None = None
         self._abort_told = False
         self.fatal_error: ConfigurationError | None = None
@@ -315,13 +379,14 @@ class Forwarder:
 
     def add(self, events: Iterable[bytes], ack: Ack | None = None, origin: str = "") -> int:
         """Buffer serialized events (one JSON document each); ``ack`` runs once all of them were confirmed."""
+        if self._failure is not None:
+            return 0  # a batch was not confirmed: nothing after it can be acknowledged, so nothing is taken
+        events = self._fit(events, origin)  # outside the lock: shortening and keeping are slow
         added = 0
         with self._lock:
             if self._failure is not None:
-                return 0  # a batch was not confirmed: nothing after it can be acknowledged, so nothing is taken
+                return 0
             for event in events:
-                if len(event) > EVENT_BYTES_MAX_SIZE:
-                    event = self._shorten(event, origin)
                 batch = self._current()
                 batch.events.append(event)
                 batch.origins.append(origin)
@@ -424,37 +489,77 @@ class Forwarder:
 
     # -- events the intake cannot take as they are -----------------------------------------------------------
 
-    def _keep(self, event: bytes, origin: str, reason: str) -> str:
-        store = self._set_aside_store
-        if store is not None and store.keep(event, origin, reason):
-            return f"kept in {store.path}"
-        return "not kept (the set-aside file is full or disabled)"
-
-    def _shorten(self, event: bytes, origin: str) -> bytes:
-        """An event over the intake's limit: kept whole locally, sent shortened (rare: the lock stays held)."""
-        where = self._keep(event, origin, "oversize")
-        short = shorten(event, EVENT_BYTES_MAX_SIZE)
-        self.shortened += 1
-        metrics.oversize_events.labels(self.trigger).inc()
-        cut = ", ".join(short.fields[:5]) + (f" and {len(short.fields) - 5} more" if len(short.fields) > 5 else "")
-        self._log(
-            f"Event of {len(event)} bytes from {origin or 'unknown origin'} is over the intake limit of "
-            f"{EVENT_BYTES_MAX_SIZE} bytes: sent shortened to {len(short.event)} bytes ({f'cut: {cut}' if cut else 'text cut'}, "
-            f"marked `sekoia_truncated`); the full event (sha256 {short.sha256}) is {where}",
-            "warning",
-        )
-        return short.event
-
-    def _set_aside_refused(self, event: bytes, origin: str, reason: str) -> None:
-        where = self._keep(event, origin, f"refused: {reason}")
+    def _fit(self, events: Iterable[bytes], origin: str) -> list[bytes]:
+        """``events`` with those over the intake's limit shortened; their originals kept (one write per call)."""
+        events = list(events)
+        oversize = [index for index, event in enumerate(events) if len(event) > EVENT_BYTES_MAX_SIZE]
+        if not oversize:
+            return events
+        events = events.copy()  # the caller's list stays as it was
+        originals, lines = [], []
+        for index in oversize:
+            event = events[index]
+            short = shorten(event, EVENT_BYTES_MAX_SIZE)
+            events[index] = short.event
+            originals.append(Kept(event, origin, "oversize", sent=True))
+            cut = ", ".join(short.fields[:5]) + (f" and {len(short.fields) - 5} more" if len(short.fields) > 5 else "")
+            lines.append(
+                f"Event of {len(event)} bytes from {origin or 'unknown origin'} is over the intake limit of "
+                f"{EVENT_BYTES_MAX_SIZE} bytes: sent shortened to {len(short.event)} bytes "
+                f"({f'cut: {cut}' if cut else 'text cut'}, marked `sekoia_truncated`); the full event (sha256 "
+                f"{short.sha256}) is ")
+        try:
+            where = self._where(self._set_aside_store is not None and self._set_aside_store.keep(originals))
+        except OSError as error:  # the shortened events still go: only the local copy is missing
+            where = f"not kept (the set-aside file cannot be written: {error})"
         with self._lock:
-            self.refused += 1
-        metrics.refused_events.labels(self.trigger).inc()
-        self._log(
-            f"The runtime refused an event of {len(event)} bytes from {origin or 'unknown origin'} ({reason}); it "
-            f"was not sent and is {where} (sha256 {digest(event)}); delivery goes on",
-            "warning",
-        )
+            self.shortened += len(oversize)
+        metrics.oversize_events.labels(self.trigger).inc(len(oversize))
+        for line in lines:
+            self._log(line + where, "warning")
+        return events
+
+    def _where(self, kept: bool) -> str:
+        if kept:
+            return f"kept in {self._set_aside_store.path}"  # type: ignore[union-attr]
+        if self._set_aside_store is None:
+            return "not kept (no set-aside file)"
+        return f"not kept ({self._set_aside_store.path} is at its cap of {self._set_aside_store.cap_bytes} bytes)"
+
+    def _set_aside(self, kept: list[Kept]) -> int:
+        """Keep the events of one request the runtime would not take as they were (one write, one line per kind);
+        returns how many were not sent. Refused events that cannot be kept stop everything: nothing past them is
+        acknowledged (raises DeliveryAborted)."""
+        if not kept:
+            return 0
+        stored = self._locally(lambda: self._set_aside_store is not None and self._set_aside_store.keep(kept))
+        refused = [entry for entry in kept if not entry.sent]
+        shortened = [entry for entry in kept if entry.sent]
+        if refused and not stored:
+            self._fail(UnkeptRefusal(
+                f"The runtime refused {_count(refused)} ({refused[0].reason}) from {_origins(refused)}, and they "
+                f"cannot be kept: {self._where(False).removeprefix('not kept (').rstrip(')')}. They were not "
+                "marked as read and delivery stopped. Look at why the runtime refuses them; move the set-aside "
+                "file elsewhere (keep its events) or set up one, then restart: they will be collected again"))
+            raise DeliveryAborted("refused events cannot be kept")
+        where = self._where(stored)
+        if shortened:
+            with self._lock:
+                self.shortened += len(shortened)
+            metrics.oversize_events.labels(self.trigger).inc(len(shortened))
+            self._log(f"The runtime refused {_count(shortened)} as too large (HTTP 413) from "
+                      f"{_origins(shortened)}: sent shortened to half their size (marked `sekoia_truncated`); the "
+                      f"full events are {where}", "warning")
+        if refused:
+            with self._lock:
+                self.refused += len(refused)
+            metrics.refused_events.labels(self.trigger).inc(len(refused))
+            hashes = ", ".join(digest(entry.event) for entry in refused[:ORIGINS_NAMED])
+            self._log(f"The runtime refused {_count(refused)} ({refused[0].reason.removeprefix('refused: ')}) from "
+                      f"{_origins(refused)}: not "
+                      f"sent, {where} (sha256 {hashes}{', ...' if len(refused) > ORIGINS_NAMED else ''}); delivery "
+                      "goes on", "warning")
+        return len(refused)
 
     # -- delivery threads ----------------------------------------------------------------------------------
 
@@ -470,10 +575,13 @@ class Forwarder:
                     return  # closed and nothing left
                 batch = self._ready.popleft()
                 self._lock.notify_all()
-            confirmed = self._deliver(batch)
-            with self._lock:
-                self._finished[batch.seq] = (batch, confirmed)
-            self._acknowledge_in_order()
+            confirmed = False
+            try:
+                confirmed = self._deliver(batch)
+            finally:  # whatever happened, the batch takes its turn: later acknowledgements never wait on it forever
+                with self._lock:
+                    self._finished[batch.seq] = (batch, confirmed)
+                self._acknowledge_in_order()
 
     def _acknowledge_in_order(self) -> None:
         with self._ack_turn:
@@ -495,22 +603,34 @@ class Forwarder:
 
     def _deliver(self, batch: _Batch) -> bool:
         """Send one batch until every event was confirmed or set aside; False when it was not (then nothing
-        later is sent either)."""
-        if self._failure is not None:
-            return False
+        later is sent either). An unexpected error is retried with backoff, like an outage: delivery never stops
+        silently behind the heartbeats."""
         started = time.monotonic()
-        try:
-            refused = self._send(batch.events, batch.origins)
-        except DeliveryAborted:
-            metrics.delivery_batches.labels(self.trigger, "aborted").inc()
-            if not self._abort_told and self.fatal_error is None:  # one line per stop, however many batches were on the way
-                self._abort_told = True
-                self._log("Stopped before the runtime confirmed every event: those not confirmed were not marked "
-                          "as read and will be collected again at the next start", "warning")
-            return False
-        except Misdirected as refusal:
-            self._fail(self.sink.configuration_error(refusal))
-            return False
+        backoff = self._backoff()
+        while True:
+            if self._failure is not None:
+                return False
+            try:
+                refused = self._send(batch.events, batch.origins)
+                self._unexpected.ended("Delivery works again")
+                break
+            except DeliveryAborted:
+                metrics.delivery_batches.labels(self.trigger, "aborted").inc()
+                if not self._abort_told and self.fatal_error is None:  # one line per stop, however many batches
+                    self._abort_told = True
+                    self._log("Stopped before the runtime confirmed every event: those not confirmed were not "
+                              "marked as read and will be collected again at the next start", "warning")
+                return False
+            except Misdirected as refusal:
+                self._fail(self.sink.configuration_error(refusal))
+                return False
+            except Exception as error:  # noqa: BLE001 - a bug must not end the thread: the batch is sent again
+                self._unexpected.began(f"Delivery failed unexpectedly ({error!r}); retrying the batch (some of its "
+                                       "events may be sent twice)", "error")
+                try:
+                    self._pause(backoff.next_delay())
+                except DeliveryAborted:
+                    return False
         count = len(batch.events) - refused
         if count:
             with self._lock:
@@ -519,41 +639,111 @@ class Forwarder:
             metrics.delivery_batches.labels(self.trigger, "confirmed").inc()
             metrics.delivery_seconds.labels(self.trigger).observe(time.monotonic() - started)
             if self._on_delivered:
-                self._on_delivered(count)
+                try:
+                    self._on_delivered(count)
+                except Exception as error:  # noqa: BLE001 - counting must not undo a delivery
+                    self._log(f"Counting {count} delivered events failed ({error!r})", "error")
         return True
 
     def _send(self, events: list[bytes], origins: list[str]) -> int:
-        """Deliver ``events``: refused requests are split until each refused event is alone, and set aside.
-        Returns how many were set aside."""
+        """Deliver a batch; the events the runtime refuses are isolated and set aside, one write per request.
+        Returns how many were not sent."""
         if not events:
             return 0
         try:
-            requests_ = self.sink.prepare(events)
+            requests_ = self._locally(lambda: self.sink.prepare(events))
         except ValueError as error:  # an event the sink cannot encode (not UTF-8): find it like a refused one
-            return self._split(events, origins, f"cannot be encoded: {type(error).__name__}")
+            kept: list[Kept] = []
+            self._isolate(events, origins, Refused(0, f"cannot be encoded: {type(error).__name__}"), kept)
+            return self._set_aside(kept)
         refused = 0
         try:
             for request in requests_:
-                try:
-                    self._send_until_confirmed(request)
-                except Refused as refusal:
-                    span = slice(request.start, request.stop)
-                    refused += self._split(events[span], origins[span], str(refusal))
+                span = slice(request.start, request.stop)
+                kept = []
+                self._post_or_isolate(request, events[span], origins[span], kept)
+                refused += self._set_aside(kept)
         finally:
-            for request in requests_:
-                if request.cleanup is not None:
-                    shutil.rmtree(request.cleanup, ignore_errors=True)
+            _clean(requests_)
         return refused
 
-    def _split(self, events: list[bytes], origins: list[str], reason: str) -> int:
+    def _try(self, events: list[bytes], origins: list[str], kept: list[Kept]) -> None:
+        """Deliver part of a refused request; what is refused again goes on being isolated into ``kept``."""
+        try:
+            requests_ = self._locally(lambda: self.sink.prepare(events))
+        except ValueError as error:
+            if len(events) == 1:
+                kept.append(Kept(events[0], origins[0], f"refused: cannot be encoded: {type(error).__name__}"))
+                return
+            self._isolate(events, origins, Refused(0, f"cannot be encoded: {type(error).__name__}"), kept)
+            return
+        try:
+            for request in requests_:
+                span = slice(request.start, request.stop)
+                self._post_or_isolate(request, events[span], origins[span], kept)
+        finally:
+            _clean(requests_)
+
+    def _post_or_isolate(self, request: Request, events: list[bytes], origins: list[str], kept: list[Kept]) -> None:
+        try:
+            self._send_until_confirmed(request)
+        except Refused as refusal:
+            self._isolate(events, origins, refusal, kept)
+
+    def _isolate(self, events: list[bytes], origins: list[str], refusal: Refused, kept: list[Kept]) -> None:
+        """``events`` were refused together: halves are sent again until the refused events are alone."""
         if len(events) == 1:
-            self._set_aside_refused(events[0], origins[0], reason)
-            return 1
+            self._refused_alone(events[0], origins[0], refusal, kept)
+            return
+        before = len(kept)
         half = len(events) // 2
-        return self._send(events[:half], origins[:half]) + self._send(events[half:], origins[half:])
+        self._try(events[:half], origins[:half], kept)
+        self._try(events[half:], origins[half:], kept)
+        refused = [entry for entry in kept[before:] if entry.by_runtime and not entry.sent]
+        if len(events) >= REFUSES_EVERYTHING_EVENTS and len(refused) == len(events):
+            raise Misdirected(refusal.status, f"every event refused, each alone as well ({len(events)} requests "
+                                              f"of one event): {refusal.detail}")
+
+    def _refused_alone(self, event: bytes, origin: str, refusal: Refused, kept: list[Kept]) -> None:
+        """A lone event refused: too large for this intake (413), it goes once more shortened to half its size."""
+        if refusal.status == 413:
+            short = shorten(event, len(event) // 2).event
+            requests_ = self._locally(lambda: self.sink.prepare([short]))
+            try:
+                for request in requests_:
+                    self._send_until_confirmed(request)
+                kept.append(Kept(event, origin, f"too large for the intake (HTTP 413): sent shortened to "
+                                                f"{len(short)} bytes", sent=True))
+                return
+            except Refused as again:
+                refusal = again
+            finally:
+                _clean(requests_)
+        if refusal.status:
+            kept.append(Kept(event, origin, f"refused: {refusal}", by_runtime=True))
+        else:
+            kept.append(Kept(event, origin, f"refused: {refusal.detail}"))
+
+    def _locally(self, write: Callable[[], T]) -> T:
+        """A local write (records file, set-aside file), retried with backoff while it fails (a full disk)."""
+        backoff = self._backoff()
+        while True:
+            if self._failure is not None:
+                raise DeliveryAborted(self._failure)
+            try:
+                result = write()
+            except OSError as error:
+                self._local_trouble.began(f"Delivery cannot write to the local disk ({error}): retrying until it "
+                                          "can; nothing more is marked as read meanwhile", "error")
+                self._pause(backoff.next_delay())
+                continue
+            self._local_trouble.ended("Local writes work again; delivery resumed")
+            return result
 
     def _run_acks(self, batch: _Batch) -> None:
         for ack in batch.acks:
+            if self._closed and self._failure is not None:
+                return  # closed with batches unconfirmed: the trigger closes its state next, no ack may touch it
             try:
                 ack()
             except Exception as error:  # noqa: BLE001 - one failed checkpoint must not stop the others
@@ -578,10 +768,21 @@ class Forwarder:
             except RetryableError as error:
                 metrics.delivery_retries.labels(self.trigger).inc()
                 self._outage_began(error)
-                delay = backoff.next_delay(error.retry_after)
-                if self._abort_at is not None and time.monotonic() + delay > self._abort_at:
-                    raise DeliveryAborted(str(error)) from None
-                self._wake.wait(delay)
+                self._pause(backoff.next_delay(error.retry_after))
+
+    def _pause(self, delay: float) -> None:
+        """A backoff sleep, cut short when a stop begins (one more attempt within the grace) or delivery fails;
+        raises DeliveryAborted when stopping leaves no time for it. Polls in slices: ``stopping`` may run in a
+        signal handler, which must not take the lock an Event's set would."""
+        stop_at = self._abort_at
+        if stop_at is not None and time.monotonic() + delay > stop_at:
+            raise DeliveryAborted("the stop deadline comes before the next attempt")
+        end = time.monotonic() + delay
+        while self._failure is None and self._abort_at == stop_at:
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            self._wake.wait(min(left, SLEEP_SLICE))
 
     def _attempt_timeout(self) -> tuple[float, float]:
         """The usual timeouts, or once stopping what is left before the deadline (none left: no attempt)."""

@@ -2,13 +2,15 @@
 
 import hashlib
 import json
+import os
+import stat
 import threading
 import time
 
 import orjson
 import pytest
 
-from connectors.delivery import BatchLimits, Forwarder, IntakeSink, PlaybookSink, SetAsideStore
+from connectors.delivery import BatchLimits, Forwarder, IntakeSink, Kept, PlaybookSink, SetAsideStore, UnkeptRefusal
 from connectors.errors import ConfigurationError
 from connectors.retry import Backoff
 from connectors.truncation import MARKER, shorten
@@ -35,15 +37,15 @@ class Recorder:
 
 # Two senders share the wire, so batches may land in either order: compare what arrived as a multiset, and
 # check the order that matters (acknowledgements) directly.
-def forwarder(runtime, tmp_path, logs=None, sink=None, fatal=None, **limits):
+def forwarder(runtime, tmp_path, logs=None, sink=None, fatal=None, store=True, backoff=(0.05, 0.5), **limits):
     sink = sink or IntakeSink(runtime.info["intake_url"], runtime.info["intake_key"], user_agent="tests")
     return Forwarder(
         sink,
         trigger="tests",
         limits=BatchLimits(**{"max_events": 100, "max_age": 0.2, **limits}),
         log=(lambda message, level: logs.append((level, message))) if logs is not None else None,
-        set_aside=SetAsideStore(tmp_path / "set-aside.jsonl"),
-        backoff=lambda: Backoff(base=0.05, cap=0.5),
+        set_aside=(SetAsideStore(tmp_path / "set-aside.jsonl") if store is True else store or None),
+        backoff=lambda: Backoff(base=backoff[0], cap=backoff[1]),
         on_fatal=fatal.append if fatal is not None else None,
     )
 
@@ -234,16 +236,27 @@ def test_refused_events_are_isolated_set_aside_and_the_rest_goes_on(runtime, tmp
 
 def test_a_payload_too_large_is_split_until_it_fits(runtime, tmp_path):
     runtime.control(refuse_over_bytes=20_000)
-    fwd = forwarder(runtime, tmp_path, max_events=200)
+    logs = []
+    fwd = forwarder(runtime, tmp_path, logs=logs, max_events=200)
     batch = events(200, pad=900)  # about 1 KB each: requests of 20 events at most are taken
-    lone = orjson.dumps({"n": "alone", "pad": "q" * 30_000})  # under the event limit, over this intake's request
-    fwd.add(batch[:100] + [lone] + batch[100:], origin="partition 3")
+    # Under the event limit, over this intake's request: the first fits once halved, the second does not.
+    halved = orjson.dumps({"n": "alone", "pad": "q" * 30_000})
+    too_large = orjson.dumps({"n": "too large", "pad": "r" * 50_000})
+    fwd.add(batch[:100] + [halved] + batch[100:150] + [too_large] + batch[150:], origin="partition 3")
     assert fwd.drain(timeout=60)
     fwd.close()
-    assert sorted(runtime.delivered()) == sorted(batch)
-    [entry] = set_aside(tmp_path)
-    assert entry["event"].encode() == lone and entry["reason"].startswith("refused: HTTP 413")
-    assert entry["origin"] == "partition 3"
+    delivered = runtime.delivered()
+    assert sorted(line for line in delivered if MARKER.encode() not in line) == sorted(batch)
+    [short] = [orjson.loads(line) for line in delivered if MARKER.encode() in line]
+    assert short["n"] == "alone" and short[MARKER]["sha256"] == hashlib.sha256(halved).hexdigest()
+    assert len(orjson.dumps(short)) <= len(halved) // 2
+    kept = {entry["event"].encode(): entry for entry in set_aside(tmp_path)}
+    assert set(kept) == {halved, too_large}
+    assert kept[halved]["reason"].startswith("too large for the intake (HTTP 413): sent shortened")
+    assert kept[too_large]["reason"].startswith("refused: HTTP 413")
+    assert {entry["origin"] for entry in kept.values()} == {"partition 3"}
+    assert fwd.shortened == 1 and fwd.refused == 1 and fwd.delivered == 201
+    assert len([m for _, m in logs if "as too large" in m and "sent shortened" in m]) == 1
 
 
 def test_playbook_refusals_are_classified_the_same_way(runtime, tmp_path):
@@ -312,6 +325,137 @@ def test_a_stop_request_frees_a_producer_waiting_for_room(runtime, tmp_path):
     producer.join(10)
     assert not producer.is_alive()
     assert fwd.close(grace=5.0) is False
+
+
+class FailingSink(IntakeSink):
+    """The intake sink, whose first preparations fail like a full disk (the playbook sink writes a file)."""
+
+    def __init__(self, runtime, failures):
+        super().__init__(runtime.info["intake_url"], runtime.info["intake_key"], user_agent="tests")
+        self.failures = failures
+
+    def prepare(self, events):
+        if self.failures > 0:
+            self.failures -= 1
+            raise OSError(28, "No space left on device")
+        return super().prepare(events)
+
+
+def test_a_local_write_failing_is_retried_and_nothing_is_lost(runtime, tmp_path):
+    logs = []
+    recorder = Recorder(runtime)
+    sink = FailingSink(runtime, failures=4)
+    fwd = forwarder(runtime, tmp_path, logs=logs, sink=sink, max_events=50)
+    for unit in range(6):
+        fwd.add(events(50, start=unit * 50), ack=recorder.ack(unit), origin=f"unit-{unit}")
+    assert fwd.drain(timeout=30)
+    fwd.close()
+    assert sink.failures == 0
+    assert sorted(runtime.delivered()) == sorted(events(300))
+    assert [name for name, _ in recorder.acks] == list(range(6))
+    for name, delivered in recorder.acks:
+        assert delivered >= (name + 1) * 50
+    said = [m for level, m in logs if level == "error" and "No space left" in m]
+    assert len(said) == 1  # said once, however many attempts and senders
+    assert any("Local writes work again" in m for _, m in logs)
+
+
+def test_refused_events_of_a_request_are_kept_in_one_write_and_one_line(runtime, tmp_path):
+    logs = []
+    runtime.control(refuse_markers=["refuse-me"])
+    fwd = forwarder(runtime, tmp_path, logs=logs, max_events=64)
+    batch = events(64)
+    for index in (3, 20, 41):
+        batch[index] = orjson.dumps({"n": f"bad-{index}", "note": "refuse-me"})
+    fwd.add(batch[:32], origin="blob-a")
+    fwd.add(batch[32:], origin="blob-b")
+    assert fwd.drain(timeout=30)
+    fwd.close()
+    assert sorted(runtime.delivered()) == sorted(e for e in batch if b"refuse-me" not in e)
+    assert len(set_aside(tmp_path)) == 3 and fwd.refused == 3
+    [line] = [m for _, m in logs if "refused" in m]
+    assert "refused 3 events (HTTP 400" in line and "blob-a, blob-b" in line
+
+
+@pytest.mark.parametrize("store", ["full", "none"])
+def test_refused_events_that_cannot_be_kept_are_never_acknowledged_past(runtime, tmp_path, store):
+    runtime.control(refuse_markers=["refuse-me"])
+    fatal, recorder = [], Recorder(runtime)
+    kept = SetAsideStore(tmp_path / "set-aside.jsonl", cap_bytes=100) if store == "full" else None
+    fwd = forwarder(runtime, tmp_path, fatal=fatal, store=kept)
+    fwd.add(events(100), ack=recorder.ack("before"), origin="blob-1")
+    assert fwd.drain(timeout=30)
+    batch = events(100, start=100)
+    batch[50] = orjson.dumps({"n": "bad", "note": "refuse-me"})
+    fwd.add(batch, ack=recorder.ack("refused"), origin="blob-2")
+    fwd.add(events(100, start=200), ack=recorder.ack("after"), origin="blob-3")
+    assert _wait(lambda: fatal, 10)
+    assert fwd.close(grace=1.0) is False
+    assert recorder.acks == [("before", 100)]  # neither the batch holding it nor any later one
+    [error] = fatal
+    assert isinstance(error, UnkeptRefusal) and "blob-2" in str(error) and "restart" in str(error)
+    assert (str(tmp_path / "set-aside.jsonl") in str(error)) == (store == "full")
+    assert not (tmp_path / "set-aside.jsonl").exists()
+
+
+def test_a_runtime_refusing_everything_is_a_configuration_error(runtime, tmp_path):
+    runtime.control(refuse_markers=['"n"'], refuse_status=422)  # every event: a proxy refusing every request
+    fatal, recorder = [], Recorder()
+    fwd = forwarder(runtime, tmp_path, fatal=fatal)
+    fwd.add(events(100), ack=recorder.ack("never"), origin="blob-1")
+    assert _wait(lambda: fatal, 10)
+    assert fwd.close(grace=1.0) is False
+    [error] = fatal
+    assert isinstance(error, ConfigurationError) and error.field == "intake_server" and "422" in str(error)
+    assert runtime.stats()["refused"] < 20  # not one request per event (about 200 for 100 events)
+    assert recorder.acks == [] and set_aside(tmp_path) == [] and fwd.refused == 0
+
+
+def test_a_stop_cuts_a_backoff_sleep_short(runtime, tmp_path):
+    runtime.control(down_for=60, down_status=503)
+    recorder = Recorder(runtime)
+    fwd = forwarder(runtime, tmp_path, backoff=(60.0, 60.0), senders=1)  # a sleep of 30 s or more once failed
+    fwd.add(events(10), ack=recorder.ack("all"))
+    assert _wait(lambda: runtime.stats()["failures"] >= 1, 10)
+    runtime.control(down_for=0)
+    fwd.stopping(grace=5.0)  # as from the signal handler: no lock, no Event
+    assert fwd.close(grace=5.0) is True  # the sender woke and tried once more within the grace
+    assert recorder.acks == [("all", 10)]
+
+
+def test_no_acknowledgement_runs_after_close_returned(runtime, tmp_path):
+    runtime.control(hang_seconds=2)
+    recorder = Recorder()
+    fwd = forwarder(runtime, tmp_path, senders=1)
+    fwd.add(events(10), ack=recorder.ack("late"))
+    assert _wait(lambda: runtime.stats()["hung"] >= 1, 10)
+    assert fwd.close(grace=0.5) is False
+    # The runtime confirms the batch once its hang is over: the trigger may have closed its state by then.
+    assert _wait(lambda: len(runtime.delivered()) == 10, 10)
+    assert not _wait(lambda: recorder.acks, 1.0)
+
+
+def test_the_set_aside_store_counts_the_bytes_it_writes(tmp_path):
+    store = SetAsideStore(tmp_path / "kept.jsonl", cap_bytes=20_000)
+    control = "\x01" * 2_000  # escaped as \u0001: six bytes each in the file
+    assert store.keep([Kept(orjson.dumps({"c": control}), "blob-1", "oversize")])
+    assert store.written == (tmp_path / "kept.jsonl").stat().st_size > 12_000
+    assert not store.keep([Kept(orjson.dumps({"c": control}), "blob-2", "oversize")])  # over the cap
+    assert store.written == (tmp_path / "kept.jsonl").stat().st_size
+    assert SetAsideStore(tmp_path / "kept.jsonl").written == store.written
+
+
+def test_records_files_are_private_whatever_the_umask(runtime, tmp_path):
+    previous = os.umask(0o022)
+    try:
+        sink = PlaybookSink(runtime.info["callback_url"], runtime.info["token"], tmp_path, "tests")
+        [request] = sink.prepare(events(3))
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "tests_events").stat().st_mode) == 0o700
+    assert stat.S_IMODE(request.cleanup.stat().st_mode) == 0o700
+    assert stat.S_IMODE((request.cleanup / "event.json").stat().st_mode) == 0o600
+    assert orjson.loads((request.cleanup / "event.json").read_bytes()) == [orjson.loads(e) for e in events(3)]
 
 
 def _wait(predicate, timeout):
