@@ -28,7 +28,9 @@ $(STAMPS)/poetry:
 
 $(STAMPS)/python: $(STAMPS)/poetry pyproject.toml poetry.lock
 	$(TOOLS)/bin/poetry env use $(PYTHON) >/dev/null
-	$(TOOLS)/bin/poetry sync --no-root --compile
+	$(TOOLS)/bin/poetry sync --no-root
+	@# Bytecode now, not at every start; the SDK's cookiecutter templates are not Python and are left out.
+	$(PY) -m compileall -q -j 0 -x '\{\{cookiecutter' $(VENV)/lib >/dev/null
 	@touch $@
 
 $(STAMPS)/node: package.json package-lock.json
