@@ -15,6 +15,7 @@ import pstats
 import runpy
 import shutil
 import sys
+import sysconfig
 import tempfile
 import threading
 from pathlib import Path
@@ -46,7 +47,17 @@ def _write(out: Path) -> None:
     own = sum(entry[2] for entry in stats.stats.values())
     text.write(f"own time outside blocking waits: {own:.2f} s (waits left out: {waited:.2f} s)\n")
     stats.sort_stats("tottime").print_stats(50)
-    out.write_text(text.getvalue())
+    out.write_text(_relative(text.getvalue()))
+
+
+def _relative(text: str) -> str:
+    """File names without this machine's paths: the report is committed and read elsewhere."""
+    paths = sysconfig.get_paths()
+    # Longest first: the virtualenv and the repository may sit inside one another.
+    for prefix, name in sorted([(paths["purelib"], "<site-packages>"), (paths["stdlib"], "<stdlib>"),
+                                (str(ROOT), ".")], key=lambda item: -len(item[0])):
+        text = text.replace(prefix.rstrip("/") + "/", name + "/")
+    return text
 
 
 def run(out: Path, argv: list[str]) -> None:
