@@ -340,16 +340,20 @@ class CollectorTrigger(Connector):
                 pass  # the loop already ended
 
     def finish_delivery(self) -> bool:
-        """After the collect loop: stopping, deliver what was handed over within the grace and close; after a
-        failed run, wait for it (the next run reads a complete state). True when all was confirmed."""
+        """After the collect loop, before the trigger closes its state: deliver what was handed over within the
+        grace, then close the forwarder. After a failed run it is dropped as well (the next run builds a new one):
+        no acknowledgement of this run can reach the state, or the checkpoint writer, that the next run opens.
+        True when all was confirmed; what was not is collected again."""
         forwarder = self.__dict__.get("forwarder")
         if forwarder is None:
             return True
+        confirmed = forwarder.close(grace=self.stop_grace_seconds)
         if self.running:
-            return forwarder.drain(timeout=self.stop_grace_seconds)
-        return forwarder.close(grace=self.stop_grace_seconds)
+            self.__dict__.pop("forwarder", None)
+        return confirmed
 
     def run(self) -> None:
+        retry_in = 0.0
         try:
             self._redactor.add(self._secret_values())
             install_redaction(self._redactor)
@@ -361,11 +365,15 @@ class CollectorTrigger(Connector):
             self.log(str(error), "critical")
             self.stop()
         except Exception as error:  # noqa: BLE001 - the SDK would restart us at once; wait first
-            delay = self._failures.next_delay()
-            self.log_exception(error, message=f"Collection failed ({type(error).__name__}); restarting in {delay:.0f}s")
-            self._stop_event.wait(delay)
+            retry_in = self._failures.next_delay()
+            self.log_exception(error, message=f"Collection failed ({type(error).__name__}); restarting in "
+                                              f"{retry_in:.0f}s")
         finally:
-            if not self.running and not self.finish_delivery():
+            # Every run, failed or stopped, ends its delivery here: one path for both triggers (a trigger with
+            # state of its own calls finish_delivery before closing it; here it then finds nothing left).
+            if not self.finish_delivery() and not self.running:
                 self.log("Stopped with undelivered events; they will be collected again at the next start", "warning")
+            if retry_in:
+                self._stop_event.wait(retry_in)
             self.heartbeat()
 

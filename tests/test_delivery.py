@@ -9,9 +9,11 @@ import time
 
 import orjson
 import pytest
+from sekoia_automation.module import Module
 
 from connectors.delivery import BatchLimits, Forwarder, IntakeSink, Kept, PlaybookSink, SetAsideStore, UnkeptRefusal
 from connectors.errors import ConfigurationError
+from connectors.trigger import CollectorTrigger
 from connectors.retry import Backoff
 from connectors.truncation import MARKER, shorten
 
@@ -456,6 +458,43 @@ def test_records_files_are_private_whatever_the_umask(runtime, tmp_path):
     assert stat.S_IMODE(request.cleanup.stat().st_mode) == 0o700
     assert stat.S_IMODE((request.cleanup / "event.json").stat().st_mode) == 0o600
     assert orjson.loads((request.cleanup / "event.json").read_bytes()) == [orjson.loads(e) for e in events(3)]
+
+
+class FailingRun(CollectorTrigger):
+    """A trigger whose run hands a batch over and fails while the runtime holds it."""
+
+    stop_grace_seconds = 0.5
+    acks: list = []
+
+    def collect(self) -> None:
+        runs = len(type(self).runs)
+        type(self).runs.append(self.forwarder)
+        self.forwarder.add(events(10, start=runs * 10), ack=lambda: type(self).acks.append(runs))
+        if runs == 0:
+            raise RuntimeError("the source failed")
+        assert self.forwarder.drain(timeout=30)
+
+
+def test_a_failed_run_leaves_no_acknowledgement_behind(runtime, tmp_path, monkeypatch):
+    for key, value in runtime.env({}).items():
+        monkeypatch.setenv(key, value)
+    runtime.control(down_for=60, down_status=503)
+    FailingRun.acks, FailingRun.runs = [], []
+    module = Module()
+    module.register(FailingRun, "failing_run")
+    trigger = FailingRun(module)
+    trigger._failures = Backoff(base=0.01, cap=0.01)
+    try:
+        trigger.run()  # fails; its forwarder is closed after its grace and dropped, its batch unconfirmed
+        assert "forwarder" not in trigger.__dict__
+        runtime.control(down_for=0)
+        trigger.run()  # the next run: a new forwarder, whose acknowledgements alone run
+        assert FailingRun.runs[0] is not FailingRun.runs[1]
+        assert not _wait(lambda: 0 in FailingRun.acks, 1.0) and FailingRun.acks == [1]
+        assert sorted(runtime.delivered()) == sorted(events(10, start=10))  # the failed run's batch: read again
+    finally:
+        trigger.stop()
+        CollectorTrigger.fatal_error = None
 
 
 def _wait(predicate, timeout):
