@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import IO
 
 from connectors.errors import ConfigurationError
+from connectors.state import _open_private, private_directory
 
 
 class InstanceLock:
@@ -20,8 +21,8 @@ class InstanceLock:
     def __init__(self, path: Path, field: str, advice: str):
         """Take ``path``'s lock, or raise ``ConfigurationError(field, ...)`` naming the directory and ``advice``."""
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle: IO[str] | None = open(self.path, "a+")
+        private_directory(self.path.parent)  # state: private whatever the entry point's umask
+        handle: IO[bytes] | None = _open_private(self.path, os.O_WRONLY)
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -32,7 +33,7 @@ class InstanceLock:
         # Who holds it, for a person looking at the directory; the lock itself is the flock, not the text.
         handle.seek(0)
         handle.truncate()
-        handle.write(f"{os.getpid()}\n")
+        handle.write(f"{os.getpid()}\n".encode())
         handle.flush()
         self._handle = handle
 
@@ -40,7 +41,3 @@ class InstanceLock:
         if self._handle is not None:
             self._handle.close()  # closing the descriptor releases the flock
             self._handle = None
-
-    @property
-    def held(self) -> bool:
-        return self._handle is not None

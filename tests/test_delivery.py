@@ -13,6 +13,7 @@ from sekoia_automation.module import Module
 
 from connectors.delivery import BatchLimits, Forwarder, IntakeSink, Kept, PlaybookSink, SetAsideStore, UnkeptRefusal
 from connectors.errors import ConfigurationError
+from connectors.locks import InstanceLock
 from connectors.trigger import CollectorTrigger
 from connectors.retry import Backoff
 from connectors.truncation import MARKER, shorten
@@ -458,6 +459,21 @@ def test_records_files_are_private_whatever_the_umask(runtime, tmp_path):
     assert stat.S_IMODE(request.cleanup.stat().st_mode) == 0o700
     assert stat.S_IMODE((request.cleanup / "event.json").stat().st_mode) == 0o600
     assert orjson.loads((request.cleanup / "event.json").read_bytes()) == [orjson.loads(e) for e in events(3)]
+
+
+def test_the_instance_lock_is_private_whatever_the_umask(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        lock = InstanceLock(tmp_path / "state" / "instance.lock", "field", "stop the other one")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "state").stat().st_mode) == 0o700
+    assert stat.S_IMODE((tmp_path / "state" / "instance.lock").stat().st_mode) == 0o600
+    assert (tmp_path / "state" / "instance.lock").read_text() == f"{os.getpid()}\n"
+    with pytest.raises(ConfigurationError, match="another instance"):
+        InstanceLock(tmp_path / "state" / "instance.lock", "field", "stop the other one")
+    lock.release()
+    InstanceLock(tmp_path / "state" / "instance.lock", "field", "stop the other one").release()
 
 
 class FailingRun(CollectorTrigger):
