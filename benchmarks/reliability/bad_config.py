@@ -65,22 +65,20 @@ def _eventhub_cases(stack: EventHubStack) -> dict[str, Case]:
     }
 
 
-def _check_case(stack: Stack, name: str, case: Case, before: Callable[[], dict], after: Callable[[dict], dict]) -> dict:
-    make, field = case
-    config = make(stack.config())
-    stack.ctx.artifacts.add_secrets(WRONG_SECRET, WRONG_KEY)
-    counts = before()
+def expect_configuration_error(stack: Stack, name: str, config: dict, field: str,
+                               after: Callable[[], dict] = dict) -> dict:
+    """Start a trigger with ``config``: it must end by itself within ``END_WITHIN_S`` with exit code 2 and one
+    critical log naming ``field``, without a traceback flood. Returns what was seen, with ``after()``'s figures
+    and the ``problems`` found (a caller adds its own)."""
     seen = len(stack.runtime_logs())
     process = stack.spawn(config, name=name)
     code = process.wait(END_WITHIN_S)
     seconds = round(time.monotonic() - process.started, 1)
     if code is None:
         process.kill()
-    logs = stack.runtime_logs()[seen:]
-    critical = [str(entry.get("message", "")) for entry in logs if entry.get("level") == "critical"]
-    output = process.output()
+    critical = [str(entry.get("message", "")) for entry in stack.runtime_logs()[seen:] if entry.get("level") == "critical"]
     result = {"field": field, "exit_code": code, "seconds": seconds, "critical": critical[:3],
-              "output_lines": len(output.splitlines()), **output_counts([process]), **after(counts)}
+              "output_lines": len(process.output().splitlines()), **output_counts([process]), **after()}
     problems = []
     if code != 2:
         problems.append(f"exit code {code} (expected 2{'' if code is not None else f', still running after {END_WITHIN_S:.0f} s'})")
@@ -88,9 +86,19 @@ def _check_case(stack: Stack, name: str, case: Case, before: Callable[[], dict],
         problems.append(f"expected one critical log naming `{field}`, got {critical[:3]}")
     if result["output_tracebacks"] or result["output_lines"] > MAX_OUTPUT_LINES:
         problems.append(f"{result['output_tracebacks']} tracebacks, {result['output_lines']} output lines")
-    if result.get("token_requests", 0) > MAX_TOKEN_REQUESTS or result.get("api_requests", 0) > MAX_API_REQUESTS:
-        problems.append(f"retry storm: {result.get('token_requests')} token and {result.get('api_requests')} API requests")
     result["problems"] = problems
+    return result
+
+
+def _check_case(stack: Stack, name: str, case: Case, before: Callable[[], dict], after: Callable[[dict], dict]) -> dict:
+    make, field = case
+    config = make(stack.config())
+    stack.ctx.artifacts.add_secrets(WRONG_SECRET, WRONG_KEY)
+    counts = before()
+    result = expect_configuration_error(stack, name, config, field, lambda: after(counts))
+    if result.get("token_requests", 0) > MAX_TOKEN_REQUESTS or result.get("api_requests", 0) > MAX_API_REQUESTS:
+        result["problems"].append(f"retry storm: {result.get('token_requests')} token and "
+                                  f"{result.get('api_requests')} API requests")
     return result
 
 
