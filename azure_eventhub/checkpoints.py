@@ -38,6 +38,9 @@ from connectors.retry import Backoff
 from connectors.state import StateFile
 
 LogFunction = Callable[[str, str], None]
+# A partition's owner, once read as this instance, is trusted this long (at most the load-balancing interval, far
+# below the ownership expiry): one HEAD per partition per interval instead of one per checkpoint write.
+OWNER_CHECK_MAX_AGE = 5.0
 
 
 @dataclass(frozen=True)
@@ -161,7 +164,8 @@ class CheckpointWriter:
     """Writes each partition's latest confirmed position, from the event loop, coalescing pending acks."""
 
     def __init__(self, store: CheckpointStore, namespace: str, hub: str, group: str, log: LogFunction,
-                 loop: asyncio.AbstractEventLoop, timeout: float = 30.0, retry_base: float = 1.0):
+                 loop: asyncio.AbstractEventLoop, timeout: float = 30.0, retry_base: float = 1.0,
+                 owner_max_age: float = 0.0):
         self.store = store
         self.base = {"fully_qualified_namespace": namespace, "eventhub_name": hub, "consumer_group": group}
         self._log = log
@@ -173,6 +177,8 @@ class CheckpointWriter:
         self._written: dict[str, int] = {}
         self._owners: dict[str, int] = {}  # partition -> token of its current reading by this instance
         self.owner_id: str | None = None  # this run's owner id in the ownership blobs, once the client has one
+        self._owner_max_age = owner_max_age
+        self._owned_checked: dict[str, float] = {}  # partition -> when its ownership blob last named this instance
         self._readings = 0
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -201,14 +207,6 @@ class CheckpointWriter:
             self._loop.call_soon_threadsafe(self._wake.set)
         except RuntimeError:
             pass  # the loop is gone: this position is written by the next start's re-read instead
-
-    def confirmed_position(self, partition_id: str) -> int | None:
-        """Highest sequence number of the partition confirmed by the runtime, written or not."""
-        with self._lock:
-            pending = self._pending.get(partition_id)
-        written = self._written.get(partition_id)
-        candidates = [value for value in (pending and pending.sequence_number, written) if value is not None]
-        return max(candidates) if candidates else None
 
     # -- event loop ---------------------------------------------------------------------------------------------
 
@@ -260,8 +258,16 @@ class CheckpointWriter:
         owner_of = getattr(self.store, "owner_of", None)  # shared stores only: the local one has one consumer
         if owner_of is None or self.owner_id is None:
             return True
+        started = time.monotonic()
+        checked = self._owned_checked.get(partition_id)
+        if checked is not None and started - checked < self._owner_max_age:
+            return True
         owner = await asyncio.wait_for(owner_of(**self.base, partition_id=partition_id), self._timeout)
-        return owner == self.owner_id
+        if owner != self.owner_id:
+            self._owned_checked.pop(partition_id, None)
+            return False
+        self._owned_checked[partition_id] = started  # as of the request, not its answer
+        return True
 
     def _reads(self, partition_id: str, position: Position) -> bool:
         """Is the reading this position came from still this instance's reading of the partition?"""
@@ -270,7 +276,8 @@ class CheckpointWriter:
     async def _write_one(self, partition_id: str, position: Position) -> bool:
         """Write the position; False when it was dropped instead: its partition closed while it waited, or another
         instance claimed it already (a reader held back by a slow runtime sees its link stolen only once the
-        runtime confirms its batch: the ownership blob says so first, at the cost of one HEAD per write)."""
+        runtime confirms its batch: the ownership blob says so first, read at most every ``owner_max_age``, so a
+        loser writes nothing later than that after the handover)."""
         if not self._reads(partition_id, position) or not await self._still_owned(partition_id):
             with self._lock:
                 self.dropped += 1
@@ -316,6 +323,7 @@ class CheckpointWriter:
         written yet, and acks still to come of that reading, are dropped (event loop)."""
         with self._lock:
             self._owners.pop(partition_id, None)
+            self._owned_checked.pop(partition_id, None)
             if self._pending.pop(partition_id, None) is not None:
                 self.dropped += 1
                 metrics.checkpoints_dropped.inc()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -111,6 +112,40 @@ def build_client(config: EventHubConfiguration, store: CheckpointStore | None, c
     except (ValueError, TypeError) as error:
         field = "hub_connection_string" if config.hub_connection_string else "fully_qualified_namespace"
         raise ConfigurationError(field, f"not usable ({type(error).__name__}): check it was copied whole") from None
+
+
+# -- the client's internals this trigger relies on ------------------------------------------------------------------
+# The client exposes neither its namespace host, its processor's owner id nor a way to tell its load balancing of new
+# partitions. tests/test_eventhub_client_internals.py fails, on the installed client, when one of these moves.
+
+
+def client_namespace(client: EventHubConsumerClient) -> str | None:
+    """The namespace host the client's processor writes into checkpoint and ownership records."""
+    return getattr(getattr(client, "_address", None), "hostname", None)
+
+
+def client_processors(client: EventHubConsumerClient) -> list[Any]:
+    """The client's event processors (one per ``receive`` running)."""
+    return list(getattr(client, "_event_processors", {}).values())
+
+
+def client_owner_id(client: EventHubConsumerClient) -> str | None:
+    """The owner id the client's processor writes in the ownership blobs (None while not receiving)."""
+    processors = client_processors(client)
+    return getattr(processors[0], "_id", None) if processors else None
+
+
+async def close_before(closables: Iterable[Any], deadline: float, floor: float = 0.5) -> None:
+    """Close each in turn, all by ``deadline`` (event loop time; each gets at least ``floor`` seconds): a hanging
+    storage account or hub must not hold the stop. Errors are left: closing after a failure must not hide it."""
+    loop = asyncio.get_running_loop()
+    for closable in closables:
+        if closable is None:
+            continue
+        try:
+            await asyncio.wait_for(closable.close(), max(floor, deadline - loop.time()))
+        except Exception:  # noqa: BLE001,S110 - best effort, the process is stopping
+            pass
 
 
 # -- start-up probes ----------------------------------------------------------------------------------------------

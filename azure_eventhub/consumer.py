@@ -27,10 +27,18 @@ from azure.eventhub import EventData
 from azure.eventhub.amqp import AmqpMessageBodyType
 from azure.eventhub.aio import EventHubConsumerClient
 from azure.eventhub.exceptions import OwnershipLostError
+from sekoia_automation.constants import EVENT_BYTES_MAX_SIZE
 
 from azure_eventhub import metrics
 from azure_eventhub.checkpoints import CheckpointWriter, describe_error
-from azure_eventhub.clients import consumer_group_error, credential_error, is_auth_error, is_not_found
+from azure_eventhub.clients import (
+    client_owner_id,
+    close_before,
+    consumer_group_error,
+    credential_error,
+    is_auth_error,
+    is_not_found,
+)
 from azure_eventhub.config import EventHubConfiguration, parse_starting_position
 from azure_eventhub.partitions import PartitionWatch
 from azure_eventhub.records import RecordSplitter, SplitStats
@@ -42,6 +50,11 @@ from connectors.state import StateFile
 LogFunction = Callable[[str, str], None]
 _DATA = AmqpMessageBodyType.DATA
 INLINE_BYTES = 1_000_000  # larger batches are split on the worker thread, not to hold the loop
+# Once asked to stop: delivery gets its grace period, then the last checkpoints and the closing of the client,
+# the store and the credential share this much more (with the 8 s grace: done within 13 s of SIGTERM).
+STOP_AFTER_GRACE = 5.0
+CLOSING_TIME = 2.0  # of which the closing keeps at least this
+OWNER_ID_DEADLINE = 10.0  # seconds after the start: the client's processor has its id within the first loop steps
 
 
 def event_body(event: EventData) -> bytes:
@@ -113,6 +126,8 @@ class Consumer:
         # Once per outage (two quiet minutes end one), then a reminder every ten minutes, never per event.
         self._errors = OnceLogger(log, remind_every=600.0, forget_after=120.0)
         self._owner_saved = False
+        self._told_no_owner = False
+        self.stop_deadline: float | None = None  # event loop time by which stopping ends (set once stopping)
         self._last_batch_at = 0.0
         self._unflushed = False
 
@@ -144,7 +159,8 @@ class Consumer:
                     break
             await asyncio.wait({receive_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
             await self._finish()
-            await self.client.close()  # cancels the partitions and releases their ownership
+            # Cancels the partitions and releases their ownership (other instances take them at once).
+            await close_before([self.client], self.stop_deadline)
             if receive_task.done() and not receive_task.cancelled() and receive_task.exception() and not self.fatal:
                 raise receive_task.exception()  # type: ignore[misc]
         finally:
@@ -161,12 +177,14 @@ class Consumer:
         """Stop taking batches, deliver what was read, write its checkpoints; the partitions are still ours."""
         self.accepting = False
         grace = self.settings.stop_grace
+        self.stop_deadline = self.loop.time() + grace + STOP_AFTER_GRACE
         # Stopping for good: close the forwarder, which gives up retrying after the grace period (the trigger's
         # own close then has nothing left to wait for). Otherwise (a restart after an error) keep it open.
         finish = self.forwarder.close if self.fatal or not self.is_running() else self.forwarder.drain
         # On the worker, so it runs after any batch being added: nothing can slip in after the drain.
         delivered = await self.loop.run_in_executor(self.worker, finish, grace)
-        saved = await self.writer.flush(min(10.0, grace))
+        # Checkpoints by the stop deadline, leaving the closing its share.
+        saved = await self.writer.flush(max(1.0, self.stop_deadline - CLOSING_TIME - self.loop.time()))
         # Records the runtime did not confirm are reported by the forwarder itself.
         if delivered and not saved:
             self.log("Stopping before the last checkpoints were saved: the last records delivered may be read and "
@@ -183,9 +201,10 @@ class Consumer:
         limits = self.forwarder.limits
         size = sum(map(len, bodies))
         # Small batches with room in the forwarder are handled here: `add` cannot block (at most one batch is
-        # cut, and fewer than `in_flight` wait), and a thread hop per batch would cost more than the work.
+        # cut, and fewer than `in_flight` wait), and a thread hop per batch would cost more than the work. A body
+        # over the event size limit may hold a record to shorten (tens of ms, and a write to disk): on the worker.
         if size <= min(INLINE_BYTES, limits.max_bytes) and len(events) < limits.max_events \
-                and self.forwarder.pending < limits.in_flight:
+                and self.forwarder.pending < limits.in_flight and max(map(len, bodies)) <= EVENT_BYTES_MAX_SIZE:
             self._forward(context.partition_id, reading, events, bodies)
         else:
             await self.loop.run_in_executor(self.worker, self._forward, context.partition_id, reading, events, bodies)
@@ -314,9 +333,7 @@ class Consumer:
         start."""
         if self._owner_saved:
             return
-        # The processor's id is the owner id written in the ownership blobs; the client does not expose it.
-        processors = list(getattr(self.client, "_event_processors", {}).values())
-        owner_id = getattr(processors[0], "_id", None) if processors else None
+        owner_id = client_owner_id(self.client)  # the processor's id, written in the ownership blobs
         if owner_id:
             self._owner_saved = True
             self.writer.owner_id = owner_id
@@ -327,6 +344,16 @@ class Consumer:
             except OSError as error:
                 self.log(f"Could not save the owner id ({error}): after a crash, partitions resume only once their "
                          "ownership expires", "warning")
+
+    def _tell_no_owner_id(self) -> None:
+        """Said once: without the owner id, checkpoints are written without checking the partition's owner."""
+        if self._owner_saved or self._told_no_owner or getattr(self.writer.store, "owner_of", None) is None:
+            return
+        self._told_no_owner = True
+        self.log("The Event Hubs client's owner id was not found (this azure-eventhub version changed its internals): "
+                 "checkpoints are written without checking who owns the partition, so after a handover the previous "
+                 "owner may write an older checkpoint (records read again after a restart, none lost), and after a "
+                 "crash partitions resume only once their ownership expires", "warning")
 
     async def _flush_when_idle(self) -> None:
         """At the end of a burst, deliver (and so checkpoint) at once rather than when the batch reaches its age."""
@@ -342,6 +369,7 @@ class Consumer:
     async def _monitor(self) -> None:
         next_backlog = 0.0
         next_partition_check = time.monotonic() + self.settings.partition_check_interval
+        owner_deadline = time.monotonic() + OWNER_ID_DEADLINE
         while True:
             await asyncio.sleep(1.0)
             self.heartbeat()
@@ -349,6 +377,8 @@ class Consumer:
                 self.stop_requested.set()  # in case the stop signal came before the loop listened
             try:
                 self._remember_owner()
+                if time.monotonic() >= owner_deadline:
+                    self._tell_no_owner_id()
                 self._report_stats()
                 if time.monotonic() >= next_partition_check:
                     next_partition_check = time.monotonic() + self.settings.partition_check_interval

@@ -24,6 +24,7 @@ from azure.eventhub.aio import EventHubConsumerClient
 
 from azure_eventhub import metrics
 from azure_eventhub.checkpoints import FirstStart
+from azure_eventhub.clients import client_processors
 
 EARLIEST = "-1"
 LATEST = "@latest"
@@ -91,7 +92,7 @@ class PartitionWatch:
 
     def _tell_load_balancing(self, ids: list[str]) -> bool:
         """Replace the partition list the client's load balancing keeps (it lists them once, when empty)."""
-        processors = list(getattr(self.client, "_event_processors", {}).values())
+        processors = client_processors(self.client)
         if not processors:
             return True  # not receiving yet: the processor lists the partitions itself when it starts
         managers = [getattr(processor, "_ownership_manager", None) for processor in processors]

@@ -7,10 +7,11 @@ import logging
 from dataclasses import replace
 
 from azure_eventhub import metrics
-from azure_eventhub.checkpoints import CheckpointWriter
-from azure_eventhub.clients import build_client, build_credential, build_store, probe_hub, probe_store
+from azure_eventhub.checkpoints import OWNER_CHECK_MAX_AGE, CheckpointWriter
+from azure_eventhub.clients import build_client, build_credential, build_store, client_namespace, close_before, \
+    probe_hub, probe_store
 from azure_eventhub.config import EventHubConfiguration
-from azure_eventhub.consumer import Consumer, Settings, describe_store
+from azure_eventhub.consumer import STOP_AFTER_GRACE, Consumer, Settings, describe_store
 from azure_eventhub.records import RecordSplitter, text_as_json, text_as_raw
 from connectors.logs import format_duration
 from connectors.metrics import gauge_values
@@ -46,7 +47,7 @@ class EventHubTrigger(CollectorTrigger):
         forwarder = self.forwarder  # raises ConfigurationError for a missing intake_server, before connecting
         splitter = RecordSplitter(config.categories, text_as_raw if config.intake_key else text_as_json)
         credential = build_credential(config)
-        store = client = None
+        store = client = consumer = None
         try:
             # The source first: the Blob store's import (when one is configured) comes after the hub answered.
             properties = await self.unless_stopping(probe_hub(config, credential))
@@ -60,9 +61,10 @@ class EventHubTrigger(CollectorTrigger):
                 "info",
             )
             # Checkpoints must be written under the very namespace the client's processor reads them from.
-            namespace = getattr(getattr(client, "_address", None), "hostname", None) or config.namespace_host
+            namespace = client_namespace(client) or config.namespace_host
             writer = CheckpointWriter(store, namespace, config.hub_name or "", config.hub_consumer_group,
-                                      self.log, asyncio.get_running_loop())
+                                      self.log, asyncio.get_running_loop(),
+                                      owner_max_age=min(OWNER_CHECK_MAX_AGE, config.load_balancing_interval))
             consumer = Consumer(
                 config, client, writer, forwarder, splitter,
                 log=self.log,
@@ -77,9 +79,7 @@ class EventHubTrigger(CollectorTrigger):
         except Stopping:
             pass  # stopped during the start-up probes: nothing was read
         finally:
-            for closable in (client, store, credential):
-                if closable is not None:
-                    try:
-                        await asyncio.wait_for(closable.close(), 10)
-                    except Exception:  # noqa: BLE001,S110 - closing after a failure must not hide it
-                        pass
+            # Within the consumer's stop deadline when it was stopping, else (a start-up failure) this long.
+            deadline = consumer.stop_deadline if consumer is not None else None
+            await close_before((client, store, credential),
+                               deadline or asyncio.get_running_loop().time() + STOP_AFTER_GRACE)

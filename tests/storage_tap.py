@@ -40,6 +40,8 @@ class StorageTap:
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self.port = 0
+        self.hanging = threading.Event()  # set: requests are taken and never answered (until stop), as a stuck account
+        self._released = threading.Event()
 
     def start(self) -> "StorageTap":
         tap = self
@@ -54,6 +56,10 @@ class StorageTap:
             def _relay(self) -> None:
                 arrived = time.time()
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if tap.hanging.is_set():
+                    tap._released.wait()
+                    self.close_connection = True
+                    return
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
                 if self.upstream is None:
                     self.upstream = http.client.HTTPConnection(*tap.target, timeout=30)
@@ -105,6 +111,7 @@ class StorageTap:
             return [w for w in self.writes if w.kind == "checkpoint" and w.partition == partition and w.at > after]
 
     def stop(self) -> None:
+        self._released.set()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -133,7 +140,13 @@ def handovers(taps: Sequence[StorageTap]) -> list[Handover]:
     return found
 
 
-def late_checkpoints(found: Sequence[Handover], grace_s: float) -> list[Write]:
+# How late after a claim a loser's checkpoint may arrive: the loser trusts its last ownership read for up to the
+# load-balancing interval (1 s in the handover rigs, ``OWNER_CHECK_MAX_AGE`` at most), and a request it sent just
+# before may land later on a loaded machine.
+LATE_GRACE_S = 2.5
+
+
+def late_checkpoints(found: Sequence[Handover], grace_s: float = LATE_GRACE_S) -> list[Write]:
     """Checkpoints a loser wrote for the partition more than ``grace_s`` after the new owner claimed it, before
     it claimed it back."""
     return [w for h in found for w in h.loser.checkpoints(h.partition, h.at + grace_s) if w.at < h.until]

@@ -75,10 +75,10 @@ class RecordingStore:
         self.writes.append((checkpoint["partition_id"], checkpoint["sequence_number"]))
 
 
-def writer_for(store, logs=None):
+def writer_for(store, logs=None, **options):
     logs = logs if logs is not None else []
     return CheckpointWriter(store, NS, HUB, GROUP, lambda message, level: logs.append((level, message)),
-                            asyncio.get_running_loop(), retry_base=0.05)
+                            asyncio.get_running_loop(), retry_base=0.05, **options)
 
 
 async def test_acks_from_another_thread_are_coalesced_and_never_go_back():
@@ -202,3 +202,28 @@ async def test_a_partition_claimed_by_another_instance_is_not_checkpointed_even_
     assert await writer.flush(5)
     task.cancel()
     assert store.writes == [("2", 1)] and writer.dropped == 1
+
+
+async def test_the_owner_is_read_once_per_max_age_not_before_every_write():
+    store = RecordingStore()
+    reads = []
+
+    async def owner_of(fully_qualified_namespace, eventhub_name, consumer_group, partition_id):
+        reads.append(partition_id)
+        return "me"
+
+    store.owner_of = owner_of
+    writer = writer_for(store, owner_max_age=3600)
+    writer.owner_id = "me"
+    task = asyncio.create_task(writer.run())
+    reading = writer.claimed("3")
+    for sequence in range(1, 4):
+        writer.confirmed("3", str(sequence * 100), sequence, owner=reading)
+        assert await writer.flush(5)
+    assert reads == ["3"] and store.writes == [("3", 1), ("3", 2), ("3", 3)]
+    writer.forget("3")  # a new reading of the partition checks its owner again
+    reading = writer.claimed("3")
+    writer.confirmed("3", "400", 4, owner=reading)
+    assert await writer.flush(5)
+    task.cancel()
+    assert reads == ["3", "3"] and store.writes[-1] == ("3", 4)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import orjson
 import pytest
+from sekoia_automation.constants import EVENT_BYTES_MAX_SIZE
 
 from azure_eventhub import metrics
 from azure_eventhub.consumer import Settings
+from azure_eventhub.records import RecordSplitter
 from connectors.state import StateFile
 from connectors.trigger import CollectorTrigger
 from tests.eventhub_helpers import (
@@ -23,6 +26,7 @@ from tests.eventhub_helpers import (
     terminate,
     wait_until,
 )
+from tests.storage_tap import StorageTap
 
 
 @pytest.fixture
@@ -164,3 +168,49 @@ def test_main_killed_then_restarted_resumes_at_once_without_loss(stack):
     result = compare(ids_of(records), stack.delivered_ids())
     assert result["lost"] == 0, result
     assert any("still held by the previous run" in log["message"] for log in stack.logs())
+
+
+def test_a_body_over_the_event_size_limit_is_split_on_the_worker_not_on_the_loop(stack, monkeypatch):
+    """Shortening a record takes tens of ms (and a write to disk): not on the loop serving every partition."""
+    big = orjson.dumps({"category": "AuditLogs", "sekoia_test_id": "big", "properties": {"text": "x" * 300_000}})
+    small = records_with_ids(3, "small")
+    stack.publish([envelope(small), envelope([big])], partition_id="0")
+    threads: list[tuple[int, str]] = []
+    split = RecordSplitter.split
+
+    def recording_split(self, bodies, records, stats):
+        threads.append((max(map(len, bodies)), threading.current_thread().name))
+        return split(self, bodies, records, stats)
+
+    monkeypatch.setattr(RecordSplitter, "split", recording_split)
+    runner = InProcessTrigger(stack.env(stack.config()), monkeypatch).start()
+    try:
+        assert wait_until(lambda: stack.delivered_count() >= 4, 60)
+    finally:
+        runner.stop()
+    assert runner.error is None
+    assert set(stack.delivered_ids()) == {"big", *ids_of(small)}
+    big_bodies = [name for size, name in threads if size > EVENT_BYTES_MAX_SIZE]
+    assert big_bodies and all(name.startswith("eventhub-records") for name in big_bodies), threads
+
+
+def test_main_stops_on_sigterm_while_the_storage_account_hangs(stack):
+    """Checkpoints, the ownership release and the store's closing share one stop deadline: SIGTERM ends the
+    process before the orchestrator's kill (20 s here) even when every storage request hangs."""
+    records = records_with_ids(200, "s")
+    stack.publish_envelopes(records, per_envelope=20)
+    tap = StorageTap(stack.azurite.account_url).start()
+    try:
+        config = stack.config(storage_connection_string=tap.connection_string(stack.azurite.connection_string),
+                              load_balancing_interval=1)
+        proc = stack.start_process(config)
+        assert wait_until(lambda: stack.delivered_count() >= 200 or proc.poll() is not None, 90)
+        assert wait_until(lambda: any(w.kind == "checkpoint" for w in tap.writes) or proc.poll() is not None, 30)
+        tap.hanging.set()
+        more = records_with_ids(100, "t")
+        stack.publish_envelopes(more, per_envelope=20)  # delivered, then their checkpoints hang
+        assert wait_until(lambda: stack.delivered_count() >= 300 or proc.poll() is not None, 60)
+        assert terminate(proc, timeout=20) == 0  # not killed
+    finally:
+        tap.stop()
+    assert compare(ids_of(records + more), stack.delivered_ids())["lost"] == 0

@@ -1,0 +1,49 @@
+"""The installed azure-eventhub client still has the internals the trigger reads (real client, no hub needed).
+
+The client exposes neither its namespace host, its processor's owner id, nor a way to hand its load balancing a
+new partition list: ``azure_eventhub.clients`` reads them from private attributes. Without them the trigger
+degrades quietly (checkpoints no longer checked against ownership, new partitions read only after a restart),
+so an upgrade of the client that moves them must fail here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from azure.eventhub.aio import EventHubConsumerClient
+
+from azure_eventhub.checkpoints import LocalCheckpointStore
+from azure_eventhub.clients import client_namespace, client_owner_id, client_processors
+from azure_eventhub.partitions import PartitionWatch
+
+# Nothing listens on port 9: the processor exists (and retries its first load-balancing round) all the same.
+CONNECTION = "Endpoint=sb://127.0.0.1:9/;SharedAccessKeyName=test;SharedAccessKey=dGVzdA==;EntityPath=logs"
+
+
+async def test_namespace_owner_id_and_partition_list_are_found_on_the_real_client(tmp_path):
+    store = LocalCheckpointStore(tmp_path / "eventhub-checkpoints.json")
+    client = EventHubConsumerClient.from_connection_string(CONNECTION, consumer_group="$Default",
+                                                           checkpoint_store=store, retry_total=0)
+    assert client_namespace(client) == "127.0.0.1:9"  # as the processor writes it in its records
+    assert client_owner_id(client) is None  # not receiving yet
+
+    async def on_batch(context, events):
+        pass
+
+    receiving = asyncio.create_task(client.receive_batch(on_batch, on_error=on_batch))
+    try:
+        for _ in range(500):  # the processor is registered at the receive task's first steps
+            if client_processors(client):
+                break
+            await asyncio.sleep(0.01)
+        owner_id = client_owner_id(client)
+        assert isinstance(owner_id, str) and owner_id
+        watch = PartitionWatch(client, store, {}, "-1", lambda message, level: None)
+        assert watch._tell_load_balancing(["0", "1", "2"])
+        [processor] = client_processors(client)
+        assert processor._ownership_manager.cached_parition_ids == ["0", "1", "2"]
+    finally:
+        await asyncio.wait_for(client.close(), 30)
+        receiving.cancel()
+        await asyncio.gather(receiving, return_exceptions=True)
+        await store.close()
