@@ -261,7 +261,8 @@ def _origin(url: str) -> str:
 
 class SetAsideStore:
     """Keeps, in a capped file, the full events the intake could not take as they were: over its 250,000-byte
-    limit (they were sent shortened) or refused by the runtime (not sent). None disappears silently."""
+    limit (they were sent shortened) or refused by the runtime (not sent). None disappears silently: a refused event
+    the file cannot take stops delivery before anything past it is acknowledged."""
 
     def __init__(self, path: Path, cap_bytes: int = 200_000_000):
         self.journal = Journal(path)
@@ -427,7 +428,8 @@ class Forwarder:
     def stopping(self, grace: float = STOP_GRACE_SECONDS) -> None:
         """The trigger was asked to stop: delivery gets ``grace`` seconds from now, producers stop waiting for room.
 
-        Safe from a signal handler: it only sets values (no lock), and waiters poll them.
+        Safe from a signal handler: it only sets values (no lock), and waiters poll them (a sender sleeping
+        between attempts looks every ``SLEEP_SLICE`` and makes one more attempt).
         """
         deadline = time.monotonic() + grace
         if self._abort_at is None or deadline < self._abort_at:
@@ -491,11 +493,10 @@ class Forwarder:
 
     def _fit(self, events: Iterable[bytes], origin: str) -> list[bytes]:
         """``events`` with those over the intake's limit shortened; their originals kept (one write per call)."""
-        events = list(events)
+        events = list(events)  # a copy: the caller's list stays as it was
         oversize = [index for index, event in enumerate(events) if len(event) > EVENT_BYTES_MAX_SIZE]
         if not oversize:
             return events
-        events = events.copy()  # the caller's list stays as it was
         originals, lines = [], []
         for index in oversize:
             event = events[index]
