@@ -41,8 +41,8 @@ def _load_balancing(ctx: Context) -> dict:
 
 
 def _reading(stack: EventHubStack, process: TriggerProcess, timeout: float = 90) -> bool:
-    """With ``latest``, records sent before a partition's receiver attached are skipped, as configured: send a
-    record to every partition (optional ones) until a whole round arrived, so everything after must arrive."""
+    """Wait until every partition is read: send a record to each (optional ones: with ``latest`` what came more
+    than a minute before the first start is skipped, as configured) until a whole round arrived."""
     deadline = time.monotonic() + timeout
     round_ = 0
     while time.monotonic() < deadline and process.alive:
