@@ -9,6 +9,7 @@ import orjson
 import pytest
 from sekoia_automation.constants import EVENT_BYTES_MAX_SIZE
 
+from azure_eventhub import consumer as consumer_module
 from azure_eventhub import metrics
 from azure_eventhub.consumer import Settings
 from azure_eventhub.records import RecordSplitter
@@ -214,3 +215,24 @@ def test_main_stops_on_sigterm_while_the_storage_account_hangs(stack):
     finally:
         tap.stop()
     assert compare(ids_of(records + more), stack.delivered_ids())["lost"] == 0
+
+
+def test_a_client_whose_owner_id_cannot_be_found_is_reported_once(stack, monkeypatch):
+    """An azure-eventhub upgrade that moves the processor's id turns the ownership check off: said, not silent."""
+    monkeypatch.setattr(consumer_module, "client_owner_id", lambda client: None)  # as such a client would
+    monkeypatch.setattr(consumer_module, "OWNER_ID_DEADLINE", 0.5)
+    records = records_with_ids(40, "o")
+    stack.publish_envelopes(records, per_envelope=10)
+
+    def told() -> int:
+        return sum("owner id was not found" in log["message"] for log in stack.logs())
+
+    runner = InProcessTrigger(stack.env(stack.config()), monkeypatch).start()
+    try:
+        assert wait_until(lambda: stack.delivered_count() >= 40 and told() >= 1, 60)
+        # Still read and checkpointed, without the check.
+        assert wait_until(lambda: stack.checkpoints() == {"0": 0, "1": 0, "2": 0, "3": 0}, 30), stack.checkpoints()
+    finally:
+        runner.stop()
+    assert runner.error is None
+    assert told() == 1
