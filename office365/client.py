@@ -27,6 +27,9 @@ from office365.pacing import Gate
 from office365.tls import ssl_context
 
 THROTTLE_CODES = {"AF429"}
+# A Date header is a clock sample when its answer's headers came within this long of the request: a slower one
+# says little about when the API stamped it (unless nothing better was seen yet).
+CLOCK_SAMPLE_SECONDS = 1.0
 
 
 class ApiError(Exception):
@@ -103,7 +106,8 @@ class ManagementClient:
         self._session: aiohttp.ClientSession | None = None
         self._counters: dict = {}
         self._on_throttling = on_throttling  # told once per episode, with what the pacer does about it
-        self.clock_offset = 0.0  # the API's clock minus ours, in seconds, from its latest Date header
+        self.clock_offset = 0.0  # the API's clock minus ours, in seconds, from its latest quick Date header
+        self._clock_round_trip = float("inf")  # of the sample clock_offset comes from, at least CLOCK_SAMPLE_SECONDS
 
     def now(self) -> datetime:
         """The API's time: windows built on it are judged by the API's clock, not by a skewed local one."""
@@ -176,15 +180,17 @@ class ManagementClient:
             # Taken once through the gate: a request paced for a while does not leave with a token about to expire.
             token = await self.tokens.token()
             try:
+                sent = time.time()
                 async with self._session.request(
                     method,
                     URL(url, encoded=True),
                     json=json,
                     headers={"Authorization": f"Bearer {token}"},
                 ) as raw:
+                    # When the headers arrive, not after the body: a blob may take minutes to come.
+                    self._learn_clock(raw.headers.get("Date"), sent, time.time())
                     body = await raw.read()
                     response = ApiResponse(raw.status, raw.headers, body)
-                    self._learn_clock(raw.headers.get("Date"))
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as error:
                 self._trouble(started)
                 self._count(what, "network")
@@ -195,14 +201,20 @@ class ManagementClient:
         self._account(response, what, started)
         return response, token
 
-    def _learn_clock(self, header: str | None) -> None:
-        # Whole seconds, truncated: the API's time is within [Date, Date + 1 s) when the answer left it.
+    def _learn_clock(self, header: str | None, sent: float, arrived: float) -> None:
+        """The API stamped Date between ``sent`` and ``arrived`` (our clock): taken as the middle, the sample is
+        off by at most half the round trip, so only quick ones count (the best one until a quick one came)."""
+        round_trip = arrived - sent
+        if round_trip > max(CLOCK_SAMPLE_SECONDS, self._clock_round_trip):
+            return
         try:
             moment = parsedate_to_datetime(header) if header else None
         except (TypeError, ValueError):
             return
         if moment is not None and moment.tzinfo is not None:
-            self.clock_offset = moment.timestamp() + 0.5 - time.time()
+            # Whole seconds, truncated: the API's time was within [Date, Date + 1 s).
+            self.clock_offset = moment.timestamp() + 0.5 - (sent + arrived) / 2
+            self._clock_round_trip = max(CLOCK_SAMPLE_SECONDS, round_trip)
 
     def _account(self, response: ApiResponse, what: str, started: float) -> None:
         status = response.status
