@@ -160,6 +160,31 @@ class OnceLogger:
         return None if entry is None else self._clock() - entry[0]
 
 
+class SampledLog:
+    """For events, not conditions (``OnceLogger``): a skipped blob, a refused window. At most one line per key
+    and ``interval``; the next line says how many were not logged in between. Thread-safe."""
+
+    def __init__(
+        self, log: Callable[[str, str], None], interval: float = 60.0, clock: Callable[[], float] = time.monotonic
+    ):
+        self._log = log
+        self._interval = interval
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._last: dict[str, float] = {}
+        self._quiet: dict[str, int] = {}
+
+    def __call__(self, key: str, message: str, level: str = "warning") -> None:
+        now = self._clock()
+        with self._lock:
+            if now - self._last.get(key, -math.inf) < self._interval:
+                self._quiet[key] = self._quiet.get(key, 0) + 1
+                return
+            quiet = self._quiet.pop(key, 0)
+            self._last[key] = now
+        self._log(message + (f" ({quiet} more like it since the last report)" if quiet else ""), level)
+
+
 _LOW_LEVELS = ("debug", "info")
 
 

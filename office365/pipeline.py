@@ -17,16 +17,17 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from connectors.delivery import Forwarder
-from connectors.logs import Redactor
+from connectors.logs import Redactor, SampledLog
+from connectors.retry import Backoff
 from connectors.stopping import unless_stopping
 from office365 import metrics
 from office365.auth import TokenProvider
 from office365.client import ApiError, ManagementClient, Throttled, TransientError, sleep_or_stop
 from office365.config import Credential, Endpoints, Office365Configuration
 from office365.fetcher import Deferred, Fetched, Stopping, fetch_blob, get_with_retries
-from office365.listing import RETENTION, RelistSchedule, floor_second, horizon, list_pages, windows
+from office365.listing import RETENTION, ContentRef, RelistSchedule, floor_second, horizon, list_pages, windows
 from office365.pacing import ConcurrencyLimit, Gate, QuotaPacer
-from office365.processor import Processor, SampledLog
+from office365.processor import Processor
 from office365.state import CollectorState
 from office365.subscriptions import RESTART_CODES, MissingDlpPermission, Subscriptions, fatal
 
@@ -34,7 +35,7 @@ Log = Callable[[str, str], None]
 MONITOR_INTERVAL = 2.0
 POLL_OVERLAP = timedelta(minutes=5)  # blobs often show up a little after their creation time
 RECENT_RELIST = timedelta(hours=1)  # listed again at every poll: blobs up to an hour late come within a poll
-NARROWING_STEPS = 4  # a refused window is tried again on its newer half, quarter, ... down to a sixteenth
+FIRST_STEP = timedelta(minutes=1)  # a refused window's start moves on by 1, 2, 4... minutes past the API's horizon
 PERMISSION_RECHECK = 3 * 3600.0  # a content type the app may not read: warn, and look again, this often
 AF_BAD_NEXT_PAGE = "AF20031"
 AF_BAD_WINDOW = ("AF20055", "AF20030")
@@ -49,7 +50,6 @@ class Pipeline:
         state: CollectorState,
         forwarder: Forwarder,
         log: Log,
-        running: Callable[[], bool],
         heartbeat: Callable[[], None] = lambda: None,
         report_lag: Callable[[float], None] = lambda lag: None,
         user_agent: str = "sekoiaio-connector/office365",
@@ -62,7 +62,6 @@ class Pipeline:
         self.forwarder = forwarder
         self._log = log
         self._sampled = SampledLog(log)
-        self._running = running
         self._heartbeat = heartbeat
         self._report_lag = report_lag
         self._user_agent = user_agent
@@ -70,6 +69,8 @@ class Pipeline:
         self.stopping = asyncio.Event()
         self._gaps_reported: set[str] = set()
         self._expiry_warned: dict[str, float] = {}
+        # Spans the poller could not list (refused windows), per content type: reported if they expire unlisted.
+        self._skipped: dict[str, list[tuple[datetime, datetime]]] = {}
 
     # -- top level ------------------------------------------------------------------------------------------
 
@@ -100,13 +101,22 @@ class Pipeline:
         )
         loop = asyncio.get_running_loop()
         slots = asyncio.Semaphore(config.max_concurrency * 2)
-        processor = Processor(self.forwarder, self.state, self._log, lambda: loop.call_soon_threadsafe(slots.release))
+        queue: asyncio.Queue = asyncio.Queue()
+
+        def fetch_again(ref: ContentRef, delay: float) -> None:  # from the processing thread
+            loop.call_soon_threadsafe(loop.call_later, delay, queue.put_nowait, ref)
+
+        processor = Processor(
+            self.forwarder, self.state, self._log, lambda: loop.call_soon_threadsafe(slots.release), fetch_again
+        )
         try:
             async with client:
-                await self._unless_stopping(tokens.token())  # wrong credentials stop here, with one clear message
+                # Wrong credentials stop here, with one clear message.
+                await unless_stopping(tokens.token(), self.stopping)
                 subscriptions = Subscriptions(client, self._log)
-                denied = await self._unless_stopping(
-                    self._retrying(lambda: subscriptions.ensure(config.content_types), "starting subscriptions")
+                denied = await unless_stopping(
+                    self._retrying(lambda: subscriptions.ensure(config.content_types), "starting subscriptions"),
+                    self.stopping,
                 )
                 collected = [ct for ct in config.content_types if ct not in denied]
                 if not collected:  # nothing the app may read: only a person can fix it
@@ -117,7 +127,6 @@ class Pipeline:
                     "info",
                 )
                 processor.start()
-                queue: asyncio.Queue = asyncio.Queue()
                 tasks = [
                     asyncio.create_task(self._collect(ct, client, subscriptions, queue, ct in denied))
                     for ct in config.content_types
@@ -126,7 +135,7 @@ class Pipeline:
                     asyncio.create_task(self._fetcher(client, queue, slots, processor))
                     for _ in range(config.max_concurrency)
                 ]
-                tasks.append(asyncio.create_task(self._monitor()))
+                tasks.append(asyncio.create_task(self._monitor(client, processor)))
                 await self._until_stop_or_failure(tasks)
         except Stopping:
             pass
@@ -134,10 +143,6 @@ class Pipeline:
             self.stopping.set()
             if not await asyncio.to_thread(processor.stop):
                 self._log("Processing did not stop in time (the runtime is slow to accept events)", "warning")
-
-    async def _unless_stopping(self, step):
-        """Run a start-up step (it may wait long for Entra or the API to come back) unless the trigger stops."""
-        return await unless_stopping(step, self.stopping)
 
     async def _until_stop_or_failure(self, tasks: list[asyncio.Task]) -> None:
         stop = asyncio.create_task(self.stopping.wait())
@@ -154,15 +159,14 @@ class Pipeline:
 
     async def _retrying(self, call, what: str):
         """Retry a start-up call through transient trouble until it works (its result) or the trigger stops."""
-        failing = 0
+        backoff = Backoff(base=1.0, cap=30.0)
         while True:
             try:
                 return await call()
             except (Throttled, TransientError) as error:
-                failing += 1
-                if failing == 3:
+                if backoff.attempts == 2:
                     self._log(f"{what.capitalize()} keeps failing, still retrying: {error}", "warning")
-                if await sleep_or_stop(min(30.0, 2.0 ** (failing - 1)), self.stopping):
+                if await sleep_or_stop(backoff.next_delay(error.retry_after), self.stopping):
                     raise Stopping() from None
             except ApiError as error:
                 raise fatal(error) or error from None
@@ -232,6 +236,7 @@ class Pipeline:
             if resume < earliest:
                 self._report_gap(content_type, resume, earliest)
                 self.state.skip_to(content_type, earliest)
+            self._report_skipped(content_type, earliest)
             start = min(self.state.listed_until(content_type) - POLL_OVERLAP, now - recent)
             try:
                 await self._list_range(content_type, client, queue, max(start, earliest), now, advance=True)
@@ -294,15 +299,18 @@ class Pipeline:
         end: datetime,
         advance: bool = False,
     ) -> None:
-        """List [start, end) window by window; a window the API refuses is narrowed or skipped, never retried in a
-        loop that would hold back the newer ones. ``advance``: record each window as listed (the poller)."""
+        """List [start, end) window by window; a window the API refuses is narrowed, never retried in a loop that
+        would hold back the newer ones. ``advance``: record each window as listed (the poller)."""
         for window_start, window_end in windows(start, end):
             try:
                 await self._list_window(content_type, client, queue, window_start, window_end)
+                self._listed_span(content_type, window_start, window_end)
             except ApiError as error:
                 if error.code not in AF_BAD_WINDOW:
                     raise
-                await self._refused_window(content_type, client, queue, window_start, window_end, error)
+                # Only what the poller skips was never listed: a re-list covers time the poller listed before.
+                owed = advance and self.state.owes_from_resume(content_type)
+                await self._refused_window(content_type, client, queue, window_start, window_end, error, owed)
             if advance:
                 self.state.listed(content_type, window_end)
 
@@ -314,21 +322,28 @@ class Pipeline:
         start: datetime,
         end: datetime,
         error: ApiError,
+        owed: bool,
     ) -> None:
-        """The API refused [start, end) although it was built on the API's clock: list its newer half, then the
-        newer quarter..., and say once what could not be listed. The whole-retention re-list tries it again."""
+        """The API refused [start, end) although it was built on the API's clock (a start too old by the API's
+        own reckoning). Start again from the horizon on the clock the refusal's Date header just gave, then 1, 2,
+        4... minutes later: what is skipped is the unreachable minutes, not half a window. The skipped span is
+        kept (``owed``) and reported if it expires unlisted; the whole-retention re-list may still list it."""
+        step = FIRST_STEP
+        cursor = max(floor_second(start + step), horizon(client.now()))
         accepted = end
-        narrowed = start
-        for _ in range(NARROWING_STEPS):
-            narrowed = floor_second(narrowed + (end - narrowed) / 2)
+        while cursor < end:
             try:
-                await self._list_window(content_type, client, queue, narrowed, end)
-                accepted = narrowed
+                await self._list_window(content_type, client, queue, cursor, end)
+                accepted = cursor
                 break
             except ApiError as again:
                 if again.code not in AF_BAD_WINDOW:
                     raise
-        what = "skipped it" if accepted == end else f"listed only from {accepted.isoformat()}"
+            cursor = max(floor_second(cursor + step), horizon(client.now()))
+            step *= 2
+        if owed:
+            self._skipped.setdefault(content_type, []).append((start, accepted))
+        what = "skipped it" if accepted == end else f"listed it from {accepted.isoformat()}"
         self._sampled(
             f"window:{content_type}",
             f"The API refused the listing window {start.isoformat()} - {end.isoformat()} of {content_type} ({error}); "
@@ -336,6 +351,33 @@ class Pipeline:
             f"and {accepted.isoformat()} is collected only if a later re-list is accepted",
             "error",
         )
+
+    def _listed_span(self, content_type: str, start: datetime, end: datetime) -> None:
+        """[start, end) was listed: no longer part of a skipped span."""
+        spans = self._skipped.get(content_type)
+        if not spans:
+            return
+        left = []
+        for first, last in spans:
+            if first < start:
+                left.append((first, min(last, start)))
+            if last > end:
+                left.append((max(first, end), last))
+        self._skipped[content_type] = left
+
+    def _report_skipped(self, content_type: str, earliest: datetime) -> None:
+        """A skipped span whose content starts expiring: said once, then forgotten."""
+        spans = self._skipped.get(content_type)
+        if not spans:
+            return
+        for first, last in [span for span in spans if span[0] < earliest]:
+            self._log(
+                f"Content of {content_type} created between {first.isoformat()} and {last.isoformat()} could not be "
+                "listed (the API refused its window as too old) and is past the API's 7-day retention: it was not "
+                "collected",
+                "error",
+            )
+        self._skipped[content_type] = [span for span in spans if span[0] >= earliest]
 
     async def _list_window(
         self, content_type: str, client: ManagementClient, queue: asyncio.Queue, start: datetime, end: datetime
@@ -403,10 +445,13 @@ class Pipeline:
 
     # -- monitoring -----------------------------------------------------------------------------------------
 
-    async def _monitor(self) -> None:
+    async def _monitor(self, client: ManagementClient, processor: Processor) -> None:
         while not self.stopping.is_set():
+            if not processor.alive():
+                # No heartbeat over a stall: the fetchers would wait for its slots forever. The trigger restarts us.
+                raise RuntimeError(f"The processing thread stopped ({processor.failure!r})")
             self._heartbeat()
-            now = time.time()
+            now = client.now().timestamp()  # resume points and blob creation times are on the API's clock
             worst_lag = 0.0
             for content_type in self.config.content_types:
                 count, oldest = self.state.pending(content_type)

@@ -1,53 +1,46 @@
 """From fetched blob bodies to forwarded records, on one thread (the event loop only does I/O).
 
-Per record: the bytes orjson gives back, a 63-bit hash for the record filter, done. Blobs are acknowledged
-in groups (a few thousand records, or half a second): the group's acknowledgement runs on the forwarder's
-delivery thread once the runtime confirmed every record of the group, and commits it to the ledger with one
-fsync - instead of one fsync per blob.
+Per record: the record's bytes as the blob holds them (cut out by ``connectors.codec``), a 63-bit hash for the
+record filter, done. Blobs are acknowledged in groups (a few thousand records, or half a second): the group's
+acknowledgement runs on the forwarder's delivery thread once the runtime confirmed every record of the group, and
+commits it to the ledger with one fsync - instead of one fsync per blob.
+
+Nothing kills the thread: a blob that fails is fetched again later (a few times, then skipped with an error that
+names it), a forwarder that fails is tried again. Should the thread die all the same, ``failure`` says why and
+the pipeline's monitor fails the run (the trigger restarts it) instead of beating the heartbeat over a stall.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import queue
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 from connectors.delivery import Forwarder
+from connectors.logs import SampledLog
+from connectors.retry import Backoff
 from office365 import metrics
 from office365.blobs import INVALID_UTF8, parse_blob
 from office365.fetcher import Fetched
-from office365.state import CollectorState, Delivered
+from office365.listing import ContentRef
+from office365.state import CollectorState, Delivered, record_hashes
 
 GROUP_RECORDS = 5000
 GROUP_SECONDS = 0.5
+# A blob whose processing fails is fetched again after 30 s, 1 min, 2 min, 4 min; then it is skipped, by name.
+BLOB_ATTEMPTS = 5
+RETRY_BASE = 30.0
+RETRY_CAP = 600.0
+TROUBLE_PAUSE = 1.0  # after the forwarder failed: no busy loop, the group is handed over again
 SKIP_EXPLANATIONS = {
     "expired": "the API says it expired (AF20051) before it could be fetched",
     "vanished": "the API says it does not exist any more (AF20050)",
     "invalid_id": "the API refused its content id (AF20052)",
 }
 _STOP = object()
-
-
-class SampledLog:
-    """At most one line per key and minute; the next line says how many were not logged in between."""
-
-    def __init__(self, log: Callable[[str, str], None], interval: float = 60.0):
-        self._log = log
-        self._interval = interval
-        self._last: dict[str, float] = {}
-        self._quiet: dict[str, int] = {}
-
-    def __call__(self, key: str, message: str, level: str = "warning") -> None:
-        now = time.monotonic()
-        if now - self._last.get(key, -self._interval) < self._interval:
-            self._quiet[key] = self._quiet.get(key, 0) + 1
-            return
-        quiet = self._quiet.pop(key, 0)
-        self._last[key] = now
-        self._log(message + (f" ({quiet} more like it since the last report)" if quiet else ""), level)
 
 
 class Processor:
@@ -57,25 +50,32 @@ class Processor:
         state: CollectorState,
         log: Callable[[str, str], None],
         done: Callable[[], None],
+        retry: Callable[[ContentRef, float], None] = lambda ref, delay: None,
     ):
         self.forwarder = forwarder
         self.state = state
         self._log = log
         self._sampled = SampledLog(log)
         self._done = done  # one call per item taken (frees a slot for the fetchers)
+        self._retry = retry  # fetch this blob again after so many seconds
+        self._failures: dict[str, Backoff] = {}  # content id -> its retry steps, while it keeps failing
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._stopping = False
+        self._stopping = threading.Event()
+        self.failure: BaseException | None = None  # why the thread died, if it did
         self._thread = threading.Thread(target=self._run, name="o365-process", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
 
     def put(self, item: Fetched) -> None:
         self._queue.put(item)
 
     def stop(self, timeout: float = 10.0) -> bool:
         """Finish the blob at hand, queue the acknowledgement of what was added, drop the rest (fetched again later)."""
-        self._stopping = True
+        self._stopping.set()
         if not self._thread.is_alive():
             return True  # never started (the run failed before collecting) or already done
         self._queue.put(_STOP)
@@ -85,6 +85,14 @@ class Processor:
     # -- thread ---------------------------------------------------------------------------------------------
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as error:  # noqa: BLE001 - a bug here: said, kept for the monitor, which fails the run
+            self.failure = error
+            # "error", not "critical": after a critical line the SDK would never run the trigger again.
+            self._log(f"The Office 365 processing thread stopped: {error!r}", "error")
+
+    def _loop(self) -> None:
         group: list[Delivered] = []
         records = 0
         started = 0.0
@@ -93,32 +101,66 @@ class Processor:
                 item = self._queue.get(timeout=0.05 if group else 0.5)
             except queue.Empty:
                 item = None
-            if item is _STOP or self._stopping:
+            if item is _STOP or self._stopping.is_set():
                 break
             if item is not None:
-                try:
-                    delivered = self._process(item)
-                except Exception as error:  # noqa: BLE001 - one blob must not stop the collection
-                    # Not acknowledged: the blob stays pending (the resume point waits) and is listed again at the
-                    # next start.
-                    self._log(
-                        f"Processing blob {item.ref.content_id} of {item.ref.content_type} failed: {error!r}", "error"
-                    )
-                    delivered = None
-                finally:
-                    self._done()
+                delivered = self._take(item)
                 if delivered is not None:
                     if not group:
                         started = time.monotonic()
                     group.append(delivered)
                     records += delivered.records
-            if group and (item is None or records >= GROUP_RECORDS or time.monotonic() - started >= GROUP_SECONDS):
-                self._acknowledge(group)
-                group, records = [], 0
-            if item is None:  # nothing more fetched for now: send what is buffered instead of at its max age
-                self.forwarder.flush()
+            try:
+                if group and (item is None or records >= GROUP_RECORDS or time.monotonic() - started >= GROUP_SECONDS):
+                    self._acknowledge(group)
+                    group, records = [], 0
+                if item is None:  # nothing more fetched for now: send what is buffered instead of at its max age
+                    self.forwarder.flush()
+            except Exception as error:  # noqa: BLE001 - the group stays here and is handed over again
+                self._sampled("forwarder", f"Handing records to the forwarder failed, trying again: {error!r}", "error")
+                self._stopping.wait(TROUBLE_PAUSE)
         if group:
             self._acknowledge(group)
+
+    def _take(self, item: Fetched) -> Delivered | None:
+        """Process one fetched blob; a failure schedules another fetch of it, or skips it once it failed enough."""
+        ref = item.ref
+        try:
+            delivered = self._process(item)
+            self._failures.pop(ref.content_id, None)
+            return delivered
+        except Exception as error:  # noqa: BLE001 - one blob must not stop the collection
+            return self._failed(ref, error)
+        finally:
+            self._done()
+
+    def _failed(self, ref: ContentRef, error: Exception) -> Delivered | None:
+        steps = self._failures.setdefault(ref.content_id, Backoff(base=RETRY_BASE, cap=RETRY_CAP))
+        if steps.attempts + 1 < BLOB_ATTEMPTS:
+            delay = steps.next_delay()
+            self._log(
+                f"Processing blob {ref.content_id} of {ref.content_type} failed ({error!r}): fetching it again in "
+                f"{delay:.0f}s (retry {steps.attempts} of {BLOB_ATTEMPTS - 1})",
+                "error",
+            )
+            try:
+                self._retry(ref, delay)
+                return None  # pending meanwhile: the resume point waits for it
+            except Exception as retry_error:  # noqa: BLE001 - the loop is closing: the next start lists it again
+                self._log(f"Blob {ref.content_id} of {ref.content_type} waits for the next start: {retry_error!r}",
+                          "warning")
+                return None
+        del self._failures[ref.content_id]
+        # Skipped, not left pending: it would pin the resume point (and every restart would fail on it again).
+        created = datetime.fromtimestamp(ref.created, UTC).isoformat()
+        self._log(
+            f"Blob {ref.content_id} of {ref.content_type} (created {created}) failed {BLOB_ATTEMPTS} times "
+            f"({error!r}): skipped, its records are not collected (the API keeps the blob until 7 days after its "
+            "creation, for a fetch by hand)",
+            "error",
+        )
+        metrics.skipped_blobs.labels(ref.content_type, "failed").inc()
+        return Delivered(ref, skipped="failed")
 
     def _acknowledge(self, group: list[Delivered]) -> None:
         self.forwarder.add((), ack=functools.partial(self._commit, group))
@@ -159,12 +201,14 @@ class Processor:
                 "its records are forwarded with each such byte written \\xNN",
             )
         # Hot path: one hash and one set lookup per record.
-        sha1, from_bytes = hashlib.sha1, int.from_bytes
-        keys = [from_bytes(sha1(record, usedforsecurity=False).digest()[:8], "big") >> 1 for record in parsed.records]
-        events, hashes = self.state.filter.admit(parsed.records, keys)
+        events, hashes = self.state.filter.admit(parsed.records, record_hashes(parsed.records))
         duplicates = len(parsed.records) - len(events)
         if duplicates:
             metrics.duplicate_records.labels(ref.content_type).inc(duplicates)
         if events:
-            self.forwarder.add(events, origin=f"{ref.content_type} blob {ref.content_id}")
+            try:
+                self.forwarder.add(events, origin=f"{ref.content_type} blob {ref.content_id}")
+            except BaseException:
+                self.state.filter.forget(hashes)  # fetched again: its records must not look like duplicates then
+                raise
         return Delivered(ref, hashes=hashes, records=len(events))

@@ -42,6 +42,12 @@ def record_hash(record: bytes) -> int:
     return int.from_bytes(hashlib.sha1(record, usedforsecurity=False).digest()[:8], "big") >> 1
 
 
+def record_hashes(records: list[bytes]) -> list[int]:
+    """``record_hash`` of each record; the processor's hot path, so the lookups are hoisted out of the loop."""
+    sha1, from_bytes = hashlib.sha1, int.from_bytes
+    return [from_bytes(sha1(record, usedforsecurity=False).digest()[:8], "big") >> 1 for record in records]
+
+
 def content_key(content_id: str) -> int:
     # The ledger can hold a week of blobs: a 63-bit key instead of a ~90-character string.
     return int.from_bytes(hashlib.sha1(content_id.encode(), usedforsecurity=False).digest()[:8], "big") >> 1
@@ -77,6 +83,10 @@ class RecordFilter:
         while len(order) > self.capacity:
             seen.discard(order.popleft())
         return fresh, fresh_keys
+
+    def forget(self, keys: Iterable[int]) -> None:
+        """Records admitted but not handed over after all (their blob failed): a retry must not see duplicates."""
+        self._seen.difference_update(keys)
 
     def add(self, key: int) -> bool:
         """Remember ``key``; False when it was already there (a duplicate)."""
@@ -136,6 +146,7 @@ class CollectorState:
         self._checkpoint = StateFile(self.directory / "office365-checkpoint.json")
         self._journal = Journal(self.directory / "office365-ledger.jsonl")
         self._lock = threading.Lock()
+        self._save_lock = threading.Lock()
         self._ledger: dict[int, float] = {}
         self._journal_entries = 0
         self._last_save = 0.0
@@ -263,19 +274,25 @@ class CollectorState:
         self._maybe_compact()
 
     def save(self, force: bool = False) -> None:
-        with self._lock:
-            now = time.monotonic()
-            if not force and now - self._last_save < SAVE_INTERVAL:
-                return
-            resume = {ct: progress.resume() for ct, progress in self._progress.items()}
-            initial = [ct for ct, progress in self._progress.items() if progress.initial]
-            if initial == self._saved_initial and all(resume[ct] == self._progress[ct].saved_resume for ct in resume):
-                return
+        # A snapshot under ``_lock``, written outside it: the event loop takes the lock for every listed blob and
+        # must not wait for two fsyncs. ``_save_lock`` keeps savers (monitor, delivery thread) in order.
+        with self._save_lock:
+            with self._lock:
+                now = time.monotonic()
+                if not force and now - self._last_save < SAVE_INTERVAL:
+                    return
+                resume = {ct: progress.resume() for ct, progress in self._progress.items()}
+                initial = [ct for ct, progress in self._progress.items() if progress.initial]
+                if initial == self._saved_initial and all(
+                    resume[ct] == self._progress[ct].saved_resume for ct in resume
+                ):
+                    return
             self._checkpoint.save({"version": self.VERSION, "resume": resume, "initial": initial})
-            for content_type, value in resume.items():
-                self._progress[content_type].saved_resume = value
-            self._saved_initial = initial
-            self._last_save = now
+            with self._lock:
+                for content_type, value in resume.items():
+                    self._progress[content_type].saved_resume = value
+                self._saved_initial = initial
+                self._last_save = now
 
     def _maybe_compact(self) -> None:
         """Every few minutes: drop expired entries, and rewrite the ledger once they are most of it."""

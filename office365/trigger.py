@@ -54,7 +54,6 @@ class Office365Trigger(CollectorTrigger):
             state,
             self.forwarder,
             self.log,
-            lambda: self.running,
             heartbeat=self.heartbeat,
             report_lag=lambda lag: self.put_events_lag(intake_key=self.metric_intake, lag=lag),
             user_agent=self._user_agent,

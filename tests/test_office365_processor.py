@@ -132,7 +132,7 @@ def pipeline(tmp_path, logs: list, **overrides):
         tenant_id="4f6e2a1c-8d3b-4e5f-9a7c-2b1d0e3f4a5b", client_id="9c8b7a6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d", **overrides
     )
     state = CollectorState(tmp_path, config.content_types, initial_lookback=timedelta(hours=1), filter_capacity=10)
-    return Pipeline(config, None, None, state, None, lambda message, level: logs.append((level, message)), lambda: True)
+    return Pipeline(config, None, None, state, None, lambda message, level: logs.append((level, message)))
 
 
 def test_pending_content_near_its_expiry_is_warned_about_once_an_hour(tmp_path):
@@ -159,3 +159,28 @@ def test_content_past_the_retention_is_reported_after_a_long_stop_not_at_first_s
     again._report_gap("Audit.Exchange", earliest - timedelta(days=2), earliest)
     again._report_gap("Audit.Exchange", earliest - timedelta(days=2), earliest)
     assert len(logs) == 1 and logs[0][0] == "error" and "was not collected" in logs[0][1]
+
+
+def test_a_blob_failing_every_time_is_fetched_again_a_few_times_then_skipped_by_name(tmp_path, monkeypatch):
+    """Left pending, it would pin the resume point for the rest of the run: after its retries it is skipped,
+    committed like an expired blob, with one error naming it."""
+    import office365.processor as module
+
+    monkeypatch.setattr(module, "parse_blob", lambda data: (_ for _ in ()).throw(RuntimeError("unreadable")))
+    state = CollectorState(tmp_path, ["Audit.Exchange"], initial_lookback=timedelta(hours=2), filter_capacity=100)
+    item = Fetched(ref("c$bad"), body=b"[]")
+    state.track(item.ref)
+    forwarder, logs, delays = FakeForwarder(), [], []
+    processor = Processor(
+        forwarder, state, lambda message, level: logs.append((level, message)), lambda: None,
+        lambda again, delay: (delays.append(delay), processor.put(Fetched(again, body=b"[]"))),
+    )
+    processor.start()
+    processor.put(item)
+    assert wait_until(lambda: forwarder.acks, 5)
+    assert processor.stop()
+    assert len(delays) == module.BLOB_ATTEMPTS - 1 and delays == sorted(delays)  # growing steps
+    forwarder.confirm()
+    assert state.pending("Audit.Exchange") == (0, None)
+    skipped = [message for level, message in logs if level == "error" and "skipped" in message]
+    assert len(skipped) == 1 and "c$bad" in skipped[0] and "Audit.Exchange" in skipped[0]
