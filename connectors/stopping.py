@@ -23,12 +23,16 @@ async def unless_stopping(step: Awaitable[T], stopping: asyncio.Event) -> T:
     as soon as the trigger is asked to stop, the step then being cancelled."""
     task = asyncio.ensure_future(step)
     stop = asyncio.ensure_future(stopping.wait())
+    cut_short = False
     try:
         await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
     finally:
+        # Also when the caller is cancelled: the step must not run on, orphaned.
         stop.cancel()
-    if not task.done():
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        if not task.done():
+            cut_short = True
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    if cut_short:
         raise Stopping()
     return task.result()

@@ -184,3 +184,38 @@ def test_a_blob_whose_processing_fails_is_fetched_again_and_delivered(tmp_path, 
             assert rig.wait_complete(60, expected=3 * 4), rig.comparison()
             assert messages(rig, "fetching it again in")
         assert failed and rig.comparison()["duplicates"] == 0
+
+
+# -- start-up steps unless stopping -------------------------------------------------------------------------------
+
+
+def test_a_start_up_step_ends_with_its_caller_cancelled_stopped_or_done():
+    """``unless_stopping`` (the pipeline's token and subscription steps): the step never outlives its caller."""
+    from connectors.stopping import Stopping, unless_stopping
+
+    async def main():
+        ended: list[str] = []
+
+        async def step(name: str, seconds: float) -> str:
+            try:
+                await asyncio.sleep(seconds)
+                return name
+            finally:
+                ended.append(name)
+
+        stopping = asyncio.Event()
+        assert await unless_stopping(step("quick", 0), stopping) == "quick"
+        caller = asyncio.create_task(unless_stopping(step("cancelled", 60), stopping))
+        await asyncio.sleep(0)
+        caller.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+        assert ended == ["quick", "cancelled"]  # ended with its caller, not left running
+        stopped = asyncio.create_task(unless_stopping(step("stopped", 60), stopping))
+        await asyncio.sleep(0)
+        stopping.set()
+        with pytest.raises(Stopping):
+            await stopped
+        return ended
+
+    assert asyncio.run(main()) == ["quick", "cancelled", "stopped"]
