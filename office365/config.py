@@ -153,7 +153,8 @@ class Office365Configuration(CollectorConfiguration):
         gt=0,
         le=600,
         title="Request timeout (seconds)",
-        description="Longest wait for the answer to one request to the Management API or to Microsoft Entra",
+        description="How long a request to the Management API or to Microsoft Entra may go without receiving a "
+        "byte before it is given up and retried; a large blob that keeps arriving takes as long as it needs",
     )
     max_pending_blobs: int = Field(
         2000,
