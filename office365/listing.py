@@ -19,7 +19,7 @@ from office365.client import ApiResponse, ManagementClient
 MAX_WINDOW = timedelta(hours=23, minutes=59)  # strictly under 24 h: exactly 24 h is refused by some tenants
 RETENTION = timedelta(days=7)
 # Windows are built on the API's clock (its Date header): the margin only covers the pages of the oldest window
-# (a refused window is narrowed anyway), so content near its 7-day expiry is still listed.
+# (a refused window restarts at the horizon on the refusal's clock), so content near its 7-day expiry is still listed.
 RETENTION_MARGIN = timedelta(minutes=2)
 NEXT_PAGE_HEADERS = ("NextPageUri", "NextPageUrl")
 
