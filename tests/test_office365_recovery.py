@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import timedelta
 
 import pytest
 
@@ -179,8 +178,7 @@ def test_a_blob_whose_processing_fails_is_fetched_again_and_delivered(tmp_path, 
     monkeypatch.setattr(module, "parse_blob", parse_failing_once)
     monkeypatch.setattr(module, "RETRY_BASE", 0.5)
     with O365Rig(tmp_path, "--blobs", "3", "--records-per-blob", "4") as rig:
-        trigger = InProcessTrigger(rig, rig.trigger_config(content_types=["Audit.Exchange"]), monkeypatch)
-        with trigger:
+        with InProcessTrigger(rig, rig.trigger_config(content_types=["Audit.Exchange"]), monkeypatch):
             assert rig.wait_complete(60, expected=3 * 4), rig.comparison()
             assert messages(rig, "fetching it again in")
         assert failed and rig.comparison()["duplicates"] == 0
