@@ -18,8 +18,9 @@ The runtime's answers, for both sinks:
   one line per request with where they came from; the rest goes on, and the resume point never waits on one
   event. Two limits: a refused event that cannot be kept (the file at its cap, or none configured) is never
   acknowledged past (the batch is unconfirmed and the trigger stops as on a configuration error); a split request
-  of several events refused event by event means the runtime refuses everything (``intake_server`` points at
-  something else): a configuration error, instead of one request per event.
+  of several events refused event by event, or many requests refused in a row with none confirmed in between
+  (batches of one event), means the runtime refuses everything (``intake_server`` points at something else): a
+  configuration error, instead of one request per event.
 
 An event over the intake's 250,000-byte limit is sent shortened (``connectors.truncation``) and kept whole in
 the same local file. A local write that fails (the records file of the playbook sink, the set-aside file: a full
@@ -68,6 +69,8 @@ CONFIGURATION_STATUSES = frozenset({401, 403, 404, 405})
 # A split request of at least this many events refused one by one: the runtime refuses everything, whatever the
 # events (a proxy answering 400), rather than a run of bad records. Fewer could be neighbouring bad records.
 REFUSES_EVERYTHING_EVENTS = 4
+# Requests refused in a row, none confirmed in between, whatever their size: small requests escape the split check.
+REFUSES_EVERYTHING_REQUESTS = 20
 ORIGINS_NAMED = 3  # origins named in a line about several events
 SLEEP_SLICE = 0.25  # a backoff sleep looks this often whether a stop began (stopping() may run in a signal handler)
 
@@ -368,6 +371,7 @@ class Forwarder:
         self.delivered = 0
         self.shortened = 0
         self.refused = 0
+        self._refused_in_a_row = 0  # requests the runtime refused since it last confirmed one, across senders
         # Daemon threads: one blocked in an HTTP call when the process ends is abandoned, never waited for.
         self._threads = [
             threading.Thread(target=self._deliver_loop, name=f"deliver-{trigger}-{n}", daemon=True)
@@ -762,14 +766,28 @@ class Forwarder:
             try:
                 _post(self._session, request, self._attempt_timeout())
                 self._outage_ended()
+                with self._lock:
+                    self._refused_in_a_row = 0
                 return
-            except (Refused, Misdirected):
+            except Refused as refusal:
                 self._outage_ended()  # the runtime answered
+                self._count_refusal(refusal)
+                raise
+            except Misdirected:
+                self._outage_ended()
                 raise
             except RetryableError as error:
                 metrics.delivery_retries.labels(self.trigger).inc()
                 self._outage_began(error)
                 self._pause(backoff.next_delay(error.retry_after))
+
+    def _count_refusal(self, refusal: Refused) -> None:
+        with self._lock:
+            self._refused_in_a_row += 1
+            in_a_row = self._refused_in_a_row
+        if in_a_row >= REFUSES_EVERYTHING_REQUESTS:
+            raise Misdirected(refusal.status, f"{in_a_row} requests in a row refused, none confirmed in between: "
+                                              f"{refusal.detail}")
 
     def _pause(self, delay: float) -> None:
         """A backoff sleep, cut short when a stop begins (one more attempt within the grace) or delivery fails;

@@ -17,6 +17,7 @@ from connectors.locks import InstanceLock
 from connectors.trigger import CollectorTrigger
 from connectors.retry import Backoff
 from connectors.truncation import MARKER, shorten
+from emulators.process import wait_until
 
 
 def events(count, start=0, pad=0):
@@ -75,7 +76,7 @@ def test_events_arrive_exactly_as_sent_and_acks_follow_confirmation(runtime, tmp
 def test_age_flushes_a_partial_batch_without_an_explicit_flush(runtime, tmp_path):
     fwd = forwarder(runtime, tmp_path, max_events=1000, max_age=0.2)
     fwd.add(events(3))
-    assert _wait(lambda: len(runtime.delivered()) == 3, 5)
+    assert wait_until(lambda: len(runtime.delivered()) == 3, 5)
     fwd.close()
 
 
@@ -295,7 +296,7 @@ def test_configuration_errors_stop_delivery_and_name_the_field(runtime, tmp_path
     fwd = forwarder(runtime, tmp_path, sink=sink, fatal=fatal)
     for unit in range(5):
         fwd.add(events(100, start=unit * 100), ack=recorder.ack(unit))
-    assert _wait(lambda: fatal, 10)
+    assert wait_until(lambda: fatal, 10)
     assert fwd.drain(timeout=10) is False
     assert fwd.add(events(3), ack=recorder.ack("after")) == 0  # nothing taken once it cannot be acknowledged
     assert fwd.close(grace=1.0) is False
@@ -310,7 +311,7 @@ def test_close_returns_by_its_deadline_while_the_runtime_hangs(runtime, tmp_path
     recorder = Recorder()
     fwd = forwarder(runtime, tmp_path)
     fwd.add(events(10), ack=recorder.ack("never"))
-    assert _wait(lambda: runtime.stats()["hung"] >= 1, 10)  # a sender is blocked in its HTTP call
+    assert wait_until(lambda: runtime.stats()["hung"] >= 1, 10)  # a sender is blocked in its HTTP call
     started = time.monotonic()
     assert fwd.close(grace=1.0) is False
     assert time.monotonic() - started < 10  # a bound far under the hang, not a measure of speed
@@ -322,7 +323,7 @@ def test_a_stop_request_frees_a_producer_waiting_for_room(runtime, tmp_path):
     fwd = forwarder(runtime, tmp_path, max_events=10, in_flight=0, senders=1)
     producer = threading.Thread(target=fwd.add, args=(events(100),), daemon=True)
     producer.start()
-    assert _wait(lambda: runtime.stats()["hung"] >= 1, 10)
+    assert wait_until(lambda: runtime.stats()["hung"] >= 1, 10)
     assert producer.is_alive()  # blocked by backpressure behind the hung batch
     fwd.stopping(grace=1.0)
     producer.join(10)
@@ -392,7 +393,7 @@ def test_refused_events_that_cannot_be_kept_are_never_acknowledged_past(runtime,
     batch[50] = orjson.dumps({"n": "bad", "note": "refuse-me"})
     fwd.add(batch, ack=recorder.ack("refused"), origin="blob-2")
     fwd.add(events(100, start=200), ack=recorder.ack("after"), origin="blob-3")
-    assert _wait(lambda: fatal, 10)
+    assert wait_until(lambda: fatal, 10)
     assert fwd.close(grace=1.0) is False
     assert recorder.acks == [("before", 100)]  # neither the batch holding it nor any later one
     [error] = fatal
@@ -406,7 +407,7 @@ def test_a_runtime_refusing_everything_is_a_configuration_error(runtime, tmp_pat
     fatal, recorder = [], Recorder()
     fwd = forwarder(runtime, tmp_path, fatal=fatal)
     fwd.add(events(100), ack=recorder.ack("never"), origin="blob-1")
-    assert _wait(lambda: fatal, 10)
+    assert wait_until(lambda: fatal, 10)
     assert fwd.close(grace=1.0) is False
     [error] = fatal
     assert isinstance(error, ConfigurationError) and error.field == "intake_server" and "422" in str(error)
@@ -414,12 +415,29 @@ def test_a_runtime_refusing_everything_is_a_configuration_error(runtime, tmp_pat
     assert recorder.acks == [] and set_aside(tmp_path) == [] and fwd.refused == 0
 
 
+def test_a_runtime_refusing_every_one_event_request_is_a_configuration_error(runtime, tmp_path):
+    # Requests of one event each: the split check never sees several events refused one by one.
+    runtime.control(refuse_markers=['"n"'], refuse_status=422)
+    fatal, recorder = [], Recorder()
+    fwd = forwarder(runtime, tmp_path, fatal=fatal, max_events=1)
+    fwd.add(events(100), ack=recorder.ack("never"), origin="blob-1")
+    assert wait_until(lambda: fatal, 10)
+    assert fwd.close(grace=1.0) is False
+    [error] = fatal
+    assert isinstance(error, ConfigurationError) and error.field == "intake_server" and "422" in str(error)
+    assert "20 requests in a row refused" in str(error)
+    # The 20th refusal stops it (a second sender may have had one more on the wire): not 100 events set aside.
+    assert 20 <= runtime.stats()["refused"] <= 21
+    assert len(set_aside(tmp_path)) == fwd.refused < 20 and recorder.acks == []
+    assert runtime.delivered() == []
+
+
 def test_a_stop_cuts_a_backoff_sleep_short(runtime, tmp_path):
     runtime.control(down_for=60, down_status=503)
     recorder = Recorder(runtime)
     fwd = forwarder(runtime, tmp_path, backoff=(60.0, 60.0), senders=1)  # a sleep of 30 s or more once failed
     fwd.add(events(10), ack=recorder.ack("all"))
-    assert _wait(lambda: runtime.stats()["failures"] >= 1, 10)
+    assert wait_until(lambda: runtime.stats()["failures"] >= 1, 10)
     runtime.control(down_for=0)
     fwd.stopping(grace=5.0)  # as from the signal handler: no lock, no Event
     assert fwd.close(grace=5.0) is True  # the sender woke and tried once more within the grace
@@ -431,11 +449,11 @@ def test_no_acknowledgement_runs_after_close_returned(runtime, tmp_path):
     recorder = Recorder()
     fwd = forwarder(runtime, tmp_path, senders=1)
     fwd.add(events(10), ack=recorder.ack("late"))
-    assert _wait(lambda: runtime.stats()["hung"] >= 1, 10)
+    assert wait_until(lambda: runtime.stats()["hung"] >= 1, 10)
     assert fwd.close(grace=0.5) is False
     # The runtime confirms the batch once its hang is over: the trigger may have closed its state by then.
-    assert _wait(lambda: len(runtime.delivered()) == 10, 10)
-    assert not _wait(lambda: recorder.acks, 1.0)
+    assert wait_until(lambda: len(runtime.delivered()) == 10, 10)
+    assert not wait_until(lambda: recorder.acks, 1.0)
 
 
 def test_the_set_aside_store_counts_the_bytes_it_writes(tmp_path):
@@ -506,17 +524,9 @@ def test_a_failed_run_leaves_no_acknowledgement_behind(runtime, tmp_path, monkey
         runtime.control(down_for=0)
         trigger.run()  # the next run: a new forwarder, whose acknowledgements alone run
         assert FailingRun.runs[0] is not FailingRun.runs[1]
-        assert not _wait(lambda: 0 in FailingRun.acks, 1.0) and FailingRun.acks == [1]
+        assert not wait_until(lambda: 0 in FailingRun.acks, 1.0) and FailingRun.acks == [1]
         assert sorted(runtime.delivered()) == sorted(events(10, start=10))  # the failed run's batch: read again
     finally:
         trigger.stop()
         CollectorTrigger.fatal_error = None
 
-
-def _wait(predicate, timeout):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
