@@ -178,11 +178,14 @@ class Consumer:
         self.accepting = False
         grace = self.settings.stop_grace
         self.stop_deadline = self.loop.time() + grace + STOP_AFTER_GRACE
-        # Stopping for good: close the forwarder, which gives up retrying after the grace period (the trigger's
-        # own close then has nothing left to wait for). Otherwise (a restart after an error) keep it open.
-        finish = self.forwarder.close if self.fatal or not self.is_running() else self.forwarder.drain
-        # On the worker, so it runs after any batch being added: nothing can slip in after the drain.
-        delivered = await self.loop.run_in_executor(self.worker, finish, grace)
+        # Stopping for good: close the forwarder, which gives up retrying after the grace period, so that the
+        # checkpoints of what it delivered are written below (the trigger's own close then returns at once).
+        # A failed run only hands over what was read: the trigger closes the forwarder after this loop, its one
+        # wait for delivery; an acknowledgement coming after the loop closed is dropped by the writer (read again).
+        stopping = self.fatal or not self.is_running()
+        finish = partial(self.forwarder.close, grace) if stopping else self.forwarder.flush
+        # On the worker, so it runs after any batch being added: nothing can slip in after it.
+        delivered = await self.loop.run_in_executor(self.worker, finish)
         # Checkpoints by the stop deadline, leaving the closing its share.
         saved = await self.writer.flush(max(1.0, self.stop_deadline - CLOSING_TIME - self.loop.time()))
         # Records the runtime did not confirm are reported by the forwarder itself.

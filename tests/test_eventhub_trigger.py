@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 
@@ -236,3 +237,49 @@ def test_a_client_whose_owner_id_cannot_be_found_is_reported_once(stack, monkeyp
         runner.stop()
     assert runner.error is None
     assert told() == 1
+
+
+def test_a_failed_run_waits_for_delivery_once(stack, monkeypatch):
+    """A run whose receiving fails leaves its forwarder to the trigger's one closing: a single wait for the
+    runtime (bounded by the stop grace), not the consumer's drain and then the trigger's close."""
+    from azure.eventhub.aio import EventHubConsumerClient
+
+    from connectors.delivery import Forwarder
+
+    received, real_receive = threading.Event(), EventHubConsumerClient.receive_batch
+
+    async def receive_then_fail(self, on_event_batch, **kwargs):
+        async def on_batch(context, events):
+            await on_event_batch(context, events)
+            if events:
+                received.set()
+
+        task = asyncio.create_task(real_receive(self, on_batch, **kwargs))
+        while not received.is_set():
+            await asyncio.sleep(0.05)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        raise RuntimeError("the link broke")
+
+    waits: dict[Forwarder, int] = {}  # per forwarder, in the order they first waited
+    real_drain = Forwarder.drain
+
+    def counted_drain(self, timeout=None):
+        waits[self] = waits.get(self, 0) + 1
+        return real_drain(self, timeout)
+
+    monkeypatch.setattr(EventHubConsumerClient, "receive_batch", receive_then_fail)
+    monkeypatch.setattr(Forwarder, "drain", counted_drain)
+    stack.publish_envelopes(records_with_ids(40, "f"), per_envelope=10)
+    runner = InProcessTrigger(stack.env(stack.config()), monkeypatch)
+    runner.trigger.stop_grace_seconds = 2.0
+    runner.start()
+    try:
+        assert wait_until(lambda: any("Collection failed (RuntimeError)" in log["message"] for log in stack.logs()), 60)
+        # The trigger closed the failed run's forwarder (the first one to wait): every wait on it is counted.
+        assert wait_until(lambda: waits and next(iter(waits))._closed, 30)
+        failed_run = next(iter(waits))
+    finally:
+        runner.stop()
+    assert runner.error is None
+    assert waits[failed_run] == 1, waits
