@@ -2,8 +2,8 @@
 
 A trigger hands serialized events to a ``Forwarder`` together with an acknowledgement callback (save a
 checkpoint, record a blob as done). The forwarder buffers them, cuts batches on count, bytes or age, and
-delivery threads send each batch through a ``Sink`` (the intake ``/batch`` API, or a playbook event pointing at
-a records file) until the runtime confirms it. Only then are the batch's acknowledgements called, in the order
+delivery threads send each batch through a ``Sink`` (``connectors.sinks``: the intake ``/batch`` API, or a
+playbook event pointing at a records file) until the runtime confirms it. Only then are the batch's acknowledgements called, in the order
 they were added, so nothing is ever marked as read before it was delivered.
 
 The runtime's answers, for both sinks:
@@ -30,27 +30,23 @@ disk) is retried with backoff like an outage, said once; nothing after it is ack
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, TypeVar
-from urllib.parse import urlsplit
+from typing import TypeVar
 
-import orjson
 import requests
-from sekoia_automation.constants import EVENT_BYTES_MAX_SIZE, INTAKE_PAYLOAD_BYTES_MAX_SIZE
+from sekoia_automation.constants import EVENT_BYTES_MAX_SIZE
 
 from connectors import metrics
 from connectors.errors import ConfigurationError
 from connectors.logs import OnceLogger
-from connectors.retry import Backoff, parse_retry_after
-from connectors.state import Journal, _open_private, private_directory
+from connectors.retry import Backoff
+from connectors.setaside import Kept, SetAsideStore
+from connectors.sinks import Misdirected, Refused, Request, RetryableError, Sink, clean_up, post
 from connectors.truncation import digest, shorten
 
 logger = logging.getLogger(__name__)
@@ -59,13 +55,10 @@ Ack = Callable[[], None]
 T = TypeVar("T")
 LogFunction = Callable[[str, str], None]  # (message, level)
 
-_ENVELOPE_BYTES = 1024  # room for the `{"intake_key": ..., "jsons": [...]}` around the events
 # Seconds a stopping trigger gives delivery, counted from the stop request: with the rest of the stop path the
 # process ends well within the 20 s an orchestrator waits, whatever the runtime does.
 STOP_GRACE_SECONDS = 8.0
 
-RETRIED_STATUSES = frozenset({408, 425, 429})
-CONFIGURATION_STATUSES = frozenset({401, 403, 404, 405})
 # A split request of at least this many events refused one by one: the runtime refuses everything, whatever the
 # events (a proxy answering 400), rather than a run of bad records. Fewer could be neighbouring bad records.
 REFUSES_EVERYTHING_EVENTS = 4
@@ -86,30 +79,6 @@ class BatchLimits:
     senders: int = 2  # batches sent at once: the runtime handles one while the next is on the wire
 
 
-class RetryableError(Exception):
-    def __init__(self, message: str, retry_after: float | None = None):
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-class Refused(Exception):
-    """The runtime refused a request for good (400, 413...): sending it again as it is cannot succeed."""
-
-    def __init__(self, status: int, detail: str):
-        super().__init__(f"HTTP {status}: {detail}")
-        self.status = status
-        self.detail = detail
-
-
-class Misdirected(Exception):
-    """The runtime refused the credentials or has no such endpoint (401, 403, 404, 405, a redirect)."""
-
-    def __init__(self, status: int, detail: str):
-        super().__init__(f"HTTP {status}: {detail}")
-        self.status = status
-        self.detail = detail
-
-
 class DeliveryAborted(Exception):
     """Stopping with a batch the runtime never confirmed: its acknowledgements are not called."""
 
@@ -124,122 +93,6 @@ class UnkeptRefusal(ConfigurationError):
         self.expected = message
 
 
-@dataclass
-class Request:
-    """One HTTP call to the runtime: events ``[start, stop)`` of the list given to ``prepare``."""
-
-    url: str
-    body: bytes
-    headers: dict[str, str]
-    start: int
-    stop: int
-    cleanup: Path | None = None
-
-
-class Sink(Protocol):
-    def prepare(self, events: list[bytes]) -> list[Request]: ...
-
-    def configuration_error(self, refusal: Misdirected) -> ConfigurationError: ...
-
-
-def _post(session: requests.Session, request: Request, timeout: tuple[float, float]) -> None:
-    """Confirmed, or raises what the answer means: RetryableError, Refused or Misdirected."""
-    try:
-        response = session.post(request.url, data=request.body, headers=request.headers, timeout=timeout,
-                                allow_redirects=False)  # a redirected POST turns into a GET that "succeeds"
-    except requests.RequestException as error:
-        raise RetryableError(f"runtime unreachable: {type(error).__name__}") from None
-    status = response.status_code
-    if status < 300:
-        return
-    detail = response.text[:200].replace("\n", " ")
-    if status >= 500 or status in RETRIED_STATUSES:
-        raise RetryableError(f"runtime answered HTTP {status}: {detail}",
-                             parse_retry_after(response.headers.get("Retry-After")))
-    if status < 400:
-        raise Misdirected(status, f"redirects to {response.headers.get('Location', '?')}")
-    if status in CONFIGURATION_STATUSES:
-        raise Misdirected(status, detail)
-    raise Refused(status, detail)
-
-
-class IntakeSink:
-    """POSTs ``{"intake_key": KEY, "jsons": [str, ...]}`` to ``{intake}/batch``, in chunks under the payload limit."""
-
-    def __init__(self, intake_url: str, intake_key: str, user_agent: str):
-        self.url = intake_url.rstrip("/") + "/batch"
-        self._prefix = b'{"intake_key":' + orjson.dumps(intake_key) + b',"jsons":['
-        self._headers = {"Content-Type": "application/json", "User-Agent": user_agent}
-
-    def prepare(self, events: list[bytes]) -> list[Request]:
-        limit = INTAKE_PAYLOAD_BYTES_MAX_SIZE - _ENVELOPE_BYTES
-        if not events:
-            return []
-        # The usual case, one request: a single orjson call for the whole list costs a fifth of one call per
-        # event (measured on 1 KB events), and gives the same bytes as the chunked path below.
-        whole = orjson.dumps([event.decode("utf-8") for event in events])
-        if len(whole) <= limit:
-            # One copy into the body (concatenating would make one per operand): batches are megabytes.
-            body = b"".join((self._prefix, memoryview(whole)[1:], b"}"))
-            return [Request(self.url, body, self._headers, 0, len(events))]
-        requests_, chunk, size, start = [], [], 0, 0
-        for index, event in enumerate(events):
-            encoded = orjson.dumps(event.decode("utf-8"))  # each event travels as a JSON string
-            if chunk and size + len(encoded) + 1 > limit:
-                requests_.append(self._request(chunk, start, index))
-                chunk, size, start = [], 0, index
-            chunk.append(encoded)
-            size += len(encoded) + 1
-        if chunk:
-            requests_.append(self._request(chunk, start, len(events)))
-        return requests_
-
-    def _request(self, chunk: list[bytes], start: int, stop: int) -> Request:
-        return Request(self.url, b"".join((self._prefix, b",".join(chunk), b"]}")), self._headers, start, stop)
-
-    def configuration_error(self, refusal: Misdirected) -> ConfigurationError:
-        if refusal.status in (401, 403):
-            return ConfigurationError(
-                "intake_key", f"the intake at {_origin(self.url)} refused it (HTTP {refusal.status}): copy the key "
-                "shown on the intake's page in Sekoia.io")
-        return ConfigurationError(
-            "intake_server", f"{self.url} is not an intake batch API ({refusal}): set it to the intake's base URL "
-            "(e.g. https://intake.sekoia.io), or leave it empty to use the runtime's")
-
-
-class PlaybookSink:
-    """Writes the records to a file in the data path and sends a playbook event pointing at it (SDK's send_records)."""
-
-    def __init__(self, callback_url: str, token: str, data_path: Path, trigger_name: str):
-        self.url = callback_url
-        self.data_path = Path(data_path)
-        self.trigger_name = trigger_name
-        self._headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
-
-    def prepare(self, events: list[bytes]) -> list[Request]:
-        # Audit records: private whatever the process's umask (both levels, like the state directory).
-        directory = private_directory(private_directory(self.data_path / f"{self.trigger_name}_events")
-                                      / str(uuid.uuid4()))
-        with _open_private(directory / "event.json", os.O_WRONLY | os.O_TRUNC) as handle:
-            handle.write(b"[" + b",".join(events) + b"]")
-        body = orjson.dumps(
-            {
-                "name": f"{self.trigger_name}-{len(events)}-records",
-                "event": {"records_path": "event.json"},
-                "directory": str(directory.relative_to(self.data_path)),
-                "request_id": str(uuid.uuid4()),
-            }
-        )
-        return [Request(self.url, body, self._headers, 0, len(events), cleanup=directory)]
-
-    def configuration_error(self, refusal: Misdirected) -> ConfigurationError:
-        # Without an intake key, events go to the playbook through the runtime's callback URL and token.
-        return ConfigurationError(
-            "intake_key", f"without it, records go to the playbook, but the runtime refused the trigger's callback "
-            f"({_origin(self.url)}, {refusal}): the playbook was deleted or its token revoked; restart the playbook, "
-            "or set `intake_key` to send to an intake")
-
-
 def _count(kept: list[Kept]) -> str:
     return "an event" if len(kept) == 1 else f"{len(kept)} events"
 
@@ -249,58 +102,6 @@ def _origins(kept: list[Kept]) -> str:
     names = list(dict.fromkeys(entry.origin or "unknown origin" for entry in kept))
     more = len(names) - ORIGINS_NAMED
     return ", ".join(names[:ORIGINS_NAMED]) + (f" and {more} more" if more > 0 else "")
-
-
-def _clean(requests_: list[Request]) -> None:
-    for request in requests_:
-        if request.cleanup is not None:
-            shutil.rmtree(request.cleanup, ignore_errors=True)
-
-
-def _origin(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}"
-
-
-class SetAsideStore:
-    """Keeps, in a capped file, the full events the intake could not take as they were: over its 250,000-byte
-    limit (they were sent shortened) or refused by the runtime (not sent). None disappears silently: a refused event
-    the file cannot take stops delivery before anything past it is acknowledged."""
-
-    def __init__(self, path: Path, cap_bytes: int = 200_000_000):
-        self.journal = Journal(path)
-        self.cap_bytes = cap_bytes
-        self.written = path.stat().st_size if path.exists() else 0
-        self._lock = threading.Lock()  # producers (oversize) and senders (refused) both write
-
-    @property
-    def path(self) -> Path:
-        return self.journal.path
-
-    def keep(self, kept: list[Kept]) -> bool:
-        """Write the events in one append (one fsync): all of them, or none (False) when they would take the
-        file over its cap. A failed write (a full disk) raises OSError."""
-        lines = [orjson.dumps({"origin": entry.origin, "reason": entry.reason, "bytes": len(entry.event),
-                               "sha256": digest(entry.event), "event": entry.event.decode("utf-8", "replace")})
-                 for entry in kept]
-        size = sum(len(line) + 1 for line in lines)  # what lands in the file: escaping may make it 6 times the event
-        with self._lock:
-            if self.written + size > self.cap_bytes:
-                return False
-            self.journal.append(orjson.Fragment(line) for line in lines)
-            self.written += size
-        return True
-
-
-@dataclass
-class Kept:
-    """An event the intake could not take as it was, for the set-aside file."""
-
-    event: bytes  # whole, as collected
-    origin: str
-    reason: str
-    sent: bool = False  # sent shortened (over a size limit), or not sent at all (refused)
-    by_runtime: bool = False  # refused by the runtime (not by our own encoding)
 
 
 @dataclass
@@ -669,7 +470,7 @@ class Forwarder:
                 self._post_or_isolate(request, events[span], origins[span], kept)
                 refused += self._set_aside(kept)
         finally:
-            _clean(requests_)
+            clean_up(requests_)
         return refused
 
     def _try(self, events: list[bytes], origins: list[str], kept: list[Kept]) -> None:
@@ -687,7 +488,7 @@ class Forwarder:
                 span = slice(request.start, request.stop)
                 self._post_or_isolate(request, events[span], origins[span], kept)
         finally:
-            _clean(requests_)
+            clean_up(requests_)
 
     def _post_or_isolate(self, request: Request, events: list[bytes], origins: list[str], kept: list[Kept]) -> None:
         try:
@@ -723,7 +524,7 @@ class Forwarder:
             except Refused as again:
                 refusal = again
             finally:
-                _clean(requests_)
+                clean_up(requests_)
         if refusal.status:
             kept.append(Kept(event, origin, f"refused: {refusal}", by_runtime=True))
         else:
@@ -764,7 +565,7 @@ class Forwarder:
             if self._failure is not None:
                 raise DeliveryAborted(self._failure)
             try:
-                _post(self._session, request, self._attempt_timeout())
+                post(self._session, request, self._attempt_timeout())
                 self._outage_ended()
                 with self._lock:
                     self._refused_in_a_row = 0

@@ -22,10 +22,12 @@ from sekoia_automation.exceptions import ModuleConfigurationError, TriggerConfig
 from sekoia_automation.module import ModuleItem
 from sekoia_automation.trigger import Trigger
 
-from connectors.delivery import STOP_GRACE_SECONDS, BatchLimits, Forwarder, IntakeSink, PlaybookSink, SetAsideStore
+from connectors.delivery import STOP_GRACE_SECONDS, BatchLimits, Forwarder
 from connectors.errors import ConfigurationError, CorruptStateError
 from connectors.logs import LogPump, Redactor, format_duration, install_redaction
 from connectors.retry import Backoff
+from connectors.setaside import SetAsideStore
+from connectors.sinks import IntakeSink, PlaybookSink
 from connectors.state import private_directory
 from connectors.stopping import unless_stopping
 

@@ -11,7 +11,9 @@ import orjson
 import pytest
 from sekoia_automation.module import Module
 
-from connectors.delivery import BatchLimits, Forwarder, IntakeSink, Kept, PlaybookSink, SetAsideStore, UnkeptRefusal
+from connectors.delivery import BatchLimits, Forwarder, UnkeptRefusal
+from connectors.setaside import Kept, SetAsideStore
+from connectors.sinks import IntakeSink, PlaybookSink
 from connectors.errors import ConfigurationError
 from connectors.locks import InstanceLock
 from connectors.trigger import CollectorTrigger
