@@ -19,6 +19,7 @@ from emulators import fixtures
 from emulators.eventhub import EventHubEmulator
 from emulators.eventhub.harness import EmulatorProcess
 from emulators.eventhub.hashing import partition_for_key
+from emulators.process import wait_until
 
 HUBS = {"basic": 3, "aio": 4, "positions": 1, "props": 2, "epoch": 2, "limits": 1}
 FAST_FAIL = {"retry_total": 0}
@@ -88,12 +89,9 @@ async def stop(consumer: AioConsumer, task: asyncio.Task) -> None:
     await asyncio.gather(task, return_exceptions=True)
 
 
-def wait_for(predicate, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.02)
+async def until(predicate, timeout: float = 10.0) -> bool:
+    """``wait_until`` from a test on the event loop: polled on a thread, the loop (and the clients) run meanwhile."""
+    return await asyncio.to_thread(wait_until, predicate, timeout, 0.05)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -216,7 +214,7 @@ async def test_start_positions(emulator):
     # @latest: only what is sent after the link is attached
     group = emulator.broker.hub("positions").consumer_groups["$default"]
     task = asyncio.create_task(aio_read(cs, 1, partition_id="0", starting_position="@latest"))
-    await asyncio.to_thread(wait_for, lambda: group.receivers.get("0"))
+    assert await until(lambda: group.receivers.get("0"))
     async with AioProducer.from_connection_string(cs) as producer:
         await producer.send_event(EventData("late"))
     assert [e.body_as_str() for e in await task] == ["late"]
@@ -278,9 +276,7 @@ async def test_unknown_hub_and_group(emulator):
 
         consumer = AioConsumer.from_connection_string(strict.connection_string(), consumer_group="unknown", **FAST_FAIL)
         task = asyncio.create_task(consumer.receive(on_event=lambda *a: None, on_error=on_error, partition_id="0"))
-        deadline = time.monotonic() + 10
-        while not errors and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        await until(lambda: errors)
         await stop(consumer, task)
         assert errors and "could not be found" in str(errors[0])
     finally:
@@ -315,28 +311,22 @@ async def test_epoch_stealing(emulator):
 
     group = emulator.broker.hub("epoch").consumer_groups["ops"]
     old_client, old_task = consumer("old", 1)
-    await asyncio.to_thread(wait_for, lambda: any(c.epoch == 1 for c in group.receivers.get("0", ())))
+    assert await until(lambda: any(c.epoch == 1 for c in group.receivers.get("0", ())))
     new_client, new_task = consumer("new", 2)
-    await asyncio.to_thread(wait_for, lambda: any(c.epoch == 2 for c in group.receivers.get("0", ())))
-    deadline = time.monotonic() + 10
-    while not errors["old"] and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
+    assert await until(lambda: any(c.epoch == 2 for c in group.receivers.get("0", ())))
+    await until(lambda: errors["old"])
     assert errors["old"], "the older epoch consumer was not told it lost the partition"
     assert "stolen" in str(errors["old"][0]) or "epoch" in str(errors["old"][0])
     async with AioProducer.from_connection_string(cs) as producer:
         await producer.send_event(EventData("after-steal"), partition_id="0")
-    deadline = time.monotonic() + 10
-    while not received["new"] and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
+    await until(lambda: received["new"])
     assert received["new"] == ["after-steal"]
     assert received["old"] == []
     assert not errors["new"]
     assert emulator.broker.stats.links_stolen >= 1
     # a lower epoch than the current owner is refused
     late_client, late_task = consumer("late", 1)
-    deadline = time.monotonic() + 10
-    while not errors["late"] and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
+    assert await until(lambda: errors["late"])
     assert "higher epoch '2' already exists" in str(errors["late"][0])
     for client, task in ((old_client, old_task), (new_client, new_task), (late_client, late_task)):
         await stop(client, task)
