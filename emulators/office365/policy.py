@@ -54,7 +54,7 @@ class RequestPolicy:
         if len(window) < quota:
             window.append(now)
             return None
-        self.stats.throttled[kind] += 1
+        self.stats.count_throttled(kind)
         message = f"Too many requests. Method={THROTTLE_METHODS.get(kind, kind)}, PublisherId={publisher or tenant}"
         if self.config.throttle_status == 429:
             retry_after = max(1, math.ceil(window[0] + WINDOW_SECONDS - now))

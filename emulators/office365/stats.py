@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections import Counter
+from collections import Counter, deque
 
 from aiohttp import web
 
@@ -14,9 +14,12 @@ class Stats:
 
     def reset(self) -> None:
         self.since = time.time()
+        self.started = time.monotonic()
         self.requests: Counter[str] = Counter()  # by kind: token, blob, content_list, ...
         self.responses: Counter[str] = Counter()  # "kind status", e.g. "blob 200"
         self.throttled: Counter[str] = Counter()  # by kind
+        # When each throttled answer went, in seconds since the reset (the last ones): how a client backs off.
+        self.throttled_at: deque[float] = deque(maxlen=1000)
         self.faults: Counter[str] = Counter()  # 500, 503, reset, timeout, token_503, token_reset
         self.publishers: Counter[str] = Counter()  # PublisherIdentifier ("" when absent)
         self.publisher_kinds: Counter[str] = Counter()  # "publisher kind"
@@ -33,6 +36,10 @@ class Stats:
             self.first_request_at = time.time()
         return await handler(request)
 
+    def count_throttled(self, kind: str) -> None:
+        self.throttled[kind] += 1
+        self.throttled_at.append(round(time.monotonic() - self.started, 3))
+
     def snapshot(self) -> dict:
         return {
             "since": self.since,
@@ -41,6 +48,7 @@ class Stats:
             "responses": dict(self.responses),
             "throttled": dict(self.throttled),
             "throttled_total": sum(self.throttled.values()),
+            "throttled_at": list(self.throttled_at),
             "faults": dict(self.faults),
             "faults_total": sum(self.faults.values()),
             "publishers": {k or "(none)": v for k, v in self.publishers.items()},
