@@ -10,6 +10,8 @@ PY := $(VENV)/bin/python
 QUICK ?=
 PYTEST_ARGS ?=
 TEST_WORKERS ?= 4
+# The Python and the npm installs are independent: a fresh clone runs them side by side.
+MAKEFLAGS += --jobs=2
 
 export POETRY_VIRTUALENVS_IN_PROJECT := true
 export POETRY_NO_INTERACTION := 1
