@@ -17,10 +17,9 @@ The runtime's answers, for both sinks:
   size. The events still refused are set aside: kept in a local file (one write per request), counted, logged in
   one line per request with where they came from; the rest goes on, and the resume point never waits on one
   event. Two limits: a refused event that cannot be kept (the file at its cap, or none configured) is never
-  acknowledged past (the batch is unconfirmed and the trigger stops as on a configuration error); a split request
-  of several events refused event by event, or many requests refused in a row with none confirmed in between
-  (batches of one event), means the runtime refuses everything (``intake_server`` points at something else): a
-  configuration error, instead of one request per event.
+  acknowledged past (the batch is unconfirmed and the trigger stops as on a configuration error); many requests
+  refused in a row with none confirmed in between mean the runtime refuses everything (``intake_server`` points at
+  something else): a configuration error, instead of one request per event.
 
 An event over the intake's 250,000-byte limit is sent shortened (``connectors.truncation``) and kept whole in
 the same local file. A local write that fails (the records file of the playbook sink, the set-aside file: a full
@@ -59,11 +58,11 @@ LogFunction = Callable[[str, str], None]  # (message, level)
 # process ends well within the 20 s an orchestrator waits, whatever the runtime does.
 STOP_GRACE_SECONDS = 8.0
 
-# A split request of at least this many events refused one by one: the runtime refuses everything, whatever the
-# events (a proxy answering 400), rather than a run of bad records. Fewer could be neighbouring bad records.
-REFUSES_EVERYTHING_EVENTS = 4
-# Requests refused in a row, none confirmed in between, whatever their size: small requests escape the split check.
-REFUSES_EVERYTHING_REQUESTS = 20
+# Requests refused in a row, none confirmed in between, whatever their size: the runtime refuses everything (a proxy
+# answering 400), not a run of bad records. Splitting a batch around k neighbouring bad records costs about
+# 14 + 2k refusals in a row (an envelope of bad records is such a run): stopping on those would stall the trigger
+# on its data at every restart, so the bar is high; refusing everything costs this many requests, not one per event.
+REFUSES_EVERYTHING_REQUESTS = 100
 ORIGINS_NAMED = 3  # origins named in a line about several events
 SLEEP_SLICE = 0.25  # a backoff sleep looks this often whether a stop began (stopping() may run in a signal handler)
 
@@ -501,14 +500,9 @@ class Forwarder:
         if len(events) == 1:
             self._refused_alone(events[0], origins[0], refusal, kept)
             return
-        before = len(kept)
         half = len(events) // 2
         self._try(events[:half], origins[:half], kept)
         self._try(events[half:], origins[half:], kept)
-        refused = [entry for entry in kept[before:] if entry.by_runtime and not entry.sent]
-        if len(events) >= REFUSES_EVERYTHING_EVENTS and len(refused) == len(events):
-            raise Misdirected(refusal.status, f"every event refused, each alone as well ({len(events)} requests "
-                                              f"of one event): {refusal.detail}")
 
     def _refused_alone(self, event: bytes, origin: str, refusal: Refused, kept: list[Kept]) -> None:
         """A lone event refused: too large for this intake (413), it goes once more shortened to half its size."""

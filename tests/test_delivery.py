@@ -11,7 +11,7 @@ import orjson
 import pytest
 from sekoia_automation.module import Module
 
-from connectors.delivery import BatchLimits, Forwarder, UnkeptRefusal
+from connectors.delivery import REFUSES_EVERYTHING_REQUESTS, BatchLimits, Forwarder, UnkeptRefusal
 from connectors.setaside import Kept, SetAsideStore
 from connectors.sinks import IntakeSink, PlaybookSink
 from connectors.errors import ConfigurationError
@@ -383,6 +383,27 @@ def test_refused_events_of_a_request_are_kept_in_one_write_and_one_line(runtime,
     assert "refused 3 events (HTTP 400" in line and "blob-a, blob-b" in line
 
 
+def test_a_run_of_neighbouring_refused_events_is_set_aside_not_a_configuration_error(runtime, tmp_path):
+    # An envelope of bad records: 16 in a row inside one large batch (the split costs about 14 + 2 x 16 refusals
+    # in a row), and a whole small batch of bad records.
+    runtime.control(refuse_markers=["refuse-me"])
+    fatal, recorder = [], Recorder()
+    fwd = forwarder(runtime, tmp_path, fatal=fatal, max_events=4096)
+    batch = events(4096)
+    for index in range(1000, 1016):
+        batch[index] = orjson.dumps({"n": f"bad-{index}", "note": "refuse-me"})
+    fwd.add(batch, ack=recorder.ack("large"), origin="envelope-a")
+    fwd.flush()
+    fwd.add([orjson.dumps({"n": f"bad-small-{i}", "note": "refuse-me"}) for i in range(5)],
+            ack=recorder.ack("small"), origin="envelope-b")
+    assert fwd.drain(timeout=60)
+    fwd.close()
+    assert fatal == []
+    assert [name for name, _ in recorder.acks] == ["large", "small"]
+    assert len(set_aside(tmp_path)) == fwd.refused == 21
+    assert sorted(runtime.delivered()) == sorted(e for e in batch if b"refuse-me" not in e)
+
+
 @pytest.mark.parametrize("store", ["full", "none"])
 def test_refused_events_that_cannot_be_kept_are_never_acknowledged_past(runtime, tmp_path, store):
     runtime.control(refuse_markers=["refuse-me"])
@@ -408,29 +429,31 @@ def test_a_runtime_refusing_everything_is_a_configuration_error(runtime, tmp_pat
     runtime.control(refuse_markers=['"n"'], refuse_status=422)  # every event: a proxy refusing every request
     fatal, recorder = [], Recorder()
     fwd = forwarder(runtime, tmp_path, fatal=fatal)
-    fwd.add(events(100), ack=recorder.ack("never"), origin="blob-1")
-    assert wait_until(lambda: fatal, 10)
+    fwd.add(events(1000), ack=recorder.ack("never"), origin="blob-1")
+    assert wait_until(lambda: fatal, 30)
     assert fwd.close(grace=1.0) is False
     [error] = fatal
     assert isinstance(error, ConfigurationError) and error.field == "intake_server" and "422" in str(error)
-    assert runtime.stats()["refused"] < 20  # not one request per event (about 200 for 100 events)
+    # Not one request per event (splitting 1,000 events down to each alone: about 2,000); a second sender may have
+    # had one more on the wire.
+    assert runtime.stats()["refused"] <= REFUSES_EVERYTHING_REQUESTS + 1
     assert recorder.acks == [] and set_aside(tmp_path) == [] and fwd.refused == 0
 
 
 def test_a_runtime_refusing_every_one_event_request_is_a_configuration_error(runtime, tmp_path):
-    # Requests of one event each: the split check never sees several events refused one by one.
+    # Requests of one event each: nothing to split, every refusal counts.
     runtime.control(refuse_markers=['"n"'], refuse_status=422)
     fatal, recorder = [], Recorder()
     fwd = forwarder(runtime, tmp_path, fatal=fatal, max_events=1)
-    fwd.add(events(100), ack=recorder.ack("never"), origin="blob-1")
-    assert wait_until(lambda: fatal, 10)
+    fwd.add(events(300), ack=recorder.ack("never"), origin="blob-1")
+    assert wait_until(lambda: fatal, 30)
     assert fwd.close(grace=1.0) is False
     [error] = fatal
     assert isinstance(error, ConfigurationError) and error.field == "intake_server" and "422" in str(error)
-    assert "20 requests in a row refused" in str(error)
-    # The 20th refusal stops it (a second sender may have had one more on the wire): not 100 events set aside.
-    assert 20 <= runtime.stats()["refused"] <= 21
-    assert len(set_aside(tmp_path)) == fwd.refused < 20 and recorder.acks == []
+    assert f"{REFUSES_EVERYTHING_REQUESTS} requests in a row refused" in str(error)
+    # The 100th refusal stops it (a second sender may have had one more on the wire): not 300 events set aside.
+    assert REFUSES_EVERYTHING_REQUESTS <= runtime.stats()["refused"] <= REFUSES_EVERYTHING_REQUESTS + 1
+    assert len(set_aside(tmp_path)) == fwd.refused < REFUSES_EVERYTHING_REQUESTS and recorder.acks == []
     assert runtime.delivered() == []
 
 
