@@ -46,7 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     document = {"quick": args.quick, "scenarios": scenarios}
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "reliability.json"
-    path.write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n")
+    # Log lines quoted in the report name the run's work directory: written as <work>, not as this machine's path.
+    text = orjson.dumps(document, option=orjson.OPT_INDENT_2).replace(str(work).encode(), b"<work>")
+    path.write_bytes(text + b"\n")
     failed = [name for name, result in scenarios.items() if not result["passed"]]
     print(f"\n{len(scenarios) - len(failed)}/{len(scenarios)} scenarios passed in {time.monotonic() - started:.0f} s; "
           f"wrote {path}")
