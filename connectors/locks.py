@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import IO
 
 from connectors.errors import ConfigurationError
-from connectors.state import _open_private, private_directory
+from connectors.state import open_private, private_directory
 
 
 class InstanceLock:
@@ -22,7 +22,7 @@ class InstanceLock:
         """Take ``path``'s lock, or raise ``ConfigurationError(field, ...)`` naming the directory and ``advice``."""
         self.path = Path(path)
         private_directory(self.path.parent)  # state: private whatever the entry point's umask
-        handle: IO[bytes] | None = _open_private(self.path, os.O_WRONLY)
+        handle: IO[bytes] | None = open_private(self.path, os.O_WRONLY)
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

@@ -83,11 +83,6 @@ def install_redaction(redactor: Redactor) -> None:
             handler.addFilter(RedactingFilter(redactor))
 
 
-def describe(**fields: object) -> str:
-    """``key=value`` pairs for a log line, in the order given: one line a machine and a person can both read."""
-    return " ".join(f"{key}={value}" for key, value in fields.items() if value is not None)
-
-
 def format_duration(seconds: float) -> str:
     """``45s``, ``12 min 5s``, ``3 h 20 min``: durations as a person reads them in a log line."""
     seconds = max(0, round(seconds))
@@ -226,7 +221,6 @@ class LogPump:
         self._say = say
         self.outage = OnceLogger(say)
         self.dropped: Counter[str] = Counter()  # since the last time it was said
-        self.sent = 0
 
     # -- callers ---------------------------------------------------------------------------------------------
 
@@ -299,7 +293,6 @@ class LogPump:
                 continue
             backoff.reset()
             with self._cond:
-                self.sent += len(batch)
                 batch, self._in_flight = [], 0
                 dropped, self.dropped = self.dropped, Counter()
                 self._cond.notify_all()

@@ -21,7 +21,7 @@ from sekoia_automation.constants import INTAKE_PAYLOAD_BYTES_MAX_SIZE
 
 from connectors.errors import ConfigurationError
 from connectors.retry import parse_retry_after
-from connectors.state import _open_private, private_directory
+from connectors.state import open_private, private_directory
 
 _ENVELOPE_BYTES = 1024  # room for the `{"intake_key": ..., "jsons": [...]}` around the events
 RETRIED_STATUSES = frozenset({408, 425, 429})
@@ -148,7 +148,7 @@ class PlaybookSink:
         # Audit records: private whatever the process's umask (both levels, like the state directory).
         directory = private_directory(private_directory(self.data_path / f"{self.trigger_name}_events")
                                       / str(uuid.uuid4()))
-        with _open_private(directory / "event.json", os.O_WRONLY | os.O_TRUNC) as handle:
+        with open_private(directory / "event.json", os.O_WRONLY | os.O_TRUNC) as handle:
             handle.write(b"[" + b",".join(events) + b"]")
         body = orjson.dumps(
             {

@@ -42,7 +42,7 @@ def private_directory(path: Path) -> Path:
     return path
 
 
-def _open_private(path: Path, flags: int):
+def open_private(path: Path, flags: int):
     """A binary file handle on ``path``, created 0600 (and made 0600 if it existed with wider rights)."""
     fd = os.open(path, flags | os.O_CREAT, FILE_MODE)
     try:
@@ -57,7 +57,7 @@ def atomic_write(path: Path, data: bytes) -> None:
     if not path.parent.is_dir():
         private_directory(path.parent)
     tmp = path.with_name(f".{path.name}.tmp")
-    with _open_private(tmp, os.O_WRONLY | os.O_TRUNC) as handle:
+    with open_private(tmp, os.O_WRONLY | os.O_TRUNC) as handle:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
@@ -126,7 +126,7 @@ class Journal:
         if self._handle is None:
             if not self.path.parent.is_dir():
                 private_directory(self.path.parent)
-            self._handle = _open_private(self.path, os.O_WRONLY | os.O_APPEND)
+            self._handle = open_private(self.path, os.O_WRONLY | os.O_APPEND)
         self._handle.write(data)
         self._handle.flush()
         os.fsync(self._handle.fileno())
