@@ -22,7 +22,7 @@ duplicate_records = Counter(
 )
 skipped_blobs = Counter(
     _P + "skipped_blobs",
-    "Blobs that could not be fetched and were skipped (expired, vanished, invalid id)",
+    "Blobs skipped: not fetchable (expired, vanished, invalid id) or processing failed after every retry (failed)",
     ["content_type", "reason"],
     namespace=NAMESPACE,
 )
