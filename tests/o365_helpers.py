@@ -9,6 +9,7 @@ and the counts that say whether every published record arrived once.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -16,13 +17,20 @@ import subprocess
 import tempfile
 import threading
 from collections import Counter
+from datetime import timedelta
 from pathlib import Path
 
 import orjson
 
-from emulators.office365.harness import EmulatorProcess
+from connectors.logs import Redactor
+from emulators.office365.harness import EmulatorProcess, trust_emulator_ca
 from emulators.process import ChildProcess, ServerProcess, python_child, wait_until
 from emulators.runtime.harness import complete_lines
+from office365.auth import TokenProvider
+from office365.client import ManagementClient
+from office365.config import Office365Configuration, resolve_credential, resolve_endpoints
+from office365.listing import ContentRef, list_pages
+from office365.pacing import ConcurrencyLimit, Gate, QuotaPacer
 
 TRIGGER = "office365_management_api"
 
@@ -214,3 +222,46 @@ class InProcessTrigger:
         self.trigger.stop()
         self.thread.join(timeout)
         assert not self.thread.is_alive(), "the trigger did not stop"
+
+
+# -- an in-process API client on the emulator, and a checkpoint of an earlier run ---------------------------------
+
+GAP_WORDS = "past the API's 7-day retention"
+
+
+def emulator_client(info: dict, timeout: float = 30.0, redactor: Redactor | None = None):
+    config = Office365Configuration(
+        tenant_id=info["tenant_id"], client_id=info["client_id"], client_secret=info["client_secret"],
+        login_url=info["login_url"], management_url=info["management_url"],
+    )
+    endpoints = resolve_endpoints(config)
+    tokens = TokenProvider(endpoints, config.client_id, resolve_credential(config), lambda *a: None,
+                           timeout=timeout, redactor=redactor)
+    gate = Gate(ConcurrencyLimit(4), QuotaPacer(None))
+    return ManagementClient(endpoints.feed, endpoints.publisher_identifier, tokens, gate, timeout=timeout,
+                            rewrite_origin=True)
+
+
+def run_with_client(info: dict, body, **kwargs):
+    async def main():
+        async with emulator_client(info, **kwargs) as client:
+            return await body(client)
+
+    with trust_emulator_ca(info["ca_file"]):
+        return asyncio.run(main())
+
+
+async def first_blob(client: ManagementClient, content_type: str = "Audit.Exchange") -> ContentRef:
+    now = client.now()
+    get = lambda url: client.get(url, "list")  # noqa: E731
+    async for refs, _ in list_pages(client, get, content_type, now - timedelta(hours=12), now):
+        if refs:
+            return refs[0]
+    raise AssertionError("no blob listed")
+
+
+def write_checkpoint(workdir, resume: dict[str, float]) -> None:
+    """A checkpoint of an earlier run that listed content (``initial`` empty), in the rig's data path."""
+    state_dir = workdir / "data" / "state" / "office365_management_api"
+    state_dir.mkdir(parents=True)
+    (state_dir / "office365-checkpoint.json").write_bytes(orjson.dumps({"version": 1, "resume": resume, "initial": []}))

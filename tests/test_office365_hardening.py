@@ -14,59 +14,22 @@ import orjson
 import pytest
 
 from connectors.logs import Redactor
-from emulators.office365.harness import trust_emulator_ca
 from emulators.process import wait_until
-from office365.auth import TokenProvider
-from office365.client import ManagementClient, TransientError
-from office365.config import Office365Configuration, resolve_credential, resolve_endpoints
+from office365.client import TransientError
 from office365.fetcher import get_with_retries
-from office365.listing import RETENTION, ContentRef, RelistSchedule, horizon, list_pages
-from office365.pacing import ConcurrencyLimit, Gate, QuotaPacer
+from office365.listing import RETENTION, RelistSchedule, horizon, list_pages
 from tests.o365_fixtures import o365_emulator_factory  # noqa: F401
-from tests.o365_helpers import InProcessTrigger, O365Rig, free_port
+from tests.o365_helpers import (
+    GAP_WORDS,
+    InProcessTrigger,
+    O365Rig,
+    first_blob,
+    free_port,
+    run_with_client,
+    write_checkpoint,
+)
 
 pytestmark = pytest.mark.timeout(240)
-
-GAP_WORDS = "past the API's 7-day retention"
-
-
-def emulator_client(info: dict, timeout: float = 30.0, redactor: Redactor | None = None):
-    config = Office365Configuration(
-        tenant_id=info["tenant_id"], client_id=info["client_id"], client_secret=info["client_secret"],
-        login_url=info["login_url"], management_url=info["management_url"],
-    )
-    endpoints = resolve_endpoints(config)
-    tokens = TokenProvider(endpoints, config.client_id, resolve_credential(config), lambda *a: None,
-                           timeout=timeout, redactor=redactor)
-    gate = Gate(ConcurrencyLimit(4), QuotaPacer(None))
-    return ManagementClient(endpoints.feed, endpoints.publisher_identifier, tokens, gate, timeout=timeout,
-                            rewrite_origin=True)
-
-
-def run_with_client(info: dict, body, **kwargs):
-    async def main():
-        async with emulator_client(info, **kwargs) as client:
-            return await body(client)
-
-    with trust_emulator_ca(info["ca_file"]):
-        return asyncio.run(main())
-
-
-async def first_blob(client: ManagementClient, content_type: str = "Audit.Exchange") -> ContentRef:
-    now = client.now()
-    get = lambda url: client.get(url, "list")  # noqa: E731
-    async for refs, _ in list_pages(client, get, content_type, now - timedelta(hours=12), now):
-        if refs:
-            return refs[0]
-    raise AssertionError("no blob listed")
-
-
-def write_checkpoint(workdir, resume: dict[str, float]) -> None:
-    """A checkpoint of an earlier run that listed content (``initial`` empty), in the rig's data path."""
-    state_dir = workdir / "data" / "state" / "office365_management_api"
-    state_dir.mkdir(parents=True)
-    (state_dir / "office365-checkpoint.json").write_bytes(orjson.dumps({"version": 1, "resume": resume, "initial": []}))
-
 
 # -- 5. slow transfers --------------------------------------------------------------------------------------------
 

@@ -14,8 +14,7 @@ from emulators.process import wait_until
 from office365 import metrics
 from office365.listing import RETENTION
 from tests.o365_fixtures import o365_emulator_factory  # noqa: F401
-from tests.o365_helpers import InProcessTrigger, O365Rig
-from tests.test_office365_hardening import GAP_WORDS, first_blob, run_with_client, write_checkpoint
+from tests.o365_helpers import GAP_WORDS, InProcessTrigger, O365Rig, first_blob, run_with_client, write_checkpoint
 
 pytestmark = pytest.mark.timeout(240)
 
