@@ -186,9 +186,13 @@ def test_stop_and_kill_mid_backlog_lose_nothing(tmp_path):
         # SIGKILL at any moment loses nothing: what was not acknowledged is fetched again.
         proc.kill()
         at_kill = rig.delivered_count()
+        pages = rig.listing_pages()
         proc = rig.start_trigger(config, "trigger-3.log")
         try:
             assert rig.wait_complete(120), rig.comparison()
+            # What was in flight at the kill may complete the backlog before this run is up: stop it once it has
+            # listed (past its start, its stop handler installed), not while it is still importing.
+            assert wait_until(lambda: rig.listing_pages() > pages, 60)
         finally:
             assert rig.stop_trigger(proc) == 0
         comparison = rig.comparison()
