@@ -6,6 +6,7 @@ never loads msal, so each starts collecting sooner.
 
 import importlib
 import os
+import signal
 import sys
 
 TRIGGERS = {
@@ -14,7 +15,14 @@ TRIGGERS = {
 }
 
 
+def _stopped_while_starting(signum: int, frame: object) -> None:
+    """SIGTERM before the trigger exists (the SDK's handler replaces this one when it does): nothing is collected
+    or acknowledged yet, so stopping here loses nothing; exit like a clean stop, not by the signal's default."""
+    raise SystemExit(0)
+
+
 def main() -> int:
+    signal.signal(signal.SIGTERM, _stopped_while_starting)
     # Every file the process writes holds audit data or leads to it (state, ledgers, set-aside events, the
     # records files of playbook events): readable by this user only (files 0600, directories 0700).
     os.umask(0o077)

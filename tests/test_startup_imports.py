@@ -6,6 +6,7 @@ delivered. Read from the interpreter's own import log (``PYTHONPROFILEIMPORTTIME
 from __future__ import annotations
 
 import re
+import signal
 from pathlib import Path
 
 from emulators.process import wait_until
@@ -40,3 +41,17 @@ def test_eventhub_trigger_imports_no_msal(tmp_path, monkeypatch):
     imported = top_level_imports(tmp_path / "trigger-0.log")
     assert {"azure", "azure_eventhub", "sekoia_automation"} <= imported
     assert "msal" not in imported and "office365" not in imported, sorted(imported)
+
+
+def test_sigterm_while_starting_is_a_clean_stop(tmp_path, monkeypatch):
+    """An orchestrator may stop a container in its first second, before the SDK installs its own handler: the
+    process ends with 0 (a clean stop: nothing was collected yet), not by the signal's default action (-15)."""
+    monkeypatch.setenv("PYTHONPROFILEIMPORTTIME", "1")
+    with O365Rig(tmp_path, "--blobs", "2", "--records-per-blob", "3") as rig:
+        proc = rig.start_trigger()
+        log = tmp_path / "trigger.log"
+        # Still importing: the SDK's modules are loading, the trigger (and its handler) does not exist yet.
+        assert wait_until(lambda: b"sekoia_automation" in log.read_bytes(), 30)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait_for(30) == 0, log.read_bytes()[-2000:]
+        assert rig.delivered_count() == 0
