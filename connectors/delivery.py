@@ -1,10 +1,12 @@
 """Delivery to the Sekoia runtime: batching, two ways out, answers classified, acknowledgements after confirmation.
 
 A trigger hands serialized events to a ``Forwarder`` together with an acknowledgement callback (save a
-checkpoint, record a blob as done). The forwarder buffers them, cuts batches on count, bytes or age, and
-delivery threads send each batch through a ``Sink`` (``connectors.sinks``: the intake ``/batch`` API, or a
-playbook event pointing at a records file) until the runtime confirms it. Only then are the batch's acknowledgements called, in the order
-they were added, so nothing is ever marked as read before it was delivered.
+checkpoint, record a blob as done). Everything runs on the trigger's one event loop: ``await add(...)`` buffers
+(and is the backpressure), batches are cut on count, bytes or age, and sender tasks send each through a ``Sink``
+(``connectors.sinks``: the intake ``/batch`` API over aiohttp, or a playbook event pointing at a records file)
+until the runtime confirms it. Only then are the batch's acknowledgements called, on the loop, in the order they
+were added, so nothing is ever marked as read before it was delivered. File writes go through
+``asyncio.to_thread``.
 
 The runtime's answers, for both sinks:
 
@@ -28,16 +30,16 @@ disk) is retried with backoff like an outage, said once; nothing after it is ack
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-import requests
+import aiohttp
 from sekoia_automation.constants import EVENT_BYTES_MAX_SIZE
 
 from connectors import metrics
@@ -45,12 +47,12 @@ from connectors.errors import ConfigurationError
 from connectors.logs import OnceLogger
 from connectors.retry import Backoff
 from connectors.setaside import Kept, SetAsideStore
-from connectors.sinks import Misdirected, Refused, Request, RetryableError, Sink, clean_up, post
+from connectors.sinks import Misdirected, Refused, Request, RetryableError, Sink, clean_up, client_session, post
 from connectors.truncation import digest, shorten
 
 logger = logging.getLogger(__name__)
 
-Ack = Callable[[], None]
+Ack = Callable[[], None]  # runs on the loop and must not block (record a position; files via asyncio.to_thread)
 T = TypeVar("T")
 LogFunction = Callable[[str, str], None]  # (message, level)
 
@@ -117,13 +119,17 @@ class _Batch:
 
 
 class Forwarder:
-    """Buffers events, delivers them in batches on sender threads, and acknowledges after the runtime confirmed.
+    """Buffers events, delivers them in batches from sender tasks on the trigger's event loop, and acknowledges
+    after the runtime confirmed.
 
-    Batches are numbered in the order they were cut, under one lock. Several may be on the wire at once, but
-    their acknowledgements run strictly in that order, each only once every batch before it was confirmed: an
-    acknowledgement never runs before every event added ahead of it was delivered, whichever thread adds,
-    flushes or sends. After a batch that was never confirmed (stopping, a configuration error), nothing more is
-    sent and no later acknowledgement runs.
+    Batches are numbered in the order they were cut. Several may be on the wire at once, but their
+    acknowledgements run on the loop strictly in that order, each only once every batch before it was confirmed:
+    an acknowledgement never runs before every event added ahead of it was delivered. After a batch that was never
+    confirmed (stopping, a configuration error), nothing more is sent and no later acknowledgement runs.
+
+    Everything runs on the one loop the forwarder was made on (construct it inside the trigger's ``run_async``),
+    so its state needs no lock; only ``stopping`` may be called from elsewhere (a signal handler, another thread),
+    and it only sets a deadline that the waits poll.
     """
 
     def __init__(
@@ -134,7 +140,7 @@ class Forwarder:
         limits: BatchLimits = BatchLimits(),
         log: LogFunction | None = None,
         set_aside: SetAsideStore | None = None,
-        session: requests.Session | None = None,
+        session: aiohttp.ClientSession | None = None,  # made on first use (on the loop), closed by close()
         # A slow intake may take over a minute to answer: giving up sooner would resend (duplicates) forever.
         # Stopping does not wait for it: attempts are then bounded by the stop deadline.
         timeout: tuple[float, float] = (10.0, 120.0),
@@ -142,26 +148,30 @@ class Forwarder:
         on_delivered: Callable[[int], None] | None = None,
         on_fatal: Callable[[ConfigurationError], None] | None = None,
     ):
+        self._loop = asyncio.get_running_loop()  # raises outside a running loop: the senders are its tasks
         self.sink = sink
         self.trigger = trigger
         self.limits = limits
         self._log = log or (lambda message, level: logger.log(logging.getLevelName(level.upper()), message))
         self._set_aside_store = set_aside
-        self._session = session or requests.Session()
+        self._keeping = asyncio.Lock()  # one set-aside write at a time (producers and senders both keep events)
+        self._session = session
         self._timeout = timeout
+        self._usual_timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout[0], sock_read=timeout[1])
         self._backoff = backoff
         self._on_delivered = on_delivered
         self._on_fatal = on_fatal
-        self._lock = threading.Condition()
         self._batch = _Batch()
+        self._age_timer: asyncio.TimerHandle | None = None  # cuts the buffer once its oldest event is max_age old
         self._ready: deque[_Batch] = deque()
+        self._idle = 0  # senders waiting for a batch
+        self._waiters: set[asyncio.Future[None]] = set()  # tasks waiting for the state to change
         self._cut_count = 0  # batches cut so far: the next batch's number
         self._acked_count = 0  # batches whose acknowledgements ran (or were dropped): all below this number
         self._finished: dict[int, tuple[_Batch, bool]] = {}  # sent batches waiting for their turn to be acked
-        self._ack_turn = threading.Lock()  # one thread at a time runs acknowledgements, in order
         self._closed = False
+        self._closing: asyncio.Task[bool] | None = None
         self._abort_at: float | None = None  # once stopping: no attempt starts or waits past this moment
-        self._wake = threading.Event()  # cuts a backoff sleep short when stopping or failing
         self._outage = OnceLogger(self._log)
         self._local_trouble = OnceLogger(self._log)  # a local write failing (full disk): said once, retried
         self._unexpected = OnceLogger(self._log)
@@ -172,95 +182,104 @@ class Forwarder:
         self.shortened = 0
         self.refused = 0
         self._refused_in_a_row = 0  # requests the runtime refused since it last confirmed one, across senders
-        # Daemon threads: one blocked in an HTTP call when the process ends is abandoned, never waited for.
-        self._threads = [
-            threading.Thread(target=self._deliver_loop, name=f"deliver-{trigger}-{n}", daemon=True)
-            for n in range(max(1, limits.senders))
-        ]
-        for thread in self._threads:
-            thread.start()
+        self._senders = [self._loop.create_task(self._sender(), name=f"deliver-{trigger}-{n}")
+                         for n in range(max(1, limits.senders))]
 
     # -- producer side -------------------------------------------------------------------------------------
 
-    def add(self, events: Iterable[bytes], ack: Ack | None = None, origin: str = "") -> int:
-        """Buffer serialized events (one JSON document each); ``ack`` runs once all of them were confirmed."""
+    async def add(self, events: Iterable[bytes], ack: Ack | None = None, origin: str = "") -> int:
+        """Buffer serialized events (one JSON document each); ``ack`` runs on the loop once all of them, and all
+        added before them, were confirmed. Awaiting it is the backpressure: it returns once at most
+        ``limits.in_flight`` cut batches wait for a sender (at once when stopping). Returns how many were taken:
+        0 once a batch was not confirmed (nothing after it could be acknowledged)."""
         if self._failure is not None:
-            return 0  # a batch was not confirmed: nothing after it can be acknowledged, so nothing is taken
-        events = self._fit(events, origin)  # outside the lock: shortening and keeping are slow
+            return 0
+        events = await self._fit(events, origin)
+        if self._failure is not None:
+            return 0
+        max_events, max_bytes = self.limits.max_events, self.limits.max_bytes
         added = 0
-        with self._lock:
-            if self._failure is not None:
-                return 0
-            for event in events:
+        batch: _Batch | None = self._current() if events else None
+        for event in events:
+            if batch is None:
                 batch = self._current()
-                batch.events.append(event)
-                batch.origins.append(origin)
-                batch.size += len(event)
-                added += 1
-                if len(batch.events) >= self.limits.max_events or batch.size >= self.limits.max_bytes:
-                    self._cut()
-                    self._wait_for_room()
-            if ack is not None:
-                if self._batch or not self._ready:
-                    self._current().acks.append(ack)
-                else:  # the unit ended exactly on a batch boundary: ride with its last events
-                    self._ready[-1].acks.append(ack)
+            batch.events.append(event)
+            batch.origins.append(origin)
+            batch.size += len(event)
+            added += 1
+            if len(batch.events) >= max_events or batch.size >= max_bytes:
+                self._cut()
+                await self._wait_for_room()
+                if self._failure is not None:
+                    return added
+                batch = None
+        if ack is not None:
+            if self._batch or not self._ready:
+                self._current().acks.append(ack)
+            else:  # the unit ended exactly on a batch boundary: ride with its last events
+                self._ready[-1].acks.append(ack)
         return added
 
-    def _wait_for_room(self) -> None:
-        """Backpressure (caller holds the lock): the producer waits while the runtime is behind, unless stopping."""
+    async def _wait_for_room(self) -> None:
+        """Backpressure: the producer waits while the runtime is behind, unless stopping (polled: ``stopping``
+        cannot wake anyone) or failed."""
         while len(self._ready) > self.limits.in_flight and self._abort_at is None and self._failure is None:
-            self._lock.wait(1.0)
+            await self._wait_change(SLEEP_SLICE)
 
     def flush(self) -> None:
         """Queue the current buffer for delivery now (acknowledgements alone are queued too)."""
-        with self._lock:
-            self._cut()
+        self._cut()
 
-    def drain(self, timeout: float | None = None) -> bool:
+    async def drain(self, timeout: float | None = None) -> bool:
         """Flush and wait until every queued batch was confirmed (or aborted). True when all were confirmed."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._lock:
-            self._cut()
-            while self._acked_count < self._cut_count:
-                remaining = 1.0 if deadline is None else deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._lock.wait(min(remaining, 1.0))
+        self._cut()
+        while self._acked_count < self._cut_count:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return False
+            await self._wait_change(remaining)
         return self._failure is None
 
     def stopping(self, grace: float = STOP_GRACE_SECONDS) -> None:
         """The trigger was asked to stop: delivery gets ``grace`` seconds from now, producers stop waiting for room.
 
-        Safe from a signal handler: it only sets values (no lock), and waiters poll them (a sender sleeping
+        Safe from a signal handler or another thread: it only sets a value, which waiters poll (a sender sleeping
         between attempts looks every ``SLEEP_SLICE`` and makes one more attempt).
         """
         deadline = time.monotonic() + grace
         if self._abort_at is None or deadline < self._abort_at:
             self._abort_at = deadline
 
-    def close(self, grace: float = STOP_GRACE_SECONDS) -> bool:
+    async def close(self, grace: float = STOP_GRACE_SECONDS) -> bool:
         """Deliver what is buffered until the stop deadline (``grace`` from now, or sooner if ``stopping`` set
-        one), then stop; returns by that deadline even when a sender is stuck in an HTTP call. True when every
-        batch was confirmed. Batches not confirmed by then are never acknowledged."""
-        with self._lock:
-            if self._closed:
-                return self._failure is None and self._acked_count == self._cut_count
+        one), then cancel the senders, even one in the middle of an HTTP call, and close the session: returns by
+        that deadline whatever the runtime does. True when every batch was confirmed; batches not confirmed by
+        then are never acknowledged. Idempotent: a second call waits for the first's result."""
+        if self._closing is None:
+            self._closing = self._loop.create_task(self._close(grace))
+        return await asyncio.shield(self._closing)
+
+    async def _close(self, grace: float) -> bool:
         self.stopping(grace)
         deadline = self._abort_at or time.monotonic()
-        confirmed = self.drain(timeout=max(0.0, deadline - time.monotonic()))
-        with self._lock:
-            self._closed = True
-            if self._acked_count < self._cut_count:
-                self._failure = self._failure or "stopped before the runtime confirmed every batch"
-            self._lock.notify_all()
-        self._wake.set()
-        # An acknowledgement under way finishes before close returns (the trigger closes its state next); a sender
-        # stuck in an HTTP call is left behind: its batch will not be acknowledged.
-        if self._ack_turn.acquire(timeout=max(0.5, deadline - time.monotonic())):
-            self._ack_turn.release()
-        for thread in self._threads:
-            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        confirmed = await self.drain(timeout=max(0.0, deadline - time.monotonic()))
+        self._closed = True
+        if self._acked_count < self._cut_count:
+            self._failure = self._failure or "stopped before the runtime confirmed every batch"
+            self._aborted()
+        self._drop_age_timer()
+        self._notify()
+        for task in self._senders:
+            task.cancel()  # one stuck in an HTTP call included: its batch is not acknowledged
+        await asyncio.gather(*self._senders, return_exceptions=True)
+        # What the senders never finished is dropped: nothing is left to wait for.
+        self._ready.clear()
+        self._finished.clear()
+        self._acked_count = self._cut_count
+        metrics.pending_batches.labels(self.trigger).set(0)
+        if self._session is not None:
+            await self._session.close()
         return confirmed
 
     @property
@@ -279,32 +298,71 @@ class Forwarder:
         return self._outage.lasting()
 
     def _current(self) -> _Batch:
-        if not self._batch:
-            self._batch.started = time.monotonic()
-        return self._batch
+        """The batch to add to (call only to add to it): an empty one starts its age clock."""
+        batch = self._batch
+        if not batch:
+            batch.started = time.monotonic()
+            self._drop_age_timer()
+            self._age_timer = self._loop.call_later(self.limits.max_age, self._aged)
+        return batch
+
+    def _aged(self) -> None:
+        """The oldest buffered event is ``max_age`` old: cut now if a sender waits; else the first sender to free
+        up cuts it (``_next_batch``), so a busy runtime gets full batches rather than more, smaller ones."""
+        self._age_timer = None
+        if self._idle:
+            self._cut()
+
+    def _drop_age_timer(self) -> None:
+        if self._age_timer is not None:
+            self._age_timer.cancel()
+            self._age_timer = None
 
     def _cut(self) -> None:
-        """Queue the current batch (caller holds the lock)."""
+        """Queue the current batch."""
+        self._drop_age_timer()
         if self._batch:
             self._batch.seq = self._cut_count
             self._cut_count += 1
             self._ready.append(self._batch)
             self._batch = _Batch()
             metrics.pending_batches.labels(self.trigger).set(self.pending)
-            self._lock.notify_all()
+            self._notify()
+
+    # Waiting on the loop: a task waits for "something changed" (a cut, a batch taken or acknowledged, a failure)
+    # with an optional timeout, and re-checks its own condition.
+
+    async def _wait_change(self, timeout: float | None = None) -> None:
+        waiter = self._loop.create_future()
+        self._waiters.add(waiter)
+        timer = self._loop.call_later(timeout, _settle, waiter) if timeout is not None else None
+        try:
+            await waiter
+        finally:
+            self._waiters.discard(waiter)
+            if timer is not None:
+                timer.cancel()
+
+    def _notify(self) -> None:
+        waiters, self._waiters = self._waiters, set()
+        for waiter in waiters:
+            _settle(waiter)
 
     # -- events the intake cannot take as they are -----------------------------------------------------------
 
-    def _fit(self, events: Iterable[bytes], origin: str) -> list[bytes]:
-        """``events`` with those over the intake's limit shortened; their originals kept (one write per call)."""
-        events = list(events)  # a copy: the caller's list stays as it was
+    async def _fit(self, events: Iterable[bytes], origin: str) -> Sequence[bytes]:
+        """``events`` with those over the intake's limit shortened (off the loop); their originals kept (one write
+        per call). The caller's list is never changed."""
+        if not isinstance(events, (list, tuple)):
+            events = list(events)
         oversize = [index for index, event in enumerate(events) if len(event) > EVENT_BYTES_MAX_SIZE]
         if not oversize:
             return events
+        events = list(events)
+        shortened = await asyncio.to_thread(lambda: [shorten(events[index], EVENT_BYTES_MAX_SIZE) for index in oversize])
         originals, lines = [], []
-        for index in oversize:
+        for index, short in zip(oversize, shortened):
             event = events[index]
-            short = shorten(event, EVENT_BYTES_MAX_SIZE)
             events[index] = short.event
             originals.append(Kept(event, origin, "oversize", sent=True))
             cut = ", ".join(short.fields[:5]) + (f" and {len(short.fields) - 5} more" if len(short.fields) > 5 else "")
@@ -314,15 +372,22 @@ class Forwarder:
                 f"({f'cut: {cut}' if cut else 'text cut'}, marked `sekoia_truncated`); the full event (sha256 "
                 f"{short.sha256}) is ")
         try:
-            where = self._where(self._set_aside_store is not None and self._set_aside_store.keep(originals))
+            where = self._where(await self._keep(originals))
         except OSError as error:  # the shortened events still go: only the local copy is missing
             where = f"not kept (the set-aside file cannot be written: {error})"
-        with self._lock:
-            self.shortened += len(oversize)
+        self.shortened += len(oversize)
         metrics.oversize_events.labels(self.trigger).inc(len(oversize))
         for line in lines:
             self._log(line + where, "warning")
         return events
+
+    async def _keep(self, kept: list[Kept]) -> bool:
+        """Write events to the set-aside file, off the loop, one write at a time; False when not kept."""
+        store = self._set_aside_store
+        if store is None:
+            return False
+        async with self._keeping:
+            return await asyncio.to_thread(store.keep, kept)
 
     def _where(self, kept: bool) -> str:
         if kept:
@@ -331,13 +396,13 @@ class Forwarder:
             return "not kept (no set-aside file)"
         return f"not kept ({self._set_aside_store.path} is at its cap of {self._set_aside_store.cap_bytes} bytes)"
 
-    def _set_aside(self, kept: list[Kept]) -> int:
+    async def _set_aside(self, kept: list[Kept]) -> int:
         """Keep the events of one request the runtime would not take as they were (one write, one line per kind);
         returns how many were not sent. Refused events that cannot be kept stop everything: nothing past them is
         acknowledged (raises DeliveryAborted)."""
         if not kept:
             return 0
-        stored = self._locally(lambda: self._set_aside_store is not None and self._set_aside_store.keep(kept))
+        stored = await self._locally(lambda: self._keep(kept))
         refused = [entry for entry in kept if not entry.sent]
         shortened = [entry for entry in kept if entry.sent]
         if refused and not stored:
@@ -349,15 +414,13 @@ class Forwarder:
             raise DeliveryAborted("refused events cannot be kept")
         where = self._where(stored)
         if shortened:
-            with self._lock:
-                self.shortened += len(shortened)
+            self.shortened += len(shortened)
             metrics.oversize_events.labels(self.trigger).inc(len(shortened))
             self._log(f"The runtime refused {_count(shortened)} as too large (HTTP 413) from "
                       f"{_origins(shortened)}: sent shortened to half their size (marked `sekoia_truncated`); the "
                       f"full events are {where}", "warning")
         if refused:
-            with self._lock:
-                self.refused += len(refused)
+            self.refused += len(refused)
             metrics.refused_events.labels(self.trigger).inc(len(refused))
             hashes = ", ".join(digest(entry.event) for entry in refused[:ORIGINS_NAMED])
             self._log(f"The runtime refused {_count(refused)} ({refused[0].reason.removeprefix('refused: ')}) from "
@@ -366,47 +429,53 @@ class Forwarder:
                       "goes on", "warning")
         return len(refused)
 
-    # -- delivery threads ----------------------------------------------------------------------------------
+    # -- sender tasks --------------------------------------------------------------------------------------
 
-    def _deliver_loop(self) -> None:
+    async def _sender(self) -> None:
         while True:
-            with self._lock:
-                while not self._ready and not self._closed:
-                    if self._batch and time.monotonic() - self._batch.started >= self.limits.max_age:
-                        self._cut()
-                        break
-                    self._lock.wait(self.limits.max_age / 4)
-                if not self._ready:
-                    return  # closed and nothing left
-                batch = self._ready.popleft()
-                self._lock.notify_all()
+            batch = await self._next_batch()
+            if batch is None:
+                return
             confirmed = False
             try:
-                confirmed = self._deliver(batch)
-            finally:  # whatever happened, the batch takes its turn: later acknowledgements never wait on it forever
-                with self._lock:
-                    self._finished[batch.seq] = (batch, confirmed)
+                confirmed = await self._deliver(batch)
+            finally:  # whatever happened (cancelled by close too), the batch takes its turn: later ones never wait
+                self._finished[batch.seq] = (batch, confirmed)
                 self._acknowledge_in_order()
 
-    def _acknowledge_in_order(self) -> None:
-        with self._ack_turn:
-            while True:
-                with self._lock:
-                    entry = self._finished.pop(self._acked_count, None)
-                    if entry is None:
-                        return
-                    batch, confirmed = entry
-                    if not confirmed:
-                        self._failure = self._failure or "a batch was not confirmed"
-                    failed = self._failure is not None
-                if not failed:
-                    self._run_acks(batch)
-                with self._lock:
-                    self._acked_count += 1
-                    metrics.pending_batches.labels(self.trigger).set(self.pending)
-                    self._lock.notify_all()
+    async def _next_batch(self) -> _Batch | None:
+        """The oldest cut batch; when none, the buffer once its oldest event is ``max_age`` old. None once closed."""
+        while not self._ready:
+            if self._closed:
+                return None
+            if self._batch and time.monotonic() - self._batch.started >= self.limits.max_age:
+                self._cut()
+                break
+            self._idle += 1
+            try:
+                await self._wait_change()
+            finally:
+                self._idle -= 1
+        batch = self._ready.popleft()
+        self._notify()  # a producer may have room now
+        return batch
 
-    def _deliver(self, batch: _Batch) -> bool:
+    def _acknowledge_in_order(self) -> None:
+        """Runs the acknowledgements of every finished batch whose turn came (synchronous: nothing interleaves)."""
+        progressed = False
+        while (entry := self._finished.pop(self._acked_count, None)) is not None:
+            batch, confirmed = entry
+            if not confirmed:
+                self._failure = self._failure or "a batch was not confirmed"
+            if self._failure is None:
+                self._run_acks(batch)
+            self._acked_count += 1
+            progressed = True
+        if progressed:
+            metrics.pending_batches.labels(self.trigger).set(self.pending)
+            self._notify()
+
+    async def _deliver(self, batch: _Batch) -> bool:
         """Send one batch until every event was confirmed or set aside; False when it was not (then nothing
         later is sent either). An unexpected error is retried with backoff, like an outage: delivery never stops
         silently behind the heartbeats."""
@@ -416,30 +485,26 @@ class Forwarder:
             if self._failure is not None:
                 return False
             try:
-                refused = self._send(batch.events, batch.origins)
+                refused = await self._send(batch.events, batch.origins)
                 self._unexpected.ended("Delivery works again")
                 break
             except DeliveryAborted:
                 metrics.delivery_batches.labels(self.trigger, "aborted").inc()
-                if not self._abort_told and self.fatal_error is None:  # one line per stop, however many batches
-                    self._abort_told = True
-                    self._log("Stopped before the runtime confirmed every event: those not confirmed were not "
-                              "marked as read and will be collected again at the next start", "warning")
+                self._aborted()
                 return False
             except Misdirected as refusal:
                 self._fail(self.sink.configuration_error(refusal))
                 return False
-            except Exception as error:  # noqa: BLE001 - a bug must not end the thread: the batch is sent again
+            except Exception as error:  # noqa: BLE001 - a bug must not end the sender: the batch is sent again
                 self._unexpected.began(f"Delivery failed unexpectedly ({error!r}); retrying the batch (some of its "
                                        "events may be sent twice)", "error")
                 try:
-                    self._pause(backoff.next_delay())
+                    await self._pause(backoff.next_delay())
                 except DeliveryAborted:
                     return False
         count = len(batch.events) - refused
         if count:
-            with self._lock:
-                self.delivered += count
+            self.delivered += count
             metrics.delivered_events.labels(self.trigger).inc(count)
             metrics.delivery_batches.labels(self.trigger, "confirmed").inc()
             metrics.delivery_seconds.labels(self.trigger).observe(time.monotonic() - started)
@@ -450,92 +515,110 @@ class Forwarder:
                     self._log(f"Counting {count} delivered events failed ({error!r})", "error")
         return True
 
-    def _send(self, events: list[bytes], origins: list[str]) -> int:
+    def _aborted(self) -> None:
+        """One line per stop, however many batches were left unconfirmed (none after a configuration error)."""
+        if not self._abort_told and self.fatal_error is None:
+            self._abort_told = True
+            self._log("Stopped before the runtime confirmed every event: those not confirmed were not "
+                      "marked as read and will be collected again at the next start", "warning")
+
+    async def _prepare(self, events: list[bytes]) -> list[Request]:
+        """The sink's requests: on the loop when it only encodes (CPU), off it when it writes files."""
+        if self.sink.local_writes:
+            return await asyncio.to_thread(self.sink.prepare, events)
+        return self.sink.prepare(events)
+
+    async def _clean_up(self, requests_: list[Request]) -> None:
+        if any(request.cleanup is not None for request in requests_):
+            await asyncio.to_thread(clean_up, requests_)
+
+    async def _send(self, events: list[bytes], origins: list[str]) -> int:
         """Deliver a batch; the events the runtime refuses are isolated and set aside, one write per request.
         Returns how many were not sent."""
         if not events:
             return 0
         try:
-            requests_ = self._locally(lambda: self.sink.prepare(events))
+            requests_ = await self._locally(lambda: self._prepare(events))
         except ValueError as error:  # an event the sink cannot encode (not UTF-8): find it like a refused one
             kept: list[Kept] = []
-            self._isolate(events, origins, Refused(0, f"cannot be encoded: {type(error).__name__}"), kept)
-            return self._set_aside(kept)
+            await self._isolate(events, origins, Refused(0, f"cannot be encoded: {type(error).__name__}"), kept)
+            return await self._set_aside(kept)
         refused = 0
         try:
             for request in requests_:
                 span = slice(request.start, request.stop)
                 kept = []
-                self._post_or_isolate(request, events[span], origins[span], kept)
-                refused += self._set_aside(kept)
+                await self._post_or_isolate(request, events[span], origins[span], kept)
+                refused += await self._set_aside(kept)
         finally:
-            clean_up(requests_)
+            await self._clean_up(requests_)
         return refused
 
-    def _try(self, events: list[bytes], origins: list[str], kept: list[Kept]) -> None:
+    async def _try(self, events: list[bytes], origins: list[str], kept: list[Kept]) -> None:
         """Deliver part of a refused request; what is refused again goes on being isolated into ``kept``."""
         try:
-            requests_ = self._locally(lambda: self.sink.prepare(events))
+            requests_ = await self._locally(lambda: self._prepare(events))
         except ValueError as error:
             if len(events) == 1:
                 kept.append(Kept(events[0], origins[0], f"refused: cannot be encoded: {type(error).__name__}"))
                 return
-            self._isolate(events, origins, Refused(0, f"cannot be encoded: {type(error).__name__}"), kept)
+            await self._isolate(events, origins, Refused(0, f"cannot be encoded: {type(error).__name__}"), kept)
             return
         try:
             for request in requests_:
                 span = slice(request.start, request.stop)
-                self._post_or_isolate(request, events[span], origins[span], kept)
+                await self._post_or_isolate(request, events[span], origins[span], kept)
         finally:
-            clean_up(requests_)
+            await self._clean_up(requests_)
 
-    def _post_or_isolate(self, request: Request, events: list[bytes], origins: list[str], kept: list[Kept]) -> None:
+    async def _post_or_isolate(self, request: Request, events: list[bytes], origins: list[str],
+                               kept: list[Kept]) -> None:
         try:
-            self._send_until_confirmed(request)
+            await self._send_until_confirmed(request)
         except Refused as refusal:
-            self._isolate(events, origins, refusal, kept)
+            await self._isolate(events, origins, refusal, kept)
 
-    def _isolate(self, events: list[bytes], origins: list[str], refusal: Refused, kept: list[Kept]) -> None:
+    async def _isolate(self, events: list[bytes], origins: list[str], refusal: Refused, kept: list[Kept]) -> None:
         """``events`` were refused together: halves are sent again until the refused events are alone."""
         if len(events) == 1:
-            self._refused_alone(events[0], origins[0], refusal, kept)
+            await self._refused_alone(events[0], origins[0], refusal, kept)
             return
         half = len(events) // 2
-        self._try(events[:half], origins[:half], kept)
-        self._try(events[half:], origins[half:], kept)
+        await self._try(events[:half], origins[:half], kept)
+        await self._try(events[half:], origins[half:], kept)
 
-    def _refused_alone(self, event: bytes, origin: str, refusal: Refused, kept: list[Kept]) -> None:
+    async def _refused_alone(self, event: bytes, origin: str, refusal: Refused, kept: list[Kept]) -> None:
         """A lone event refused: too large for this intake (413), it goes once more shortened to half its size."""
         if refusal.status == 413:
-            short = shorten(event, len(event) // 2).event
-            requests_ = self._locally(lambda: self.sink.prepare([short]))
+            short = (await asyncio.to_thread(shorten, event, len(event) // 2)).event
+            requests_ = await self._locally(lambda: self._prepare([short]))
             try:
                 for request in requests_:
-                    self._send_until_confirmed(request)
+                    await self._send_until_confirmed(request)
                 kept.append(Kept(event, origin, f"too large for the intake (HTTP 413): sent shortened to "
                                                 f"{len(short)} bytes", sent=True))
                 return
             except Refused as again:
                 refusal = again
             finally:
-                clean_up(requests_)
+                await self._clean_up(requests_)
         if refusal.status:
             kept.append(Kept(event, origin, f"refused: {refusal}", by_runtime=True))
         else:
             kept.append(Kept(event, origin, f"refused: {refusal.detail}"))
 
-    def _locally(self, write: Callable[[], T]) -> T:
+    async def _locally(self, write: Callable[[], Awaitable[T]]) -> T:
         """A local write (records file, set-aside file), retried with backoff while it fails (a full disk)."""
         backoff = self._backoff()
         while True:
             if self._failure is not None:
                 raise DeliveryAborted(self._failure)
             try:
-                result = write()
+                result = await write()
             except OSError as error:
                 self._local_trouble.began(f"Delivery cannot write to the local disk ({error}): retrying until it "
                                           "can; nothing more is marked as read meanwhile", "error")
-                self._pause(backoff.next_delay())
+                await self._pause(backoff.next_delay())
                 continue
             self._local_trouble.ended("Local writes work again; delivery resumed")
             return result
@@ -553,16 +636,20 @@ class Forwarder:
                     "error",
                 )
 
-    def _send_until_confirmed(self, request: Request) -> None:
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = client_session(self.limits.senders)
+        return self._session
+
+    async def _send_until_confirmed(self, request: Request) -> None:
         backoff = self._backoff()
         while True:
             if self._failure is not None:
                 raise DeliveryAborted(self._failure)
             try:
-                post(self._session, request, self._attempt_timeout())
+                await post(self._client(), request, self._attempt_timeout())
                 self._outage_ended()
-                with self._lock:
-                    self._refused_in_a_row = 0
+                self._refused_in_a_row = 0
                 return
             except Refused as refusal:
                 self._outage_ended()  # the runtime answered
@@ -574,20 +661,18 @@ class Forwarder:
             except RetryableError as error:
                 metrics.delivery_retries.labels(self.trigger).inc()
                 self._outage_began(error)
-                self._pause(backoff.next_delay(error.retry_after))
+                await self._pause(backoff.next_delay(error.retry_after))
 
     def _count_refusal(self, refusal: Refused) -> None:
-        with self._lock:
-            self._refused_in_a_row += 1
-            in_a_row = self._refused_in_a_row
-        if in_a_row >= REFUSES_EVERYTHING_REQUESTS:
-            raise Misdirected(refusal.status, f"{in_a_row} requests in a row refused, none confirmed in between: "
-                                              f"{refusal.detail}")
+        self._refused_in_a_row += 1
+        if self._refused_in_a_row >= REFUSES_EVERYTHING_REQUESTS:
+            raise Misdirected(refusal.status, f"{self._refused_in_a_row} requests in a row refused, none confirmed "
+                                              f"in between: {refusal.detail}")
 
-    def _pause(self, delay: float) -> None:
+    async def _pause(self, delay: float) -> None:
         """A backoff sleep, cut short when a stop begins (one more attempt within the grace) or delivery fails;
-        raises DeliveryAborted when stopping leaves no time for it. Polls in slices: ``stopping`` may run in a
-        signal handler, which must not take the lock an Event's set would."""
+        raises DeliveryAborted when stopping leaves no time for it. Sleeps in slices: ``stopping`` may run in a
+        signal handler, which cannot wake the loop."""
         stop_at = self._abort_at
         if stop_at is not None and time.monotonic() + delay > stop_at:
             raise DeliveryAborted("the stop deadline comes before the next attempt")
@@ -596,26 +681,25 @@ class Forwarder:
             left = end - time.monotonic()
             if left <= 0:
                 return
-            self._wake.wait(min(left, SLEEP_SLICE))
+            await asyncio.sleep(min(left, SLEEP_SLICE))
 
-    def _attempt_timeout(self) -> tuple[float, float]:
+    def _attempt_timeout(self) -> aiohttp.ClientTimeout:
         """The usual timeouts, or once stopping what is left before the deadline (none left: no attempt)."""
         if self._abort_at is None:
-            return self._timeout
+            return self._usual_timeout
         left = self._abort_at - time.monotonic()
         if left <= 0:
             raise DeliveryAborted("stop deadline reached")
-        return min(self._timeout[0], left), min(self._timeout[1], left)
+        return aiohttp.ClientTimeout(total=left, sock_connect=min(self._timeout[0], left),
+                                     sock_read=min(self._timeout[1], left))
 
     def _fail(self, error: ConfigurationError) -> None:
         """A configuration error: nothing more is sent or acknowledged; the trigger is told once, to stop."""
-        with self._lock:
-            first = self.fatal_error is None
-            if first:
-                self.fatal_error = error
-                self._failure = str(error)
-            self._lock.notify_all()
-        self._wake.set()
+        first = self.fatal_error is None
+        if first:
+            self.fatal_error = error
+            self._failure = str(error)
+        self._notify()
         if first:
             if self._on_fatal is not None:
                 self._on_fatal(error)
@@ -630,3 +714,8 @@ class Forwarder:
 
     def _outage_ended(self) -> None:
         self._outage.ended("Runtime reachable again; delivery resumed")
+
+
+def _settle(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,13 +14,15 @@ from connectors.truncation import digest
 class SetAsideStore:
     """Keeps, in a capped file, the full events the intake could not take as they were: over its 250,000-byte
     limit (they were sent shortened) or refused by the runtime (not sent). None disappears silently: a refused event
-    the file cannot take stops delivery before anything past it is acknowledged."""
+    the file cannot take stops delivery before anything past it is acknowledged.
+
+    ``keep`` writes and fsyncs: the forwarder calls it through ``asyncio.to_thread``, one call at a time (its own
+    lock on the loop), so the store needs no lock of its own."""
 
     def __init__(self, path: Path, cap_bytes: int = 200_000_000):
         self.journal = Journal(path)
         self.cap_bytes = cap_bytes
         self.written = path.stat().st_size if path.exists() else 0
-        self._lock = threading.Lock()  # producers (oversize) and senders (refused) both write
 
     @property
     def path(self) -> Path:
@@ -34,11 +35,10 @@ class SetAsideStore:
                                "sha256": digest(entry.event), "event": entry.event.decode("utf-8", "replace")})
                  for entry in kept]
         size = sum(len(line) + 1 for line in lines)  # what lands in the file: escaping may make it 6 times the event
-        with self._lock:
-            if self.written + size > self.cap_bytes:
-                return False
-            self.journal.append(orjson.Fragment(line) for line in lines)
-            self.written += size
+        if self.written + size > self.cap_bytes:
+            return False
+        self.journal.append(orjson.Fragment(line) for line in lines)
+        self.written += size
         return True
 
 

@@ -1,12 +1,15 @@
 """The two ways a batch reaches the Sekoia runtime, and what the runtime's answers mean.
 
 ``IntakeSink`` POSTs to the intake's ``/batch`` API; ``PlaybookSink`` writes a records file in the data path and
-sends a playbook event pointing at it. ``post`` turns an answer into confirmed (returns) or an exception saying
-what to do: ``RetryableError`` (try again), ``Refused`` (never as it is: split), ``Misdirected`` (configuration).
+sends a playbook event pointing at it. ``post`` (aiohttp, on the trigger's event loop) turns an answer into confirmed
+(returns) or an exception saying what to do: ``RetryableError`` (try again), ``Refused`` (never as it is: split),
+``Misdirected`` (configuration). Preparing a request is CPU only for the intake (done on the loop); the playbook
+sink writes a file, so it says ``local_writes`` and the forwarder prepares and cleans up off the loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import uuid
@@ -15,8 +18,8 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit
 
+import aiohttp
 import orjson
-import requests
 from sekoia_automation.constants import INTAKE_PAYLOAD_BYTES_MAX_SIZE
 
 from connectors.errors import ConfigurationError
@@ -65,34 +68,48 @@ class Request:
 
 
 class Sink(Protocol):
+    local_writes: bool  # prepare writes files (run it off the loop; clean_up removes them)
+
     def prepare(self, events: list[bytes]) -> list[Request]: ...
 
     def configuration_error(self, refusal: Misdirected) -> ConfigurationError: ...
 
 
-def post(session: requests.Session, request: Request, timeout: tuple[float, float]) -> None:
+async def post(session: aiohttp.ClientSession, request: Request, timeout: aiohttp.ClientTimeout) -> None:
     """Confirmed, or raises what the answer means: RetryableError, Refused or Misdirected."""
     try:
-        response = session.post(request.url, data=request.body, headers=request.headers, timeout=timeout,
-                                allow_redirects=False)  # a redirected POST turns into a GET that "succeeds"
-    except requests.RequestException as error:
+        # A redirected POST turns into a GET that "succeeds": redirects are answers, not followed.
+        async with session.post(request.url, data=request.body, headers=request.headers, timeout=timeout,
+                                allow_redirects=False) as response:
+            status = response.status
+            body = await response.read()  # read whole: the connection goes back to the pool
+            retry_after = response.headers.get("Retry-After")
+            location = response.headers.get("Location", "?")
+    except (aiohttp.ClientError, asyncio.TimeoutError) as error:
         raise RetryableError(f"runtime unreachable: {type(error).__name__}") from None
-    status = response.status_code
     if status < 300:
         return
-    detail = response.text[:200].replace("\n", " ")
+    detail = body[:400].decode("utf-8", "replace")[:200].replace("\n", " ")
     if status >= 500 or status in RETRIED_STATUSES:
-        raise RetryableError(f"runtime answered HTTP {status}: {detail}",
-                             parse_retry_after(response.headers.get("Retry-After")))
+        raise RetryableError(f"runtime answered HTTP {status}: {detail}", parse_retry_after(retry_after))
     if status < 400:
-        raise Misdirected(status, f"redirects to {response.headers.get('Location', '?')}")
+        raise Misdirected(status, f"redirects to {location}")
     if status in CONFIGURATION_STATUSES:
         raise Misdirected(status, detail)
     raise Refused(status, detail)
 
 
+def client_session(connections: int) -> aiohttp.ClientSession:
+    """The session delivery posts through (made on the loop): ``connections`` kept open to the runtime, one per
+    sender. Certificates are checked against the system's authorities; proxies come from the environment, as
+    they did with ``requests``."""
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=max(1, connections)), trust_env=True)
+
+
 class IntakeSink:
     """POSTs ``{"intake_key": KEY, "jsons": [str, ...]}`` to ``{intake}/batch``, in chunks under the payload limit."""
+
+    local_writes = False
 
     def __init__(self, intake_url: str, intake_key: str, user_agent: str):
         self.url = intake_url.rstrip("/") + "/batch"
@@ -137,6 +154,8 @@ class IntakeSink:
 
 class PlaybookSink:
     """Writes the records to a file in the data path and sends a playbook event pointing at it (SDK's send_records)."""
+
+    local_writes = True
 
     def __init__(self, callback_url: str, token: str, data_path: Path, trigger_name: str):
         self.url = callback_url

@@ -257,6 +257,7 @@ class CollectorTrigger(Connector):
 
     @cached_property
     def forwarder(self) -> Forwarder:
+        """The run's forwarder, made at first use on the run's loop (inside ``run_async``), dropped at its end."""
         config = self.configuration
         if config.intake_key:
             try:
@@ -285,16 +286,17 @@ class CollectorTrigger(Connector):
         return f"sekoiaio-connector/{manifest.get('slug', 'microsoft')}-{manifest.get('version', '0')}"
 
     def _stop_on_configuration_error(self, error: ConfigurationError) -> None:
-        """A delivery thread met a configuration error (the intake refused the key): one critical log, stop,
-        exit code 2. Nothing more is sent or acknowledged."""
+        """Delivery met a configuration error (the intake refused the key): one critical log, stop, exit code 2.
+        Nothing more is sent or acknowledged."""
         CollectorTrigger.fatal_error = str(error)
         self.log(str(error), "critical")
         self.stop()
 
     def _delivered(self, count: int) -> None:
+        """On the loop, after each confirmed batch."""
         self._error_count = 0
         self._failures.reset()
-        with self._forwarded_lock:
+        with self._forwarded_lock:  # the status line may be said from another thread (the SDK's heartbeat)
             self._forwarded += count
         self.put_forwarded_events(intake_key=self.metric_intake, count=count)
 
@@ -302,13 +304,15 @@ class CollectorTrigger(Connector):
 
     @abstractmethod
     def collect(self) -> None:
-        """Collect until ``self.running`` turns false; hand records to ``self.forwarder`` with their acks."""
+        """Collect until ``self.running`` turns false, inside ``run_async``; hand records to ``await
+        self.forwarder.add(...)`` with their acks."""
 
     # One way to stop: SIGTERM -> stop() -> the run's stop event, set on its loop at once -> every wait of the
     # collection ends ("unless stopping") -> collect() returns -> the forwarder gets stop_grace_seconds.
 
     def run_async(self, main: Callable[[asyncio.Event], Awaitable[None]], stopping: asyncio.Event | None = None) -> None:
-        """Run ``main(stopping)`` on a new event loop; ``stop()`` sets ``stopping`` from any thread."""
+        """Run ``main(stopping)`` on a new event loop; ``stop()`` sets ``stopping`` from any thread. The forwarder
+        lives for this one run: made on this loop at first use, closed and dropped at its end."""
 
         async def body() -> None:
             event = stopping or asyncio.Event()
@@ -318,7 +322,10 @@ class CollectorTrigger(Connector):
             try:
                 await main(event)
             finally:
-                self._wake = None
+                try:
+                    await self.finish_delivery()  # every run, failed or stopped, ends its delivery here
+                finally:
+                    self._wake = None
 
         asyncio.run(body())
 
@@ -332,7 +339,7 @@ class CollectorTrigger(Connector):
     def stop(self, *args, **kwargs) -> None:
         super().stop(*args, **kwargs)
         forwarder = self.__dict__.get("forwarder")
-        if forwarder is not None:  # delivery's deadline counts from the stop request
+        if forwarder is not None:  # delivery's deadline counts from the stop request (only sets a value)
             forwarder.stopping(self.stop_grace_seconds)
         wake = self._wake
         if wake is not None:
@@ -341,17 +348,20 @@ class CollectorTrigger(Connector):
             except RuntimeError:
                 pass  # the loop already ended
 
-    def finish_delivery(self) -> bool:
+    async def finish_delivery(self) -> bool:
         """After the collect loop, before the trigger closes its state: deliver what was handed over within the
-        grace, then close the forwarder. After a failed run it is dropped as well (the next run builds a new one):
-        no acknowledgement of this run can reach the state, or the checkpoint writer, that the next run opens.
-        True when all was confirmed; what was not is collected again."""
+        grace, then close the forwarder and drop it (the next run builds a new one on its own loop): no
+        acknowledgement of this run can reach the state, or the checkpoint writer, that the next run opens.
+        ``run_async`` calls it at the end of every run (then it finds nothing left). True when all was
+        confirmed; what was not is collected again."""
         forwarder = self.__dict__.get("forwarder")
         if forwarder is None:
             return True
-        confirmed = forwarder.close(grace=self.stop_grace_seconds)
-        if self.running:
-            self.__dict__.pop("forwarder", None)
+        confirmed = await forwarder.close(grace=self.stop_grace_seconds)  # a second caller waits for the first
+        if self.__dict__.get("forwarder") is forwarder:
+            del self.__dict__["forwarder"]
+            if not confirmed and not self.running:
+                self.log("Stopped with undelivered events; they will be collected again at the next start", "warning")
         return confirmed
 
     def run(self) -> None:
@@ -371,10 +381,7 @@ class CollectorTrigger(Connector):
             self.log_exception(error, message=f"Collection failed ({type(error).__name__}); restarting in "
                                               f"{retry_in:.0f}s")
         finally:
-            # Every run, failed or stopped, ends its delivery here: one path for both triggers (a trigger with
-            # state of its own calls finish_delivery before closing it; here it then finds nothing left).
-            if not self.finish_delivery() and not self.running:
-                self.log("Stopped with undelivered events; they will be collected again at the next start", "warning")
+            # Delivery ended with the run's loop (run_async's finish_delivery): nothing of it is left here.
             if retry_in:
                 self._stop_event.wait(retry_in)
             self.heartbeat()

@@ -15,6 +15,7 @@ opening its own: ending the outer one then ends the whole tree.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import json
 import os
@@ -185,4 +186,14 @@ def wait_until(predicate, timeout: float, interval: float = 0.1) -> bool:
         if predicate():
             return True
         time.sleep(interval)
+    return bool(predicate())
+
+
+async def eventually(predicate, timeout: float, interval: float = 0.1) -> bool:
+    """``wait_until`` for a coroutine: polls without blocking the event loop (the code under test runs on it)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        await asyncio.sleep(interval)
     return bool(predicate())

@@ -1,5 +1,6 @@
 """The delivery layer against the runtime stub (a real HTTP server on loopback)."""
 
+import asyncio
 import hashlib
 import json
 import os
@@ -19,7 +20,7 @@ from connectors.locks import InstanceLock
 from connectors.trigger import CollectorTrigger
 from connectors.retry import Backoff
 from connectors.truncation import MARKER, shorten
-from emulators.process import wait_until
+from emulators.process import eventually, wait_until
 
 
 def events(count, start=0, pad=0):
@@ -61,13 +62,13 @@ def set_aside(tmp_path):
     return [orjson.loads(line) for line in path.read_bytes().splitlines()] if path.exists() else []
 
 
-def test_events_arrive_exactly_as_sent_and_acks_follow_confirmation(runtime, tmp_path):
+async def test_events_arrive_exactly_as_sent_and_acks_follow_confirmation(runtime, tmp_path):
     recorder = Recorder(runtime)
     fwd = forwarder(runtime, tmp_path)
     for unit in range(10):
-        fwd.add(events(37, start=unit * 37), ack=recorder.ack(unit), origin=f"unit-{unit}")
-    assert fwd.drain(timeout=30)
-    fwd.close()
+        await fwd.add(events(37, start=unit * 37), ack=recorder.ack(unit), origin=f"unit-{unit}")
+    assert await fwd.drain(timeout=30)
+    await fwd.close()
     assert sorted(runtime.delivered()) == sorted(events(370))
     assert [name for name, _ in recorder.acks] == list(range(10))
     # Each ack ran only once every event of its unit (and of the units before) was in the runtime's file.
@@ -75,21 +76,21 @@ def test_events_arrive_exactly_as_sent_and_acks_follow_confirmation(runtime, tmp
         assert delivered >= (name + 1) * 37
 
 
-def test_age_flushes_a_partial_batch_without_an_explicit_flush(runtime, tmp_path):
+async def test_age_flushes_a_partial_batch_without_an_explicit_flush(runtime, tmp_path):
     fwd = forwarder(runtime, tmp_path, max_events=1000, max_age=0.2)
-    fwd.add(events(3))
-    assert wait_until(lambda: len(runtime.delivered()) == 3, 5)
-    fwd.close()
+    await fwd.add(events(3))
+    assert await eventually(lambda: len(runtime.delivered()) == 3, 5)
+    await fwd.close()
 
 
-def test_runtime_down_then_back_loses_nothing(runtime, tmp_path):
+async def test_runtime_down_then_back_loses_nothing(runtime, tmp_path):
     logs = []
     runtime.control(down_for=2.0)
     recorder = Recorder(runtime)
     fwd = forwarder(runtime, tmp_path, logs=logs)
-    fwd.add(events(250), ack=recorder.ack("all"))
-    assert fwd.drain(timeout=30)
-    fwd.close()
+    await fwd.add(events(250), ack=recorder.ack("all"))
+    assert await fwd.drain(timeout=30)
+    await fwd.close()
     assert sorted(runtime.delivered()) == sorted(events(250))
     assert recorder.acks == [("all", 250)]
     assert runtime.stats()["cut"] > 0
@@ -98,25 +99,25 @@ def test_runtime_down_then_back_loses_nothing(runtime, tmp_path):
     assert any("reachable again" in m for _, m in logs)
 
 
-def test_failures_and_503s_are_retried_until_confirmed(runtime, tmp_path):
+async def test_failures_and_503s_are_retried_until_confirmed(runtime, tmp_path):
     runtime.control(failure_rate=0.5, down_status=503)
     fwd = forwarder(runtime, tmp_path, max_events=20)
-    fwd.add(events(400))
-    assert fwd.drain(timeout=60)
-    fwd.close()
+    await fwd.add(events(400))
+    assert await fwd.drain(timeout=60)
+    await fwd.close()
     assert sorted(runtime.delivered()) == sorted(events(400))
     assert runtime.stats()["failures"] > 0
 
 
-def test_oversize_event_arrives_shortened_and_is_kept_whole(runtime, tmp_path):
+async def test_oversize_event_arrives_shortened_and_is_kept_whole(runtime, tmp_path):
     logs = []
     fwd = forwarder(runtime, tmp_path, logs=logs)
     big = orjson.dumps({"n": "big", "pad": "y" * 260_000, "note": "kept", "deep": {"text": "z" * 100_000}})
     text = b"a plain text line " * 20_000
     batch = events(5)[:2] + [big, text] + events(5)[2:]
-    fwd.add(batch, origin="blob-42")
-    assert fwd.drain(timeout=30)
-    fwd.close()
+    await fwd.add(batch, origin="blob-42")
+    assert await fwd.drain(timeout=30)
+    await fwd.close()
     delivered = runtime.delivered()
     assert sorted(line for line in delivered if b"sekoia_truncated" not in line) == sorted(events(5))
     [short_json] = [orjson.loads(line) for line in delivered if line.startswith(b'{"n":"big"')]
@@ -155,56 +156,52 @@ def test_shortened_json_stays_json_under_the_limit(value):
         assert result[MARKER]["sha256"] == short.sha256
 
 
-def test_large_batches_are_split_under_the_payload_limit(runtime, tmp_path):
+async def test_large_batches_are_split_under_the_payload_limit(runtime, tmp_path):
     fwd = forwarder(runtime, tmp_path, max_events=100_000, max_bytes=7_000_000, max_age=5)
     batch = events(300, pad=20_000)  # ~6 MB raw, more once escaped inside `jsons`
-    fwd.add(batch)
-    assert fwd.drain(timeout=60)
-    fwd.close()
+    await fwd.add(batch)
+    assert await fwd.drain(timeout=60)
+    await fwd.close()
     assert sorted(runtime.delivered()) == sorted(batch)
     assert runtime.stats()["batches"] >= 1
 
 
-def test_unconfirmed_batch_is_never_acknowledged(runtime, tmp_path):
+async def test_unconfirmed_batch_is_never_acknowledged(runtime, tmp_path):
     runtime.control(down_for=60)
     recorder = Recorder()
     fwd = forwarder(runtime, tmp_path)
-    fwd.add(events(10), ack=recorder.ack("never"))
-    assert fwd.close(grace=1.0) is False
+    await fwd.add(events(10), ack=recorder.ack("never"))
+    assert await fwd.close(grace=1.0) is False
     assert recorder.acks == []
 
 
-def test_playbook_mode_sends_a_records_file_event(runtime, tmp_path):
+async def test_playbook_mode_sends_a_records_file_event(runtime, tmp_path):
     sink = PlaybookSink(runtime.info["callback_url"], runtime.info["token"], runtime.data_path, "tests")
     fwd = Forwarder(sink, trigger="tests", limits=BatchLimits(max_events=50, max_age=0.1))
     recorder = Recorder(runtime)
-    fwd.add(events(120), ack=recorder.ack("done"))
-    assert fwd.drain(timeout=30)
-    fwd.close()
+    await fwd.add(events(120), ack=recorder.ack("done"))
+    assert await fwd.drain(timeout=30)
+    await fwd.close()
     assert sorted(runtime.delivered()) == sorted(events(120))
     assert runtime.stats()["playbook_events"] == 3
     assert recorder.acks == [("done", 120)]
     assert not any((runtime.data_path / "tests_events").iterdir())  # records files removed once confirmed
 
 
-def test_ack_only_units_and_concurrent_producers_keep_order(runtime, tmp_path):
+async def test_ack_only_units_and_concurrent_producers_keep_order(runtime, tmp_path):
     fwd = forwarder(runtime, tmp_path, max_events=7)
     order = []
-    lock = threading.Lock()
+    lock = asyncio.Lock()
 
-    def produce(worker):
+    async def produce(worker):
         for unit in range(20):
-            with lock:  # a unit's events and its ack are added together, as the triggers do
-                fwd.add(events(3, start=worker * 1000 + unit * 3), ack=lambda w=worker, u=unit: order.append((w, u)))
-                fwd.add([], ack=lambda w=worker, u=unit: order.append((w, u, "empty")))
+            async with lock:  # a unit's events and its ack are added together, as the triggers do
+                await fwd.add(events(3, start=worker * 1000 + unit * 3), ack=lambda w=worker, u=unit: order.append((w, u)))
+                await fwd.add([], ack=lambda w=worker, u=unit: order.append((w, u, "empty")))
 
-    threads = [threading.Thread(target=produce, args=(w,)) for w in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert fwd.drain(timeout=30)
-    fwd.close()
+    await asyncio.gather(*(produce(worker) for worker in range(3)))
+    assert await fwd.drain(timeout=30)
+    await fwd.close()
     assert len(runtime.delivered()) == 180
     for worker in range(3):
         mine = [entry for entry in order if entry[0] == worker]
@@ -212,7 +209,31 @@ def test_ack_only_units_and_concurrent_producers_keep_order(runtime, tmp_path):
         assert len(mine) == 40
 
 
-def test_refused_events_are_isolated_set_aside_and_the_rest_goes_on(runtime, tmp_path):
+async def test_acknowledgements_run_on_the_loop_in_order_across_senders(runtime, tmp_path):
+    # Four senders, batches of 10 and a runtime that holds some requests longer than others: batches are
+    # confirmed out of order, acknowledged in order, each on the loop's own thread.
+    runtime.control(failure_rate=0.3, down_status=503)
+    loop, thread = asyncio.get_running_loop(), threading.get_ident()
+    seen = []
+
+    def ack(unit):
+        def run():
+            seen.append((unit, threading.get_ident() == thread and asyncio.get_running_loop() is loop,
+                         len(runtime.delivered())))
+        return run
+
+    fwd = forwarder(runtime, tmp_path, max_events=10, senders=4, in_flight=4)
+    for unit in range(30):
+        await fwd.add(events(10, start=unit * 10), ack=ack(unit))
+    assert await fwd.drain(timeout=60)
+    await fwd.close()
+    assert [unit for unit, _, _ in seen] == list(range(30))
+    assert all(on_loop for _, on_loop, _ in seen)
+    assert all(delivered >= (unit + 1) * 10 for unit, _, delivered in seen)
+    assert sorted(runtime.delivered()) == sorted(events(300))
+
+
+async def test_refused_events_are_isolated_set_aside_and_the_rest_goes_on(runtime, tmp_path):
     logs = []
     runtime.control(refuse_markers=["refuse-me"])
     recorder = Recorder(runtime)
@@ -223,9 +244,9 @@ def test_refused_events_are_isolated_set_aside_and_the_rest_goes_on(runtime, tmp
         if unit in (2, 5, 9):
             batch[37] = orjson.dumps({"n": f"bad-{unit}", "note": "refuse-me"})
             bad[batch[37]] = f"blob-{unit}"
-        fwd.add(batch, ack=recorder.ack(unit), origin=f"blob-{unit}")
-    assert fwd.drain(timeout=60)
-    fwd.close()
+        await fwd.add(batch, ack=recorder.ack(unit), origin=f"blob-{unit}")
+    assert await fwd.drain(timeout=60)
+    await fwd.close()
     good = [event for unit in range(10) for event in events(100, start=unit * 100)
             if not (unit in (2, 5, 9) and event == events(1, start=unit * 100 + 37)[0])]
     assert sorted(runtime.delivered()) == sorted(good)
@@ -240,7 +261,7 @@ def test_refused_events_are_isolated_set_aside_and_the_rest_goes_on(runtime, tmp
     assert not any("retrying" in m for _, m in logs)  # a refusal is not an outage
 
 
-def test_a_payload_too_large_is_split_until_it_fits(runtime, tmp_path):
+async def test_a_payload_too_large_is_split_until_it_fits(runtime, tmp_path):
     runtime.control(refuse_over_bytes=20_000)
     logs = []
     fwd = forwarder(runtime, tmp_path, logs=logs, max_events=200)
@@ -248,9 +269,9 @@ def test_a_payload_too_large_is_split_until_it_fits(runtime, tmp_path):
     # Under the event limit, over this intake's request: the first fits once halved, the second does not.
     halved = orjson.dumps({"n": "alone", "pad": "q" * 30_000})
     too_large = orjson.dumps({"n": "too large", "pad": "r" * 50_000})
-    fwd.add(batch[:100] + [halved] + batch[100:150] + [too_large] + batch[150:], origin="partition 3")
-    assert fwd.drain(timeout=60)
-    fwd.close()
+    await fwd.add(batch[:100] + [halved] + batch[100:150] + [too_large] + batch[150:], origin="partition 3")
+    assert await fwd.drain(timeout=60)
+    await fwd.close()
     delivered = runtime.delivered()
     assert sorted(line for line in delivered if MARKER.encode() not in line) == sorted(batch)
     [short] = [orjson.loads(line) for line in delivered if MARKER.encode() in line]
@@ -265,15 +286,15 @@ def test_a_payload_too_large_is_split_until_it_fits(runtime, tmp_path):
     assert len([m for _, m in logs if "as too large" in m and "sent shortened" in m]) == 1
 
 
-def test_playbook_refusals_are_classified_the_same_way(runtime, tmp_path):
+async def test_playbook_refusals_are_classified_the_same_way(runtime, tmp_path):
     runtime.control(refuse_markers=["refuse-me"])
     sink = PlaybookSink(runtime.info["callback_url"], runtime.info["token"], runtime.data_path, "tests")
     fwd = forwarder(runtime, tmp_path, sink=sink, max_events=50)
     batch = events(120)
     batch[60] = orjson.dumps({"n": "bad", "note": "refuse-me"})
-    fwd.add(batch, origin="partition 0")
-    assert fwd.drain(timeout=30)
-    fwd.close()
+    await fwd.add(batch, origin="partition 0")
+    assert await fwd.drain(timeout=30)
+    await fwd.close()
     assert sorted(runtime.delivered()) == sorted(batch[:60] + batch[61:])
     assert [entry["event"].encode() for entry in set_aside(tmp_path)] == [batch[60]]
     assert not any((runtime.data_path / "tests_events").iterdir())  # every split's records file removed
@@ -283,7 +304,7 @@ def test_playbook_refusals_are_classified_the_same_way(runtime, tmp_path):
     ("wrong_key", "intake_key"), ("forbidden", "intake_key"), ("wrong_server", "intake_server"),
     ("redirect", "intake_server"), ("playbook_token", "intake_key"),
 ])
-def test_configuration_errors_stop_delivery_and_name_the_field(runtime, tmp_path, case, field):
+async def test_configuration_errors_stop_delivery_and_name_the_field(runtime, tmp_path, case, field):
     info = runtime.info
     sink = {
         "wrong_key": IntakeSink(info["intake_url"], "not-the-key", user_agent="tests"),
@@ -297,40 +318,43 @@ def test_configuration_errors_stop_delivery_and_name_the_field(runtime, tmp_path
     fatal, recorder = [], Recorder()
     fwd = forwarder(runtime, tmp_path, sink=sink, fatal=fatal)
     for unit in range(5):
-        fwd.add(events(100, start=unit * 100), ack=recorder.ack(unit))
-    assert wait_until(lambda: fatal, 10)
-    assert fwd.drain(timeout=10) is False
-    assert fwd.add(events(3), ack=recorder.ack("after")) == 0  # nothing taken once it cannot be acknowledged
-    assert fwd.close(grace=1.0) is False
+        await fwd.add(events(100, start=unit * 100), ack=recorder.ack(unit))
+    assert await eventually(lambda: fatal, 10)
+    assert await fwd.drain(timeout=10) is False
+    assert await fwd.add(events(3), ack=recorder.ack("after")) == 0  # nothing taken once it cannot be acknowledged
+    assert await fwd.close(grace=1.0) is False
     [error] = fatal  # told once, whatever the number of senders and batches
     assert isinstance(error, ConfigurationError) and error.field == field
     assert f"`{field}`" in str(error) and "not-the" not in str(error)  # names the field, never the value
     assert recorder.acks == [] and runtime.delivered() == []
 
 
-def test_close_returns_by_its_deadline_while_the_runtime_hangs(runtime, tmp_path):
+async def test_close_returns_by_its_deadline_while_the_runtime_hangs(runtime, tmp_path):
     runtime.control(hang_seconds=120)
     recorder = Recorder()
-    fwd = forwarder(runtime, tmp_path)
-    fwd.add(events(10), ack=recorder.ack("never"))
-    assert wait_until(lambda: runtime.stats()["hung"] >= 1, 10)  # a sender is blocked in its HTTP call
+    fwd = forwarder(runtime, tmp_path, senders=2, max_events=10)
+    await fwd.add(events(20), ack=recorder.ack("never"))
+    assert await eventually(lambda: runtime.stats()["hung"] >= 2, 10)  # both senders are blocked in HTTP calls
     started = time.monotonic()
-    assert fwd.close(grace=1.0) is False
+    assert await fwd.close(grace=1.0) is False
     assert time.monotonic() - started < 10  # a bound far under the hang, not a measure of speed
     assert recorder.acks == [] and runtime.delivered() == []
+    assert fwd._session.closed  # the stuck calls were cancelled and the connections closed
+    assert await fwd.add(events(1)) == 0 and fwd.pending == 0
+    assert await fwd.close() is False  # idempotent
 
 
-def test_a_stop_request_frees_a_producer_waiting_for_room(runtime, tmp_path):
+async def test_a_stop_request_frees_a_producer_waiting_for_room(runtime, tmp_path):
     runtime.control(hang_seconds=120)
     fwd = forwarder(runtime, tmp_path, max_events=10, in_flight=0, senders=1)
-    producer = threading.Thread(target=fwd.add, args=(events(100),), daemon=True)
-    producer.start()
-    assert wait_until(lambda: runtime.stats()["hung"] >= 1, 10)
-    assert producer.is_alive()  # blocked by backpressure behind the hung batch
-    fwd.stopping(grace=1.0)
-    producer.join(10)
-    assert not producer.is_alive()
-    assert fwd.close(grace=5.0) is False
+    producer = asyncio.create_task(fwd.add(events(100)))
+    assert await eventually(lambda: runtime.stats()["hung"] >= 1, 10)
+    assert not producer.done()  # waiting for room behind the hung batch
+    stopper = threading.Thread(target=fwd.stopping, args=(1.0,))  # as from a signal handler or another thread
+    stopper.start()
+    stopper.join()
+    await asyncio.wait_for(producer, 10)
+    assert await fwd.close(grace=5.0) is False
 
 
 class FailingSink(IntakeSink):
@@ -347,15 +371,15 @@ class FailingSink(IntakeSink):
         return super().prepare(events)
 
 
-def test_a_local_write_failing_is_retried_and_nothing_is_lost(runtime, tmp_path):
+async def test_a_local_write_failing_is_retried_and_nothing_is_lost(runtime, tmp_path):
     logs = []
     recorder = Recorder(runtime)
     sink = FailingSink(runtime, failures=4)
     fwd = forwarder(runtime, tmp_path, logs=logs, sink=sink, max_events=50)
     for unit in range(6):
-        fwd.add(events(50, start=unit * 50), ack=recorder.ack(unit), origin=f"unit-{unit}")
-    assert fwd.drain(timeout=30)
-    fwd.close()
+        await fwd.add(events(50, start=unit * 50), ack=recorder.ack(unit), origin=f"unit-{unit}")
+    assert await fwd.drain(timeout=30)
+    await fwd.close()
     assert sink.failures == 0
     assert sorted(runtime.delivered()) == sorted(events(300))
     assert [name for name, _ in recorder.acks] == list(range(6))
@@ -366,24 +390,24 @@ def test_a_local_write_failing_is_retried_and_nothing_is_lost(runtime, tmp_path)
     assert any("Local writes work again" in m for _, m in logs)
 
 
-def test_refused_events_of_a_request_are_kept_in_one_write_and_one_line(runtime, tmp_path):
+async def test_refused_events_of_a_request_are_kept_in_one_write_and_one_line(runtime, tmp_path):
     logs = []
     runtime.control(refuse_markers=["refuse-me"])
     fwd = forwarder(runtime, tmp_path, logs=logs, max_events=64)
     batch = events(64)
     for index in (3, 20, 41):
         batch[index] = orjson.dumps({"n": f"bad-{index}", "note": "refuse-me"})
-    fwd.add(batch[:32], origin="blob-a")
-    fwd.add(batch[32:], origin="blob-b")
-    assert fwd.drain(timeout=30)
-    fwd.close()
+    await fwd.add(batch[:32], origin="blob-a")
+    await fwd.add(batch[32:], origin="blob-b")
+    assert await fwd.drain(timeout=30)
+    await fwd.close()
     assert sorted(runtime.delivered()) == sorted(e for e in batch if b"refuse-me" not in e)
     assert len(set_aside(tmp_path)) == 3 and fwd.refused == 3
     [line] = [m for _, m in logs if "refused" in m]
     assert "refused 3 events (HTTP 400" in line and "blob-a, blob-b" in line
 
 
-def test_a_run_of_neighbouring_refused_events_is_set_aside_not_a_configuration_error(runtime, tmp_path):
+async def test_a_run_of_neighbouring_refused_events_is_set_aside_not_a_configuration_error(runtime, tmp_path):
     # An envelope of bad records: 16 in a row inside one large batch (the split costs about 14 + 2 x 16 refusals
     # in a row), and a whole small batch of bad records.
     runtime.control(refuse_markers=["refuse-me"])
@@ -392,12 +416,12 @@ def test_a_run_of_neighbouring_refused_events_is_set_aside_not_a_configuration_e
     batch = events(4096)
     for index in range(1000, 1016):
         batch[index] = orjson.dumps({"n": f"bad-{index}", "note": "refuse-me"})
-    fwd.add(batch, ack=recorder.ack("large"), origin="envelope-a")
+    await fwd.add(batch, ack=recorder.ack("large"), origin="envelope-a")
     fwd.flush()
-    fwd.add([orjson.dumps({"n": f"bad-small-{i}", "note": "refuse-me"}) for i in range(5)],
+    await fwd.add([orjson.dumps({"n": f"bad-small-{i}", "note": "refuse-me"}) for i in range(5)],
             ack=recorder.ack("small"), origin="envelope-b")
-    assert fwd.drain(timeout=60)
-    fwd.close()
+    assert await fwd.drain(timeout=60)
+    await fwd.close()
     assert fatal == []
     assert [name for name, _ in recorder.acks] == ["large", "small"]
     assert len(set_aside(tmp_path)) == fwd.refused == 21
@@ -405,19 +429,19 @@ def test_a_run_of_neighbouring_refused_events_is_set_aside_not_a_configuration_e
 
 
 @pytest.mark.parametrize("store", ["full", "none"])
-def test_refused_events_that_cannot_be_kept_are_never_acknowledged_past(runtime, tmp_path, store):
+async def test_refused_events_that_cannot_be_kept_are_never_acknowledged_past(runtime, tmp_path, store):
     runtime.control(refuse_markers=["refuse-me"])
     fatal, recorder = [], Recorder(runtime)
     kept = SetAsideStore(tmp_path / "set-aside.jsonl", cap_bytes=100) if store == "full" else None
     fwd = forwarder(runtime, tmp_path, fatal=fatal, store=kept)
-    fwd.add(events(100), ack=recorder.ack("before"), origin="blob-1")
-    assert fwd.drain(timeout=30)
+    await fwd.add(events(100), ack=recorder.ack("before"), origin="blob-1")
+    assert await fwd.drain(timeout=30)
     batch = events(100, start=100)
     batch[50] = orjson.dumps({"n": "bad", "note": "refuse-me"})
-    fwd.add(batch, ack=recorder.ack("refused"), origin="blob-2")
-    fwd.add(events(100, start=200), ack=recorder.ack("after"), origin="blob-3")
-    assert wait_until(lambda: fatal, 10)
-    assert fwd.close(grace=1.0) is False
+    await fwd.add(batch, ack=recorder.ack("refused"), origin="blob-2")
+    await fwd.add(events(100, start=200), ack=recorder.ack("after"), origin="blob-3")
+    assert await eventually(lambda: fatal, 10)
+    assert await fwd.close(grace=1.0) is False
     assert recorder.acks == [("before", 100)]  # neither the batch holding it nor any later one
     [error] = fatal
     assert isinstance(error, UnkeptRefusal) and "blob-2" in str(error) and "restart" in str(error)
@@ -425,13 +449,13 @@ def test_refused_events_that_cannot_be_kept_are_never_acknowledged_past(runtime,
     assert not (tmp_path / "set-aside.jsonl").exists()
 
 
-def test_a_runtime_refusing_everything_is_a_configuration_error(runtime, tmp_path):
+async def test_a_runtime_refusing_everything_is_a_configuration_error(runtime, tmp_path):
     runtime.control(refuse_markers=['"n"'], refuse_status=422)  # every event: a proxy refusing every request
     fatal, recorder = [], Recorder()
     fwd = forwarder(runtime, tmp_path, fatal=fatal)
-    fwd.add(events(1000), ack=recorder.ack("never"), origin="blob-1")
-    assert wait_until(lambda: fatal, 30)
-    assert fwd.close(grace=1.0) is False
+    await fwd.add(events(1000), ack=recorder.ack("never"), origin="blob-1")
+    assert await eventually(lambda: fatal, 30)
+    assert await fwd.close(grace=1.0) is False
     [error] = fatal
     assert isinstance(error, ConfigurationError) and error.field == "intake_server" and "422" in str(error)
     # Not one request per event (splitting 1,000 events down to each alone: about 2,000); a second sender may have
@@ -440,14 +464,14 @@ def test_a_runtime_refusing_everything_is_a_configuration_error(runtime, tmp_pat
     assert recorder.acks == [] and set_aside(tmp_path) == [] and fwd.refused == 0
 
 
-def test_a_runtime_refusing_every_one_event_request_is_a_configuration_error(runtime, tmp_path):
+async def test_a_runtime_refusing_every_one_event_request_is_a_configuration_error(runtime, tmp_path):
     # Requests of one event each: nothing to split, every refusal counts.
     runtime.control(refuse_markers=['"n"'], refuse_status=422)
     fatal, recorder = [], Recorder()
     fwd = forwarder(runtime, tmp_path, fatal=fatal, max_events=1)
-    fwd.add(events(300), ack=recorder.ack("never"), origin="blob-1")
-    assert wait_until(lambda: fatal, 30)
-    assert fwd.close(grace=1.0) is False
+    await fwd.add(events(300), ack=recorder.ack("never"), origin="blob-1")
+    assert await eventually(lambda: fatal, 30)
+    assert await fwd.close(grace=1.0) is False
     [error] = fatal
     assert isinstance(error, ConfigurationError) and error.field == "intake_server" and "422" in str(error)
     assert f"{REFUSES_EVERYTHING_REQUESTS} requests in a row refused" in str(error)
@@ -457,28 +481,30 @@ def test_a_runtime_refusing_every_one_event_request_is_a_configuration_error(run
     assert runtime.delivered() == []
 
 
-def test_a_stop_cuts_a_backoff_sleep_short(runtime, tmp_path):
+async def test_a_stop_cuts_a_backoff_sleep_short(runtime, tmp_path):
     runtime.control(down_for=60, down_status=503)
     recorder = Recorder(runtime)
     fwd = forwarder(runtime, tmp_path, backoff=(60.0, 60.0), senders=1)  # a sleep of 30 s or more once failed
-    fwd.add(events(10), ack=recorder.ack("all"))
-    assert wait_until(lambda: runtime.stats()["failures"] >= 1, 10)
+    await fwd.add(events(10), ack=recorder.ack("all"))
+    # The sender took the failure in and sleeps (a stop before its sleep began would leave no time for it).
+    assert await eventually(lambda: fwd.outage_seconds is not None, 10)
     runtime.control(down_for=0)
     fwd.stopping(grace=5.0)  # as from the signal handler: no lock, no Event
-    assert fwd.close(grace=5.0) is True  # the sender woke and tried once more within the grace
+    assert await fwd.close(grace=5.0) is True  # the sender woke and tried once more within the grace
     assert recorder.acks == [("all", 10)]
 
 
-def test_no_acknowledgement_runs_after_close_returned(runtime, tmp_path):
+async def test_no_acknowledgement_runs_after_close_returned(runtime, tmp_path):
     runtime.control(hang_seconds=2)
     recorder = Recorder()
     fwd = forwarder(runtime, tmp_path, senders=1)
-    fwd.add(events(10), ack=recorder.ack("late"))
-    assert wait_until(lambda: runtime.stats()["hung"] >= 1, 10)
-    assert fwd.close(grace=0.5) is False
-    # The runtime confirms the batch once its hang is over: the trigger may have closed its state by then.
-    assert wait_until(lambda: len(runtime.delivered()) == 10, 10)
-    assert not wait_until(lambda: recorder.acks, 1.0)
+    await fwd.add(events(10), ack=recorder.ack("late"))
+    assert await eventually(lambda: runtime.stats()["hung"] >= 1, 10)
+    assert await fwd.close(grace=0.5) is False
+    # The sender was cancelled in its HTTP call: past the runtime's hang (whether it kept the request or not),
+    # no acknowledgement runs (the trigger may have closed its state by then).
+    assert not await eventually(lambda: recorder.acks, 3.0)
+    assert recorder.acks == [] and len(runtime.delivered()) in (0, 10)
 
 
 def test_the_set_aside_store_counts_the_bytes_it_writes(tmp_path):
@@ -526,12 +552,15 @@ class FailingRun(CollectorTrigger):
     acks: list = []
 
     def collect(self) -> None:
+        self.run_async(self._collect)
+
+    async def _collect(self, stopping) -> None:
         runs = len(type(self).runs)
         type(self).runs.append(self.forwarder)
-        self.forwarder.add(events(10, start=runs * 10), ack=lambda: type(self).acks.append(runs))
+        await self.forwarder.add(events(10, start=runs * 10), ack=lambda: type(self).acks.append(runs))
         if runs == 0:
             raise RuntimeError("the source failed")
-        assert self.forwarder.drain(timeout=30)
+        assert await self.forwarder.drain(timeout=30)
 
 
 def test_a_failed_run_leaves_no_acknowledgement_behind(runtime, tmp_path, monkeypatch):
@@ -549,9 +578,9 @@ def test_a_failed_run_leaves_no_acknowledgement_behind(runtime, tmp_path, monkey
         runtime.control(down_for=0)
         trigger.run()  # the next run: a new forwarder, whose acknowledgements alone run
         assert FailingRun.runs[0] is not FailingRun.runs[1]
+        assert "forwarder" not in trigger.__dict__  # dropped at the end of every run
         assert not wait_until(lambda: 0 in FailingRun.acks, 1.0) and FailingRun.acks == [1]
         assert sorted(runtime.delivered()) == sorted(events(10, start=10))  # the failed run's batch: read again
     finally:
         trigger.stop()
         CollectorTrigger.fatal_error = None
-

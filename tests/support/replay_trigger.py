@@ -8,8 +8,8 @@ collector may re-deliver but must never lose.
 
 from __future__ import annotations
 
+import asyncio
 import os
-import time
 from pathlib import Path
 
 from pydantic import Field
@@ -27,26 +27,48 @@ class ReplayTrigger(CollectorTrigger):
     configuration_model = ReplayConfiguration
 
     def collect(self) -> None:
+        self.run_async(self._replay)
+
+    async def _replay(self, stopping: asyncio.Event) -> None:
         config = self.configuration
         checkpoint = StateFile(self.state_dir / "offset.json")
         offset = checkpoint.load({"line": 0})["line"]
         lines = Path(config.source).read_bytes().splitlines()
         crash = os.environ.get("REPLAY_CRASH_BEFORE_CHECKPOINT") == "1"
+        confirmed = {"line": offset}
+        moved = asyncio.Event()
+        finished = False
 
         def saver(line: int):
-            def ack() -> None:
+            def ack() -> None:  # on the loop, so it does not block: records the position, the writer saves it
                 if crash:
                     os._exit(9)
-                checkpoint.save({"line": line})
+                confirmed["line"] = line
+                moved.set()
 
             return ack
 
-        while offset < len(lines) and self.running:
-            chunk = lines[offset : offset + config.chunk]
-            offset += len(chunk)
-            self.forwarder.add(chunk, ack=saver(offset), origin=f"{config.source}:{offset}")
-            self.heartbeat()
-        self.forwarder.drain()
-        self.log(f"Replayed up to line {offset}", "info")
-        while self.running:
-            time.sleep(0.2)
+        async def write_checkpoints() -> None:
+            saved = offset
+            while not finished:
+                await moved.wait()
+                moved.clear()
+                if confirmed["line"] != saved:
+                    saved = confirmed["line"]
+                    await asyncio.to_thread(checkpoint.save, {"line": saved})
+
+        writer = asyncio.create_task(write_checkpoints())
+        try:
+            while offset < len(lines) and self.running:
+                chunk = lines[offset : offset + config.chunk]
+                offset += len(chunk)
+                await self.forwarder.add(chunk, ack=saver(offset), origin=f"{config.source}:{offset}")
+                self.heartbeat()
+            await self.forwarder.drain()
+            self.log(f"Replayed up to line {offset}", "info")
+            await stopping.wait()
+        finally:
+            await self.finish_delivery()  # its last acknowledgements, then their position saved
+            finished = True
+            moved.set()
+            await writer
