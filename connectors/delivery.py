@@ -148,7 +148,10 @@ class Forwarder:
         on_delivered: Callable[[int], None] | None = None,
         on_fatal: Callable[[ConfigurationError], None] | None = None,
     ):
-        self._loop = asyncio.get_running_loop()  # raises outside a running loop: the senders are its tasks
+        try:
+            self._loop = asyncio.get_running_loop()  # the senders are its tasks
+        except RuntimeError:
+            raise RuntimeError("a Forwarder is made on the trigger's event loop (inside run_async)") from None
         self.sink = sink
         self.trigger = trigger
         self.limits = limits
