@@ -1,4 +1,4 @@
-"""The collection loop: one lister per content type, a pool of fetchers, one processing thread.
+"""The collection loop: one lister per content type, a pool of fetchers, one processing task, one event loop.
 
     listers --ContentRef--> queue --> fetchers (paced, adaptive concurrency) --body--> processor --> forwarder
 
@@ -36,6 +36,7 @@ MONITOR_INTERVAL = 2.0
 POLL_OVERLAP = timedelta(minutes=5)  # blobs often show up a little after their creation time
 RECENT_RELIST = timedelta(hours=1)  # listed again at every poll: blobs up to an hour late come within a poll
 FIRST_STEP = timedelta(minutes=1)  # a refused window's start moves on by 1, 2, 4... minutes past the API's horizon
+PROCESSING_STOP_SECONDS = 10.0  # at stop, for the blob at hand and the last group's acknowledgement
 PERMISSION_RECHECK = 3 * 3600.0  # a content type the app may not read: warn, and look again, this often
 AF_BAD_NEXT_PAGE = "AF20031"
 AF_BAD_WINDOW = ("AF20055", "AF20030")
@@ -54,6 +55,7 @@ class Pipeline:
         report_lag: Callable[[float], None] = lambda lag: None,
         user_agent: str = "sekoiaio-connector/office365",
         redactor: Redactor | None = None,
+        stopping: asyncio.Event | None = None,
     ):
         self.config = config
         self.endpoints = endpoints
@@ -66,7 +68,7 @@ class Pipeline:
         self._report_lag = report_lag
         self._user_agent = user_agent
         self._redactor = redactor  # access tokens obtained at run time join it
-        self.stopping = asyncio.Event()
+        self.stopping = stopping or asyncio.Event()
         self._gaps_reported: set[str] = set()
         self._expiry_warned: dict[str, float] = {}
         # Spans the poller could not list (refused windows), per content type: reported if they expire unlisted.
@@ -103,12 +105,11 @@ class Pipeline:
         slots = asyncio.Semaphore(config.max_concurrency * 2)
         queue: asyncio.Queue = asyncio.Queue()
 
-        def fetch_again(ref: ContentRef, delay: float) -> None:  # from the processing thread
-            loop.call_soon_threadsafe(loop.call_later, delay, queue.put_nowait, ref)
+        def fetch_again(ref: ContentRef, delay: float) -> None:
+            loop.call_later(delay, queue.put_nowait, ref)
 
-        processor = Processor(
-            self.forwarder, self.state, self._log, lambda: loop.call_soon_threadsafe(slots.release), fetch_again
-        )
+        processor = Processor(self.forwarder, self.state, self._log, slots.release, fetch_again)
+        processing: asyncio.Task | None = None
         try:
             async with client:
                 # Wrong credentials stop here, with one clear message.
@@ -126,7 +127,7 @@ class Pipeline:
                     f"(up to {config.max_concurrency} requests in flight)",
                     "info",
                 )
-                processor.start()
+                processing = asyncio.create_task(processor.run())
                 tasks = [
                     asyncio.create_task(self._collect(ct, client, subscriptions, queue, ct in denied))
                     for ct in config.content_types
@@ -135,19 +136,32 @@ class Pipeline:
                     asyncio.create_task(self._fetcher(client, queue, slots, processor))
                     for _ in range(config.max_concurrency)
                 ]
-                tasks.append(asyncio.create_task(self._monitor(client, processor)))
-                await self._until_stop_or_failure(tasks)
+                tasks.append(asyncio.create_task(self._monitor(client)))
+                await self._until_stop_or_failure(tasks, processing)
         except Stopping:
             pass
         finally:
             self.stopping.set()
-            if not await asyncio.to_thread(processor.stop):
-                self._log("Processing did not stop in time (the runtime is slow to accept events)", "warning")
+            if processing is not None:
+                await self._stop_processing(processor, processing)
 
-    async def _until_stop_or_failure(self, tasks: list[asyncio.Task]) -> None:
+    async def _stop_processing(self, processor: Processor, processing: asyncio.Task) -> None:
+        """The blob at hand is finished and the last group's acknowledgement queued; a forwarder that cannot take
+        them (the runtime does not answer) is not waited for past a bound: those blobs are fetched again."""
+        processor.stop()
+        done, _ = await asyncio.wait([processing], timeout=PROCESSING_STOP_SECONDS)
+        if not done:
+            processing.cancel()
+            self._log("Processing did not stop in time (the runtime is slow to accept events)", "warning")
+        await asyncio.gather(processing, return_exceptions=True)
+
+    async def _until_stop_or_failure(self, tasks: list[asyncio.Task], processing: asyncio.Task) -> None:
+        """Until a stop or a task's failure; ``processing`` is watched too but left running (stopped in order)."""
         stop = asyncio.create_task(self.stopping.wait())
         try:
-            await asyncio.wait([*tasks, stop], return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait([*tasks, processing, stop], return_when=asyncio.FIRST_COMPLETED)
+            if processing.done() and not processing.cancelled() and processing.exception() is not None:
+                raise processing.exception()  # a bug: the fetchers would wait for its slots forever
         finally:
             stop.cancel()
             for task in tasks:
@@ -299,20 +313,46 @@ class Pipeline:
         end: datetime,
         advance: bool = False,
     ) -> None:
-        """List [start, end) window by window; a window the API refuses is narrowed, never retried in a loop that
-        would hold back the newer ones. ``advance``: record each window as listed (the poller)."""
-        for window_start, window_end in windows(start, end):
-            try:
-                await self._list_window(content_type, client, queue, window_start, window_end)
-                self._listed_span(content_type, window_start, window_end)
-            except ApiError as error:
-                if error.code not in AF_BAD_WINDOW:
-                    raise
-                # Only what the poller skips was never listed: a re-list covers time the poller listed before.
-                owed = advance and self.state.owes_from_resume(content_type)
-                await self._refused_window(content_type, client, queue, window_start, window_end, error, owed)
-            if advance:
-                self.state.listed(content_type, window_end)
+        """List [start, end) window by window, every window at once: seven days at start cost one round trip, not
+        eight in a row. Outcomes are taken in time order, so a window counts as listed only with every window
+        before it. A window the API refuses is narrowed, never retried in a loop that would hold back the newer
+        ones. ``advance``: record each window as listed (the poller)."""
+        spans = windows(start, end)
+        # What the poller skips was owed once a window was listed: before this range only for its first window.
+        owed = [advance and (index > 0 or self.state.owes_from_resume(content_type)) for index in range(len(spans))]
+        tasks = [
+            asyncio.create_task(self._list_or_narrow(content_type, client, queue, window_start, window_end, owes))
+            for (window_start, window_end), owes in zip(spans, owed)
+        ]
+        try:
+            for (window_start, window_end), task in zip(spans, tasks):
+                if await task:
+                    self._listed_span(content_type, window_start, window_end)
+                if advance:
+                    self.state.listed(content_type, window_end)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _list_or_narrow(
+        self,
+        content_type: str,
+        client: ManagementClient,
+        queue: asyncio.Queue,
+        start: datetime,
+        end: datetime,
+        owed: bool,
+    ) -> bool:
+        """One window; True when it was listed whole, False when the API refused it and it was narrowed."""
+        try:
+            await self._list_window(content_type, client, queue, start, end)
+            return True
+        except ApiError as error:
+            if error.code not in AF_BAD_WINDOW:
+                raise
+            await self._refused_window(content_type, client, queue, start, end, error, owed)
+            return False
 
     async def _refused_window(
         self,
@@ -445,11 +485,8 @@ class Pipeline:
 
     # -- monitoring -----------------------------------------------------------------------------------------
 
-    async def _monitor(self, client: ManagementClient, processor: Processor) -> None:
+    async def _monitor(self, client: ManagementClient) -> None:
         while not self.stopping.is_set():
-            if not processor.alive():
-                # No heartbeat over a stall: the fetchers would wait for its slots forever. The trigger restarts us.
-                raise RuntimeError(f"The processing thread stopped ({processor.failure!r})")
             self._heartbeat()
             now = client.now().timestamp()  # resume points and blob creation times are on the API's clock
             worst_lag = 0.0
@@ -464,7 +501,7 @@ class Pipeline:
                     self._warn_expiry(content_type, oldest, count, now)
             self._report_lag(worst_lag)
             metrics.concurrency.set(self.limit.current)
-            await asyncio.to_thread(self.state.save)
+            await self.state.persist()
             await sleep_or_stop(MONITOR_INTERVAL, self.stopping)
 
     def _warn_expiry(self, content_type: str, oldest: float, count: int, now: float) -> None:

@@ -1,21 +1,20 @@
-"""From fetched blob bodies to forwarded records, on one thread (the event loop only does I/O).
+"""From fetched blob bodies to forwarded records: one task on the trigger's event loop, a blob at a time.
 
 Per record: the record's bytes as the blob holds them (cut out by ``connectors.codec``), a 63-bit hash for the
-record filter, done. Blobs are acknowledged in groups (a few thousand records, or half a second): the group's
-acknowledgement runs on the forwarder's delivery thread once the runtime confirmed every record of the group, and
-commits it to the ledger with one fsync - instead of one fsync per blob.
+record filter, done (a few microseconds: the loop's other work waits less than for a context switch). Blobs are
+acknowledged in groups: whatever was processed when no fetched blob waits, or a few thousand records. The group's
+acknowledgement runs on the loop once the runtime confirmed every record of it and before it; it commits the
+group in memory, and the ledger is written off the loop (``CollectorState.persist_soon``).
 
-Nothing kills the thread: a blob that fails is fetched again later (a few times, then skipped with an error that
-names it), a forwarder that fails is tried again. Should the thread die all the same, ``failure`` says why and
-the pipeline's monitor fails the run (the trigger restarts it) instead of beating the heartbeat over a stall.
+Nothing stops the task: a blob that fails is fetched again later (a few times, then skipped with an error that
+names it), a forwarder that fails is tried again. Should it die all the same, the pipeline fails the run (the
+trigger restarts it) instead of beating the heartbeat over a stall.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
-import queue
-import threading
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -29,7 +28,7 @@ from office365.listing import ContentRef
 from office365.state import CollectorState, Delivered, record_hashes
 
 GROUP_RECORDS = 5000
-GROUP_SECONDS = 0.5
+IDLE_FLUSH = 0.05  # no blob processed for this long: the forwarder sends what it buffers instead of at its max age
 # A blob whose processing fails is fetched again after 30 s, 1 min, 2 min, 4 min; then it is skipped, by name.
 BLOB_ATTEMPTS = 5
 RETRY_BASE = 30.0
@@ -40,7 +39,6 @@ SKIP_EXPLANATIONS = {
     "vanished": "the API says it does not exist any more (AF20050)",
     "invalid_id": "the API refused its content id (AF20052)",
 }
-_STOP = object()
 
 
 class Processor:
@@ -59,74 +57,62 @@ class Processor:
         self._done = done  # one call per item taken (frees a slot for the fetchers)
         self._retry = retry  # fetch this blob again after so many seconds
         self._failures: dict[str, Backoff] = {}  # content id -> its retry steps, while it keeps failing
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._stopping = threading.Event()
-        self.failure: BaseException | None = None  # why the thread died, if it did
-        self._thread = threading.Thread(target=self._run, name="o365-process", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def alive(self) -> bool:
-        return self._thread.is_alive()
+        self._queue: asyncio.Queue[Fetched] = asyncio.Queue()  # bounded by the fetchers' slots
+        self._stopping = False
+        self._taken = 0  # items taken so far (the idle flush checks that none came since it was armed)
+        self._idle_timer: asyncio.TimerHandle | None = None
 
     def put(self, item: Fetched) -> None:
-        self._queue.put(item)
+        self._queue.put_nowait(item)
 
-    def stop(self, timeout: float = 10.0) -> bool:
-        """Finish the blob at hand, queue the acknowledgement of what was added, drop the rest (fetched again later)."""
-        self._stopping.set()
-        if not self._thread.is_alive():
-            return True  # never started (the run failed before collecting) or already done
-        self._queue.put(_STOP)
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
+    def stop(self) -> None:
+        """Finish the blob at hand, acknowledge what was added, leave the rest (fetched again at the next start)."""
+        self._stopping = True
+        self._queue.put_nowait(None)  # wakes a task waiting for a blob
 
-    # -- thread ---------------------------------------------------------------------------------------------
-
-    def _run(self) -> None:
-        try:
-            self._loop()
-        except BaseException as error:  # noqa: BLE001 - a bug here: said, kept for the monitor, which fails the run
-            self.failure = error
-            # "error", not "critical": after a critical line the SDK would never run the trigger again.
-            self._log(f"The Office 365 processing thread stopped: {error!r}", "error")
-
-    def _loop(self) -> None:
+    async def run(self) -> None:
         group: list[Delivered] = []
         records = 0
-        started = 0.0
-        while True:
-            try:
-                item = self._queue.get(timeout=0.05 if group else 0.5)
-            except queue.Empty:
-                item = None
-            if item is _STOP or self._stopping.is_set():
-                break
-            if item is not None:
-                delivered = self._take(item)
+        try:
+            while not self._stopping:
+                if self._queue.empty():
+                    if group:  # nothing more fetched for now: the group is complete
+                        await self._acknowledge(group)
+                        group, records = [], 0
+                    self._arm_idle_flush()
+                item = await self._queue.get()
+                if item is None or self._stopping:
+                    break
+                self._taken += 1
+                delivered = await self._take(item)
                 if delivered is not None:
-                    if not group:
-                        started = time.monotonic()
                     group.append(delivered)
                     records += delivered.records
-            try:
-                if group and (item is None or records >= GROUP_RECORDS or time.monotonic() - started >= GROUP_SECONDS):
-                    self._acknowledge(group)
-                    group, records = [], 0
-                if item is None:  # nothing more fetched for now: send what is buffered instead of at its max age
-                    self.forwarder.flush()
-            except Exception as error:  # noqa: BLE001 - the group stays here and is handed over again
-                self._sampled("forwarder", f"Handing records to the forwarder failed, trying again: {error!r}", "error")
-                self._stopping.wait(TROUBLE_PAUSE)
+                    if records >= GROUP_RECORDS:
+                        await self._acknowledge(group)
+                        group, records = [], 0
+        finally:
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
         if group:
-            self._acknowledge(group)
+            await self._acknowledge(group)
 
-    def _take(self, item: Fetched) -> Delivered | None:
+    def _arm_idle_flush(self) -> None:
+        if self._idle_timer is None:
+            self._idle_timer = asyncio.get_running_loop().call_later(IDLE_FLUSH, self._idle_flush, self._taken)
+
+    def _idle_flush(self, taken: int) -> None:
+        self._idle_timer = None
+        if self._taken == taken:
+            self.forwarder.flush()
+        elif self._queue.empty():
+            self._arm_idle_flush()
+
+    async def _take(self, item: Fetched) -> Delivered | None:
         """Process one fetched blob; a failure schedules another fetch of it, or skips it once it failed enough."""
         ref = item.ref
         try:
-            delivered = self._process(item)
+            delivered = await self._process(item)
             self._failures.pop(ref.content_id, None)
             return delivered
         except Exception as error:  # noqa: BLE001 - one blob must not stop the collection
@@ -162,19 +148,29 @@ class Processor:
         metrics.skipped_blobs.labels(ref.content_type, "failed").inc()
         return Delivered(ref, skipped="failed")
 
-    def _acknowledge(self, group: list[Delivered]) -> None:
-        self.forwarder.add((), ack=functools.partial(self._commit, group))
+    async def _acknowledge(self, group: list[Delivered]) -> None:
+        """Queue the group's acknowledgement behind its records; a forwarder that fails is tried again."""
+        while True:
+            try:
+                await self.forwarder.add((), ack=functools.partial(self._commit, group))
+                return
+            except Exception as error:  # noqa: BLE001 - the group stays here and is handed over again
+                self._sampled("forwarder", f"Handing records to the forwarder failed, trying again: {error!r}", "error")
+                if self._stopping:
+                    return  # not acknowledged: fetched again at the next start
+                await asyncio.sleep(TROUBLE_PAUSE)
 
     def _commit(self, group: list[Delivered]) -> None:
-        """On the delivery thread, once the runtime confirmed every record of the group."""
+        """On the loop, once the runtime confirmed every record of the group (and all before it)."""
         self.state.commit(group)
+        self.state.persist_soon()
         for item in group:
             if not item.skipped:
                 metrics.blobs_forwarded.labels(item.ref.content_type).inc()
                 if item.records:
                     metrics.records_forwarded.labels(item.ref.content_type).inc(item.records)
 
-    def _process(self, item: Fetched) -> Delivered:
+    async def _process(self, item: Fetched) -> Delivered:
         ref = item.ref
         if item.skipped:
             metrics.skipped_blobs.labels(ref.content_type, item.skipped).inc()
@@ -207,7 +203,7 @@ class Processor:
             metrics.duplicate_records.labels(ref.content_type).inc(duplicates)
         if events:
             try:
-                self.forwarder.add(events, origin=f"{ref.content_type} blob {ref.content_id}")
+                await self.forwarder.add(events, origin=f"{ref.content_type} blob {ref.content_id}")
             except BaseException:
                 self.state.filter.forget(hashes)  # fetched again: its records must not look like duplicates then
                 raise

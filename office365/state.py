@@ -12,14 +12,16 @@
   record's bytes, not on ``Id``: distinct records may share an ``Id``. Bounded (oldest forgotten first), and
   rebuilt at start from the hashes kept in the ledger.
 
-Threads: the event loop lists and tracks blobs, one processing thread uses the record filter, and the
-forwarder's delivery thread commits; ``_lock`` guards what they share.
+Everything above lives on the trigger's event loop (listing, processing, and the acknowledgements that commit):
+no lock. Files are written off the loop (``persist``) from a snapshot taken on it, one write at a time, the
+ledger's new lines before the checkpoint that counts on them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
-import threading
+import struct
 import time
 from collections import deque
 from collections.abc import Iterable
@@ -37,15 +39,18 @@ SAVE_INTERVAL = 1.0
 COMPACT_CHECK_INTERVAL = 600.0
 
 
+_FIRST_8_BYTES = struct.Struct(">Q").unpack_from
+
+
 def record_hash(record: bytes) -> int:
     """63 bits of SHA-1 (hardware-accelerated, faster than BLAKE2 here): collisions are negligible at the bound."""
-    return int.from_bytes(hashlib.sha1(record, usedforsecurity=False).digest()[:8], "big") >> 1
+    return _FIRST_8_BYTES(hashlib.sha1(record, usedforsecurity=False).digest())[0] >> 1
 
 
 def record_hashes(records: list[bytes]) -> list[int]:
     """``record_hash`` of each record; the processor's hot path, so the lookups are hoisted out of the loop."""
-    sha1, from_bytes = hashlib.sha1, int.from_bytes
-    return [from_bytes(sha1(record, usedforsecurity=False).digest()[:8], "big") >> 1 for record in records]
+    sha1, first = hashlib.sha1, _FIRST_8_BYTES
+    return [first(sha1(record, usedforsecurity=False).digest())[0] >> 1 for record in records]
 
 
 def content_key(content_id: str) -> int:
@@ -111,6 +116,17 @@ class Delivered:
     skipped: str = ""  # why the blob was skipped (AF20050/51/52), empty when fetched
 
 
+@dataclass(slots=True)
+class _Write:
+    """What one write puts on disk, taken on the loop: the ledger's new lines, then the checkpoint (None: unchanged
+    or not due), and whether the ledger is rewritten without the lines expired before ``compact_before``."""
+
+    entries: list[dict]
+    checkpoint: dict | None
+    compact_before: float | None
+    live: int = 0  # ledger lines left by a compaction
+
+
 @dataclass
 class _Progress:
     listed_until: float  # epoch seconds: every blob created before it was listed (and tracked or delivered)
@@ -145,9 +161,10 @@ class CollectorState:
         )
         self._checkpoint = StateFile(self.directory / "office365-checkpoint.json")
         self._journal = Journal(self.directory / "office365-ledger.jsonl")
-        self._lock = threading.Lock()
-        self._save_lock = threading.Lock()
         self._ledger: dict[int, float] = {}
+        self._unwritten: list[dict] = []  # ledger lines committed, not yet written
+        self._writing = asyncio.Lock()  # one write at a time: journal lines stay in commit order
+        self._persisting: asyncio.Task | None = None
         self._journal_entries = 0
         self._last_save = 0.0
         self._last_compact_check = time.monotonic()
@@ -205,44 +222,38 @@ class CollectorState:
         if len(live) < len(entries):
             self._journal.rewrite(live)
 
-    # -- listing side (event loop) -------------------------------------------------------------------------
+    # -- listing side --------------------------------------------------------------------------------------
 
     def resume_point(self, content_type: str) -> datetime:
-        with self._lock:
-            return datetime.fromtimestamp(self._progress[content_type].resume(), UTC)
+        return datetime.fromtimestamp(self._progress[content_type].resume(), UTC)
 
     def listed_until(self, content_type: str) -> datetime:
-        with self._lock:
-            return datetime.fromtimestamp(self._progress[content_type].listed_until, UTC)
+        return datetime.fromtimestamp(self._progress[content_type].listed_until, UTC)
 
     def is_known(self, content_type: str, content_id: str) -> bool:
         """Delivered, or listed and on its way."""
-        with self._lock:
-            return content_id in self._progress[content_type].pending or content_key(content_id) in self._ledger
+        return content_id in self._progress[content_type].pending or content_key(content_id) in self._ledger
 
     def track(self, ref: ContentRef) -> bool:
         """Take a listed blob in; False when it was delivered or is already on its way."""
-        with self._lock:
-            progress = self._progress[ref.content_type]
-            if ref.content_id in progress.pending or content_key(ref.content_id) in self._ledger:
-                return False
-            progress.pending[ref.content_id] = ref.created
-            return True
+        progress = self._progress[ref.content_type]
+        if ref.content_id in progress.pending or content_key(ref.content_id) in self._ledger:
+            return False
+        progress.pending[ref.content_id] = ref.created
+        return True
 
     def listed(self, content_type: str, until: datetime) -> None:
-        with self._lock:
-            progress = self._progress[content_type]
-            progress.listed_until = max(progress.listed_until, until.timestamp())
-            progress.initial = False
+        progress = self._progress[content_type]
+        progress.listed_until = max(progress.listed_until, until.timestamp())
+        progress.initial = False
 
     def skip_to(self, content_type: str, moment: datetime) -> None:
         """Content before ``moment`` expired while the trigger was away: stop resuming from before it."""
-        with self._lock:
-            progress = self._progress[content_type]
-            progress.listed_until = max(progress.listed_until, moment.timestamp())
-            for content_id, created in list(progress.pending.items()):
-                if created < moment.timestamp():
-                    del progress.pending[content_id]
+        progress = self._progress[content_type]
+        progress.listed_until = max(progress.listed_until, moment.timestamp())
+        for content_id, created in list(progress.pending.items()):
+            if created < moment.timestamp():
+                del progress.pending[content_id]
 
     def owes_from_resume(self, content_type: str) -> bool:
         """Whether content from the resume point on was promised: a window was listed since the state began (the
@@ -251,65 +262,102 @@ class CollectorState:
 
     def pending(self, content_type: str) -> tuple[int, float | None]:
         """(blobs listed and not delivered, contentCreated of the oldest one)."""
-        with self._lock:
-            pending = self._progress[content_type].pending
-            return len(pending), (min(pending.values()) if pending else None)
+        pending = self._progress[content_type].pending
+        return len(pending), (min(pending.values()) if pending else None)
 
-    # -- delivery side (the forwarder's thread, after confirmation) ----------------------------------------
+    # -- delivery side (acknowledgements, after confirmation) ------------------------------------------------
 
     def commit(self, delivered: list[Delivered]) -> None:
-        """The runtime confirmed every record of these blobs: record them, then let the resume point move."""
-        if not delivered:
-            return
-        self._journal.append(
-            {"c": item.ref.content_id, "x": int(item.ref.expiration + LEDGER_GRACE), "h": item.hashes}
-            for item in delivered
-        )
-        with self._lock:
-            for item in delivered:
-                self._ledger[content_key(item.ref.content_id)] = item.ref.expiration + LEDGER_GRACE
-                self._progress[item.ref.content_type].pending.pop(item.ref.content_id, None)
-            self._journal_entries += len(delivered)
-        self.save()
-        self._maybe_compact()
+        """The runtime confirmed every record of these blobs: record them, and let the resume point move. In memory
+        (an acknowledgement must not block the loop): the next write puts them in the ledger."""
+        for item in delivered:
+            expires = item.ref.expiration + LEDGER_GRACE
+            self._ledger[content_key(item.ref.content_id)] = expires
+            self._progress[item.ref.content_type].pending.pop(item.ref.content_id, None)
+            self._unwritten.append({"c": item.ref.content_id, "x": int(expires), "h": item.hashes})
+        self._journal_entries += len(delivered)
+
+    def persist_soon(self) -> None:
+        """On the loop, after commits: write them off the loop now; commits made meanwhile join the next write."""
+        if self._persisting is None and self._unwritten:
+            self._persisting = asyncio.get_running_loop().create_task(self._persist_committed())
+
+    async def _persist_committed(self) -> None:
+        try:
+            while self._unwritten:
+                await self.persist()
+        except Exception:  # noqa: BLE001 - the monitor's next write meets the same trouble and fails the run
+            pass
+        finally:
+            self._persisting = None
+
+    async def persist(self, force: bool = False) -> None:
+        """On the loop: write what changed (the checkpoint at most once a second unless ``force``) in a thread."""
+        async with self._writing:
+            write = self._next_write(force)
+            if write is not None:
+                try:
+                    await asyncio.to_thread(self._write, write)
+                except BaseException:
+                    self._unwritten[:0] = write.entries  # written next time (a line twice in the ledger is harmless)
+                    raise
+                self._written(write)
 
     def save(self, force: bool = False) -> None:
-        # A snapshot under ``_lock``, written outside it: the event loop takes the lock for every listed blob and
-        # must not wait for two fsyncs. ``_save_lock`` keeps savers (monitor, delivery thread) in order.
-        with self._save_lock:
-            with self._lock:
-                now = time.monotonic()
-                if not force and now - self._last_save < SAVE_INTERVAL:
-                    return
-                resume = {ct: progress.resume() for ct, progress in self._progress.items()}
-                initial = [ct for ct, progress in self._progress.items() if progress.initial]
-                if initial == self._saved_initial and all(
-                    resume[ct] == self._progress[ct].saved_resume for ct in resume
-                ):
-                    return
-            self._checkpoint.save({"version": self.VERSION, "resume": resume, "initial": initial})
-            with self._lock:
-                for content_type, value in resume.items():
-                    self._progress[content_type].saved_resume = value
-                self._saved_initial = initial
-                self._last_save = now
+        """``persist`` where no loop runs (at close, after the run's loop ended)."""
+        write = self._next_write(force)
+        if write is not None:
+            try:
+                self._write(write)
+            except BaseException:
+                self._unwritten[:0] = write.entries
+                raise
+            self._written(write)
 
-    def _maybe_compact(self) -> None:
-        """Every few minutes: drop expired entries, and rewrite the ledger once they are most of it."""
-        now = time.time()
-        if time.monotonic() - self._last_compact_check < COMPACT_CHECK_INTERVAL:
-            return
-        self._last_compact_check = time.monotonic()
-        with self._lock:
-            expired = [key for key, expires in self._ledger.items() if expires < now]
-            for key in expired:
-                del self._ledger[key]
-            worth_it = self._journal_entries > 1000 and self._journal_entries > 2 * len(self._ledger)
-        if worth_it:
-            live = [entry for entry in self._journal.replay() if float(entry["x"]) >= now]
+    def _next_write(self, force: bool) -> _Write | None:
+        """On the loop: the snapshot of what to write."""
+        entries, self._unwritten = self._unwritten, []
+        checkpoint = None
+        now = time.monotonic()
+        if force or now - self._last_save >= SAVE_INTERVAL:
+            resume = {ct: progress.resume() for ct, progress in self._progress.items()}
+            initial = [ct for ct, progress in self._progress.items() if progress.initial]
+            if initial != self._saved_initial or any(resume[ct] != self._progress[ct].saved_resume for ct in resume):
+                checkpoint = {"version": self.VERSION, "resume": resume, "initial": initial}
+        compact_before = self._compaction()
+        if not entries and checkpoint is None and compact_before is None:
+            return None
+        return _Write(entries, checkpoint, compact_before)
+
+    def _write(self, write: _Write) -> None:
+        """In a thread (or where no loop runs): touches the files only."""
+        self._journal.append(write.entries)
+        if write.compact_before is not None:
+            live = [entry for entry in self._journal.replay() if float(entry["x"]) >= write.compact_before]
             self._journal.rewrite(live)
-            with self._lock:
-                self._journal_entries = len(live)
+            write.live = len(live)
+        if write.checkpoint is not None:
+            self._checkpoint.save(write.checkpoint)
+
+    def _written(self, write: _Write) -> None:
+        if write.compact_before is not None:
+            self._journal_entries = write.live + len(self._unwritten)
+        if write.checkpoint is not None:
+            for content_type, value in write.checkpoint["resume"].items():
+                self._progress[content_type].saved_resume = value
+            self._saved_initial = write.checkpoint["initial"]
+            self._last_save = time.monotonic()
+
+    def _compaction(self) -> float | None:
+        """Every few minutes: drop expired entries from memory; the cut-off for a rewrite of the ledger once they
+        are most of it (None: not now)."""
+        if time.monotonic() - self._last_compact_check < COMPACT_CHECK_INTERVAL:
+            return None
+        self._last_compact_check = time.monotonic()
+        now = time.time()
+        for key in [key for key, expires in self._ledger.items() if expires < now]:
+            del self._ledger[key]
+        return now if self._journal_entries > 1000 and self._journal_entries > 2 * len(self._ledger) else None
 
     def close(self) -> None:
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 from connectors.logs import format_duration
@@ -47,21 +48,28 @@ class Office365Trigger(CollectorTrigger):
             initial_lookback=timedelta(hours=config.initial_lookback_hours),
             filter_capacity=config.record_filter_size,
         )
-        pipeline = Pipeline(
-            config,
-            endpoints,
-            credential,
-            state,
-            self.forwarder,
-            self.log,
-            heartbeat=self.heartbeat,
-            report_lag=lambda lag: self.put_events_lag(intake_key=self.metric_intake, lag=lag),
-            user_agent=self._user_agent,
-            redactor=self._redactor,
-        )
+
+        async def collect_on_loop(stopping: asyncio.Event) -> None:
+            pipeline = Pipeline(
+                config,
+                endpoints,
+                credential,
+                state,
+                self.forwarder,  # made on this run's loop
+                self.log,
+                heartbeat=self.heartbeat,
+                report_lag=lambda lag: self.put_events_lag(intake_key=self.metric_intake, lag=lag),
+                user_agent=self._user_agent,
+                redactor=self._redactor,
+                stopping=stopping,
+            )
+            try:
+                await pipeline.run()
+            finally:
+                # Deliver what was handed over: its acknowledgements move the resume point before the state closes.
+                await self.finish_delivery()
+
         try:
-            self.run_async(lambda stopping: pipeline.run(), pipeline.stopping)
+            self.run_async(collect_on_loop)
         finally:
-            # Deliver what was handed over, then save the resume point its acknowledgements moved.
-            self.finish_delivery()
-            state.close()
+            state.close()  # the loop ended: no write of the state is running

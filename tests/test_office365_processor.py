@@ -1,13 +1,13 @@
-"""The processing thread: records forwarded once, blobs committed only after the runtime confirmed them."""
+"""The processing task: records forwarded once, blobs committed only after the runtime confirmed them."""
 
 from __future__ import annotations
 
-import threading
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 import orjson
 
-from emulators.process import wait_until
+from emulators.process import eventually
 from office365.fetcher import Fetched
 from office365.listing import ContentRef
 from office365.processor import Processor
@@ -22,20 +22,18 @@ class FakeForwarder:
     def __init__(self):
         self.events: list[bytes] = []
         self.acks: list = []
-        self.lock = threading.Lock()
 
-    def add(self, events, ack=None, origin=""):
-        with self.lock:
-            self.events.extend(events)
-            if ack is not None:
-                self.acks.append(ack)
+    async def add(self, events, ack=None, origin=""):
+        self.events.extend(events)
+        if ack is not None:
+            self.acks.append(ack)
+        return len(events)
 
     def flush(self):
         """The processor sends what is buffered when it has nothing more: here everything is kept anyway."""
 
     def confirm(self):
-        with self.lock:
-            acks, self.acks = self.acks, []
+        acks, self.acks = self.acks, []
         for ack in acks:
             ack()
 
@@ -51,7 +49,7 @@ def body(*records: dict) -> bytes:
     return orjson.dumps(list(records))
 
 
-def run(tmp_path, items: list[Fetched]):
+async def run(tmp_path, items: list[Fetched]):
     state = CollectorState(tmp_path, ["Audit.Exchange"], initial_lookback=timedelta(hours=2), filter_capacity=100)
     for item in items:
         state.track(item.ref)
@@ -59,26 +57,27 @@ def run(tmp_path, items: list[Fetched]):
     processor = Processor(
         forwarder, state, lambda message, level: logs.append((level, message)), lambda: done.append(1)
     )
-    processor.start()
+    processing = asyncio.create_task(processor.run())
     for item in items:
         processor.put(item)
-    assert wait_until(lambda: len(done) == len(items) and forwarder.acks, 5)
-    assert processor.stop()
+    assert await eventually(lambda: len(done) == len(items) and forwarder.acks, 5, interval=0.01)
+    processor.stop()
+    await asyncio.wait_for(processing, 5)
     return state, forwarder, logs
 
 
-def test_records_repeated_in_a_later_blob_are_forwarded_once_distinct_records_sharing_an_id_are_not(tmp_path):
+async def test_records_repeated_in_a_later_blob_are_forwarded_once_distinct_records_sharing_an_id_are_not(tmp_path):
     match = {"Id": "d5a0e7d9", "Operation": "DlpRuleMatch"}
     undo = {"Id": "d5a0e7d9", "Operation": "DlpRuleUndo"}  # same Id, different record
     other = {"Id": "1", "Operation": "Send"}
     items = [Fetched(ref("c$1"), body=body(match, other)), Fetched(ref("c$2"), body=body(other, undo, match))]
-    state, forwarder, _ = run(tmp_path, items)
+    state, forwarder, _ = await run(tmp_path, items)
     assert [orjson.loads(event) for event in forwarder.events] == [match, other, undo]
 
 
-def test_blobs_are_committed_only_once_the_runtime_confirmed_them(tmp_path):
+async def test_blobs_are_committed_only_once_the_runtime_confirmed_them(tmp_path):
     items = [Fetched(ref("c$1"), body=body({"Id": "1"})), Fetched(ref("c$2"), skipped="expired", code="AF20051")]
-    state, forwarder, logs = run(tmp_path, items)
+    state, forwarder, logs = await run(tmp_path, items)
     assert state.pending("Audit.Exchange")[0] == 2  # handed over, not confirmed: nothing moves
     assert state.ledger_size == 0
     forwarder.confirm()
@@ -87,13 +86,13 @@ def test_blobs_are_committed_only_once_the_runtime_confirmed_them(tmp_path):
     assert any("expired (AF20051)" in message and "c$2" in message for _, message in logs)
 
 
-def test_bad_content_is_logged_once_with_the_content_id_and_the_rest_goes_on(tmp_path):
+async def test_bad_content_is_logged_once_with_the_content_id_and_the_rest_goes_on(tmp_path):
     items = [
         Fetched(ref("c$bad"), body=b'[{"Id": "1"}, 42, {"Id": "2"}]'),
         Fetched(ref("c$broken"), body=b'[{"Id": "3"'),
         Fetched(ref("c$fine"), body=body({"Id": "4"})),
     ]
-    state, forwarder, logs = run(tmp_path, items)
+    state, forwarder, logs = await run(tmp_path, items)
     assert [orjson.loads(event)["Id"] for event in forwarder.events] == ["1", "2", "4"]
     warnings = [message for level, message in logs if level == "warning"]
     assert sum("c$bad" in message for message in warnings) == 1
@@ -102,7 +101,7 @@ def test_bad_content_is_logged_once_with_the_content_id_and_the_rest_goes_on(tmp
     assert state.pending("Audit.Exchange") == (0, None)  # bad blobs are done too: never fetched again
 
 
-def test_a_failing_blob_is_left_pending_and_the_others_go_on(tmp_path, monkeypatch):
+async def test_a_failing_blob_is_left_pending_and_the_others_go_on(tmp_path, monkeypatch):
     import office365.processor as module
 
     real = module.parse_blob
@@ -114,7 +113,7 @@ def test_a_failing_blob_is_left_pending_and_the_others_go_on(tmp_path, monkeypat
 
     monkeypatch.setattr(module, "parse_blob", parse)
     items = [Fetched(ref("c$1"), body=b"boom"), Fetched(ref("c$2"), body=body({"Id": "2"}))]
-    state, forwarder, logs = run(tmp_path, items)
+    state, forwarder, logs = await run(tmp_path, items)
     forwarder.confirm()
     assert state.pending("Audit.Exchange")[0] == 1  # c$1 waits for the next start
     assert state.ledger_size == 1  # c$2 delivered
@@ -161,7 +160,7 @@ def test_content_past_the_retention_is_reported_after_a_long_stop_not_at_first_s
     assert len(logs) == 1 and logs[0][0] == "error" and "was not collected" in logs[0][1]
 
 
-def test_a_blob_failing_every_time_is_fetched_again_a_few_times_then_skipped_by_name(tmp_path, monkeypatch):
+async def test_a_blob_failing_every_time_is_fetched_again_a_few_times_then_skipped_by_name(tmp_path, monkeypatch):
     """Left pending, it would pin the resume point for the rest of the run: after its retries it is skipped,
     committed like an expired blob, with one error naming it."""
     import office365.processor as module
@@ -175,10 +174,11 @@ def test_a_blob_failing_every_time_is_fetched_again_a_few_times_then_skipped_by_
         forwarder, state, lambda message, level: logs.append((level, message)), lambda: None,
         lambda again, delay: (delays.append(delay), processor.put(Fetched(again, body=b"[]"))),
     )
-    processor.start()
+    processing = asyncio.create_task(processor.run())
     processor.put(item)
-    assert wait_until(lambda: forwarder.acks, 5)
-    assert processor.stop()
+    assert await eventually(lambda: forwarder.acks, 5, interval=0.01)
+    processor.stop()
+    await asyncio.wait_for(processing, 5)
     assert len(delays) == module.BLOB_ATTEMPTS - 1 and delays == sorted(delays)  # growing steps
     forwarder.confirm()
     assert state.pending("Audit.Exchange") == (0, None)

@@ -1,6 +1,6 @@
 """What the collection does when its own parts fail or its view of the API's clock is off, against the real HTTPS
 emulator: the API's clock learnt from quick answers only, a window refused as too old costs only its unreachable
-minutes (and says so), a failing forwarder or blob never stalls the processing thread, a dead thread fails the run."""
+minutes (and says so), a failing forwarder or blob never stalls the processing task, a dead task fails the run."""
 
 from __future__ import annotations
 
@@ -101,7 +101,7 @@ def test_a_window_refused_as_too_old_loses_only_its_unreachable_minutes_and_repo
         assert rig.comparison()["duplicates"] == 0
 
 
-# -- the processing thread ---------------------------------------------------------------------------------------
+# -- the processing task -----------------------------------------------------------------------------------------
 
 
 def test_a_forwarder_failing_for_a_while_does_not_stop_the_processing(tmp_path, monkeypatch):
@@ -109,54 +109,44 @@ def test_a_forwarder_failing_for_a_while_does_not_stop_the_processing(tmp_path, 
     arrives once, and the failure is logged."""
     from connectors.delivery import Forwarder
 
-    failures = {"flush": 2, "ack": 2}
-    flush, add = Forwarder.flush, Forwarder.add
+    failures = {"ack": 2}
+    add = Forwarder.add
 
-    def failing(kind: str) -> None:
-        if failures[kind] > 0:
-            failures[kind] -= 1
+    async def failing_add(self, events, ack=None, origin=""):
+        if ack is not None and not events and failures["ack"] > 0:  # a group's acknowledgement
+            failures["ack"] -= 1
             raise OSError(28, "No space left on device")
+        return await add(self, events, ack=ack, origin=origin)
 
-    def failing_flush(self):
-        failing("flush")
-        return flush(self)
-
-    def failing_add(self, events, ack=None, origin=""):
-        if ack is not None and not events:  # a group's acknowledgement
-            failing("ack")
-        return add(self, events, ack=ack, origin=origin)
-
-    monkeypatch.setattr(Forwarder, "flush", failing_flush)
     monkeypatch.setattr(Forwarder, "add", failing_add)
     monkeypatch.setattr("office365.processor.TROUBLE_PAUSE", 0.1)
     with O365Rig(tmp_path, "--blobs", "4", "--records-per-blob", "5") as rig:
         with InProcessTrigger(rig, rig.trigger_config(content_types=["Audit.Exchange"]), monkeypatch):
             assert rig.wait_complete(60, expected=4 * 5), rig.comparison()
-            assert wait_until(lambda: failures == {"flush": 0, "ack": 0}, 10)
+            assert wait_until(lambda: failures == {"ack": 0}, 10)
             # The acknowledgements went through in the end: every blob committed, the resume point free to move.
             assert wait_until(lambda: gauge_values(metrics.pending_blobs).get("Audit.Exchange") == 0, 20)
             assert wait_until(lambda: messages(rig, "Handing records to the forwarder failed"), 10), rig.logs()
         assert rig.comparison()["duplicates"] == 0
 
 
-def test_a_dead_processing_thread_fails_the_run_which_is_restarted(tmp_path, monkeypatch):
+def test_a_dead_processing_task_fails_the_run_which_is_restarted(tmp_path, monkeypatch):
     from office365.processor import Processor
 
     deaths = {"left": 1}
-    loop = Processor._loop
+    run = Processor.run
 
-    def dying_loop(self):
+    async def dying_run(self):
         if deaths["left"] > 0:
             deaths["left"] -= 1
             raise MemoryError("a bug in the processing loop")
-        return loop(self)
+        return await run(self)
 
-    monkeypatch.setattr(Processor, "_loop", dying_loop)
+    monkeypatch.setattr(Processor, "run", dying_run)
     with O365Rig(tmp_path, "--blobs", "3", "--records-per-blob", "4") as rig:
         with InProcessTrigger(rig, rig.trigger_config(content_types=["Audit.Exchange"]), monkeypatch):
             assert rig.wait_complete(90, expected=3 * 4), rig.comparison()
-        assert messages(rig, "The Office 365 processing thread stopped")
-        assert messages(rig, "Collection failed (RuntimeError); restarting")
+        assert messages(rig, "Collection failed (MemoryError); restarting")
         assert rig.comparison()["duplicates"] == 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -92,16 +93,35 @@ def test_restart_resumes_exactly_and_remembers_delivered_blobs_and_records(tmp_p
     assert 11 in again.filter and 12 in again.filter
 
 
-def test_a_crash_before_the_checkpoint_only_moves_the_resume_point_back(tmp_path):
+async def test_a_crash_before_the_checkpoint_only_moves_the_resume_point_back(tmp_path):
     state = state_at(tmp_path)
     blob = ref("c$1", NOW - timedelta(hours=1))
     state.track(blob)
     state.listed("Audit.Exchange", NOW)
     state.save(force=True)
-    state.commit([Delivered(blob, hashes=[5], records=1)])  # ledger written; the checkpoint may lag (1/s)
+    saved = (tmp_path / "office365-checkpoint.json").read_bytes()
+    state.commit([Delivered(blob, hashes=[5], records=1)])  # an acknowledgement: in memory
+    state.persist_soon()  # its write, off the loop
+    await state.persist()  # (after the one just queued)
+    assert (tmp_path / "office365-checkpoint.json").read_bytes() == saved  # the checkpoint lags (1/s)
     state._instance.release()  # the process dies: the kernel drops its lock
     again = state_at(tmp_path)
-    assert again.is_known("Audit.Exchange", "c$1")  # so a re-list skips it: no duplicate
+    assert again.is_known("Audit.Exchange", "c$1")  # the ledger was written: a re-list skips it, no duplicate
+    assert again.resume_point("Audit.Exchange") == NOW - timedelta(hours=1)  # moved back, not past anything
+
+
+async def test_commits_made_while_a_write_runs_join_the_next_one_in_order(tmp_path):
+    state = state_at(tmp_path)
+    blobs = [ref(f"c${index}", NOW - timedelta(minutes=50 - index)) for index in range(6)]
+    for index, blob in enumerate(blobs):
+        state.track(blob)
+        state.commit([Delivered(blob, hashes=[index], records=1)])
+        state.persist_soon()
+        await asyncio.sleep(0)  # the write may be in its thread now
+    await state.persist()
+    lines = (tmp_path / "office365-ledger.jsonl").read_bytes().splitlines()
+    assert [orjson.loads(line)["c"] for line in lines] == [blob.content_id for blob in blobs]
+    state.close()
 
 
 def test_skip_to_gives_up_content_past_the_retention(tmp_path):
@@ -186,6 +206,7 @@ def test_ledger_is_compacted_when_mostly_expired(tmp_path, monkeypatch):
     monkeypatch.setattr(module, "COMPACT_CHECK_INTERVAL", 0.0)
     state._last_compact_check = time.monotonic() - 1
     state.commit([Delivered(fresh)])
+    state.save()
     lines = (tmp_path / "office365-ledger.jsonl").read_bytes().splitlines()
     assert [orjson.loads(line)["c"] for line in lines] == ["new$1"]
     assert state.ledger_size == 1
