@@ -201,21 +201,27 @@ class Forwarder:
         if self._failure is not None:
             return 0
         max_events, max_bytes = self.limits.max_events, self.limits.max_bytes
-        added = 0
-        batch: _Batch | None = self._current() if events else None
-        for event in events:
-            if batch is None:
-                batch = self._current()
-            batch.events.append(event)
-            batch.origins.append(origin)
-            batch.size += len(event)
-            added += 1
+        added, count = 0, len(events)
+        while added < count:  # whole slices at a time: the per-event work is the byte count alone
+            batch = self._current()
+            chunk = events[added : added + max_events - len(batch.events)]
+            size = sum(map(len, chunk))
+            if batch.size + size >= max_bytes:  # the byte limit falls inside: up to the event that reaches it
+                total = batch.size
+                for taken, event in enumerate(chunk, 1):
+                    total += len(event)
+                    if total >= max_bytes:
+                        break
+                chunk, size = chunk[:taken], total - batch.size
+            batch.events.extend(chunk)
+            batch.origins.extend([origin] * len(chunk))
+            batch.size += size
+            added += len(chunk)
             if len(batch.events) >= max_events or batch.size >= max_bytes:
                 self._cut()
                 await self._wait_for_room()
                 if self._failure is not None:
                     return added
-                batch = None
         if ack is not None:
             if self._batch or not self._ready:
                 self._current().acks.append(ack)
@@ -358,9 +364,9 @@ class Forwarder:
         per call). The caller's list is never changed."""
         if not isinstance(events, (list, tuple)):
             events = list(events)
-        oversize = [index for index, event in enumerate(events) if len(event) > EVENT_BYTES_MAX_SIZE]
-        if not oversize:
+        if not events or max(map(len, events)) <= EVENT_BYTES_MAX_SIZE:
             return events
+        oversize = [index for index, event in enumerate(events) if len(event) > EVENT_BYTES_MAX_SIZE]
         events = list(events)
         shortened = await asyncio.to_thread(lambda: [shorten(events[index], EVENT_BYTES_MAX_SIZE) for index in oversize])
         originals, lines = [], []

@@ -166,6 +166,27 @@ async def test_large_batches_are_split_under_the_payload_limit(runtime, tmp_path
     assert runtime.stats()["batches"] >= 1
 
 
+async def test_batches_are_cut_at_the_event_reaching_their_size_or_count(runtime, tmp_path):
+    # Room for every batch (no wait in add, so no sender runs in between): what is cut is what add did.
+    fwd = forwarder(runtime, tmp_path, max_events=12, max_bytes=1000, max_age=5, in_flight=20)
+    sized = [b'{"n":"%04d","pad":"%s"}' % (i, b"x" * 79) for i in range(95)]  # 100 bytes each
+    assert {len(event) for event in sized} == {100}
+    await fwd.add(sized[:33], origin="a")  # 10 per batch by bytes: three cut, three buffered
+    assert fwd.pending == 3
+    await fwd.add(sized[33:], origin="b")
+    assert fwd.pending == 9  # the last five still buffered
+    assert await fwd.drain(timeout=30)
+    await fwd.close()
+    assert runtime.stats()["batches"] == 10  # nine of ten events (1,000 bytes) and the last five
+    assert sorted(runtime.delivered()) == sorted(sized)
+    small = forwarder(runtime, tmp_path, max_events=12, max_bytes=1_000_000, max_age=5, in_flight=20)
+    await small.add(sized[:30])
+    assert small.pending == 2  # two of twelve events cut, six buffered
+    assert await small.drain(timeout=30)
+    await small.close()
+    assert runtime.stats()["batches"] == 13
+
+
 async def test_unconfirmed_batch_is_never_acknowledged(runtime, tmp_path):
     runtime.control(down_for=60)
     recorder = Recorder()
