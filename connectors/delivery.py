@@ -194,11 +194,11 @@ class Forwarder:
         """Buffer serialized events (one JSON document each); ``ack`` runs on the loop once all of them, and all
         added before them, were confirmed. Awaiting it is the backpressure: it returns once at most
         ``limits.in_flight`` cut batches wait for a sender (at once when stopping). Returns how many were taken:
-        0 once a batch was not confirmed (nothing after it could be acknowledged)."""
-        if self._failure is not None:
+        0 once a batch was not confirmed (nothing after it could be acknowledged) or once closed (no sender left)."""
+        if self._failure is not None or self._closed:
             return 0
         events = await self._fit(events, origin)
-        if self._failure is not None:
+        if self._failure is not None or self._closed:
             return 0
         max_events, max_bytes = self.limits.max_events, self.limits.max_bytes
         added, count = 0, len(events)

@@ -68,7 +68,8 @@ async def test_events_arrive_exactly_as_sent_and_acks_follow_confirmation(runtim
     for unit in range(10):
         await fwd.add(events(37, start=unit * 37), ack=recorder.ack(unit), origin=f"unit-{unit}")
     assert await fwd.drain(timeout=30)
-    await fwd.close()
+    assert await fwd.close() is True
+    assert await fwd.add(events(1)) == 0  # closed: no sender would take it
     assert sorted(runtime.delivered()) == sorted(events(370))
     assert [name for name, _ in recorder.acks] == list(range(10))
     # Each ack ran only once every event of its unit (and of the units before) was in the runtime's file.
