@@ -6,7 +6,9 @@ record likewise leaves out the CPU the process spent before it was ready (sample
 apart: ``ready_s`` (process start to liveness) and ``first_request_s``, from the moment just before the process is
 started to the source emulator's first request or connection (its own clock, read from its stats: the trigger
 reports nothing). ``seconds`` is the whole wall time from the process start. Peak RSS is the kernel's high-water
-mark of the trigger process.
+mark of the trigger process. ``steady_records_per_s`` is the rate once the first records were confirmed (what
+came after them, over the time after them): with ``first_delivery_s``, it tells a slow start from slow streaming,
+which the goal's rate from readiness mixes on a small workload.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ class Run:
     first_request_s: float | None = None  # process start until the source's first request (its emulator's clock)
     startup_cpu_s: float = 0.0  # CPU seconds spent by the process when it became ready
     ready_rss_mb: float = 0.0  # resident set when it became ready: the interpreter and its imports
-    first_delivery_s: float | None = None
+    first_delivery_s: float | None = None  # process start (the bare client: its start) until records first arrived
+    first_delivered: int = 0  # how many had arrived then
     timeline: list[tuple[float, int]] = field(default_factory=list)  # (seconds since start, delivered)
     complete: bool = False
     exit_code: int | None = None
@@ -44,6 +47,13 @@ class Run:
         return self.records / busy if busy > 0 else 0.0
 
     @property
+    def steady_records_per_s(self) -> float:
+        if self.first_delivery_s is None:
+            return 0.0
+        after = self.seconds - self.first_delivery_s
+        return (self.records - self.first_delivered) / after if after > 0 else 0.0
+
+    @property
     def cpu_us_per_record(self) -> float:
         """After start-up: the CPU spent before readiness (imports, configuration) is not the records'."""
         return (self.cpu_seconds - self.startup_cpu_s) * 1e6 / self.records if self.records else 0.0
@@ -52,6 +62,7 @@ class Run:
         data = asdict(self)
         data.pop("timeline")
         data.update(records_per_s=round(self.records_per_s, 1), cpu_us_per_record=round(self.cpu_us_per_record, 2),
+                    steady_records_per_s=round(self.steady_records_per_s, 1),
                     seconds=round(self.seconds, 3), cpu_seconds=round(self.cpu_seconds, 3),
                     startup_cpu_s=round(self.startup_cpu_s, 3), ready_rss_mb=round(self.ready_rss_mb, 1),
                     peak_rss_mb=round(self.peak_rss_mb, 1))
@@ -77,8 +88,9 @@ def _answers(url: str) -> bool:
         return False
 
 
-# How a trigger is started (``benchmarks.profile`` puts it under its profiler).
+# How a trigger is started (``benchmarks.profile`` puts it under its profiler, and has it signalled once ready).
 TRIGGER_COMMAND = [sys.executable, "main.py"]
+READY_SIGNAL: int | None = None
 
 
 def run_trigger(parameter: str, env: dict[str, str], delivered, expected: int, timeout: float, log_path: Path,
@@ -102,6 +114,8 @@ def run_trigger(parameter: str, env: dict[str, str], delivered, expected: int, t
             ready = run.ready_s is None and health is not None and _answers(health)
             if ready:
                 run.ready_s = round(now, 3)
+                if READY_SIGNAL is not None:
+                    proc.send_signal(READY_SIGNAL)
             count = delivered()
             run.timeline.append((round(now, 3), count))
             try:
@@ -113,7 +127,7 @@ def run_trigger(parameter: str, env: dict[str, str], delivered, expected: int, t
             if ready:
                 run.startup_cpu_s, run.ready_rss_mb = cpu, run.peak_rss_mb
             if count and run.first_delivery_s is None:
-                run.first_delivery_s = round(now, 3)
+                run.first_delivery_s, run.first_delivered = round(now, 3), count
             if count >= expected or proc.poll() is not None or now > timeout:
                 break
             time.sleep(interval)

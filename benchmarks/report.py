@@ -44,16 +44,17 @@ def line(name: str, result: dict) -> str:
 
 
 def table(document: dict) -> str:
-    rows = [("scenario", "records", "ready s", "1st req s", "records/s", "CPU s", "us/rec", "peak RSS MB",
-             "baseline rec/s")]
+    rows = [("scenario", "records", "ready s", "1st req s", "1st rec s", "records/s", "steady rec/s", "CPU s",
+             "us/rec", "peak RSS MB", "baseline rec/s", "base steady")]
     for name, result in document["scenarios"].items():
         runs = [(name, result)] if "ours" in result else [(f"{name}.{k}", v) for k, v in result.items()
                                                             if isinstance(v, dict) and "ours" in v]
         for label, data in runs:
             ours, base = data["ours"], data.get("baseline", {})
             rows.append((label, ours["records"], ours.get("ready_s"), ours.get("first_request_s"),
-                         ours["records_per_s"], ours["cpu_seconds"], ours["cpu_us_per_record"], ours["peak_rss_mb"],
-                         base.get("records_per_s", "")))
+                         ours.get("first_delivery_s"), ours["records_per_s"], ours.get("steady_records_per_s", ""),
+                         ours["cpu_seconds"], ours["cpu_us_per_record"], ours["peak_rss_mb"],
+                         base.get("records_per_s", ""), base.get("steady_records_per_s", "")))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
     text = "\n".join("  ".join(str(cell).rjust(width) for cell, width in zip(row, widths)) for row in rows)
     marker = " (quick run: indicative)" if document.get("quick") else ""
