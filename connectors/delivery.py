@@ -647,7 +647,7 @@ class Forwarder:
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
-            self._session = client_session(self.limits.senders)
+            self._session = client_session(self.limits.senders, self.sink.url)
         return self._session
 
     async def _send_until_confirmed(self, request: Request) -> None:

@@ -20,7 +20,9 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
+from aiohttp.helpers import get_env_proxy_for_url
 from sekoia_automation.constants import INTAKE_PAYLOAD_BYTES_MAX_SIZE
+from yarl import URL
 
 from connectors.errors import ConfigurationError
 from connectors.retry import parse_retry_after
@@ -68,6 +70,7 @@ class Request:
 
 
 class Sink(Protocol):
+    url: str  # where its requests go
     local_writes: bool  # prepare writes files (run it off the loop; clean_up removes them)
 
     def prepare(self, events: list[bytes]) -> list[Request]: ...
@@ -99,11 +102,17 @@ async def post(session: aiohttp.ClientSession, request: Request, timeout: aiohtt
     raise Refused(status, detail)
 
 
-def client_session(connections: int) -> aiohttp.ClientSession:
-    """The session delivery posts through (made on the loop): ``connections`` kept open to the runtime, one per
-    sender. Certificates are checked against the system's authorities; proxies come from the environment, as
-    they did with ``requests``."""
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=max(1, connections)), trust_env=True)
+def client_session(connections: int, url: str) -> aiohttp.ClientSession:
+    """The session delivery posts through to ``url`` (made on the loop): ``connections`` kept open to the runtime,
+    one per sender. Certificates are checked against the system's authorities. A proxy from the environment
+    (``HTTPS_PROXY``, ``NO_PROXY``), as ``requests`` honoured, is looked up once here: aiohttp's ``trust_env``
+    would look it up, and read ``~/.netrc``, in a thread at every request."""
+    try:
+        proxy, proxy_auth = get_env_proxy_for_url(URL(url))
+    except LookupError:
+        proxy, proxy_auth = None, None
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=max(1, connections)), proxy=proxy,
+                                 proxy_auth=proxy_auth)
 
 
 class IntakeSink:

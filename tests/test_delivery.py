@@ -188,6 +188,19 @@ async def test_batches_are_cut_at_the_event_reaching_their_size_or_count(runtime
     assert runtime.stats()["batches"] == 13
 
 
+async def test_a_proxy_from_the_environment_is_used(runtime, tmp_path, monkeypatch):
+    # The runtime stub as the proxy of an intake whose name does not resolve: the events arrive only through it.
+    for name in ("http_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", runtime.info["intake_url"])
+    sink = IntakeSink("http://intake.invalid", runtime.info["intake_key"], user_agent="tests")
+    fwd = forwarder(runtime, tmp_path, sink=sink)
+    await fwd.add(events(5))
+    assert await fwd.drain(timeout=30)
+    await fwd.close()
+    assert sorted(runtime.delivered()) == sorted(events(5))
+
+
 async def test_unconfirmed_batch_is_never_acknowledged(runtime, tmp_path):
     runtime.control(down_for=60)
     recorder = Recorder()
@@ -244,10 +257,12 @@ async def test_acknowledgements_run_on_the_loop_in_order_across_senders(runtime,
                          len(runtime.delivered())))
         return run
 
+    threads = threading.active_count()
     fwd = forwarder(runtime, tmp_path, max_events=10, senders=4, in_flight=4)
     for unit in range(30):
         await fwd.add(events(10, start=unit * 10), ack=ack(unit))
     assert await fwd.drain(timeout=60)
+    assert threading.active_count() == threads, [t.name for t in threading.enumerate()]  # none of delivery's own
     await fwd.close()
     assert [unit for unit, _, _ in seen] == list(range(30))
     assert all(on_loop for _, on_loop, _ in seen)
