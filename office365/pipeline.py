@@ -37,6 +37,7 @@ POLL_OVERLAP = timedelta(minutes=5)  # blobs often show up a little after their 
 RECENT_RELIST = timedelta(hours=1)  # listed again at every poll: blobs up to an hour late come within a poll
 FIRST_STEP = timedelta(minutes=1)  # a refused window's start moves on by 1, 2, 4... minutes past the API's horizon
 PROCESSING_STOP_SECONDS = 10.0  # at stop, for the blob at hand and the last group's acknowledgement
+FIRST_RELIST_WAIT = 60.0
 PERMISSION_RECHECK = 3 * 3600.0  # a content type the app may not read: warn, and look again, this often
 AF_BAD_NEXT_PAGE = "AF20031"
 AF_BAD_WINDOW = ("AF20055", "AF20030")
@@ -200,8 +201,9 @@ class Pipeline:
         while True:
             if denied:
                 await self._wait_for_permission(content_type, subscriptions)
-            poller = asyncio.create_task(self._poller(content_type, client, subscriptions, queue))
-            relister = asyncio.create_task(self._relister(content_type, client, queue))
+            polled = asyncio.Event()
+            poller = asyncio.create_task(self._poller(content_type, client, subscriptions, queue, polled))
+            relister = asyncio.create_task(self._relister(content_type, client, queue, polled))
             try:
                 done, _ = await asyncio.wait([poller, relister], return_when=asyncio.FIRST_EXCEPTION)
             finally:
@@ -237,10 +239,29 @@ class Pipeline:
             return
 
     async def _poller(
-        self, content_type: str, client: ManagementClient, subscriptions: Subscriptions, queue: asyncio.Queue
+        self,
+        content_type: str,
+        client: ManagementClient,
+        subscriptions: Subscriptions,
+        queue: asyncio.Queue,
+        polled: asyncio.Event,
     ) -> None:
         """Each poll lists from where the last one ended and, with it, the last hour again (blobs up to an hour
-        late are listed within a poll); it alone moves the resume point forward."""
+        late are listed within a poll); it alone moves the resume point forward. ``polled``: set once the first
+        poll ended, however."""
+        try:
+            await self._poll(content_type, client, subscriptions, queue, polled)
+        finally:
+            polled.set()
+
+    async def _poll(
+        self,
+        content_type: str,
+        client: ManagementClient,
+        subscriptions: Subscriptions,
+        queue: asyncio.Queue,
+        polled: asyncio.Event,
+    ) -> None:
         recent = RECENT_RELIST + timedelta(seconds=self.config.poll_interval_seconds) + POLL_OVERLAP
         restarts = 0
         while not self.stopping.is_set():
@@ -268,12 +289,21 @@ class Pipeline:
                 self._sampled(
                     f"list:{content_type}", f"Listing {content_type} was refused, retrying later: {error}", "error"
                 )
+            polled.set()
             await sleep_or_stop(self.config.poll_interval_seconds, self.stopping)
 
-    async def _relister(self, content_type: str, client: ManagementClient, queue: asyncio.Queue) -> None:
+    async def _relister(
+        self, content_type: str, client: ManagementClient, queue: asyncio.Queue, polled: asyncio.Event
+    ) -> None:
         """Older time again, less often: the last day every ``relist_interval_minutes``, the whole retention every
         ``deep_relist_minutes`` (see the README for what it costs). Known blobs are skipped, so a re-list costs
-        listing pages only. Runs beside the poller: a long re-list never delays new content."""
+        listing pages only. Runs beside the poller: a long re-list never delays new content. Its first re-list
+        waits for the first poll (for a minute at most: a backlog's first poll can take hours): at start the two
+        would list the same recent windows side by side, and the poll's blobs reach the fetchers first."""
+        try:
+            await asyncio.wait_for(polled.wait(), FIRST_RELIST_WAIT)
+        except asyncio.TimeoutError:
+            pass
         config = self.config
         schedule = RelistSchedule(
             [

@@ -7,6 +7,7 @@ the interval it was off is never retrievable. Errors only a person can fix becom
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 from connectors.errors import ConfigurationError
@@ -68,24 +69,29 @@ class Subscriptions:
             for entry in (data if isinstance(data, list) else [])
             if isinstance(entry, dict)
         }
+        missing = [ct for ct in content_types if status.get(ct.lower()) != "enabled"]
+        # All at once: at a first start, five round trips in a row would hold back the first listing.
+        outcomes = await asyncio.gather(
+            *(self._enable(ct, status.get(ct.lower())) for ct in missing), return_exceptions=True
+        )
         denied = []
-        for content_type in content_types:
-            current = status.get(content_type.lower())
-            if current == "enabled":
-                continue
-            try:
-                if current is None:
-                    await self.start(content_type, "there was none yet")
-                else:
-                    self._log(
-                        f"The subscription to {content_type} was {current}; starting it. Content of the time it was "
-                        "off cannot be retrieved",
-                        "warning",
-                    )
-                    await self.start(content_type, f"it was {current}")
-            except MissingDlpPermission:
+        for content_type, outcome in zip(missing, outcomes):
+            if isinstance(outcome, MissingDlpPermission):
                 denied.append(content_type)
+            elif isinstance(outcome, BaseException):
+                raise outcome
         return denied
+
+    async def _enable(self, content_type: str, current: str | None) -> None:
+        if current is None:
+            await self.start(content_type, "there was none yet")
+            return
+        self._log(
+            f"The subscription to {content_type} was {current}; starting it. Content of the time it was off cannot be "
+            "retrieved",
+            "warning",
+        )
+        await self.start(content_type, f"it was {current}")
 
     async def start(self, content_type: str, reason: str) -> None:
         url = self.client.operation_url("subscriptions/start", contentType=content_type)

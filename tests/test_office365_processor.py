@@ -6,6 +6,7 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import orjson
+import pytest
 
 from emulators.process import eventually
 from office365.fetcher import Fetched
@@ -123,14 +124,14 @@ async def test_a_failing_blob_is_left_pending_and_the_others_go_on(tmp_path, mon
 # -- warnings of the pipeline: content about to expire, content already past the retention -------------------
 
 
-def pipeline(tmp_path, logs: list, **overrides):
+def pipeline(tmp_path, logs: list, lookback: timedelta = timedelta(hours=1), **overrides):
     from office365.config import Office365Configuration
     from office365.pipeline import Pipeline
 
     config = Office365Configuration(
         tenant_id="4f6e2a1c-8d3b-4e5f-9a7c-2b1d0e3f4a5b", client_id="9c8b7a6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d", **overrides
     )
-    state = CollectorState(tmp_path, config.content_types, initial_lookback=timedelta(hours=1), filter_capacity=10)
+    state = CollectorState(tmp_path, config.content_types, initial_lookback=lookback, filter_capacity=10)
     return Pipeline(config, None, None, state, None, lambda message, level: logs.append((level, message)))
 
 
@@ -184,3 +185,27 @@ async def test_a_blob_failing_every_time_is_fetched_again_a_few_times_then_skipp
     assert state.pending("Audit.Exchange") == (0, None)
     skipped = [message for level, message in logs if level == "error" and "skipped" in message]
     assert len(skipped) == 1 and "c$bad" in skipped[0] and "Audit.Exchange" in skipped[0]
+
+
+async def test_windows_listed_at_once_count_as_listed_only_with_every_older_window(tmp_path, monkeypatch):
+    """Seven days of windows go out together; the newest answer first, the oldest but one fails: the resume point
+    moves over the oldest window only, and the failure is the caller's to retry."""
+    from office365.client import TransientError
+
+    logs: list = []
+    line = pipeline(tmp_path, logs, lookback=timedelta(days=7))
+    start = (NOW - timedelta(days=6, hours=23)).replace(microsecond=0)
+    finished: list[int] = []
+
+    async def list_window(content_type, client, queue, window_start, window_end):
+        index = round((window_start - start) / timedelta(hours=23, minutes=59))
+        await asyncio.sleep(0.01 * (8 - index))  # newest first
+        if index == 1:
+            raise TransientError(503, "", "unavailable")
+        finished.append(index)
+
+    monkeypatch.setattr(line, "_list_window", list_window)
+    with pytest.raises(TransientError):
+        await line._list_range("Audit.Exchange", None, None, start, NOW, advance=True)
+    assert finished[0] == 6 and 0 in finished  # listed side by side, newest done first
+    assert line.state.listed_until("Audit.Exchange") == start + timedelta(hours=23, minutes=59)
