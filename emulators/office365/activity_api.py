@@ -35,7 +35,7 @@ DLP_SENSITIVE_TYPES = [
 ]
 
 
-_date = (0, "")  # this second's Date header: formatting one per request was a fourth of our CPU per blob served
+_date = (0, "")  # this second's Date header: formatting one per request (6.5 us) was a fourth of our code per blob
 
 
 def api_date() -> str:
