@@ -127,11 +127,9 @@ class CollectorTrigger(Connector):
         self._logs_timer.stop()
         self._runtime_logs = LogPump(self._post_logs, self.log)
         self._log_lock = threading.Lock()  # the SDK's rate-limit cache is not thread-safe
-        self._forwarded = 0
-        self._forwarded_lock = threading.Lock()
+        self._forwarded = 0  # counted and read on the run's loop (delivery's callback, the heartbeat)
         self._status_interval = 0.0
         self._status_since = self._status_due = time.monotonic()
-        self._status_turn = threading.Lock()
         # The running event loop and its stop event, woken by stop() from the signal handler or any thread.
         self._wake: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
 
@@ -199,13 +197,11 @@ class CollectorTrigger(Connector):
 
     def status(self) -> list[str]:
         """The trigger's own figures for the status line (lag and pending work per content type or partition,
-        throttling...), each a short phrase; called from whichever thread beats the heartbeat, so it reads
-        thread-safe figures (the gauges the monitors keep)."""
+        throttling...), each a short phrase; called by the heartbeat, on the run's loop."""
         return []
 
     def status_line(self) -> str:
-        with self._forwarded_lock:
-            forwarded, self._forwarded = self._forwarded, 0
+        forwarded, self._forwarded = self._forwarded, 0
         now = time.monotonic()
         period, self._status_since = now - self._status_since, now
         parts = [f"{forwarded} records forwarded in the last {format_duration(period)}"]
@@ -227,20 +223,16 @@ class CollectorTrigger(Connector):
         return "Status: " + "; ".join(parts)
 
     def heartbeat(self) -> None:
-        """The collect loops beat every second or two: the status line's clock (on time whatever the runtime
-        does, since logging never waits; a stalled loop shows as missing lines and a failing liveness)."""
+        """The collect loops beat every second or two, on the run's loop (no lock: one thread): the status line's
+        clock (on time whatever the runtime does, since logging never waits; a stalled loop shows as missing lines
+        and a failing liveness)."""
         super().heartbeat()
         if not self._status_interval or time.monotonic() < self._status_due:
             return
-        if not self._status_turn.acquire(blocking=False):
-            return  # another thread is saying it
-        try:
-            self._status_due = time.monotonic() + self._status_interval
-            line = self._redactor(self.status_line())
-            ModuleItem.log(self, line, "info")
-            self._runtime_logs.put(line, "info")  # not rate-limited: a quiet trigger's lines may repeat
-        finally:
-            self._status_turn.release()
+        self._status_due = time.monotonic() + self._status_interval
+        line = self._redactor(self.status_line())
+        ModuleItem.log(self, line, "info")
+        self._runtime_logs.put(line, "info")  # not rate-limited: a quiet trigger's lines may repeat
 
     # -- delivery and state -------------------------------------------------------------------------------------
 
@@ -296,8 +288,7 @@ class CollectorTrigger(Connector):
         """On the loop, after each confirmed batch."""
         self._error_count = 0
         self._failures.reset()
-        with self._forwarded_lock:  # the status line may be said from another thread (the SDK's heartbeat)
-            self._forwarded += count
+        self._forwarded += count
         self.put_forwarded_events(intake_key=self.metric_intake, count=count)
 
     # -- run ----------------------------------------------------------------------------------------------------
