@@ -368,7 +368,8 @@ class Forwarder:
             return events
         oversize = [index for index, event in enumerate(events) if len(event) > EVENT_BYTES_MAX_SIZE]
         events = list(events)
-        shortened = await asyncio.to_thread(lambda: [shorten(events[index], EVENT_BYTES_MAX_SIZE) for index in oversize])
+        shortened = await asyncio.to_thread(
+            lambda: [shorten(events[index], EVENT_BYTES_MAX_SIZE) for index in oversize])
         originals, lines = [], []
         for index, short in zip(oversize, shortened):
             event = events[index]

@@ -299,7 +299,8 @@ class CollectorTrigger(Connector):
         self.forwarder.add(...)`` with their acks."""
 
     # One way to stop: SIGTERM -> stop() -> the run's stop event, set on its loop at once -> every wait of the
-    # collection ends ("unless stopping") -> collect() returns -> the forwarder gets stop_grace_seconds.
+    # collection ends ("unless stopping") -> the run's main returns -> await finish_delivery(): the forwarder gets
+    # what is left of stop_grace_seconds.
 
     def run_async(self, main: Callable[[asyncio.Event], Awaitable[None]], stopping: asyncio.Event | None = None) -> None:
         """Run ``main(stopping)`` on a new event loop; ``stop()`` sets ``stopping`` from any thread. The forwarder

@@ -231,7 +231,8 @@ async def test_ack_only_units_and_concurrent_producers_keep_order(runtime, tmp_p
     async def produce(worker):
         for unit in range(20):
             async with lock:  # a unit's events and its ack are added together, as the triggers do
-                await fwd.add(events(3, start=worker * 1000 + unit * 3), ack=lambda w=worker, u=unit: order.append((w, u)))
+                await fwd.add(events(3, start=worker * 1000 + unit * 3),
+                              ack=lambda w=worker, u=unit: order.append((w, u)))
                 await fwd.add([], ack=lambda w=worker, u=unit: order.append((w, u, "empty")))
 
     await asyncio.gather(*(produce(worker) for worker in range(3)))
