@@ -388,6 +388,7 @@ async def test_a_stop_request_frees_a_producer_waiting_for_room(runtime, tmp_pat
     producer = asyncio.create_task(fwd.add(events(100)))
     assert await eventually(lambda: runtime.stats()["hung"] >= 1, 10)
     assert not producer.done()  # waiting for room behind the hung batch
+    assert fwd.pending == 2  # bounded: the batch on the wire and the one waiting for the sender, no more
     stopper = threading.Thread(target=fwd.stopping, args=(1.0,))  # as from a signal handler or another thread
     stopper.start()
     stopper.join()
