@@ -10,8 +10,8 @@ Both stores also keep, beside the checkpoints, the trigger's first start: its ti
 without a checkpoint that is not among those ids was added to the hub later, so all its events came after the
 first start and it is read from its beginning.
 
-``CheckpointWriter`` receives "delivered up to this event" from the forwarder's delivery thread (the ack of a
-batch) and writes it from the event loop. Acks that arrive while a write is under way are coalesced: at most
+``CheckpointWriter`` receives "delivered up to this event" from the forwarder (the ack of a batch, on the event
+loop) and writes it from a task of its own. Acks that arrive while a write is under way are coalesced: at most
 one write per partition per confirmed batch, usually fewer, never one per event. An ack of a partition this
 instance no longer reads (it moved to another owner, or was closed) is dropped: the new owner writes that
 partition's checkpoints from the position it started at.
@@ -20,7 +20,6 @@ partition's checkpoints from the position it started at.
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -161,18 +160,15 @@ class Position:
 
 
 class CheckpointWriter:
-    """Writes each partition's latest confirmed position, from the event loop, coalescing pending acks."""
+    """Writes each partition's latest confirmed position, coalescing pending acks (everything on the event loop)."""
 
     def __init__(self, store: CheckpointStore, namespace: str, hub: str, group: str, log: LogFunction,
-                 loop: asyncio.AbstractEventLoop, timeout: float = 30.0, retry_base: float = 1.0,
-                 owner_max_age: float = 0.0):
+                 timeout: float = 30.0, retry_base: float = 1.0, owner_max_age: float = 0.0):
         self.store = store
         self.base = {"fully_qualified_namespace": namespace, "eventhub_name": hub, "consumer_group": group}
         self._log = log
-        self._loop = loop
         self._timeout = timeout
         self._retry_base = retry_base
-        self._lock = threading.Lock()
         self._pending: dict[str, Position] = {}
         self._written: dict[str, int] = {}
         self._owners: dict[str, int] = {}  # partition -> token of its current reading by this instance
@@ -188,35 +184,26 @@ class CheckpointWriter:
         self.failures = 0
         self.dropped = 0  # positions not written: their partition was no longer read by this instance
 
-    # -- delivery thread ----------------------------------------------------------------------------------------
-
     def confirmed(self, partition_id: str, offset: str, sequence_number: int, owner: int | None = None) -> None:
-        """Everything of ``partition_id`` up to this event was delivered (called on the delivery thread).
+        """Everything of ``partition_id`` up to this event was delivered (the forwarder's ack: records, never waits).
 
         ``owner``: the token of the reading the event came from; if the partition was closed since, the position
         is dropped (``None``: the position is not tied to a reading)."""
-        with self._lock:
-            if owner is not None and self._owners.get(partition_id) != owner:
-                self.dropped += 1
-                metrics.checkpoints_dropped.inc()
-                return
-            current = self._pending.get(partition_id)
-            if current is None or sequence_number > current.sequence_number:
-                self._pending[partition_id] = Position(offset, sequence_number, owner)
-        try:
-            self._loop.call_soon_threadsafe(self._wake.set)
-        except RuntimeError:
-            pass  # the loop is gone: this position is written by the next start's re-read instead
-
-    # -- event loop ---------------------------------------------------------------------------------------------
+        if owner is not None and self._owners.get(partition_id) != owner:
+            self.dropped += 1
+            metrics.checkpoints_dropped.inc()
+            return
+        current = self._pending.get(partition_id)
+        if current is None or sequence_number > current.sequence_number:
+            self._pending[partition_id] = Position(offset, sequence_number, owner)
+        self._wake.set()
 
     async def run(self) -> None:
         backoff = Backoff(base=self._retry_base, cap=30.0)
         while True:
             await self._wake.wait()
             self._wake.clear()
-            with self._lock:
-                batch, self._pending = self._pending, {}
+            batch, self._pending = self._pending, {}
             if not batch:
                 continue
             self._idle.clear()
@@ -225,9 +212,8 @@ class CheckpointWriter:
             finally:
                 self._idle.set()
             if failed:
-                with self._lock:  # keep for the next attempt, unless a newer position arrived meanwhile
-                    for partition_id, position in failed.items():
-                        self._pending.setdefault(partition_id, position)
+                for partition_id, position in failed.items():  # for the next attempt, unless a newer one came
+                    self._pending.setdefault(partition_id, position)
                 await asyncio.sleep(backoff.next_delay())
                 self._wake.set()
             else:
@@ -279,8 +265,7 @@ class CheckpointWriter:
         runtime confirms its batch: the ownership blob says so first, read at most every ``owner_max_age``, so a
         loser writes nothing later than that after the handover)."""
         if not self._reads(partition_id, position) or not await self._still_owned(partition_id):
-            with self._lock:
-                self.dropped += 1
+            self.dropped += 1
             metrics.checkpoints_dropped.inc()
             return False
         checkpoint = dict(self.base, partition_id=partition_id, offset=position.offset,
@@ -299,34 +284,31 @@ class CheckpointWriter:
 
     async def flush(self, timeout: float) -> bool:
         """Write what is pending now; True when nothing is left unwritten."""
-        deadline = self._loop.time() + timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         while True:
-            with self._lock:
-                pending = bool(self._pending)
-            if not pending and self._idle.is_set():
+            if not self._pending and self._idle.is_set():
                 return True
-            remaining = deadline - self._loop.time()
+            remaining = deadline - loop.time()
             if remaining <= 0:
                 return False
             self._wake.set()
             await asyncio.sleep(min(0.05, remaining))
 
     def claimed(self, partition_id: str) -> int:
-        """This instance starts reading the partition: the token its acks carry (event loop)."""
-        with self._lock:
-            self._readings += 1
-            self._owners[partition_id] = self._readings
-            return self._readings
+        """This instance starts reading the partition: the token its acks carry."""
+        self._readings += 1
+        self._owners[partition_id] = self._readings
+        return self._readings
 
     def forget(self, partition_id: str) -> None:
         """This instance stopped reading the partition (closed, or it moved to another owner): positions not
-        written yet, and acks still to come of that reading, are dropped (event loop)."""
-        with self._lock:
-            self._owners.pop(partition_id, None)
-            self._owned_checked.pop(partition_id, None)
-            if self._pending.pop(partition_id, None) is not None:
-                self.dropped += 1
-                metrics.checkpoints_dropped.inc()
+        written yet, and acks still to come of that reading, are dropped."""
+        self._owners.pop(partition_id, None)
+        self._owned_checked.pop(partition_id, None)
+        if self._pending.pop(partition_id, None) is not None:
+            self.dropped += 1
+            metrics.checkpoints_dropped.inc()
         self._written.pop(partition_id, None)
 
 

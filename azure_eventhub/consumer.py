@@ -1,23 +1,18 @@
 """One run of the consumer: a long-lived ``EventHubConsumerClient.receive_batch`` feeding the forwarder.
 
-Threads and loop:
-- The event loop runs the client (every owned partition concurrently), the checkpoint writer and a monitor.
-- A received batch is split into records and handed to the forwarder. Small batches (the usual case) are
-  handled on the loop when the forwarder has room, so ``Forwarder.add`` cannot block; large batches, or any
-  batch while the runtime is behind, go to ONE worker thread, where splitting and backpressure do not hold
-  the loop. The partition's callback awaits its batch, so a slow runtime slows the reading instead of
-  filling memory.
-- The forwarder's delivery thread calls the batch's ack once the runtime confirmed it; the ack hands the
-  position to the checkpoint writer, which writes it from the loop.
+Everything runs on the trigger's one event loop: the client (every owned partition concurrently), the
+forwarder's senders, the checkpoint writer and a monitor.
+- A received batch is split into records and handed to the forwarder in the partition's callback: awaiting
+  ``Forwarder.add`` is the backpressure, so a slow runtime slows the reading instead of filling memory.
+- The forwarder calls the batch's ack, on the loop, once the runtime confirmed it and everything added before;
+  the ack hands the position to the checkpoint writer, which writes it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -27,7 +22,6 @@ from azure.eventhub import EventData
 from azure.eventhub.amqp import AmqpMessageBodyType
 from azure.eventhub.aio import EventHubConsumerClient
 from azure.eventhub.exceptions import OwnershipLostError
-from sekoia_automation.constants import EVENT_BYTES_MAX_SIZE
 
 from azure_eventhub import metrics
 from azure_eventhub.checkpoints import CheckpointWriter, describe_error
@@ -49,7 +43,6 @@ from connectors.state import StateFile
 
 LogFunction = Callable[[str, str], None]
 _DATA = AmqpMessageBodyType.DATA
-INLINE_BYTES = 1_000_000  # larger batches are split on the worker thread, not to hold the loop
 # Once asked to stop: delivery gets its grace period, then the last checkpoints and the closing of the client,
 # the store and the credential share this much more (with the 8 s grace: done within 13 s of SIGTERM).
 STOP_AFTER_GRACE = 5.0
@@ -110,7 +103,6 @@ class Consumer:
         self.settings = settings or Settings()
         self.owner_file = owner_file
         self.loop = asyncio.get_running_loop()
-        self.worker = ThreadPoolExecutor(1, thread_name_prefix="eventhub-records")
         self.accepting = True
         self.fatal: ConfigurationError | None = None
         self.owned: set[str] = set()
@@ -119,7 +111,6 @@ class Consumer:
                                          parse_starting_position(config.starting_position), log)
         self.progress: dict[str, Progress] = {}
         self.stats = SplitStats()  # totals, for metrics and warnings
-        self._stats_lock = threading.Lock()
         self._reported = SplitStats()
         self._text_bodies = OnceLogger(log, remind_every=self.settings.text_warning_interval)
         self._skips_told: set[str] = set()
@@ -168,7 +159,6 @@ class Consumer:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            self.worker.shutdown(wait=False)
             metrics.owned_partitions.set(0)
         if self.fatal:
             raise self.fatal
@@ -180,12 +170,14 @@ class Consumer:
         self.stop_deadline = self.loop.time() + grace + STOP_AFTER_GRACE
         # Stopping for good: close the forwarder, which gives up retrying after the grace period, so that the
         # checkpoints of what it delivered are written below (the trigger's own close then returns at once).
-        # A failed run only hands over what was read: the trigger closes the forwarder after this loop, its one
-        # wait for delivery; an acknowledgement coming after the loop closed is dropped by the writer (read again).
-        stopping = self.fatal or not self.is_running()
-        finish = partial(self.forwarder.close, grace) if stopping else self.forwarder.flush
-        # On the worker, so it runs after any batch being added: nothing can slip in after it.
-        delivered = await self.loop.run_in_executor(self.worker, finish)
+        # A failed run only hands over what was read: the trigger closes the forwarder after this run, its one
+        # wait for delivery; acknowledgements coming after the writer stopped are not written (read again).
+        # A batch still being added finishes adding (the stop ends its wait for room); its ack rides behind it.
+        delivered = None
+        if self.fatal or not self.is_running():
+            delivered = await self.forwarder.close(grace)
+        else:
+            self.forwarder.flush()
         # Checkpoints by the stop deadline, leaving the closing its share.
         saved = await self.writer.flush(max(1.0, self.stop_deadline - CLOSING_TIME - self.loop.time()))
         # Records the runtime did not confirm are reported by the forwarder itself.
@@ -196,26 +188,13 @@ class Consumer:
     # -- client callbacks (event loop) ------------------------------------------------------------------------
 
     async def _on_batch(self, context, events: list[EventData]) -> None:
+        """Split a batch into records and queue them with the partition's ack; returns once the forwarder has room."""
         if not events or not self.accepting:
-            return
-        # Taken here, on the loop: a batch that reaches the worker after its partition closed keeps the old token.
-        reading = self.readings.get(context.partition_id, 0)  # 0: no reading, its ack is dropped
-        bodies = [event_body(event) for event in events]
-        limits = self.forwarder.limits
-        size = sum(map(len, bodies))
-        # Small batches with room in the forwarder are handled here: `add` cannot block (at most one batch is
-        # cut, and fewer than `in_flight` wait), and a thread hop per batch would cost more than the work. A body
-        # over the event size limit may hold a record to shorten (tens of ms, and a write to disk): on the worker.
-        if size <= min(INLINE_BYTES, limits.max_bytes) and len(events) < limits.max_events \
-                and self.forwarder.pending < limits.in_flight and max(map(len, bodies)) <= EVENT_BYTES_MAX_SIZE:
-            self._forward(context.partition_id, reading, events, bodies)
-        else:
-            await self.loop.run_in_executor(self.worker, self._forward, context.partition_id, reading, events, bodies)
-
-    def _forward(self, partition_id: str, reading: int, events: list[EventData], bodies: list[bytes]) -> None:
-        """Split a batch into records and queue them with the partition's ack (loop or worker thread)."""
-        if not self.accepting:
             return  # stopping: not acknowledged, so read again at the next start
+        partition_id = context.partition_id
+        # Taken before waiting for room: if the partition closes meanwhile, the ack keeps the old token (dropped).
+        reading = self.readings.get(partition_id, 0)  # 0: no reading, its ack is dropped
+        bodies = [event_body(event) for event in events]
         records: list[bytes] = []
         stats = SplitStats()
         try:
@@ -228,11 +207,10 @@ class Consumer:
         last = events[-1]
         sequence_number = last.sequence_number
         self.progress[partition_id] = Progress(sequence_number, last.enqueued_time, time.time())
-        with self._stats_lock:
-            self.stats.add(stats)
-            text, invalid = self.stats.text, self.stats.invalid_utf8
-            first_skips = [reason for reason in SKIP_NOTES if getattr(stats, reason) and reason not in self._skips_told]
-            self._skips_told.update(first_skips)
+        self.stats.add(stats)
+        text, invalid = self.stats.text, self.stats.invalid_utf8
+        first_skips = [reason for reason in SKIP_NOTES if getattr(stats, reason) and reason not in self._skips_told]
+        self._skips_told.update(first_skips)
         for reason in first_skips:  # once per process: skipping is expected, the metric counts the rest
             self.log(SKIP_NOTES[reason], "info")
         if stats.text:  # said at the first one, then every text_warning_interval
@@ -240,13 +218,14 @@ class Consumer:
                                     "forwarded as text: a producer of this event hub sends something other than "
                                     "diagnostic records")
         ack = partial(self._acked, partition_id, reading, last.offset, sequence_number, len(events), stats.records)
-        self.forwarder.add(records, ack=ack, origin=f"partition {partition_id} up to sequence number {sequence_number}")
         self._last_batch_at = time.monotonic()
         self._unflushed = True
+        await self.forwarder.add(records, ack=ack,
+                                 origin=f"partition {partition_id} up to sequence number {sequence_number}")
 
     def _acked(self, partition_id: str, reading: int, offset: str, sequence_number: int, events: int,
                records: int) -> None:
-        """Delivery thread: the runtime confirmed the batch and everything queued before it."""
+        """The runtime confirmed the batch and everything queued before it (on the loop)."""
         metrics.events_forwarded.inc(events)
         metrics.records_forwarded.inc(records)
         # Dropped by the writer if the partition closed since (another instance owns it and checkpoints it).
@@ -426,9 +405,7 @@ class Consumer:
         return {item["partition_id"]: int(item["sequence_number"]) for item in listed}
 
     def _report_stats(self) -> None:
-        with self._stats_lock:
-            stats = SplitStats()
-            stats.add(self.stats)
+        stats = self.stats
         reported = self._reported
         for reason in ("empty", "heartbeats", "filtered"):
             delta = getattr(stats, reason) - getattr(reported, reason)

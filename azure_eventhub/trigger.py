@@ -62,8 +62,7 @@ class EventHubTrigger(CollectorTrigger):
             )
             # Checkpoints must be written under the very namespace the client's processor reads them from.
             namespace = client_namespace(client) or config.namespace_host
-            writer = CheckpointWriter(store, namespace, config.hub_name or "", config.hub_consumer_group,
-                                      self.log, asyncio.get_running_loop(),
+            writer = CheckpointWriter(store, namespace, config.hub_name or "", config.hub_consumer_group, self.log,
                                       owner_max_age=min(OWNER_CHECK_MAX_AGE, config.load_balancing_interval))
             consumer = Consumer(
                 config, client, writer, forwarder, splitter,
