@@ -108,6 +108,7 @@ class ManagementClient:
         self._on_throttling = on_throttling  # told once per episode, with what the pacer does about it
         self.clock_offset = 0.0  # the API's clock minus ours, in seconds, from its latest quick Date header
         self._clock_round_trip = float("inf")  # of the sample clock_offset comes from, at least CLOCK_SAMPLE_SECONDS
+        self._date: tuple[str, float | None] = ("", None)  # the last Date header read, and its epoch time
 
     def now(self) -> datetime:
         """The API's time: windows built on it are judged by the API's clock, not by a skewed local one."""
@@ -205,15 +206,18 @@ class ManagementClient:
         """The API stamped Date between ``sent`` and ``arrived`` (our clock): taken as the middle, the sample is
         off by at most half the round trip, so only quick ones count (the best one until a quick one came)."""
         round_trip = arrived - sent
-        if round_trip > max(CLOCK_SAMPLE_SECONDS, self._clock_round_trip):
+        if not header or round_trip > max(CLOCK_SAMPLE_SECONDS, self._clock_round_trip):
             return
-        try:
-            moment = parsedate_to_datetime(header) if header else None
-        except (TypeError, ValueError):
-            return
-        if moment is not None and moment.tzinfo is not None:
+        if header != self._date[0]:  # whole seconds: most answers repeat the last one, parsed once
+            try:
+                moment = parsedate_to_datetime(header)
+            except (TypeError, ValueError):
+                moment = None
+            self._date = (header, moment.timestamp() if moment is not None and moment.tzinfo is not None else None)
+        stamped = self._date[1]
+        if stamped is not None:
             # Whole seconds, truncated: the API's time was within [Date, Date + 1 s).
-            self.clock_offset = moment.timestamp() + 0.5 - (sent + arrived) / 2
+            self.clock_offset = stamped + 0.5 - (sent + arrived) / 2
             self._clock_round_trip = max(CLOCK_SAMPLE_SECONDS, round_trip)
 
     def _account(self, response: ApiResponse, what: str, started: float) -> None:
