@@ -136,20 +136,25 @@ class IntakeSink:
             # One copy into the body (concatenating would make one per operand): batches are megabytes.
             body = b"".join((self._prefix, memoryview(whole)[1:], b"}"))
             return [Request(self.url, body, self._headers, 0, len(events))]
-        requests_, chunk, size, start = [], [], 0, 0
+        del whole
+        # Each event travels as a JSON string, appended to the body at once: orjson's output holds at least 4 KB
+        # whatever its length, so a list of them would hold thousands of times that.
+        requests_, body, size, start = [], bytearray(self._prefix), 0, 0
         for index, event in enumerate(events):
-            encoded = orjson.dumps(event.decode("utf-8"))  # each event travels as a JSON string
-            if chunk and size + len(encoded) + 1 > limit:
-                requests_.append(self._request(chunk, start, index))
-                chunk, size, start = [], 0, index
-            chunk.append(encoded)
+            encoded = orjson.dumps(event.decode("utf-8"))
+            if index > start and size + len(encoded) + 1 > limit:
+                requests_.append(self._request(body, start, index))
+                body, size, start = bytearray(self._prefix), 0, index
+            if index > start:
+                body += b","
+            body += encoded
             size += len(encoded) + 1
-        if chunk:
-            requests_.append(self._request(chunk, start, len(events)))
+        requests_.append(self._request(body, start, len(events)))
         return requests_
 
-    def _request(self, chunk: list[bytes], start: int, stop: int) -> Request:
-        return Request(self.url, b"".join((self._prefix, b",".join(chunk), b"]}")), self._headers, start, stop)
+    def _request(self, body: bytearray, start: int, stop: int) -> Request:
+        body += b"]}"
+        return Request(self.url, bytes(body), self._headers, start, stop)
 
     def configuration_error(self, refusal: Misdirected) -> ConfigurationError:
         if refusal.status in (401, 403):
