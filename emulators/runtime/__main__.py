@@ -30,6 +30,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--down-for", type=float, default=0.0, help="cut every connection for this long at start")
     parser.add_argument("--down-status", type=int, default=0, help="while down, answer this status instead of cutting")
     parser.add_argument("--seed", type=int)
+    parser.add_argument("--count-only", action="store_true",
+                        help="check and count delivered events without writing them to OUT (benchmarks)")
     return parser.parse_args(argv)
 
 
@@ -46,6 +48,7 @@ async def serve(args: argparse.Namespace) -> None:
             down_status=args.down_status,
         ),
         seed=args.seed,
+        keep_events=not args.count_only,
     )
     if args.token:
         stub.token = args.token

@@ -2,7 +2,10 @@
 
 Every delivered event is appended to one JSONL file, one event per line, before the request is answered: an
 answered request is a confirmed delivery. Intake events are written exactly as delivered (the strings of
-``jsons``); records of a playbook event are read from the records file it points at and written compactly.
+``jsons``); records of a playbook event are read from the records file it points at and written compactly. With
+``keep_events`` off (``--count-only``, for benchmarks: a production intake is remote, and writing the events cost
+the stub more CPU than checking them, on the cores the trigger under test uses), requests are still checked and
+their events counted; nothing is written.
 Knobs add latency, a failure rate, and periods of being down, at start or at any time through
 ``POST /_runtime/control``; and, on the delivery endpoints (``/batch`` and ``/callback``), refusals for good of
 requests holding a marker string or over a size, a status for every request (401, 403, 404: wrong key or
@@ -70,6 +73,7 @@ class RuntimeStub:
     knobs: RuntimeKnobs = field(default_factory=RuntimeKnobs)
     stats: RuntimeStats = field(default_factory=RuntimeStats)
     seed: int | None = None
+    keep_events: bool = True  # append delivered events to ``out`` (off: counted only)
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -156,6 +160,16 @@ class RuntimeStub:
             await asyncio.sleep(knobs.hang_seconds)
         return None
 
+    def _refusing(self) -> bool:
+        return bool(self.knobs.refuse_markers or self.knobs.refuse_over_bytes)
+
+    def _keep(self, events: list[bytes]) -> None:
+        """Append the events to ``out``, one a line, before the request is answered (unless ``keep_events`` is off)."""
+        if events and self.keep_events:
+            self._out.write(b"\n".join(events))
+            self._out.write(b"\n")
+            self._out.flush()
+
     def _refusal(self, events: list[bytes]) -> web.Response | None:
         """A refusal for good of the request's events: one holds a marker, or they are too large together."""
         knobs = self.knobs
@@ -188,20 +202,18 @@ class RuntimeStub:
             return web.json_response({"message": "Invalid intake key"}, status=401)
         if not isinstance(jsons, list) or not all(isinstance(item, str) for item in jsons):
             return web.json_response({"message": "jsons must be a list of strings"}, status=400)
-        # One by one: an ASCII event is then a copy, where one string of them all would be transcoded whole.
-        encoded = [item.encode("utf-8", "surrogatepass") for item in jsons]
-        refusal = self._refusal(encoded)
-        if refusal is not None:
-            return refusal
-        if encoded:
-            self._out.write(b"\n".join(encoded))
-            self._out.write(b"\n")
-            self._out.flush()
+        if self.keep_events or self._refusing():
+            # One by one: an ASCII event is then a copy, where one string of them all would be transcoded whole.
+            encoded = [item.encode("utf-8", "surrogatepass") for item in jsons]
+            refusal = self._refusal(encoded)
+            if refusal is not None:
+                return refusal
+            self._keep(encoded)
         first = self.stats.events
-        self.stats.events += len(encoded)
+        self.stats.events += len(jsons)
         self.stats.batches += 1
         # orjson: aiohttp's json_response would encode the ids with the json module, a cost per event.
-        ids = orjson.dumps(["ev-%d" % number for number in range(first, first + len(encoded))])
+        ids = orjson.dumps(["ev-%d" % number for number in range(first, first + len(jsons))])
         return web.Response(body=b'{"received":true,"event_ids":' + ids + b"}", content_type="application/json")
 
     async def callback(self, request: web.Request) -> web.Response:
@@ -233,9 +245,7 @@ class RuntimeStub:
         refusal = self._refusal(encoded)
         if refusal is not None:
             return refusal
-        if encoded:
-            self._out.write(b"".join(line + b"\n" for line in encoded))
-            self._out.flush()
+        self._keep(encoded)
         self.stats.events += len(records)
         self.stats.playbook_events += 1
         return web.json_response({"received": True})
