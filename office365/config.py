@@ -6,8 +6,6 @@ import uuid
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from pydantic import Field, field_validator
 
 from connectors.errors import ConfigurationError
@@ -243,6 +241,10 @@ def resolve_credential(config: Office365Configuration) -> Credential:
             raise ConfigurationError("certificate", "required with `private_key` (the PEM certificate of the app)")
         if not config.private_key:
             raise ConfigurationError("private_key", "required with `certificate` (the PEM private key)")
+        # Here only: a secret credential would pay 0.1 s of imports at every start for nothing.
+        from cryptography import x509
+        from cryptography.hazmat.primitives import serialization
+
         try:
             cert = x509.load_pem_x509_certificate(config.certificate.strip().encode())
         except ValueError:
