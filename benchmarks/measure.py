@@ -42,8 +42,13 @@ class Run:
     exit_code: int | None = None
 
     @property
+    def busy_seconds(self) -> float:
+        """From readiness to the end: what rates, quota use and growth are measured on."""
+        return self.seconds - (self.ready_s or 0.0)
+
+    @property
     def records_per_s(self) -> float:
-        busy = self.seconds - (self.ready_s or 0.0)
+        busy = self.busy_seconds
         return self.records / busy if busy > 0 else 0.0
 
     @property
@@ -62,7 +67,7 @@ class Run:
         data = asdict(self)
         data.pop("timeline")
         data.update(records_per_s=round(self.records_per_s, 1), cpu_us_per_record=round(self.cpu_us_per_record, 2),
-                    steady_records_per_s=round(self.steady_records_per_s, 1),
+                    steady_records_per_s=round(self.steady_records_per_s, 1), busy_seconds=round(self.busy_seconds, 3),
                     seconds=round(self.seconds, 3), cpu_seconds=round(self.cpu_seconds, 3),
                     startup_cpu_s=round(self.startup_cpu_s, 3), ready_rss_mb=round(self.ready_rss_mb, 1),
                     peak_rss_mb=round(self.peak_rss_mb, 1))
