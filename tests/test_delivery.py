@@ -44,7 +44,8 @@ class Recorder:
 
 # Two senders share the wire, so batches may land in either order: compare what arrived as a multiset, and
 # check the order that matters (acknowledgements) directly.
-def forwarder(runtime, tmp_path, logs=None, sink=None, fatal=None, store=True, backoff=(0.05, 0.5), **limits):
+def forwarder(runtime, tmp_path, logs=None, sink=None, fatal=None, store=True, backoff=(0.05, 0.5),
+              timeout=(10.0, 120.0), **limits):
     sink = sink or IntakeSink(runtime.info["intake_url"], runtime.info["intake_key"], user_agent="tests")
     return Forwarder(
         sink,
@@ -53,6 +54,7 @@ def forwarder(runtime, tmp_path, logs=None, sink=None, fatal=None, store=True, b
         log=(lambda message, level: logs.append((level, message))) if logs is not None else None,
         set_aside=(SetAsideStore(tmp_path / "set-aside.jsonl") if store is True else store or None),
         backoff=lambda: Backoff(base=backoff[0], cap=backoff[1]),
+        timeout=timeout,
         on_fatal=fatal.append if fatal is not None else None,
     )
 
@@ -98,6 +100,22 @@ async def test_runtime_down_then_back_loses_nothing(runtime, tmp_path):
     warnings = [m for level, m in logs if level == "warning" and "retrying" in m]
     assert len(warnings) == 1  # one line per outage, not one per attempt, batch or sender
     assert any("reachable again" in m for _, m in logs)
+
+
+async def test_an_answer_slower_than_the_read_timeout_is_retried(runtime, tmp_path):
+    logs = []
+    runtime.control(hang_seconds=30)
+    recorder = Recorder(runtime)
+    fwd = forwarder(runtime, tmp_path, logs=logs, timeout=(5.0, 0.5))
+    await fwd.add(events(20), ack=recorder.ack("all"))
+    assert await eventually(lambda: fwd.outage_seconds is not None, 10)  # the first attempt timed out
+    runtime.control(hang_seconds=0)
+    assert await fwd.drain(timeout=30)
+    await fwd.close()
+    assert recorder.acks == [("all", 20)]
+    assert sorted(runtime.delivered()) == sorted(events(20))  # the timed-out attempts were dropped by the runtime
+    [warning] = [m for level, m in logs if level == "warning" and "retrying" in m]
+    assert "unreachable: " in warning and "Timeout" in warning
 
 
 async def test_failures_and_503s_are_retried_until_confirmed(runtime, tmp_path):
