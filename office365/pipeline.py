@@ -343,23 +343,30 @@ class Pipeline:
         end: datetime,
         advance: bool = False,
     ) -> None:
-        """List [start, end) window by window, every window at once: seven days at start cost one round trip, not
-        eight in a row. Outcomes are taken in time order, so a window counts as listed only with every window
-        before it. A window the API refuses is narrowed, never retried in a loop that would hold back the newer
-        ones. ``advance``: record each window as listed (the poller)."""
+        """List [start, end) window by window, the first page of every window at once: seven days at start cost one
+        round trip, not eight in a row. Further pages wait for every older window to be listed, so a backlog is
+        still listed (and fetched) oldest first: content near its 7-day expiry is not held back by newer content.
+        Outcomes are taken in time order, so a window counts as listed only with every window before it. A window
+        the API refuses is narrowed, never retried in a loop that would hold back the newer ones. ``advance``:
+        record each window as listed (the poller)."""
         spans = windows(start, end)
         # What the poller skips was owed once a window was listed: before this range only for its first window.
         owed = [advance and (index > 0 or self.state.owes_from_resume(content_type)) for index in range(len(spans))]
+        turns = [asyncio.Event() for _ in spans]  # set once every older window is listed
+        if turns:
+            turns[0].set()
         tasks = [
-            asyncio.create_task(self._list_or_narrow(content_type, client, queue, window_start, window_end, owes))
-            for (window_start, window_end), owes in zip(spans, owed)
+            asyncio.create_task(self._list_or_narrow(content_type, client, queue, window_start, window_end, owes, turn))
+            for (window_start, window_end), owes, turn in zip(spans, owed, turns)
         ]
         try:
-            for (window_start, window_end), task in zip(spans, tasks):
+            for index, ((window_start, window_end), task) in enumerate(zip(spans, tasks)):
                 if await task:
                     self._listed_span(content_type, window_start, window_end)
                 if advance:
                     self.state.listed(content_type, window_end)
+                if index + 1 < len(turns):
+                    turns[index + 1].set()
         finally:
             for task in tasks:
                 task.cancel()
@@ -373,15 +380,16 @@ class Pipeline:
         start: datetime,
         end: datetime,
         owed: bool,
+        turn: asyncio.Event,
     ) -> bool:
         """One window; True when it was listed whole, False when the API refused it and it was narrowed."""
         try:
-            await self._list_window(content_type, client, queue, start, end)
+            await self._list_window(content_type, client, queue, start, end, turn)
             return True
         except ApiError as error:
             if error.code not in AF_BAD_WINDOW:
                 raise
-            await self._refused_window(content_type, client, queue, start, end, error, owed)
+            await self._refused_window(content_type, client, queue, start, end, error, owed, turn)
             return False
 
     async def _refused_window(
@@ -393,6 +401,7 @@ class Pipeline:
         end: datetime,
         error: ApiError,
         owed: bool,
+        turn: asyncio.Event | None = None,
     ) -> None:
         """The API refused [start, end) although it was built on the API's clock (a start too old by the API's
         own reckoning). Start again from the horizon on the clock the refusal's Date header just gave, then 1, 2,
@@ -403,7 +412,7 @@ class Pipeline:
         accepted = end
         while cursor < end:
             try:
-                await self._list_window(content_type, client, queue, cursor, end)
+                await self._list_window(content_type, client, queue, cursor, end, turn)
                 accepted = cursor
                 break
             except ApiError as again:
@@ -450,8 +459,16 @@ class Pipeline:
         self._skipped[content_type] = [span for span in spans if span[0] >= earliest]
 
     async def _list_window(
-        self, content_type: str, client: ManagementClient, queue: asyncio.Queue, start: datetime, end: datetime
+        self,
+        content_type: str,
+        client: ManagementClient,
+        queue: asyncio.Queue,
+        start: datetime,
+        end: datetime,
+        turn: asyncio.Event | None = None,
     ) -> None:
+        """Every page of one window; past the first, only once ``turn`` is set (see ``_list_range``)."""
+
         def get(url: str):
             return get_with_retries(client, url, "list", self.stopping)
 
@@ -470,6 +487,8 @@ class Pipeline:
                     while self.state.pending(content_type)[0] >= self.config.max_pending_blobs:
                         if await sleep_or_stop(0.2, self.stopping):
                             raise Stopping()
+                    if turn is not None:
+                        await turn.wait()
                 return
             except ApiError as error:
                 if error.code == AF_BAD_NEXT_PAGE and attempt < 2:

@@ -197,7 +197,7 @@ async def test_windows_listed_at_once_count_as_listed_only_with_every_older_wind
     start = (NOW - timedelta(days=6, hours=23)).replace(microsecond=0)
     finished: list[int] = []
 
-    async def list_window(content_type, client, queue, window_start, window_end):
+    async def list_window(content_type, client, queue, window_start, window_end, turn=None):
         index = round((window_start - start) / timedelta(hours=23, minutes=59))
         await asyncio.sleep(0.01 * (8 - index))  # newest first
         if index == 1:
@@ -209,3 +209,31 @@ async def test_windows_listed_at_once_count_as_listed_only_with_every_older_wind
         await line._list_range("Audit.Exchange", None, None, start, NOW, advance=True)
     assert finished[0] == 6 and 0 in finished  # listed side by side, newest done first
     assert line.state.listed_until("Audit.Exchange") == start + timedelta(hours=23, minutes=59)
+
+
+async def test_a_backlog_is_listed_oldest_first_past_the_first_page_of_each_window(tmp_path, monkeypatch):
+    """Content near its expiry comes first: every window's first page is asked for at once, but a window's next
+    pages only once every older window was listed whole."""
+    import office365.pipeline as module
+
+    logs: list = []
+    line = pipeline(tmp_path, logs, lookback=timedelta(days=7))
+    start = (NOW - timedelta(days=6, hours=23)).replace(microsecond=0)
+    pages: list[tuple[int, int]] = []
+
+    async def list_pages(client, get, content_type, window_start, window_end, known):
+        index = round((window_start - start) / timedelta(hours=23, minutes=59))
+        for page in range(3):
+            await asyncio.sleep(0.005 * (8 - index))  # newer windows answer sooner
+            pages.append((index, page))
+            yield [], 0
+
+    monkeypatch.setattr(module, "list_pages", list_pages)
+    await line._list_range("Audit.Exchange", None, None, start, NOW, advance=True)
+    windows = sorted({index for index, _ in pages})
+    assert len(windows) == 7 and pages[0] == (6, 0)  # all first pages out together, the quickest first
+    for index, page in pages:
+        if page > 0:  # after every page of every older window
+            older = [position for position, (other, _) in enumerate(pages) if other < index]
+            assert pages.index((index, page)) > max(older, default=-1), pages
+    assert line.state.listed_until("Audit.Exchange") == NOW.replace(microsecond=0)
