@@ -220,7 +220,7 @@ class Forwarder:
             if len(batch.events) >= max_events or batch.size >= max_bytes:
                 self._cut()
                 await self._wait_for_room()
-                if self._failure is not None:
+                if self._failure is not None or self._closed:
                     return added
         if ack is not None:
             if self._batch or not self._ready:
