@@ -89,6 +89,7 @@ class Consumer:
         lag: Callable[[float], None],
         settings: Settings | None = None,
         owner_file: StateFile | None = None,
+        partition_ids: list[str] | None = None,  # the hub's partitions, if just read (not listed again)
     ):
         self.config = config
         self.client = client
@@ -102,6 +103,7 @@ class Consumer:
         self.report_lag = lag
         self.settings = settings or Settings()
         self.owner_file = owner_file
+        self.partition_ids = partition_ids
         self.loop = asyncio.get_running_loop()
         self.accepting = True
         self.fatal: ConfigurationError | None = None
@@ -126,7 +128,7 @@ class Consumer:
 
     async def run(self) -> None:
         _, starting_positions = await asyncio.gather(self._release_previous_owner(),
-                                                     self.partitions.starting_positions())
+                                                     self.partitions.starting_positions(self.partition_ids))
         writer_task = asyncio.create_task(self.writer.run(), name="eventhub-checkpoints")
         monitor_task = asyncio.create_task(self._monitor(), name="eventhub-monitor")
         flush_task = asyncio.create_task(self._flush_when_idle(), name="eventhub-idle-flush")

@@ -46,9 +46,11 @@ class PartitionWatch:
         self.positions: dict[str, str | datetime] = {}
         self._told_stuck = False
 
-    async def starting_positions(self) -> dict[str, str | datetime]:
-        """Record the first start (unless recorded already); the position of each partition."""
-        ids = await asyncio.wait_for(self.client.get_partition_ids(), 60)
+    async def starting_positions(self, ids: list[str] | None = None) -> dict[str, str | datetime]:
+        """Record the first start (unless recorded already); the position of each partition. ``ids``: the hub's
+        partitions if just read (the start-up probe's), else they are listed."""
+        if ids is None:
+            ids = await asyncio.wait_for(self.client.get_partition_ids(), 60)
         self._seen(ids)
         key = (self.base["fully_qualified_namespace"], self.base["eventhub_name"], self.base["consumer_group"])
         first = await asyncio.wait_for(self.store.load_first_start(*key), 30)

@@ -8,8 +8,7 @@ from dataclasses import replace
 
 from azure_eventhub import metrics
 from azure_eventhub.checkpoints import OWNER_CHECK_MAX_AGE, CheckpointWriter
-from azure_eventhub.clients import build_client, build_credential, build_store, client_namespace, close_before, \
-    probe_hub, probe_store
+from azure_eventhub.clients import build_client, build_credential, build_store, client_namespace, close_before, probe
 from azure_eventhub.config import EventHubConfiguration
 from azure_eventhub.consumer import STOP_AFTER_GRACE, Consumer, Settings, describe_store
 from azure_eventhub.records import RecordSplitter, text_as_json, text_as_raw
@@ -49,13 +48,13 @@ class EventHubTrigger(CollectorTrigger):
         credential = build_credential(config)
         store = client = consumer = None
         try:
-            # The source first: the Blob store's import (when one is configured) comes after the hub answered.
-            properties = await self.unless_stopping(probe_hub(config, credential))
-            await self.unless_stopping(probe_store(config, credential))
+            properties = await self.unless_stopping(probe(config, credential))
+            partition_ids = properties.get("partition_ids") or None
             store = build_store(config, self.state_dir, credential)
             client = build_client(config, store, credential)
+            client.known_partition_ids = partition_ids  # the processor's first round: no second listing
             self.log(
-                f"Consuming event hub `{config.hub_name}` ({len(properties.get('partition_ids', []))} partitions) "
+                f"Consuming event hub `{config.hub_name}` ({len(partition_ids or [])} partitions) "
                 f"of {config.namespace_host}, consumer group `{config.hub_consumer_group}`, checkpoints in "
                 f"{describe_store(config, store)}",
                 "info",
@@ -73,6 +72,7 @@ class EventHubTrigger(CollectorTrigger):
                 lag=lambda seconds: self.put_events_lag(self.metric_intake, seconds),
                 settings=replace(self.settings, stop_grace=self.stop_grace_seconds),
                 owner_file=StateFile(self.state_dir / "eventhub-owner.json") if config.uses_storage else None,
+                partition_ids=partition_ids,
             )
             await consumer.run()
         except Stopping:

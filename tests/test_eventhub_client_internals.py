@@ -2,18 +2,16 @@
 
 The client exposes neither its namespace host, its processor's owner id, nor a way to hand its load balancing a
 new partition list: ``azure_eventhub.clients`` reads them from private attributes. Without them the trigger
-degrades quietly (checkpoints no longer checked against ownership, new partitions read only after a restart),
-so an upgrade of the client that moves them must fail here.
+degrades quietly (checkpoints no longer checked against ownership, new partitions read only after a restart,
+the partitions listed twice at start), so an upgrade of the client that moves them must fail here.
 """
 
 from __future__ import annotations
 
 import asyncio
 
-from azure.eventhub.aio import EventHubConsumerClient
-
 from azure_eventhub.checkpoints import LocalCheckpointStore
-from azure_eventhub.clients import client_namespace, client_owner_id, client_processors
+from azure_eventhub.clients import ConsumerClient, client_namespace, client_owner_id, client_processors
 from azure_eventhub.partitions import PartitionWatch
 
 # Nothing listens on port 9: the processor exists (and retries its first load-balancing round) all the same.
@@ -22,8 +20,9 @@ CONNECTION = "Endpoint=sb://127.0.0.1:9/;SharedAccessKeyName=test;SharedAccessKe
 
 async def test_namespace_owner_id_and_partition_list_are_found_on_the_real_client(tmp_path):
     store = LocalCheckpointStore(tmp_path / "eventhub-checkpoints.json")
-    client = EventHubConsumerClient.from_connection_string(CONNECTION, consumer_group="$Default",
-                                                           checkpoint_store=store, retry_total=0)
+    client = ConsumerClient.from_connection_string(CONNECTION, consumer_group="$Default", checkpoint_store=store,
+                                                   retry_total=0)
+    client.known_partition_ids = ["0", "1"]  # as the start-up probe read them
     assert client_namespace(client) == "127.0.0.1:9"  # as the processor writes it in its records
     assert client_owner_id(client) is None  # not receiving yet
 
@@ -38,9 +37,16 @@ async def test_namespace_owner_id_and_partition_list_are_found_on_the_real_clien
             await asyncio.sleep(0.01)
         owner_id = client_owner_id(client)
         assert isinstance(owner_id, str) and owner_id
+        [processor] = client_processors(client)
+        # Its first load-balancing round took the probe's ids: no hub answers on port 9, so it did not list them.
+        for _ in range(500):
+            if processor._ownership_manager.cached_parition_ids:
+                break
+            await asyncio.sleep(0.01)
+        assert processor._ownership_manager.cached_parition_ids == ["0", "1"]
+        assert client.known_partition_ids is None  # once: the partition watch lists them again
         watch = PartitionWatch(client, store, {}, "-1", lambda message, level: None)
         assert watch._tell_load_balancing(["0", "1", "2"])
-        [processor] = client_processors(client)
         assert processor._ownership_manager.cached_parition_ids == ["0", "1", "2"]
     finally:
         await asyncio.wait_for(client.close(), 30)

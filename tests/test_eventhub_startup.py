@@ -69,6 +69,11 @@ def in_process_cases(stack: EventHubStack) -> dict[str, tuple[dict, str, str]]:
                               "storage_connection_string", "refused"),
         "wrong_hub_key": (stack.config(hub_connection_string=hub.replace(stack.emulator.info["key"], WRONG_KEY)),
                           "hub_connection_string", "refused the key"),
+        # Both probed at once: the hub's mistake is the one said (the store's would come next, once it is fixed).
+        "wrong_hub_and_storage_keys": (
+            stack.config(hub_connection_string=hub.replace(stack.emulator.info["key"], WRONG_KEY),
+                         storage_connection_string=storage.replace("Eby8vdM02x", "Xby8vdM02x")),
+            "hub_connection_string", "refused the key"),
         "unknown_hub": (stack.config(hub_connection_string=hub.replace(f"EntityPath={stack.hub}", "EntityPath=nohub"),
                                      hub_name="nohub"), "hub_name", "does not exist"),
         "unknown_consumer_group": (stack.config(hub_consumer_group="not-created"), "hub_consumer_group",
@@ -77,8 +82,8 @@ def in_process_cases(stack: EventHubStack) -> dict[str, tuple[dict, str, str]]:
     }
 
 
-@pytest.mark.parametrize("case", ["wrong_storage_key", "wrong_hub_key", "unknown_hub", "unknown_consumer_group",
-                                  "no_intake_server"])
+@pytest.mark.parametrize("case", ["wrong_storage_key", "wrong_hub_key", "wrong_hub_and_storage_keys", "unknown_hub",
+                                  "unknown_consumer_group", "no_intake_server"])
 def test_hub_and_storage_mistakes_stop_the_trigger_with_one_message(stack, monkeypatch, case):
     config, field, words = in_process_cases(stack)[case]
     CollectorTrigger.fatal_error = None
