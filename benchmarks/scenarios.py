@@ -68,7 +68,7 @@ def run_office365(work: Path, backlog: Office365Backlog, timeout: float, **overr
         env = runtime.env(configuration)
         env.update(SSL_CERT_FILE=info["ca_file"], REQUESTS_CA_BUNDLE=info["ca_file"])
         backlog.control(reset_stats=True)  # the counters and the first request are this run's
-        return run_trigger("office365_management_api", env, lambda: runtime.stats()["events"], backlog.expected,
+        return run_trigger("office365_management_api", env, runtime.counter(), backlog.expected,
                            timeout, work / "trigger.log",
                            first_request=lambda: backlog.get("/_emulator/stats")["first_request_at"])
     finally:
@@ -228,7 +228,7 @@ def run_eventhub(work: Path, backlog: EventHubBacklog, group: str, timeout: floa
             configuration.update(storage_connection_string=azurite.connection_string,
                                  storage_container_name=container)
         env = runtime.env(configuration)
-        return run_trigger("consume_eventhub_messages", env, lambda: runtime.stats()["events"], backlog.records,
+        return run_trigger("consume_eventhub_messages", env, runtime.counter(), backlog.records,
                            timeout, work / "trigger.log", first_request=backlog.connections_opened_at)
     finally:
         runtime.stop()

@@ -33,6 +33,13 @@ def test_count_only_confirms_and_counts_events_and_writes_none(counting):
     assert counting.delivered() == []
 
 
+def test_the_counter_reads_the_confirmed_count(counting):
+    confirmed = counting.counter()
+    assert confirmed() == 0
+    post(counting, batch(counting, ["a", "b"]))
+    assert confirmed() == 2 and confirmed() == counting.stats()["events"]
+
+
 @pytest.mark.parametrize("body", ['{"intake_key": "KEY", "jsons": [1]}', '{"jsons": []}', '{"intake_key": "KEY", '])
 def test_count_only_still_refuses_what_the_intake_would(counting, body):
     assert post(counting, body.replace("KEY", counting.info["intake_key"]).encode()).status_code == 400

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import socket
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -45,6 +47,24 @@ class Runtime:
 
     def stats(self) -> dict:
         return requests.get(self.info["url"] + "/_runtime/stats", timeout=5).json()
+
+    def counter(self) -> Callable[[], int]:
+        """The count of confirmed events, for polling: one kept-alive connection and the standard library's client
+        (a requests.get per sample cost 2 ms of CPU between the stub and the poller, on the trigger's cores)."""
+        connection = http.client.HTTPConnection("127.0.0.1", self.info["port"], timeout=5)
+
+        def read() -> int:
+            connection.request("GET", "/_runtime/stats")
+            return orjson.loads(connection.getresponse().read())["events"]
+
+        def events() -> int:
+            try:
+                return read()
+            except (http.client.HTTPException, OSError):
+                connection.close()  # closed by the stub: the next request opens another
+                return read()
+
+        return events
 
     def delivered(self) -> list[bytes]:
         return complete_lines(self.out)
