@@ -57,7 +57,7 @@ class Processor:
         self._done = done  # one call per item taken (frees a slot for the fetchers)
         self._retry = retry  # fetch this blob again after so many seconds
         self._failures: dict[str, Backoff] = {}  # content id -> its retry steps, while it keeps failing
-        self._queue: asyncio.Queue[Fetched] = asyncio.Queue()  # bounded by the fetchers' slots
+        self._queue: asyncio.Queue[Fetched | None] = asyncio.Queue()  # bounded by the fetchers' slots; None: stop
         self._stopping = False
         self._taken = 0  # items taken so far (the idle flush checks that none came since it was armed)
         self._idle_timer: asyncio.TimerHandle | None = None

@@ -5,9 +5,9 @@
   moves past a blob once the runtime confirmed that blob's records. Until a first window is listed it is only
   the ``initial_lookback`` (saved as ``initial``): a restart after a fault that came before any listing owes
   nothing older than what the API still keeps, so it reports no gap.
-- **Ledger** of delivered blobs (``Journal``, one fsync per commit of a group of blobs): re-listing a window
-  (the trailing re-list that catches late blobs, a restart) skips what was delivered. Entries expire with
-  the blob (7 days), so the ledger stays bounded; it is compacted when mostly expired.
+- **Ledger** of delivered blobs (``Journal``, one fsync per write, which takes every commit since the last):
+  re-listing a window (the trailing re-list that catches late blobs, a restart) skips what was delivered. Entries
+  expire with the blob (7 days), so the ledger stays bounded; it is compacted when mostly expired.
 - **Record filter**: a record repeated verbatim in a later blob is forwarded once. It is keyed on a hash of the
   record's bytes, not on ``Id``: distinct records may share an ``Id``. Bounded (oldest forgotten first), and
   rebuilt at start from the hashes kept in the ledger.
