@@ -97,6 +97,24 @@ async def test_acks_during_writes_are_coalesced_and_never_go_back():
     assert len(store.writes) < 200  # far fewer writes than acks
 
 
+async def test_writes_come_in_rounds_an_interval_apart_and_a_flush_does_not_wait_for_the_next():
+    store = RecordingStore()
+    writer = writer_for(store, interval=3600)
+    task = asyncio.create_task(writer.run())
+    writer.confirmed("0", "100", 1)
+    await asyncio.wait_for(store.writing.wait(), 5)  # the first round starts at once
+    for sequence in range(2, 50):  # confirmed during the interval: one write of the latest, at the next round
+        writer.confirmed("0", str(sequence * 100), sequence)
+        writer.confirmed("1", str(sequence * 100), sequence)
+        await asyncio.sleep(0)
+    for _ in range(20):  # loop turns enough for an unpaced writer to write them (each write takes one)
+        await asyncio.sleep(0)
+    assert store.writes == [("0", 1)]  # the next round waits for the interval
+    assert await writer.flush(5)  # stopping: written now, not an hour later
+    task.cancel()
+    assert sorted(store.writes) == [("0", 1), ("0", 49), ("1", 49)]
+
+
 async def test_failed_writes_are_retried_and_logged_once():
     store = RecordingStore(fail_times=3)
     logs = []

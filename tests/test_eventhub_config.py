@@ -125,3 +125,24 @@ def test_clients_for_entra_websockets_and_proxy(tmp_path):
     with pytest.raises(ConfigurationError) as raised:
         build_credential(parse(**base, tenant_id="t", client_id="c", certificate="not a pem"))
     assert raised.value.field == "certificate"
+
+
+def test_the_store_proxy_is_looked_up_once_from_the_environment(monkeypatch):
+    """The storage client must not read the environment (and ~/.netrc) in a thread at every checkpoint write: the
+    proxy is looked up when the store is built, and the configured one wins."""
+    from azure_eventhub.clients import _storage_kwargs
+
+    storage = {"storage_connection_string": "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=Zm9v;"
+                                            "EndpointSuffix=core.windows.net", "storage_container_name": "c"}
+    for name in ("HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    assert _storage_kwargs(parse(hub_connection_string=HUB, **storage)) == {"use_env_settings": False}
+    monkeypatch.setenv("HTTPS_PROXY", "http://u:p@envproxy:8080")
+    proxy = "http://u:p@envproxy:8080"
+    assert _storage_kwargs(parse(hub_connection_string=HUB, **storage)) == {
+        "use_env_settings": False, "proxies": {"http": proxy, "https": proxy}}
+    configured = "http://proxy.local:3128"
+    assert _storage_kwargs(parse(hub_connection_string=HUB, http_proxy=configured, **storage))["proxies"] == {
+        "http": configured, "https": configured}
+    monkeypatch.setenv("NO_PROXY", "acct.blob.core.windows.net")
+    assert _storage_kwargs(parse(hub_connection_string=HUB, **storage)) == {"use_env_settings": False}
