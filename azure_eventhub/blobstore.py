@@ -1,5 +1,5 @@
 """The Blob checkpoint store, in a module of its own: its import (the vendored storage client and aiohttp, 0.15-0.3
-s) is paid only when a storage account is configured, and only once the request to the hub left."""
+s) is paid only when a storage account is configured, and off the loop once the request to the hub left."""
 
 from __future__ import annotations
 
