@@ -11,7 +11,9 @@ directories 0700 whatever the umask (``main.py`` also sets a 077 umask for every
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -56,12 +58,19 @@ def open_private(path: Path, flags: int):
 def atomic_write(path: Path, data: bytes) -> None:
     if not path.parent.is_dir():
         private_directory(path.parent)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open_private(tmp, os.O_WRONLY | os.O_TRUNC) as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    # A temporary name of its own (mkstemp: created 0600, in the same directory for the rename): two writes that
+    # overlapped would otherwise write into one file and rename it from under each other.
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
     _fsync_directory(path.parent)
 
 

@@ -13,8 +13,9 @@
   rebuilt at start from the hashes kept in the ledger.
 
 Everything above lives on the trigger's event loop (listing, processing, and the acknowledgements that commit):
-no lock. Files are written off the loop (``persist``) from a snapshot taken on it, one write at a time, the
-ledger's new lines before the checkpoint that counts on them.
+no lock. Files are written off the loop (``persist``) from a snapshot taken on it, one write at a time (a write
+whose caller was cancelled keeps its turn until its thread returned), the ledger's new lines before the checkpoint
+that counts on them.
 """
 
 from __future__ import annotations
@@ -296,12 +297,27 @@ class CollectorState:
         async with self._writing:
             write = self._next_write(force)
             if write is not None:
-                try:
-                    await asyncio.to_thread(self._write, write)
-                except BaseException:
-                    self._unwritten[:0] = write.entries  # written next time (a line twice in the ledger is harmless)
-                    raise
-                self._written(write)
+                await self._write_in_thread(write)
+
+    async def _write_in_thread(self, write: _Write) -> None:
+        """The write's thread, awaited to its end even when the caller is cancelled (the monitor, at every stop): a
+        cancel cannot stop the thread, and the lock released under it would let a second write run alongside (the
+        same files, a journal handle closed under an append). The cancel is raised once the thread returned."""
+        # run_in_executor, not to_thread: a future, not a task, so asyncio.run's final cancel does not reach it.
+        thread = asyncio.get_running_loop().run_in_executor(None, self._write, write)
+        cancelled: asyncio.CancelledError | None = None
+        while not thread.done():
+            try:
+                await asyncio.wait([thread])  # unlike awaiting it, a cancel here leaves the future alone
+            except asyncio.CancelledError as error:
+                cancelled = error
+        if thread.cancelled() or thread.exception() is not None:
+            self._unwritten[:0] = write.entries  # written next time (a line twice in the ledger is harmless)
+        else:
+            self._written(write)
+        if cancelled is not None:
+            raise cancelled
+        thread.result()  # the write's error, if any
 
     def save(self, force: bool = False) -> None:
         """``persist`` where no loop runs (at close, after the run's loop ended)."""

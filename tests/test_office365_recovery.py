@@ -10,7 +10,7 @@ import time
 import pytest
 
 from connectors.metrics import gauge_values
-from emulators.process import wait_until
+from emulators.process import eventually, wait_until
 from office365 import metrics
 from office365.listing import RETENTION
 from tests.o365_fixtures import o365_emulator_factory  # noqa: F401
@@ -147,6 +147,41 @@ def test_a_dead_processing_task_fails_the_run_which_is_restarted(tmp_path, monke
         with InProcessTrigger(rig, rig.trigger_config(content_types=["Audit.Exchange"]), monkeypatch):
             assert rig.wait_complete(90, expected=3 * 4), rig.comparison()
         assert messages(rig, "Collection failed (MemoryError); restarting")
+        assert rig.comparison()["duplicates"] == 0
+
+
+def test_a_processing_task_dying_mid_run_fails_the_run_which_is_restarted_and_loses_nothing(tmp_path, monkeypatch):
+    """It dies after some blobs were delivered and committed, with one taken and not processed: the run fails, the
+    trigger restarts it, what was committed is not fetched again and the rest is delivered, each record once."""
+    from office365.processor import Processor
+
+    monkeypatch.setattr("office365.processor.GROUP_RECORDS", 1)  # a blob per acknowledgement: commits come early
+    take = Processor._take
+    taken: dict[Processor, list[str]] = {}  # content ids taken by each run's processing task, in run order
+    death: dict[str, int] = {}
+
+    async def dying_take(self, item):
+        ids = taken.setdefault(self, [])
+        if not death and len(ids) == 3:  # the fourth blob of the first run
+            # Dies once the runtime confirmed some blobs, as a bug could at any moment.
+            assert await eventually(lambda: self.state.ledger_size >= 2, 60), "no blob was committed"
+            death["committed"] = self.state.ledger_size
+            raise MemoryError("a bug in the processing loop")
+        ids.append(item.ref.content_id)
+        return await take(self, item)
+
+    monkeypatch.setattr(Processor, "_take", dying_take)
+    with O365Rig(tmp_path, "--blobs", "8", "--records-per-blob", "4") as rig:
+        with InProcessTrigger(rig, rig.trigger_config(content_types=["Audit.Exchange"]), monkeypatch):
+            assert rig.wait_complete(90, expected=8 * 4), rig.comparison()
+        assert death["committed"] >= 2 and len(taken) >= 2, taken
+        assert messages(rig, "Collection failed (MemoryError); restarting")
+        runs = list(taken.values())
+        first_run, later = set(runs[0]), {content_id for run in runs[1:] for content_id in run}
+        assert len(first_run) == 3 and len(first_run - later) >= death["committed"]  # committed: not taken again
+        published = [i for blob in rig.emulator.blobs("Audit.Exchange", ids=1) for i in blob["ids"]]
+        delivered = rig.delivered()
+        assert len(published) == 8 * 4 and all(delivered[i] == 1 for i in published), rig.comparison()
         assert rig.comparison()["duplicates"] == 0
 
 

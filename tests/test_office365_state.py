@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -10,6 +11,7 @@ import orjson
 import pytest
 
 from connectors.errors import CorruptStateError
+from emulators.process import eventually
 from office365.listing import ContentRef
 from office365.state import CollectorState, Delivered, RecordFilter, record_hash
 
@@ -93,7 +95,8 @@ def test_restart_resumes_exactly_and_remembers_delivered_blobs_and_records(tmp_p
     assert 11 in again.filter and 12 in again.filter
 
 
-async def test_a_crash_before_the_checkpoint_only_moves_the_resume_point_back(tmp_path):
+async def test_a_crash_before_the_checkpoint_only_moves_the_resume_point_back(tmp_path, monkeypatch):
+    monkeypatch.setattr("office365.state.SAVE_INTERVAL", 3600.0)  # however slow the machine: the checkpoint is not due
     state = state_at(tmp_path)
     blob = ref("c$1", NOW - timedelta(hours=1))
     state.track(blob)
@@ -122,6 +125,64 @@ async def test_commits_made_while_a_write_runs_join_the_next_one_in_order(tmp_pa
     lines = (tmp_path / "office365-ledger.jsonl").read_bytes().splitlines()
     assert [orjson.loads(line)["c"] for line in lines] == [blob.content_id for blob in blobs]
     state.close()
+
+
+async def test_a_write_cancelled_midway_keeps_the_next_one_waiting_until_its_thread_returned(tmp_path):
+    """The monitor is cancelled at every stop, possibly while its write runs in a thread that a cancel cannot stop;
+    the last acknowledgements then write too. The second write waits for the first thread: never two writers on
+    the same files (a shared temporary file, a journal handle closed under an append)."""
+    state = state_at(tmp_path)
+    write = state._write
+    release = threading.Event()
+    lock = threading.Lock()
+    writers = {"now": 0, "most": 0, "calls": 0}
+
+    def slow_write(job):
+        with lock:
+            writers["calls"] += 1
+            writers["now"] += 1
+            writers["most"] = max(writers["most"], writers["now"])
+            first = writers["calls"] == 1
+        try:
+            if first:
+                assert release.wait(30), "the test never released the first write"
+            write(job)
+        finally:
+            with lock:
+                writers["now"] -= 1
+
+    state._write = slow_write
+    first, second = ref("c$1", NOW - timedelta(hours=2)), ref("c$2", NOW - timedelta(hours=1))
+    state.track(first)
+    state.track(second)
+    state.listed("Audit.Exchange", NOW)
+    state.commit([Delivered(first, hashes=[1], records=1)])
+    monitor = asyncio.create_task(state.persist(force=True))
+    try:
+        assert await eventually(lambda: writers["calls"] == 1, 10, 0.01)
+        monitor.cancel()  # the stop, while the thread writes
+        state.commit([Delivered(second, hashes=[2], records=1)])  # the last acknowledgement
+        state.persist_soon()
+        # A second writer would start as soon as the cancelled one let the lock go: give it every chance to.
+        await eventually(lambda: writers["calls"] > 1 or monitor.done(), 1.0, 0.01)
+        assert writers["calls"] == 1 and not monitor.done()  # the cancelled write still holds the lock
+    finally:
+        release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await monitor  # the cancel is raised, once the thread returned
+    assert await eventually(lambda: state._persisting is None, 10, 0.01)
+    await state.persist(force=True)
+    assert writers["most"] == 1 and writers["calls"] >= 2
+    checkpoint = orjson.loads((tmp_path / "office365-checkpoint.json").read_bytes())
+    assert checkpoint["resume"]["Audit.Exchange"] == NOW.timestamp()
+    lines = (tmp_path / "office365-ledger.jsonl").read_bytes().splitlines()
+    assert [orjson.loads(line)["c"] for line in lines] == ["c$1", "c$2"]  # each once: the first write counted
+    assert not list(tmp_path.glob(".*.tmp"))
+    state.close()
+    again = state_at(tmp_path)
+    assert again.is_known("Audit.Exchange", "c$1") and again.is_known("Audit.Exchange", "c$2")
+    assert again.resume_point("Audit.Exchange") == NOW
+    again.close()
 
 
 def test_skip_to_gives_up_content_past_the_retention(tmp_path):
@@ -183,6 +244,7 @@ def test_a_torn_last_ledger_line_is_ignored(tmp_path):
 
 
 def test_checkpoint_saves_are_rate_limited_but_forced_at_stop(tmp_path, monkeypatch):
+    monkeypatch.setattr("office365.state.SAVE_INTERVAL", 3600.0)  # "within the interval" whatever the machine's load
     state = state_at(tmp_path)
     state.listed("Audit.Exchange", NOW)
     state.save(force=True)

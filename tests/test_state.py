@@ -16,6 +16,60 @@ def test_state_file_round_trip_and_default(tmp_path):
     assert not list(state.path.parent.glob(".*.tmp"))
 
 
+def test_two_saves_that_overlap_each_use_their_own_temporary_file(tmp_path, monkeypatch):
+    """Both saves have written their temporary file before either renames it: with one shared name, the second
+    would have truncated the first's data and its rename would find no file."""
+    import os
+    import stat
+    import threading
+
+    both_written = threading.Barrier(2, timeout=30)
+    fsync = os.fsync
+
+    def fsync_after_both_wrote(fd):
+        fsync(fd)
+        if stat.S_ISREG(os.fstat(fd).st_mode):  # the temporary file (not the directory)
+            both_written.wait()
+
+    monkeypatch.setattr(os, "fsync", fsync_after_both_wrote)
+    state = StateFile(tmp_path / "checkpoint.json")
+    values = [{"writer": 1, "pad": "x" * 5000}, {"writer": 2}]
+    errors: list[BaseException] = []
+
+    def save(value):
+        try:
+            state.save(value)
+        except BaseException as error:  # noqa: BLE001 - reported by the assertion below
+            errors.append(error)
+
+    threads = [threading.Thread(target=save, args=(value,)) for value in values]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors
+    assert state.load() in values  # whole, one or the other
+    assert not list(tmp_path.glob(".*.tmp"))
+    assert (state.path.stat().st_mode & 0o777) == 0o600
+
+
+def test_a_failed_save_leaves_the_file_and_no_temporary_file(tmp_path, monkeypatch):
+    import os
+
+    state = StateFile(tmp_path / "checkpoint.json")
+    state.save({"offset": 1})
+
+    def full_disk(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(OSError):
+        state.save({"offset": 2})
+    monkeypatch.undo()
+    assert state.load() == {"offset": 1}
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
 def test_corrupt_state_file_is_an_error_not_a_reset(tmp_path):
     path = tmp_path / "checkpoint.json"
     path.write_bytes(b'{"offset": 4')
