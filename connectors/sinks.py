@@ -27,6 +27,7 @@ from yarl import URL
 from connectors.errors import ConfigurationError
 from connectors.retry import parse_retry_after
 from connectors.state import open_private, private_directory
+from connectors.tls import ssl_context
 
 _ENVELOPE_BYTES = 1024  # room for the `{"intake_key": ..., "jsons": [...]}` around the events
 RETRIED_STATUSES = frozenset({408, 425, 429})
@@ -104,15 +105,16 @@ async def post(session: aiohttp.ClientSession, request: Request, timeout: aiohtt
 
 def client_session(connections: int, url: str) -> aiohttp.ClientSession:
     """The session delivery posts through to ``url`` (made on the loop): ``connections`` kept open to the runtime,
-    one per sender. Certificates are checked against the system's authorities. A proxy from the environment
-    (``HTTPS_PROXY``, ``NO_PROXY``), as ``requests`` honoured, is looked up once here: aiohttp's ``trust_env``
-    would look it up, and read ``~/.netrc``, in a thread at every request."""
+    one per sender. Certificates are always checked, against the authorities ``requests`` trusted
+    (``connectors.tls``: ``REQUESTS_CA_BUNDLE`` for a private CA or a TLS-inspecting proxy, else certifi's). A proxy
+    from the environment (``HTTPS_PROXY``, ``NO_PROXY``), as ``requests`` honoured, is looked up once here:
+    aiohttp's ``trust_env`` would look it up, and read ``~/.netrc``, in a thread at every request."""
     try:
         proxy, proxy_auth = get_env_proxy_for_url(URL(url))
     except LookupError:
         proxy, proxy_auth = None, None
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=max(1, connections)), proxy=proxy,
-                                 proxy_auth=proxy_auth)
+    connector = aiohttp.TCPConnector(limit=max(1, connections), ssl=ssl_context())
+    return aiohttp.ClientSession(connector=connector, proxy=proxy, proxy_auth=proxy_auth)
 
 
 class IntakeSink:

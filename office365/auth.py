@@ -22,8 +22,8 @@ from connectors.errors import ConfigurationError
 from connectors.logs import Redactor
 from connectors.logs import OnceLogger
 from connectors.retry import Backoff
+from connectors.tls import requests_verify
 from office365.config import Credential, Endpoints
-from office365.tls import requests_verify
 
 # AADSTS code -> (configuration field, what to fix)
 AADSTS_HELP: dict[int, tuple[str, str]] = {

@@ -21,10 +21,10 @@ import orjson
 from yarl import URL
 
 from connectors.retry import parse_retry_after
+from connectors.tls import ssl_context
 from office365 import metrics
 from office365.auth import TokenProvider
 from office365.pacing import Gate
-from office365.tls import ssl_context
 
 THROTTLE_CODES = {"AF429"}
 # A Date header is a clock sample when its answer's headers came within this long of the request: a slower one

@@ -4,12 +4,15 @@ import asyncio
 import hashlib
 import json
 import os
+import ssl
 import stat
 import threading
 import time
+from urllib.parse import urlsplit
 
 import orjson
 import pytest
+import trustme
 from sekoia_automation.module import Module
 
 from connectors.delivery import REFUSES_EVERYTHING_REQUESTS, BatchLimits, Forwarder, UnkeptRefusal
@@ -642,3 +645,53 @@ def test_a_failed_run_leaves_no_acknowledgement_behind(runtime, tmp_path, monkey
     finally:
         trigger.stop()
         CollectorTrigger.fatal_error = None
+
+
+async def tls_front(tmp_path, port):
+    """A TLS front on loopback for the runtime stub, its certificate from a private CA (a TLS-inspecting proxy, a
+    private intake): its URL, the CA file and the server."""
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    ca_file = tmp_path / "private-ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+
+    async def pipe(reader, writer):
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        finally:
+            writer.close()
+
+    async def relay(reader, writer):
+        upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", port)
+        await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer), return_exceptions=True)
+
+    server = await asyncio.start_server(relay, "127.0.0.1", 0, ssl=context)
+    return f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}", ca_file, server
+
+
+async def test_delivery_trusts_the_authorities_requests_trusted(runtime, tmp_path, monkeypatch):
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy",
+                 "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "CURL_CA_BUNDLE"):
+        monkeypatch.delenv(name, raising=False)
+    front, ca_file, server = await tls_front(tmp_path, runtime.info["port"])
+    try:
+        url = front + urlsplit(runtime.info["intake_url"]).path
+        sink = IntakeSink(url, runtime.info["intake_key"], user_agent="tests")
+        logs = []
+        untrusted = forwarder(runtime, tmp_path, sink=sink, logs=logs)
+        await untrusted.add(events(5))
+        assert await eventually(lambda: untrusted.outage_seconds is not None, 10)  # verification stays on
+        assert await untrusted.close(grace=0.5) is False
+        assert runtime.delivered() == [] and any("Certificate" in message for _, message in logs)
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(ca_file))  # as requests honoured it
+        fwd = forwarder(runtime, tmp_path, sink=sink)
+        await fwd.add(events(5))
+        assert await fwd.drain(timeout=30)
+        await fwd.close()
+        assert sorted(runtime.delivered()) == sorted(events(5))
+    finally:
+        server.close()
+        await server.wait_closed()

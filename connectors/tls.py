@@ -1,4 +1,5 @@
-"""Which certificate authorities to trust: the standard variables first (proxies, private CAs, the emulator)."""
+"""Which certificate authorities to trust, for every HTTPS client of the module (Office 365, delivery to the
+runtime): the standard variables first (proxies, private CAs, the emulator), else certifi's bundle."""
 
 from __future__ import annotations
 
