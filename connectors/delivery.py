@@ -193,7 +193,8 @@ class Forwarder:
     async def add(self, events: Iterable[bytes], ack: Ack | None = None, origin: str = "") -> int:
         """Buffer serialized events (one JSON document each); ``ack`` runs on the loop once all of them, and all
         added before them, were confirmed. Awaiting it is the backpressure: it returns once at most
-        ``limits.in_flight`` cut batches wait for a sender (at once when stopping). Returns how many were taken:
+        ``limits.in_flight`` cut batches (at least one) wait for a sender, whatever the number of producers (at
+        once when stopping). Returns how many were taken:
         0 once a batch was not confirmed (nothing after it could be acknowledged) or once closed (no sender left)."""
         if self._failure is not None or self._closed:
             return 0
@@ -203,6 +204,13 @@ class Forwarder:
         max_events, max_bytes = self.limits.max_events, self.limits.max_bytes
         added, count = 0, len(events)
         while added < count:  # whole slices at a time: the per-event work is the byte count alone
+            if not self._batch:
+                # Room is waited for before a batch starts, not after it is cut: from the room seen to the cut
+                # nothing awaits, so however many producers share the forwarder (one per partition), at most
+                # ``in_flight`` cut batches wait, plus the one buffer.
+                await self._wait_for_room()
+                if self._failure is not None or self._closed:
+                    return added
             batch = self._current()
             chunk = events[added : added + max_events - len(batch.events)]
             size = sum(map(len, chunk))
@@ -219,9 +227,6 @@ class Forwarder:
             added += len(chunk)
             if len(batch.events) >= max_events or batch.size >= max_bytes:
                 self._cut()
-                await self._wait_for_room()
-                if self._failure is not None or self._closed:
-                    return added
         if ack is not None:
             if self._batch or not self._ready:
                 self._current().acks.append(ack)
@@ -230,9 +235,11 @@ class Forwarder:
         return added
 
     async def _wait_for_room(self) -> None:
-        """Backpressure: the producer waits while the runtime is behind, unless stopping (polled: ``stopping``
-        cannot wake anyone) or failed."""
-        while len(self._ready) > self.limits.in_flight and self._abort_at is None and self._failure is None:
+        """Backpressure: the producer waits while ``in_flight`` cut batches (at least one) wait for a sender,
+        unless stopping (polled: ``stopping`` cannot wake anyone), failed or closed."""
+        room = max(1, self.limits.in_flight)
+        while (len(self._ready) >= room and self._abort_at is None and self._failure is None
+               and not self._closed):
             await self._wait_change(SLEEP_SLICE)
 
     def flush(self) -> None:
@@ -272,8 +279,16 @@ class Forwarder:
     async def _close(self, grace: float) -> bool:
         self.stopping(grace)
         deadline = self._abort_at or time.monotonic()
-        confirmed = await self.drain(timeout=max(0.0, deadline - time.monotonic()))
+        # Producers released by the stop may still add (what they held while waiting for room, with its ack) after
+        # a drain cut the buffer: cut and drain again until nothing is left, or the deadline passed.
+        while True:
+            confirmed = await self.drain(timeout=max(0.0, deadline - time.monotonic()))
+            if not confirmed or not self._batch:
+                break
+        # From the check above to here nothing awaits: no producer adds in between.
+        confirmed = confirmed and not self._batch
         self._closed = True
+        self._batch = _Batch()  # left over at the deadline: never sent, its acks never run
         if self._acked_count < self._cut_count:
             self._failure = self._failure or "stopped before the runtime confirmed every batch"
             self._aborted()
@@ -328,9 +343,9 @@ class Forwarder:
             self._age_timer = None
 
     def _cut(self) -> None:
-        """Queue the current batch."""
+        """Queue the current batch (not once closed: no sender would take it)."""
         self._drop_age_timer()
-        if self._batch:
+        if self._batch and not self._closed:
             self._batch.seq = self._cut_count
             self._cut_count += 1
             self._ready.append(self._batch)

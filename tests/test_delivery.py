@@ -695,3 +695,44 @@ async def test_delivery_trusts_the_authorities_requests_trusted(runtime, tmp_pat
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_close_delivers_what_a_producer_released_by_the_stop_adds(runtime, tmp_path):
+    # A producer waiting for room is released by close's stop and adds the rest of its events, with its ack, after
+    # the first cut: close sends them too before it says everything was confirmed.
+    runtime.control(hang_seconds=1.0)  # each request: the producer is released while the first is on the wire
+    recorder = Recorder(runtime)
+    fwd = forwarder(runtime, tmp_path, max_events=30, in_flight=1, senders=1, max_age=60)
+    producer = asyncio.create_task(fwd.add(events(95), ack=recorder.ack("all")))
+    assert await eventually(lambda: runtime.stats()["hung"] >= 1, 10)
+    assert not producer.done()  # waiting for room
+    assert await fwd.close(grace=15.0) is True
+    assert await producer == 95
+    assert sorted(runtime.delivered()) == sorted(events(95))
+    assert recorder.acks == [("all", 95)]
+
+
+async def test_backpressure_bounds_the_batches_whatever_the_number_of_producers(runtime, tmp_path):
+    # One producer per partition: 16 of them must not queue 16 batches when two may wait.
+    runtime.control(hang_seconds=120)
+    fwd = forwarder(runtime, tmp_path, max_events=10, in_flight=2, senders=1, max_age=60)
+    producers = [asyncio.create_task(fwd.add(events(30, start=n * 30), origin=f"partition {n}")) for n in range(16)]
+    assert await eventually(lambda: runtime.stats()["hung"] >= 1, 10)
+    assert not await eventually(lambda: fwd.pending > 3, 2.0)  # the batch on the wire and two waiting, no more
+    assert fwd.pending == 3 and not any(producer.done() for producer in producers)
+    assert await fwd.close(grace=1.0) is False
+    await asyncio.wait_for(asyncio.gather(*producers), 10)  # released by the stop
+
+
+async def test_nothing_is_queued_once_closed(runtime, tmp_path):
+    # A producer released by the stop adds after close's last cut: what it left is dropped with the rest, and a
+    # flush after close queues nothing no sender would take.
+    runtime.control(hang_seconds=120)
+    recorder = Recorder()
+    fwd = forwarder(runtime, tmp_path, max_events=10, in_flight=0, senders=1, max_age=60)
+    producer = asyncio.create_task(fwd.add(events(25), ack=recorder.ack("never")))
+    assert await eventually(lambda: runtime.stats()["hung"] >= 1, 10)
+    assert await fwd.close(grace=1.0) is False
+    await asyncio.wait_for(producer, 10)
+    fwd.flush()
+    assert fwd.pending == 0 and recorder.acks == []
