@@ -412,7 +412,8 @@ class Forwarder:
         if store is None:
             return False
         async with self._keeping:
-            return await asyncio.to_thread(store.keep, kept)
+            # Held until the thread returns, even for a cancelled caller: the store allows one writer at a time.
+            return await _outlive_cancel(self._loop.run_in_executor(None, store.keep, kept))
 
     def _where(self, kept: bool) -> str:
         if kept:
@@ -739,6 +740,20 @@ class Forwarder:
 
     def _outage_ended(self) -> None:
         self._outage.ended("Runtime reachable again; delivery resumed")
+
+
+async def _outlive_cancel(thread: asyncio.Future[T]) -> T:
+    """A thread's result (``run_in_executor``: a future, not a task, so no cancel reaches it); a cancelled caller
+    still waits for the thread to return (it cannot be stopped), then the cancel is raised."""
+    cancelled: asyncio.CancelledError | None = None
+    while not thread.done():
+        try:
+            await asyncio.wait((thread,))  # unlike awaiting it, a cancel here leaves the future alone
+        except asyncio.CancelledError as error:
+            cancelled = error
+    if cancelled is not None:
+        raise cancelled
+    return thread.result()
 
 
 def _settle(waiter: asyncio.Future[None]) -> None:

@@ -736,3 +736,46 @@ async def test_nothing_is_queued_once_closed(runtime, tmp_path):
     await asyncio.wait_for(producer, 10)
     fwd.flush()
     assert fwd.pending == 0 and recorder.acks == []
+
+
+class GatedStore(SetAsideStore):
+    """A set-aside file whose writes wait for a gate (an fsync that takes long), counting writers at once."""
+
+    def __init__(self, path):
+        super().__init__(path)
+        self.gate = threading.Event()
+        self.writing = self.most = 0
+        self.count = threading.Lock()
+
+    def keep(self, kept):
+        with self.count:
+            self.writing += 1
+            self.most = max(self.most, self.writing)
+        try:
+            self.gate.wait(30)
+            return super().keep(kept)
+        finally:
+            with self.count:
+                self.writing -= 1
+
+
+async def test_a_cancelled_producer_holds_the_set_aside_file_until_its_write_returns(runtime, tmp_path):
+    store = GatedStore(tmp_path / "set-aside.jsonl")
+    fwd = forwarder(runtime, tmp_path, store=store)
+    big = orjson.dumps({"n": "big", "pad": "y" * 300_000})
+    try:
+        first = asyncio.create_task(fwd.add([big], origin="first"))
+        assert await eventually(lambda: store.writing == 1, 10)
+        first.cancel()  # its thread goes on writing
+        second = asyncio.create_task(fwd.add([big], origin="second"))
+        assert not await eventually(lambda: store.writing > 1, 1.0)  # the second waits for the first thread
+        assert not first.done()  # the cancelled caller waits for its thread
+    finally:
+        store.gate.set()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert await asyncio.wait_for(second, 10) == 1
+    assert await fwd.drain(timeout=30)
+    await fwd.close()
+    assert store.most == 1
+    assert [entry["origin"] for entry in set_aside(tmp_path)] == ["first", "second"]
