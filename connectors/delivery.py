@@ -84,6 +84,16 @@ class DeliveryAborted(Exception):
     """Stopping with a batch the runtime never confirmed: its acknowledgements are not called."""
 
 
+class DeliveryBroken(ConfigurationError):
+    """A sender task or the age timer ended on an unexpected error (a bug): delivery would stall silently behind
+    the heartbeats, so the trigger is told to stop (a restart starts delivery afresh from the last checkpoints)."""
+
+    def __init__(self, message: str):
+        Exception.__init__(self, message)
+        self.field = "delivery"
+        self.expected = message
+
+
 class UnkeptRefusal(ConfigurationError):
     """Events the runtime refused could not be kept locally: acknowledging past them would lose them, so the
     trigger stops (like a configuration error: exit code 2) until someone makes room."""
@@ -187,6 +197,8 @@ class Forwarder:
         self._refused_in_a_row = 0  # requests the runtime refused since it last confirmed one, across senders
         self._senders = [self._loop.create_task(self._sender(), name=f"deliver-{trigger}-{n}")
                          for n in range(max(1, limits.senders))]
+        for task in self._senders:
+            task.add_done_callback(self._sender_ended)
 
     # -- producer side -------------------------------------------------------------------------------------
 
@@ -334,8 +346,11 @@ class Forwarder:
         """The oldest buffered event is ``max_age`` old: cut now if a sender waits; else the first sender to free
         up cuts it (``_next_batch``), so a busy runtime gets full batches rather than more, smaller ones."""
         self._age_timer = None
-        if self._idle:
-            self._cut()
+        try:
+            if self._idle:
+                self._cut()
+        except Exception as error:  # noqa: BLE001 - a timer's error would only reach the loop's handler
+            self._broken("the batch age timer", error)
 
     def _drop_age_timer(self) -> None:
         if self._age_timer is not None:
@@ -456,6 +471,21 @@ class Forwarder:
         return len(refused)
 
     # -- sender tasks --------------------------------------------------------------------------------------
+
+    def _sender_ended(self, task: asyncio.Task[None]) -> None:
+        """A sender ends only once closed (returned, or cancelled by close); any other end is a bug."""
+        if task.cancelled() or self._closed:
+            return
+        error = task.exception()
+        self._broken(f"sender {task.get_name()}", error or RuntimeError("returned before close"))
+
+    def _broken(self, what: str, error: BaseException) -> None:
+        """Delivery cannot go on: producers are released (add takes nothing more), nothing more is acknowledged,
+        and the trigger is told to stop rather than stall behind its heartbeats."""
+        logger.error("Delivery stopped: %s failed", what, exc_info=error)
+        self._fail(DeliveryBroken(f"Delivery stopped on an unexpected error in {what} ({error!r}): nothing more is "
+                                  "sent or marked as read; the trigger stops, and what was not confirmed is "
+                                  "collected again at the next start"))
 
     async def _sender(self) -> None:
         while True:

@@ -15,7 +15,7 @@ import pytest
 import trustme
 from sekoia_automation.module import Module
 
-from connectors.delivery import REFUSES_EVERYTHING_REQUESTS, BatchLimits, Forwarder, UnkeptRefusal
+from connectors.delivery import REFUSES_EVERYTHING_REQUESTS, BatchLimits, DeliveryBroken, Forwarder, UnkeptRefusal
 from connectors.setaside import Kept, SetAsideStore
 from connectors.sinks import IntakeSink, PlaybookSink
 from connectors.errors import ConfigurationError
@@ -779,3 +779,24 @@ async def test_a_cancelled_producer_holds_the_set_aside_file_until_its_write_ret
     await fwd.close()
     assert store.most == 1
     assert [entry["origin"] for entry in set_aside(tmp_path)] == ["first", "second"]
+
+
+class BuggySink(IntakeSink):
+    """An intake sink with a bug where it names the configuration error: the sender meeting it ends."""
+
+    def configuration_error(self, refusal):
+        raise KeyError("a bug")
+
+
+async def test_a_sender_ending_on_a_bug_stops_delivery_and_tells_the_trigger(runtime, tmp_path):
+    fatal, logs, recorder = [], [], Recorder()
+    sink = BuggySink(runtime.info["intake_url"], "not-the-key", user_agent="tests")  # 401: the bug's path
+    fwd = forwarder(runtime, tmp_path, sink=sink, fatal=fatal, logs=logs, max_events=10, in_flight=1)
+    producer = asyncio.create_task(fwd.add(events(100), ack=recorder.ack("never")))
+    assert await eventually(lambda: fatal, 10)  # told, not a silent stall
+    [error] = fatal
+    assert isinstance(error, DeliveryBroken) and "KeyError" in str(error) and error.field == "delivery"
+    assert await asyncio.wait_for(producer, 10) < 100  # released: it took no more once delivery was broken
+    assert await fwd.add(events(1)) == 0
+    assert await fwd.close(grace=1.0) is False
+    assert recorder.acks == [] and runtime.delivered() == []
