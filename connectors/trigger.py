@@ -24,6 +24,7 @@ from sekoia_automation.trigger import Trigger
 
 from connectors.delivery import STOP_GRACE_SECONDS, BatchLimits, Forwarder
 from connectors.errors import ConfigurationError, CorruptStateError
+from connectors.executor import RunExecutor
 from connectors.logs import LogPump, Redactor, format_duration, install_redaction
 from connectors.retry import Backoff
 from connectors.setaside import SetAsideStore
@@ -111,6 +112,8 @@ class CollectorTrigger(Connector):
     last_heartbeat_threshold = 900
     # Delivery's share of the 20 s an orchestrator gives after SIGTERM, counted from the signal.
     stop_grace_seconds = STOP_GRACE_SECONDS
+    # At the end of a run, file writes still running (asyncio.to_thread) get this long: then they are left.
+    io_shutdown_seconds = 3.0
     # At exit, queued log lines (a critical one above all) get this long to reach the runtime.
     log_flush_seconds = 3.0
     log_request_timeout = (5.0, 10.0)  # connect, read: one attempt to send log lines (the pump retries)
@@ -304,7 +307,9 @@ class CollectorTrigger(Connector):
 
     def run_async(self, main: Callable[[asyncio.Event], Awaitable[None]], stopping: asyncio.Event | None = None) -> None:
         """Run ``main(stopping)`` on a new event loop; ``stop()`` sets ``stopping`` from any thread. The forwarder
-        lives for this one run: made on this loop at first use, closed and dropped at its end."""
+        lives for this one run: made on this loop at first use, closed and dropped at its end. Its end waits at most
+        ``io_shutdown_seconds`` for file writes still running (``RunExecutor``), not without bound as
+        ``asyncio.run``."""
 
         async def body() -> None:
             event = stopping or asyncio.Event()
@@ -319,7 +324,9 @@ class CollectorTrigger(Connector):
                 finally:
                     self._wake = None
 
-        asyncio.run(body())
+        with asyncio.Runner() as runner:  # asyncio.run, but with the loop's executor set first
+            runner.get_loop().set_default_executor(RunExecutor(f"{self.name}-io", self.io_shutdown_seconds, self.log))
+            runner.run(body())
 
     async def unless_stopping(self, step: Awaitable[T]) -> T:
         """A start-up step (a probe may wait a minute for an unreachable endpoint), cut short by a stop

@@ -800,3 +800,43 @@ async def test_a_sender_ending_on_a_bug_stops_delivery_and_tells_the_trigger(run
     assert await fwd.add(events(1)) == 0
     assert await fwd.close(grace=1.0) is False
     assert recorder.acks == [] and runtime.delivered() == []
+
+
+class StuckWrite(CollectorTrigger):
+    """A trigger whose run ends with a file write stuck in its thread (a disk not answering an fsync)."""
+
+    io_shutdown_seconds = 0.5
+    gate = threading.Event()
+    writers: list = []
+
+    def collect(self) -> None:
+        self.run_async(self._collect)
+
+    async def _collect(self, stopping) -> None:
+        asyncio.get_running_loop().run_in_executor(None, self.fsync)
+        assert await eventually(lambda: type(self).writers, 10)
+
+    def fsync(self) -> None:
+        type(self).writers.append(threading.current_thread())
+        type(self).gate.wait(60)
+
+
+def test_the_end_of_a_run_does_not_wait_for_a_stuck_write(runtime, monkeypatch):
+    for key, value in runtime.env({}).items():
+        monkeypatch.setenv(key, value)
+    module = Module()
+    module.register(StuckWrite, "stuck_write")
+    trigger = StuckWrite(module)
+    logs = []
+    monkeypatch.setattr(trigger, "log", lambda message, level="info", *args, **kwargs: logs.append((level, message)))
+    run = threading.Thread(target=trigger.collect)
+    try:
+        run.start()
+        assert wait_until(lambda: not run.is_alive(), 15)  # its 0.5 s, not the write's end
+        [writer] = StuckWrite.writers
+        assert writer.is_alive() and writer.daemon  # left running: the process can end without it
+        assert any(level == "error" and "StuckWrite.fsync" in message for level, message in logs)
+    finally:
+        StuckWrite.gate.set()
+        run.join(30)
+        trigger.stop()
