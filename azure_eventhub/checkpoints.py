@@ -14,7 +14,7 @@ first start and it is read from its beginning.
 loop) and writes it from a task of its own, in rounds at most a second apart (``CHECKPOINT_INTERVAL``): acks that
 arrive meanwhile are coalesced, so a partition gets at most one write a second however fast its batches are
 confirmed (each write is a storage request and 3-5 ms of CPU), and a crash re-reads at most that second more.
-Stopping writes what is pending at once. An ack of a partition this
+Stopping writes what is pending at once, cutting short the wait after a failed write. An ack of a partition this
 instance no longer reads (it moved to another owner, or was closed) is dropped: the new owner writes that
 partition's checkpoints from the position it started at.
 """
@@ -36,13 +36,14 @@ from azure_eventhub import metrics
 from connectors.locks import InstanceLock
 from connectors.logs import OnceLogger
 from connectors.retry import Backoff
-from connectors.state import StateFile
+from connectors.state import StateFile, thread_to_its_end
 
 LogFunction = Callable[[str, str], None]
 # A partition's owner, once read as this instance, is trusted this long (at most the load-balancing interval, far
 # below the ownership expiry): one HEAD per partition per interval instead of one per checkpoint write.
 OWNER_CHECK_MAX_AGE = 5.0
 CHECKPOINT_INTERVAL = 1.0  # seconds between the starts of two rounds of checkpoint writes
+FLUSH_RETRY = 0.2  # seconds between two attempts of a failed write while a flush (the stop) waits for it
 
 
 @dataclass(frozen=True)
@@ -109,15 +110,17 @@ class LocalCheckpointStore(CheckpointStore):
             partitions = self._data.setdefault(key, {})
             previous = partitions.get(checkpoint["partition_id"])
             partitions[checkpoint["partition_id"]] = entry
-            try:
-                # fsync off the loop: the other partitions keep receiving meanwhile.
-                await asyncio.to_thread(self.file.save, self._data)
-            except BaseException:
+            # fsync off the loop (the other partitions keep receiving meanwhile), the lock held until the thread
+            # returned even if this caller is cancelled (a stop, the writer's timeout): never two saves at once.
+            thread, cancelled = await thread_to_its_end(self.file.save, self._data)
+            if thread.cancelled() or thread.exception() is not None:
                 if previous is None:
                     partitions.pop(checkpoint["partition_id"], None)
                 else:
                     partitions[checkpoint["partition_id"]] = previous
-                raise
+            if cancelled is not None:
+                raise cancelled
+            thread.result()  # the save's error, if any
 
     async def list_checkpoints(self, fully_qualified_namespace, eventhub_name, consumer_group, **kwargs):
         partitions = self._data.get(self._key(fully_qualified_namespace, eventhub_name, consumer_group), {})
@@ -148,7 +151,10 @@ class LocalCheckpointStore(CheckpointStore):
             if current is None or current.started_at is None:
                 current = first if current is None else FirstStart(current.partition_ids, first.started_at)
                 recorded[key] = current.to_json()
-                await asyncio.to_thread(self._partitions_file.save, recorded)
+                thread, cancelled = await thread_to_its_end(self._partitions_file.save, recorded)
+                if cancelled is not None:
+                    raise cancelled
+                thread.result()
             return current
 
     async def close(self) -> None:
@@ -221,14 +227,17 @@ class CheckpointWriter:
             if failed:
                 for partition_id, position in failed.items():  # for the next attempt, unless a newer one came
                     self._pending.setdefault(partition_id, position)
-                await asyncio.sleep(backoff.next_delay())
+                delay = backoff.next_delay()
+                await self._pause(delay)  # a flush (the stop) cuts it short: the last checkpoints before exiting
+                if self._hurry.is_set():
+                    await asyncio.sleep(min(delay, FLUSH_RETRY))  # retried at this pace while the flush waits
                 self._wake.set()
             else:
                 backoff.reset()
                 await self._pause(started + self._interval - asyncio.get_running_loop().time())
 
     async def _pause(self, seconds: float) -> None:
-        """Between two rounds: acks arriving meanwhile join the next one; a flush cuts the pause short."""
+        """Between two rounds (or attempts): acks arriving meanwhile join the next one; a flush cuts it short."""
         if seconds > 0 and not self._hurry.is_set():
             try:
                 await asyncio.wait_for(self._hurry.wait(), seconds)

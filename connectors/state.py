@@ -11,10 +11,11 @@ directories 0700 whatever the umask (``main.py`` also sets a 077 umask for every
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,23 @@ def atomic_write(path: Path, data: bytes) -> None:
             os.unlink(tmp)
         raise
     _fsync_directory(path.parent)
+
+
+async def thread_to_its_end(function: Callable[..., Any], *args: Any) -> tuple[asyncio.Future,
+                                                                              asyncio.CancelledError | None]:
+    """Run ``function(*args)`` in a thread of the loop's executor and wait for its end even when the caller is
+    cancelled: a cancel cannot stop the thread, and a lock released under it would let a second write run
+    alongside (the same files). The thread's future (done) and the cancel received meanwhile, if any: the caller
+    settles the outcome, then raises the cancel."""
+    # run_in_executor, not to_thread: a future, not a task, so asyncio.run's final cancel does not reach it.
+    thread = asyncio.get_running_loop().run_in_executor(None, function, *args)
+    cancelled: asyncio.CancelledError | None = None
+    while not thread.done():
+        try:
+            await asyncio.wait([thread])  # unlike awaiting it, a cancel here leaves the future alone
+        except asyncio.CancelledError as error:
+            cancelled = error
+    return thread, cancelled
 
 
 def _corrupt(path: Path, detail: str) -> CorruptStateError:

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from connectors.errors import CorruptStateError
 from connectors.locks import InstanceLock
-from connectors.state import Journal, StateFile
+from connectors.state import Journal, StateFile, thread_to_its_end
 from office365.listing import ContentRef
 
 LEDGER_GRACE = 3600.0  # keep ledger entries an hour past the blob's expiry: listings near the limit still see it
@@ -303,14 +303,7 @@ class CollectorState:
         """The write's thread, awaited to its end even when the caller is cancelled (the monitor, at every stop): a
         cancel cannot stop the thread, and the lock released under it would let a second write run alongside (the
         same files, a journal handle closed under an append). The cancel is raised once the thread returned."""
-        # run_in_executor, not to_thread: a future, not a task, so asyncio.run's final cancel does not reach it.
-        thread = asyncio.get_running_loop().run_in_executor(None, self._write, write)
-        cancelled: asyncio.CancelledError | None = None
-        while not thread.done():
-            try:
-                await asyncio.wait([thread])  # unlike awaiting it, a cancel here leaves the future alone
-            except asyncio.CancelledError as error:
-                cancelled = error
+        thread, cancelled = await thread_to_its_end(self._write, write)
         if thread.cancelled() or thread.exception() is not None:
             self._unwritten[:0] = write.entries  # written next time (a line twice in the ledger is harmless)
         else:

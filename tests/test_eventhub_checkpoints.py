@@ -1,6 +1,7 @@
 """The local checkpoint store and the writer that follows confirmed delivery (no network)."""
 
 import asyncio
+import threading
 from datetime import UTC, datetime
 
 import pytest
@@ -8,6 +9,7 @@ import pytest
 from azure_eventhub.checkpoints import CheckpointWriter, FirstStart, LocalCheckpointStore
 from connectors.errors import ConfigurationError, CorruptStateError
 from connectors.state import StateFile
+from emulators.process import eventually
 
 NS, HUB, GROUP = "ns.servicebus.windows.net", "logs", "$Default"
 
@@ -76,8 +78,8 @@ class RecordingStore:
 
 def writer_for(store, logs=None, **options):
     logs = logs if logs is not None else []
-    return CheckpointWriter(store, NS, HUB, GROUP, lambda message, level: logs.append((level, message)),
-                            retry_base=0.05, **options)
+    options.setdefault("retry_base", 0.05)
+    return CheckpointWriter(store, NS, HUB, GROUP, lambda message, level: logs.append((level, message)), **options)
 
 
 async def test_acks_during_writes_are_coalesced_and_never_go_back():
@@ -126,6 +128,19 @@ async def test_failed_writes_are_retried_and_logged_once():
     assert store.writes == [("3", 3)] and writer.failures == 3
     assert [level for level, _ in logs] == ["error", "info"]
     assert "partition 3" in logs[0][1] and "reachable again" in logs[1][1]
+
+
+async def test_a_flush_cuts_short_the_wait_after_a_failed_write():
+    """A storage hiccup just before the stop: the retry is not left waiting out its backoff (here 15-30 s) while
+    the process exits, the last checkpoints are written within the flush."""
+    store = RecordingStore(fail_times=1)
+    writer = writer_for(store, retry_base=30.0)
+    task = asyncio.create_task(writer.run())
+    writer.confirmed("0", "700", 7)
+    assert await eventually(lambda: writer.failures == 1, 10, 0.01)  # now waiting for its retry
+    assert await writer.flush(10)
+    task.cancel()
+    assert store.writes == [("0", 7)]
 
 
 async def test_flush_reports_what_could_not_be_written():
@@ -240,3 +255,52 @@ async def test_the_owner_is_read_once_per_max_age_not_before_every_write():
     assert await writer.flush(5)
     task.cancel()
     assert reads == ["3", "3"] and store.writes[-1] == ("3", 4)
+
+
+@pytest.mark.parametrize("interrupted", ["cancelled", "timed out"])
+async def test_a_local_save_interrupted_midway_keeps_the_next_one_waiting_until_its_thread_returned(tmp_path,
+                                                                                                  interrupted):
+    """A cancel (the stop) or the writer's timeout cannot stop the save's thread: the next save waits for it, never
+    two threads replacing the file at once, and a save that ended under the cancel counts."""
+    store = LocalCheckpointStore(tmp_path / "c.json")
+    save = store.file.save
+    release = threading.Event()
+    lock = threading.Lock()
+    savers = {"now": 0, "most": 0, "calls": 0}
+
+    def slow_save(value):
+        with lock:
+            savers["calls"] += 1
+            savers["now"] += 1
+            savers["most"] = max(savers["most"], savers["now"])
+            first = savers["calls"] == 1
+        try:
+            if first:
+                assert release.wait(30), "the test never released the first save"
+            save(value)
+        finally:
+            with lock:
+                savers["now"] -= 1
+
+    store.file.save = slow_save
+    update = store.update_checkpoint(checkpoint("0", 1))
+    first = asyncio.create_task(asyncio.wait_for(update, 0.05) if interrupted == "timed out" else update)
+    try:
+        assert await eventually(lambda: savers["calls"] == 1, 10, 0.01)
+        if interrupted == "cancelled":
+            first.cancel()
+        second = asyncio.create_task(store.update_checkpoint(checkpoint("1", 2)))
+        # A second save would start as soon as the interrupted one let the lock go: give it every chance to.
+        await eventually(lambda: savers["calls"] > 1, 1.0, 0.01)
+        assert savers["calls"] == 1 and not first.done()  # the interrupted save still holds the lock
+    finally:
+        release.set()
+    with pytest.raises(asyncio.CancelledError if interrupted == "cancelled" else TimeoutError):
+        await first  # raised once the thread returned
+    await asyncio.wait_for(second, 10)
+    assert savers == {"now": 0, "most": 1, "calls": 2}
+    await store.close()
+    reopened = LocalCheckpointStore(tmp_path / "c.json")
+    listed = await reopened.list_checkpoints(NS, HUB, GROUP)
+    assert sorted((c["partition_id"], c["sequence_number"]) for c in listed) == [("0", 1), ("1", 2)]
+    await reopened.close()
