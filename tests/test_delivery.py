@@ -719,7 +719,8 @@ async def test_backpressure_bounds_the_batches_whatever_the_number_of_producers(
     producers = [asyncio.create_task(fwd.add(events(30, start=n * 30), origin=f"partition {n}")) for n in range(16)]
     assert await eventually(lambda: runtime.stats()["hung"] >= 1, 10)
     assert not await eventually(lambda: fwd.pending > 3, 2.0)  # the batch on the wire and two waiting, no more
-    assert fwd.pending == 3 and not any(producer.done() for producer in producers)
+    # Three batches of 10 cut: one producer may have cut all three of its own, the others all wait
+    assert fwd.pending == 3 and sum(producer.done() for producer in producers) <= 1
     assert await fwd.close(grace=1.0) is False
     await asyncio.wait_for(asyncio.gather(*producers), 10)  # released by the stop
 
