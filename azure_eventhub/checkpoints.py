@@ -191,6 +191,7 @@ class CheckpointWriter:
         self._idle = asyncio.Event()
         self._idle.set()
         self._hurry = asyncio.Event()  # set while a flush waits: no pause between rounds
+        self._ended = False  # ``run`` returned (cancelled, or died)
         self._outage = OnceLogger(log)
         self.written = 0
         self.failures = 0
@@ -211,6 +212,12 @@ class CheckpointWriter:
         self._wake.set()
 
     async def run(self) -> None:
+        try:
+            await self._rounds()
+        finally:
+            self._ended = True  # nothing more is written: a flush stops waiting
+
+    async def _rounds(self) -> None:
         backoff = Backoff(base=self._retry_base, cap=30.0)
         while True:
             await self._wake.wait()
@@ -317,7 +324,7 @@ class CheckpointWriter:
                 if not self._pending and self._idle.is_set():
                     return True
                 remaining = deadline - loop.time()
-                if remaining <= 0:
+                if remaining <= 0 or self._ended:
                     return False
                 self._wake.set()
                 await asyncio.sleep(min(0.05, remaining))

@@ -149,12 +149,19 @@ class Consumer:
                 self._remember_owner()
                 if self._owner_saved or self.owner_file is None or receive_task.done():
                     break
-            await asyncio.wait({receive_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+            # These never end on their own: if one dies, the run fails (and is restarted) rather than reading on
+            # without checkpoints, or without heartbeats and partition checks.
+            long_lived = {writer_task: "checkpoint writer", monitor_task: "monitor"}
+            await asyncio.wait({receive_task, stop_task, *long_lived}, return_when=asyncio.FIRST_COMPLETED)
+            died = next((task for task in long_lived if task.done()), None)
             await self._finish()
             # Cancels the partitions and releases their ownership (other instances take them at once).
             await close_before([self.client], self.stop_deadline)
-            if receive_task.done() and not receive_task.cancelled() and receive_task.exception() and not self.fatal:
-                raise receive_task.exception()  # type: ignore[misc]
+            if not self.fatal:
+                if died is not None:
+                    raise self._died(long_lived[died], died)
+                if receive_task.done() and not receive_task.cancelled() and receive_task.exception():
+                    raise receive_task.exception()  # type: ignore[misc]
         finally:
             self._disarm_idle_flush()
             tasks = (writer_task, monitor_task, stop_task, receive_task)
@@ -164,6 +171,14 @@ class Consumer:
             metrics.owned_partitions.set(0)
         if self.fatal:
             raise self.fatal
+
+    def _died(self, what: str, task: asyncio.Task) -> BaseException:
+        """The error that ends the run after one of its long-lived tasks ended, said in the log."""
+        error = None if task.cancelled() else task.exception()
+        self.log(f"The Event Hubs {what} stopped ({describe_error(error) if error else 'it ended'}): this run ends "
+                 "and the trigger starts another, so that checkpoints are saved and the run is watched again",
+                 "error")
+        return error if error is not None else RuntimeError(f"the Event Hubs {what} ended")
 
     async def _finish(self) -> None:
         """Stop taking batches, deliver what was read, write its checkpoints; the partitions are still ours."""

@@ -77,6 +77,36 @@ def test_in_process_fixture_records_delivered_and_checkpointed_in_azurite(stack,
     assert metrics.owned_partitions._value.get() == 0
 
 
+def test_a_checkpoint_writer_that_dies_fails_the_run_which_restarts_and_checkpoints(stack, monkeypatch):
+    """The writer's task dying (a bug, here its first round) must not leave the run reading on without checkpoints
+    while the monitor keeps beating: the run fails, says why, and the trigger's next run writes them."""
+    from azure_eventhub.checkpoints import CheckpointWriter
+
+    real_write, rounds = CheckpointWriter._write, []
+
+    async def first_round_dies(self, batch):
+        rounds.append(len(batch))
+        if len(rounds) == 1:
+            raise RuntimeError("a bug in the checkpoint writer")
+        return await real_write(self, batch)
+
+    monkeypatch.setattr(CheckpointWriter, "_write", first_round_dies)
+    stack.publish(fixture_envelopes())
+    runner = InProcessTrigger(stack.env(stack.config()), monkeypatch)
+    runner.start()
+    try:
+        assert wait_until(lambda: stack.checkpoints() == {"0": 2, "1": 2, "2": 2, "3": 1}, 60), stack.checkpoints()
+    finally:
+        runner.stop()
+    assert runner.error is None and CollectorTrigger.fatal_error is None
+    messages = [log["message"] for log in stack.logs()]
+    [died] = [m for m in messages if "checkpoint writer stopped" in m]
+    assert "(RuntimeError)" in died and "this run ends" in died  # the trigger's line below has the traceback
+    assert any("Collection failed (RuntimeError)" in m for m in messages)
+    expected = [canonical(orjson.loads(line)) for line in fixture_lines()]
+    assert compare(expected, [canonical(orjson.loads(r)) for r in stack.delivered()])["lost"] == 0
+
+
 def test_main_with_local_store_restarts_where_it_stopped(stack, tmp_path):
     first, second = records_with_ids(3000, "a"), records_with_ids(1000, "b")
     stack.publish_envelopes(first, per_envelope=20)
