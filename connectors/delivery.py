@@ -47,6 +47,7 @@ from connectors.errors import ConfigurationError
 from connectors.logs import OnceLogger
 from connectors.retry import Backoff
 from connectors.setaside import Kept, SetAsideStore
+from connectors.state import thread_to_its_end
 from connectors.sinks import Misdirected, Refused, Request, RetryableError, Sink, clean_up, client_session, post
 from connectors.truncation import digest, shorten
 
@@ -428,7 +429,10 @@ class Forwarder:
             return False
         async with self._keeping:
             # Held until the thread returns, even for a cancelled caller: the store allows one writer at a time.
-            return await _outlive_cancel(self._loop.run_in_executor(None, store.keep, kept))
+            thread, cancelled = await thread_to_its_end(store.keep, kept)
+            if cancelled is not None:
+                raise cancelled
+            return thread.result()
 
     def _where(self, kept: bool) -> str:
         if kept:
@@ -770,20 +774,6 @@ class Forwarder:
 
     def _outage_ended(self) -> None:
         self._outage.ended("Runtime reachable again; delivery resumed")
-
-
-async def _outlive_cancel(thread: asyncio.Future[T]) -> T:
-    """A thread's result (``run_in_executor``: a future, not a task, so no cancel reaches it); a cancelled caller
-    still waits for the thread to return (it cannot be stopped), then the cancel is raised."""
-    cancelled: asyncio.CancelledError | None = None
-    while not thread.done():
-        try:
-            await asyncio.wait((thread,))  # unlike awaiting it, a cancel here leaves the future alone
-        except asyncio.CancelledError as error:
-            cancelled = error
-    if cancelled is not None:
-        raise cancelled
-    return thread.result()
 
 
 def _settle(waiter: asyncio.Future[None]) -> None:
