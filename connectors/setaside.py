@@ -16,8 +16,8 @@ class SetAsideStore:
     limit (they were sent shortened) or refused by the runtime (not sent). None disappears silently: a refused event
     the file cannot take stops delivery before anything past it is acknowledged.
 
-    ``keep`` writes and fsyncs: the forwarder calls it through ``asyncio.to_thread``, one call at a time (its own
-    lock on the loop), so the store needs no lock of its own."""
+    ``keep`` writes and fsyncs: the forwarder calls it in a thread, one call at a time (its own lock on the loop,
+    held until the thread returns even when its caller is cancelled), so the store needs no lock of its own."""
 
     def __init__(self, path: Path, cap_bytes: int = 200_000_000):
         self.journal = Journal(path)
