@@ -1,8 +1,9 @@
 """A partition handed over under load: the instance that lost it writes no checkpoint for it afterwards.
 
 Two `python main.py` consumers, each with its own data path and its own tap in front of Azurite (who claimed and
-checkpointed which partition, when), and a slow runtime so that batches of a partition are still unconfirmed when
-it moves: their acks arrive after the new owner claimed it.
+checkpointed which partition, when), and a runtime that holds its answers while the partitions move, so that
+batches of a partition are still unconfirmed when it moves: their acks arrive after the new owner claimed it, every
+time (a slow runtime alone left it to chance: the first consumer had sometimes confirmed them all already).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from tests.eventhub_helpers import EventHubStack, compare, ids_of, records_with_
 from tests.storage_tap import StorageTap, handovers, late_checkpoints
 
 DROPPED = "symphony_module_microsoft_eventhub_checkpoints_dropped_total"
+# Each delivery request meanwhile is answered this long after it came (far below the forwarder's read timeout).
+HOLD_SECONDS = 20
 
 
 def split_evenly(owners: dict[str, str]) -> bool:
@@ -55,8 +58,12 @@ def test_acks_arriving_after_a_handover_write_no_checkpoint_for_the_lost_partiti
             environments = remember_environments(stack)
             first = stack.start_process(configs[0], log_name="first", data_path=tmp_path / "first")
             assert wait_until(lambda: stack.delivered_count() >= 300 or first.poll() is not None, 60)
+            # From now until the partitions moved, batches are confirmed HOLD_SECONDS after they were sent: the first
+            # consumer always has some of every partition unconfirmed when the second one takes two of them.
+            stack.runtime.control(hang_seconds=HOLD_SECONDS)
             second = stack.start_process(configs[1], log_name="second", data_path=tmp_path / "second")
             assert wait_until(lambda: split_evenly(stack.owners()), 60, 0.5), stack.owners()
+            stack.runtime.control(hang_seconds=0)
             assert wait_until(lambda: len(set(stack.delivered_ids())) >= len(records), 120, 0.5)
             moved = handovers(taps)
             dropped = dropped_checkpoints(environments[0])
