@@ -38,7 +38,10 @@ def test_two_consumers_split_partitions_and_a_killed_one_hands_over(tmp_path):
         result = compare(ids_of(first + second), stack.delivered_ids())
         print("scale-out:", result)
         assert result["lost"] == 0, result
-        # Only what the killed consumer had read past its last checkpoint may come twice.
-        assert result["duplicates"] <= 2000, result
+        # Only what a moved partition's former owner delivered past its last checkpoint (written at most a second
+        # apart) may come twice: at the split, the two partitions taken over (500 records each of `first`, read
+        # by whichever consumer claimed them first), and at the kill, the victim's two (1,000 of `first` and
+        # 1,000 of `second`).
+        assert result["duplicates"] <= 1000 + 2000, result
         logs = [(tmp_path / "stack" / f"consumer-{i}.log").read_text() for i in range(2)]
         assert all("Reading partition" in log for log in logs)
