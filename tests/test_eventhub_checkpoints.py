@@ -1,7 +1,6 @@
 """The local checkpoint store and the writer that follows confirmed delivery (no network)."""
 
 import asyncio
-import threading
 from datetime import UTC, datetime
 
 import pytest
@@ -10,6 +9,7 @@ from azure_eventhub.checkpoints import CheckpointWriter, FirstStart, LocalCheckp
 from connectors.errors import ConfigurationError, CorruptStateError
 from connectors.state import StateFile
 from emulators.process import eventually
+from tests.support.held_calls import FirstCallHeld
 
 NS, HUB, GROUP = "ns.servicebus.windows.net", "logs", "$Default"
 
@@ -263,42 +263,23 @@ async def test_a_local_save_interrupted_midway_keeps_the_next_one_waiting_until_
     """A cancel (the stop) or the writer's timeout cannot stop the save's thread: the next save waits for it, never
     two threads replacing the file at once, and a save that ended under the cancel counts."""
     store = LocalCheckpointStore(tmp_path / "c.json")
-    save = store.file.save
-    release = threading.Event()
-    lock = threading.Lock()
-    savers = {"now": 0, "most": 0, "calls": 0}
-
-    def slow_save(value):
-        with lock:
-            savers["calls"] += 1
-            savers["now"] += 1
-            savers["most"] = max(savers["most"], savers["now"])
-            first = savers["calls"] == 1
-        try:
-            if first:
-                assert release.wait(30), "the test never released the first save"
-            save(value)
-        finally:
-            with lock:
-                savers["now"] -= 1
-
-    store.file.save = slow_save
+    store.file.save = savers = FirstCallHeld(store.file.save)
     update = store.update_checkpoint(checkpoint("0", 1))
     first = asyncio.create_task(asyncio.wait_for(update, 0.05) if interrupted == "timed out" else update)
     try:
-        assert await eventually(lambda: savers["calls"] == 1, 10, 0.01)
+        assert await eventually(lambda: savers.calls == 1, 10, 0.01)
         if interrupted == "cancelled":
             first.cancel()
         second = asyncio.create_task(store.update_checkpoint(checkpoint("1", 2)))
         # A second save would start as soon as the interrupted one let the lock go: give it every chance to.
-        await eventually(lambda: savers["calls"] > 1, 1.0, 0.01)
-        assert savers["calls"] == 1 and not first.done()  # the interrupted save still holds the lock
+        await eventually(lambda: savers.calls > 1, 1.0, 0.01)
+        assert savers.calls == 1 and not first.done()  # the interrupted save still holds the lock
     finally:
-        release.set()
+        savers.release()
     with pytest.raises(asyncio.CancelledError if interrupted == "cancelled" else TimeoutError):
         await first  # raised once the thread returned
     await asyncio.wait_for(second, 10)
-    assert savers == {"now": 0, "most": 1, "calls": 2}
+    assert (savers.running, savers.most, savers.calls) == (0, 1, 2)
     await store.close()
     reopened = LocalCheckpointStore(tmp_path / "c.json")
     listed = await reopened.list_checkpoints(NS, HUB, GROUP)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -14,6 +13,7 @@ from connectors.errors import CorruptStateError
 from emulators.process import eventually
 from office365.listing import ContentRef
 from office365.state import CollectorState, Delivered, RecordFilter, record_hash
+from tests.support.held_calls import FirstCallHeld
 
 NOW = datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC)
 TYPES = ["Audit.Exchange", "DLP.All"]
@@ -132,26 +132,7 @@ async def test_a_write_cancelled_midway_keeps_the_next_one_waiting_until_its_thr
     the last acknowledgements then write too. The second write waits for the first thread: never two writers on
     the same files (a shared temporary file, a journal handle closed under an append)."""
     state = state_at(tmp_path)
-    write = state._write
-    release = threading.Event()
-    lock = threading.Lock()
-    writers = {"now": 0, "most": 0, "calls": 0}
-
-    def slow_write(job):
-        with lock:
-            writers["calls"] += 1
-            writers["now"] += 1
-            writers["most"] = max(writers["most"], writers["now"])
-            first = writers["calls"] == 1
-        try:
-            if first:
-                assert release.wait(30), "the test never released the first write"
-            write(job)
-        finally:
-            with lock:
-                writers["now"] -= 1
-
-    state._write = slow_write
+    state._write = writers = FirstCallHeld(state._write)
     first, second = ref("c$1", NOW - timedelta(hours=2)), ref("c$2", NOW - timedelta(hours=1))
     state.track(first)
     state.track(second)
@@ -159,20 +140,20 @@ async def test_a_write_cancelled_midway_keeps_the_next_one_waiting_until_its_thr
     state.commit([Delivered(first, hashes=[1], records=1)])
     monitor = asyncio.create_task(state.persist(force=True))
     try:
-        assert await eventually(lambda: writers["calls"] == 1, 10, 0.01)
+        assert await eventually(lambda: writers.calls == 1, 10, 0.01)
         monitor.cancel()  # the stop, while the thread writes
         state.commit([Delivered(second, hashes=[2], records=1)])  # the last acknowledgement
         state.persist_soon()
         # A second writer would start as soon as the cancelled one let the lock go: give it every chance to.
-        await eventually(lambda: writers["calls"] > 1 or monitor.done(), 1.0, 0.01)
-        assert writers["calls"] == 1 and not monitor.done()  # the cancelled write still holds the lock
+        await eventually(lambda: writers.calls > 1 or monitor.done(), 1.0, 0.01)
+        assert writers.calls == 1 and not monitor.done()  # the cancelled write still holds the lock
     finally:
-        release.set()
+        writers.release()
     with pytest.raises(asyncio.CancelledError):
         await monitor  # the cancel is raised, once the thread returned
     assert await eventually(lambda: state._persisting is None, 10, 0.01)
     await state.persist(force=True)
-    assert writers["most"] == 1 and writers["calls"] >= 2
+    assert writers.most == 1 and writers.calls >= 2
     checkpoint = orjson.loads((tmp_path / "office365-checkpoint.json").read_bytes())
     assert checkpoint["resume"]["Audit.Exchange"] == NOW.timestamp()
     lines = (tmp_path / "office365-ledger.jsonl").read_bytes().splitlines()
