@@ -230,9 +230,14 @@ class CollectorTrigger(Connector):
         clock (on time whatever the runtime does, since logging never waits; a stalled loop shows as missing lines
         and a failing liveness)."""
         super().heartbeat()
-        if not self._status_interval or time.monotonic() < self._status_due:
+        now = time.monotonic()
+        if not self._status_interval or now < self._status_due:
             return
-        self._status_due = time.monotonic() + self._status_interval
+        # Due from the last due time, not from this beat: beats a second apart would otherwise push each line up
+        # to a beat late, and the lines drift off their interval. After a stall, one line, then the interval.
+        self._status_due += self._status_interval
+        if self._status_due <= now:
+            self._status_due = now + self._status_interval
         line = self._redactor(self.status_line())
         ModuleItem.log(self, line, "info")
         self._runtime_logs.put(line, "info")  # not rate-limited: a quiet trigger's lines may repeat

@@ -205,3 +205,26 @@ def test_the_status_line_comes_at_its_interval_with_the_triggers_figures(runtime
     first, second = statuses()[:2]
     assert first.startswith("Status: 7 records forwarded in the last ") and "partition 0: 3 events behind" in first
     assert second.startswith("Status: 0 records forwarded")  # since the previous line
+
+
+def test_status_lines_keep_their_interval_when_beats_fall_just_after_it(make_trigger, monkeypatch):
+    """Beats a little over a second apart (a busy loop) must not push every 2 s line to the next beat: 30 s of
+    beats give 15 lines, not 10; after a stall, one line, then the interval again."""
+    trigger = make_trigger(BeatingTrigger, {"status_interval_seconds": 2})
+    trigger._status_interval = 2
+    clock = [1000.0]
+    monkeypatch.setattr("connectors.trigger.time.monotonic", lambda: clock[0])
+    lines: list[str] = []
+    monkeypatch.setattr(trigger, "status_line", lambda: lines.append("Status") or "Status: test")
+    trigger._status_due = clock[0]
+    for _ in range(28):  # a beat every 1.1 s: 0 .. 29.7 s
+        trigger.heartbeat()
+        clock[0] += 1.1
+    assert len(lines) == 15
+    clock[0] += 60  # stalled a minute
+    trigger.heartbeat()
+    trigger.heartbeat()
+    assert len(lines) == 16
+    clock[0] += 2.0
+    trigger.heartbeat()
+    assert len(lines) == 17
