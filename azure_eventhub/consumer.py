@@ -146,7 +146,7 @@ class Consumer:
         try:
             for _ in range(100):  # the processor exists after the receive task's first step: save its id early
                 await asyncio.sleep(0.01)
-                self._remember_owner()
+                await self._remember_owner()
                 if self._owner_saved or self.owner_file is None or receive_task.done():
                     break
             # These never end on their own: if one dies, the run fails (and is restarted) rather than reading on
@@ -328,7 +328,7 @@ class Consumer:
             self.log(f"Could not release the previous run's partitions ({describe_error(error)}): they are read "
                      "again once their ownership expires", "warning")
 
-    def _remember_owner(self) -> None:
+    async def _remember_owner(self) -> None:
         """Tell the checkpoint writer this run's owner id (the client's processor id), and save it for the next
         start."""
         if self._owner_saved:
@@ -340,7 +340,8 @@ class Consumer:
             if self.owner_file is None:
                 return
             try:
-                self.owner_file.save({"owner_id": owner_id})
+                # An atomic write with its fsyncs: off the loop, which carries the first reads meanwhile.
+                await asyncio.to_thread(self.owner_file.save, {"owner_id": owner_id})
             except OSError as error:
                 self.log(f"Could not save the owner id ({error}): after a crash, partitions resume only once their "
                          "ownership expires", "warning")
@@ -377,7 +378,7 @@ class Consumer:
             if not self.is_running():
                 self.stop_requested.set()  # in case the stop signal came before the loop listened
             try:
-                self._remember_owner()
+                await self._remember_owner()
                 if time.monotonic() >= owner_deadline:
                     self._tell_no_owner_id()
                 self._report_stats()

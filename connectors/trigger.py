@@ -310,14 +310,14 @@ class CollectorTrigger(Connector):
     # collection ends ("unless stopping") -> the run's main returns -> await finish_delivery(): the forwarder gets
     # what is left of stop_grace_seconds.
 
-    def run_async(self, main: Callable[[asyncio.Event], Awaitable[None]], stopping: asyncio.Event | None = None) -> None:
+    def run_async(self, main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
         """Run ``main(stopping)`` on a new event loop; ``stop()`` sets ``stopping`` from any thread. The forwarder
         lives for this one run: made on this loop at first use, closed and dropped at its end. Its end waits at most
         ``io_shutdown_seconds`` for file writes still running (``RunExecutor``), not without bound as
         ``asyncio.run``."""
 
         async def body() -> None:
-            event = stopping or asyncio.Event()
+            event = asyncio.Event()
             self._wake = (asyncio.get_running_loop(), event)
             if not self.running:  # stopped before the loop listened
                 event.set()
