@@ -9,6 +9,8 @@ import os
 import signal
 import sys
 
+from connectors import stopping
+
 TRIGGERS = {
     "office365_management_api": ("office365.trigger", "Office365Trigger"),
     "consume_eventhub_messages": ("azure_eventhub.trigger", "EventHubTrigger"),
@@ -16,9 +18,10 @@ TRIGGERS = {
 
 
 def _stopped_while_starting(signum: int, frame: object) -> None:
-    """SIGTERM before the trigger exists (the SDK's handler replaces this one when it does): nothing is collected
-    or acknowledged yet, so stopping here loses nothing; exit like a clean stop, not by the signal's default."""
-    raise SystemExit(0)
+    """SIGTERM before the trigger exists (the SDK's handler replaces this one when it does): remembered, and the
+    trigger stops as soon as it is made, through the one stop path (exit 0, nothing collected yet). Not an
+    exception raised here: an import in progress could swallow it and the stop would be lost."""
+    stopping.requested_while_starting = True
 
 
 def main() -> int:

@@ -13,6 +13,10 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
+# Set by main.py's SIGTERM handler, the one in place until the SDK installs its own in the trigger's __init__:
+# that __init__ then stops the trigger at once (nothing was collected yet; the process exits 0).
+requested_while_starting = False
+
 
 class Stopping(Exception):
     """The trigger is stopping: give up quietly."""

@@ -22,6 +22,7 @@ from sekoia_automation.exceptions import ModuleConfigurationError, TriggerConfig
 from sekoia_automation.module import ModuleItem
 from sekoia_automation.trigger import Trigger
 
+import connectors.stopping
 from connectors.delivery import STOP_GRACE_SECONDS, BatchLimits, Forwarder
 from connectors.errors import ConfigurationError, CorruptStateError
 from connectors.executor import RunExecutor
@@ -135,6 +136,8 @@ class CollectorTrigger(Connector):
         self._status_since = self._status_due = time.monotonic()
         # The running event loop and its stop event, woken by stop() from the signal handler or any thread.
         self._wake: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
+        if connectors.stopping.requested_while_starting:  # SIGTERM came before the SDK's handler replaced main.py's
+            self.stop()
 
     # -- configuration ----------------------------------------------------------------------------------------
 
@@ -345,7 +348,7 @@ class CollectorTrigger(Connector):
         forwarder = self.__dict__.get("forwarder")
         if forwarder is not None:  # delivery's deadline counts from the stop request (only sets a value)
             forwarder.stopping(self.stop_grace_seconds)
-        wake = self._wake
+        wake = self.__dict__.get("_wake")  # a SIGTERM may come while __init__ has not set it yet
         if wake is not None:
             try:
                 wake[0].call_soon_threadsafe(wake[1].set)
