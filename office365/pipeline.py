@@ -202,7 +202,8 @@ class Pipeline:
             if denied:
                 await self._wait_for_permission(content_type, subscriptions)
             polled = asyncio.Event()
-            poller = asyncio.create_task(self._poller(content_type, client, subscriptions, queue, polled))
+            poller = asyncio.create_task(self._poll(content_type, client, subscriptions, queue, polled))
+            poller.add_done_callback(lambda _: polled.set())  # the re-lister waits for the first poll, however it ends
             relister = asyncio.create_task(self._relister(content_type, client, queue, polled))
             try:
                 done, _ = await asyncio.wait([poller, relister], return_when=asyncio.FIRST_EXCEPTION)
@@ -238,7 +239,7 @@ class Pipeline:
             self._log(f"ActivityFeed.ReadDlp is granted now: collecting {content_type}", "info")
             return
 
-    async def _poller(
+    async def _poll(
         self,
         content_type: str,
         client: ManagementClient,
@@ -248,20 +249,7 @@ class Pipeline:
     ) -> None:
         """Each poll lists from where the last one ended and, with it, the last hour again (blobs up to an hour
         late are listed within a poll); it alone moves the resume point forward. ``polled``: set once the first
-        poll ended, however."""
-        try:
-            await self._poll(content_type, client, subscriptions, queue, polled)
-        finally:
-            polled.set()
-
-    async def _poll(
-        self,
-        content_type: str,
-        client: ManagementClient,
-        subscriptions: Subscriptions,
-        queue: asyncio.Queue,
-        polled: asyncio.Event,
-    ) -> None:
+        poll ended."""
         recent = RECENT_RELIST + timedelta(seconds=self.config.poll_interval_seconds) + POLL_OVERLAP
         restarts = 0
         while not self.stopping.is_set():

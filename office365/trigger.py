@@ -63,11 +63,9 @@ class Office365Trigger(CollectorTrigger):
                 redactor=self._redactor,
                 stopping=stopping,
             )
-            try:
-                await pipeline.run()
-            finally:
-                # Deliver what was handed over: its acknowledgements move the resume point before the state closes.
-                await self.finish_delivery()
+            # run_async then delivers what was handed over (finish_delivery): its acknowledgements move the resume
+            # point before the state closes below.
+            await pipeline.run()
 
         try:
             self.run_async(collect_on_loop)
