@@ -156,6 +156,7 @@ class TokenProvider:
 
     async def _renew(self) -> None:
         while True:
+            asked = time.monotonic()
             try:
                 token, lifetime = await asyncio.to_thread(self._acquire)
             except TransientAuthError as error:
@@ -167,10 +168,17 @@ class TokenProvider:
             self._backoff.reset()
             self._mask(token)
             self._token = token
-            # Five minutes before expiry (short-lived tokens: at 80% of their life).
-            self._renew_at = time.monotonic() + max(lifetime * self.RENEW_FRACTION, lifetime - self.RENEW_MARGIN)
+            self._renew_at = asked + self.renewal_delay(lifetime)
             self.renewals += 1
             return
+
+    @classmethod
+    def renewal_delay(cls, lifetime: float) -> float:
+        """Seconds from asking for a token to renewing it: five minutes before it expires, at 80% of its life if it
+        is short. Counted from the question, not the answer (the answer may take a while to come), and on a second
+        less than stated: `exp` and `expires_in` are whole seconds, so a token may expire up to a second early."""
+        usable = max(lifetime - 1.0, 0.0)
+        return max(usable * cls.RENEW_FRACTION, usable - cls.RENEW_MARGIN)
 
     def _mask(self, token: str) -> None:
         """A token joins the log redaction list before any request carries it; the one two renewals back (expired

@@ -126,22 +126,36 @@ def test_tokens_are_cached_renewed_before_expiry_and_once_after_a_rejection(monk
     monkeypatch.setattr(office365.auth, "time", clock)
 
     async def scenario():
-        stub, logs = StubEntra(lifetime=100), []
+        stub, logs = StubEntra(lifetime=101), []
         tokens = provider(stub, logs)
         assert await tokens.token() == "token-1"
         clock.now += 79.9
         assert await tokens.token() == "token-1"  # cached
-        clock.now += 0.2  # past 80% of a short life, before its end: renewed before it expires
+        clock.now += 0.2  # past 80% of the 100 s sure to be left (whole seconds), before its end: renewed
         assert await tokens.token() == "token-2"
         # Many requests rejected with the same token: one renewal between them.
         renewed = await asyncio.gather(*(tokens.renew_after_rejection("token-2") for _ in range(5)))
         assert renewed == ["token-3"] * 5 and stub.calls == 3
         long_lived = provider(StubEntra(lifetime=3599), [])
         await long_lived.token()
-        clock.now += 3298.9
+        clock.now += 3297.9
         assert await long_lived.token() == "token-1"
-        clock.now += 0.2  # five minutes before expiry
+        clock.now += 0.2  # five minutes (and the second of rounding) before expiry
         assert await long_lived.token() == "token-2"
+        # A slow answer: the token's life started when Entra issued it, not when its answer arrived.
+        slow_stub = StubEntra(lifetime=11)
+
+        def slow_answer():
+            clock.now += 3.0
+            return slow_stub()
+
+        slow = provider(slow_stub, [])
+        slow._acquire = slow_answer  # type: ignore[method-assign]
+        await slow.token()
+        clock.now += 4.9  # 7.9 s after asking, under 80% of 10 s
+        assert await slow.token() == "token-1"
+        clock.now += 0.2  # 8.1 s after asking, only 5.1 after the answer came
+        assert await slow.token() == "token-2"
 
     asyncio.run(scenario())
 

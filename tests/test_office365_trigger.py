@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+import time
 
 import pytest
 from prometheus_client import REGISTRY
@@ -69,11 +70,12 @@ def test_admin_disabled_subscription_oversize_records_and_short_lived_tokens(tmp
         "--oversize-records",
         "1",
         "--token-lifetime",
-        "4",
+        "6",
     )
     with O365Rig(tmp_path, *args) as rig:
         config = rig.trigger_config(content_types=["Audit.Exchange", "Audit.General"])
         throttled_before = metric("throttled_responses_total")
+        started = time.monotonic()
         with InProcessTrigger(rig, config, monkeypatch) as running:
             published = rig.emulator.published(all=1, contentType="Audit.Exchange,Audit.General")
             # One 300 KB record per content type is over the intake's limit: it arrives shortened.
@@ -86,6 +88,7 @@ def test_admin_disabled_subscription_oversize_records_and_short_lived_tokens(tmp
             assert wait_until(lambda: rig.emulator.stats()["requests"]["token"] >= tokens + 2, 30)
             oversize_file = running.trigger.state_dir / "set-aside-events.jsonl"
             assert wait_until(oversize_file.exists, 10)
+        ran = time.monotonic() - started
         delivered = rig.delivered()
         kept = oversize_file.read_bytes().splitlines()
         assert len(kept) == 2  # kept whole, and sent shortened
@@ -97,9 +100,14 @@ def test_admin_disabled_subscription_oversize_records_and_short_lived_tokens(tmp
         assert any("disabled by an administrator" in message and "Audit.Exchange" in message for message in messages)
         assert any("over the intake limit" in message for message in messages)
         stats = rig.emulator.stats()
-        # Tokens living 4 s over a run of several lives: renewed before they expire, not on every request.
-        assert 2 <= stats["requests"]["token"] <= 12, stats["requests"]
-        assert sum(stats["auth_failures"].values()) == 0, stats["auth_failures"]
+        # Tokens living 6 s over a run of several lives: renewed before they expire (at 80% of the 5 s sure to be
+        # left, the stated life being whole seconds), not on every request.
+        assert 2 <= stats["requests"]["token"] <= ran / 4 + 2, (stats["requests"], ran)
+        # A request that took its token just before the renewal and then waited over a second in a loaded
+        # emulator may still meet it expired: renewed and retried once (nothing lost: checked above). Renewing only
+        # after a 401 would meet one on every renewal.
+        assert set(stats["auth_failures"]) <= {"the token is expired"}, stats["auth_failures"]
+        assert stats["auth_failures"].get("the token is expired", 0) <= 1, stats["auth_failures"]
         assert metric("throttled_responses_total") == throttled_before
 
 
