@@ -29,9 +29,9 @@ class Scale:
 
 FULL = Scale("full", kill_records=50_000, kills=20, kill_latency_ms=300, stops=3, fault_s=30, short_fault_s=20, restart_down_s=10,
              stream_per_s=200, rebalance_records=20_000, fuzz_examples=400, config_cases=None)
-QUICK = Scale("quick", kill_records=10_000, kills=5, kill_latency_ms=300, stops=2, fault_s=10, short_fault_s=8, restart_down_s=4,
+QUICK = Scale("quick", kill_records=20_000, kills=5, kill_latency_ms=300, stops=2, fault_s=10, short_fault_s=8, restart_down_s=4,
               stream_per_s=200, rebalance_records=5_000, fuzz_examples=150, config_cases=None)
-SMOKE = Scale("smoke", kill_records=5_000, kills=3, kill_latency_ms=500, stops=1, fault_s=5, short_fault_s=5, restart_down_s=3,
+SMOKE = Scale("smoke", kill_records=10_000, kills=3, kill_latency_ms=500, stops=1, fault_s=5, short_fault_s=5, restart_down_s=3,
               stream_per_s=100, rebalance_records=2_000, fuzz_examples=50, config_cases=1)
 
 
