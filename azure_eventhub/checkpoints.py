@@ -112,15 +112,15 @@ class LocalCheckpointStore(CheckpointStore):
             partitions[checkpoint["partition_id"]] = entry
             # fsync off the loop (the other partitions keep receiving meanwhile), the lock held until the thread
             # returned even if this caller is cancelled (a stop, the writer's timeout): never two saves at once.
-            thread, cancelled = await thread_to_its_end(self.file.save, self._data)
-            if thread.cancelled() or thread.exception() is not None:
+            def settle(saved: bool) -> None:
+                if saved:
+                    return
                 if previous is None:
                     partitions.pop(checkpoint["partition_id"], None)
                 else:
                     partitions[checkpoint["partition_id"]] = previous
-            if cancelled is not None:
-                raise cancelled
-            thread.result()  # the save's error, if any
+
+            await thread_to_its_end(self.file.save, self._data, settle=settle)
 
     async def list_checkpoints(self, fully_qualified_namespace, eventhub_name, consumer_group, **kwargs):
         partitions = self._data.get(self._key(fully_qualified_namespace, eventhub_name, consumer_group), {})
@@ -151,10 +151,7 @@ class LocalCheckpointStore(CheckpointStore):
             if current is None or current.started_at is None:
                 current = first if current is None else FirstStart(current.partition_ids, first.started_at)
                 recorded[key] = current.to_json()
-                thread, cancelled = await thread_to_its_end(self._partitions_file.save, recorded)
-                if cancelled is not None:
-                    raise cancelled
-                thread.result()
+                await thread_to_its_end(self._partitions_file.save, recorded)
             return current
 
     async def close(self) -> None:

@@ -429,10 +429,7 @@ class Forwarder:
             return False
         async with self._keeping:
             # Held until the thread returns, even for a cancelled caller: the store allows one writer at a time.
-            thread, cancelled = await thread_to_its_end(store.keep, kept)
-            if cancelled is not None:
-                raise cancelled
-            return thread.result()
+            return await thread_to_its_end(store.keep, kept)
 
     def _where(self, kept: bool) -> str:
         if kept:

@@ -75,12 +75,12 @@ def atomic_write(path: Path, data: bytes) -> None:
     _fsync_directory(path.parent)
 
 
-async def thread_to_its_end(function: Callable[..., Any], *args: Any) -> tuple[asyncio.Future,
-                                                                              asyncio.CancelledError | None]:
-    """Run ``function(*args)`` in a thread of the loop's executor and wait for its end even when the caller is
+async def thread_to_its_end(function: Callable[..., Any], *args: Any,
+                            settle: Callable[[bool], None] | None = None) -> Any:
+    """``function(*args)`` in a thread of the loop's executor, awaited to its end even when the caller is
     cancelled: a cancel cannot stop the thread, and a lock released under it would let a second write run
-    alongside (the same files). The thread's future (done) and the cancel received meanwhile, if any: the caller
-    settles the outcome, then raises the cancel."""
+    alongside (the same files). ``settle(completed)`` then records the outcome; after it the cancel received
+    meanwhile is raised, else the function's error, else its result is returned."""
     # run_in_executor, not to_thread: a future, not a task, so asyncio.run's final cancel does not reach it.
     thread = asyncio.get_running_loop().run_in_executor(None, function, *args)
     cancelled: asyncio.CancelledError | None = None
@@ -89,7 +89,11 @@ async def thread_to_its_end(function: Callable[..., Any], *args: Any) -> tuple[a
             await asyncio.wait([thread])  # unlike awaiting it, a cancel here leaves the future alone
         except asyncio.CancelledError as error:
             cancelled = error
-    return thread, cancelled
+    if settle is not None:
+        settle(not thread.cancelled() and thread.exception() is None)
+    if cancelled is not None:
+        raise cancelled
+    return thread.result()
 
 
 def _corrupt(path: Path, detail: str) -> CorruptStateError:

@@ -296,21 +296,18 @@ class CollectorState:
         """On the loop: write what changed (the checkpoint at most once a second unless ``force``) in a thread."""
         async with self._writing:
             write = self._next_write(force)
-            if write is not None:
-                await self._write_in_thread(write)
+            if write is None:
+                return
 
-    async def _write_in_thread(self, write: _Write) -> None:
-        """The write's thread, awaited to its end even when the caller is cancelled (the monitor, at every stop): a
-        cancel cannot stop the thread, and the lock released under it would let a second write run alongside (the
-        same files, a journal handle closed under an append). The cancel is raised once the thread returned."""
-        thread, cancelled = await thread_to_its_end(self._write, write)
-        if thread.cancelled() or thread.exception() is not None:
-            self._unwritten[:0] = write.entries  # written next time (a line twice in the ledger is harmless)
-        else:
-            self._written(write)
-        if cancelled is not None:
-            raise cancelled
-        thread.result()  # the write's error, if any
+            def settle(written: bool) -> None:
+                if written:
+                    self._written(write)
+                else:
+                    self._unwritten[:0] = write.entries  # written next time (a line twice in the ledger is harmless)
+
+            # Held to the thread's end even when cancelled (the monitor, at every stop): a second write alongside
+            # would share the files and the journal handle.
+            await thread_to_its_end(self._write, write, settle=settle)
 
     def save(self, force: bool = False) -> None:
         """``persist`` where no loop runs (at close, after the run's loop ended)."""

@@ -4,7 +4,7 @@ import orjson
 import pytest
 
 from connectors.errors import CorruptStateError
-from connectors.state import Journal, StateFile
+from connectors.state import Journal, StateFile, thread_to_its_end
 from emulators.process import python_child, wait_until
 
 
@@ -14,6 +14,18 @@ def test_state_file_round_trip_and_default(tmp_path):
     state.save({"offset": 42, "ids": ["x"]})
     assert StateFile(state.path).load() == {"offset": 42, "ids": ["x"]}
     assert not list(state.path.parent.glob(".*.tmp"))
+
+
+async def test_thread_to_its_end_settles_then_returns_or_raises():
+    settled: list[bool] = []
+    assert await thread_to_its_end(lambda value: value * 2, 21, settle=settled.append) == 42
+
+    def broken():
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        await thread_to_its_end(broken, settle=settled.append)
+    assert settled == [True, False]  # settled before the error reached the caller
 
 
 def test_two_saves_that_overlap_each_use_their_own_temporary_file(tmp_path, monkeypatch):
