@@ -1,5 +1,6 @@
-"""Which certificate authorities to trust, for every HTTPS client of the module (Office 365, delivery to the
-runtime): the standard variables first (proxies, private CAs, the emulator), else certifi's bundle."""
+"""Which certificate authorities to trust, for every TLS client of the module (Office 365, delivery to the
+runtime, the Event Hubs client): the standard variables first (proxies, private CAs, the emulator), else certifi's
+bundle."""
 
 from __future__ import annotations
 

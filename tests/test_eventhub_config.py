@@ -146,3 +146,48 @@ def test_the_store_proxy_is_looked_up_once_from_the_environment(monkeypatch):
         "http": configured, "https": configured}
     monkeypatch.setenv("NO_PROXY", "acct.blob.core.windows.net")
     assert _storage_kwargs(parse(hub_connection_string=HUB, **storage)) == {"use_env_settings": False}
+
+
+async def test_the_clients_tls_trusts_the_authorities_of_the_module_wide_variables(tmp_path, monkeypatch):
+    """A hub behind a TLS-inspecting proxy: its private CA, named the way delivery and Office 365 take it, is
+    trusted by the Event Hubs client's TLS context too (and certifi's bundle alone would refuse it)."""
+    import asyncio
+    import ssl
+
+    import trustme
+
+    from azure_eventhub.clients import tls_context
+
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    ca_file = tmp_path / "private-ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+
+    async def greet(reader, writer):
+        writer.write(b"AMQP")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(greet, "127.0.0.1", 0, ssl=server_context)
+    port = server.sockets[0].getsockname()[1]
+
+    async def handshake() -> bytes:
+        tls_context.cache_clear()  # made once per process: made again for each environment here
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=tls_context())
+        try:
+            return await reader.read(4)
+        finally:
+            writer.close()
+
+    try:
+        for name in ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "CURL_CA_BUNDLE"):
+            monkeypatch.delenv(name, raising=False)
+        with pytest.raises(ssl.SSLCertVerificationError):
+            await handshake()
+        monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
+        assert await handshake() == b"AMQP"
+    finally:
+        tls_context.cache_clear()
+        server.close()
+        await server.wait_closed()
