@@ -71,8 +71,6 @@ class Settings:
     backlog_interval: float = 30.0  # partition properties are read this often, not per event
     partition_check_interval: float = 10.0  # the hub's partition list: new ones are claimed within a minute
     text_warning_interval: float = 600.0
-    # No new batch for this long (two of the client's 50 ms polls): send what is buffered now, not at its max age.
-    idle_flush: float = 0.1
 
 
 class Consumer:
@@ -122,7 +120,6 @@ class Consumer:
         self._owner_saved = False
         self._told_no_owner = False
         self.stop_deadline: float | None = None  # event loop time by which stopping ends (set once stopping)
-        self._idle_timer: asyncio.TimerHandle | None = None  # flushes the forwarder once no batch came for a while
 
     # -- run ------------------------------------------------------------------------------------------------
 
@@ -163,7 +160,6 @@ class Consumer:
                 if receive_task.done() and not receive_task.cancelled() and receive_task.exception():
                     raise receive_task.exception()  # type: ignore[misc]
         finally:
-            self._disarm_idle_flush()
             tasks = (writer_task, monitor_task, stop_task, receive_task)
             for task in tasks:
                 task.cancel()
@@ -183,7 +179,6 @@ class Consumer:
     async def _finish(self) -> None:
         """Stop taking batches, deliver what was read, write its checkpoints; the partitions are still ours."""
         self.accepting = False
-        self._disarm_idle_flush()
         grace = self.settings.stop_grace
         self.stop_deadline = self.loop.time() + grace + STOP_AFTER_GRACE
         # Stopping for good: close the forwarder, which gives up retrying after the grace period, so that the
@@ -238,8 +233,6 @@ class Consumer:
         ack = partial(self._acked, partition_id, reading, last.offset, sequence_number, len(events), stats.records)
         await self.forwarder.add(records, ack=ack,
                                  origin=f"partition {partition_id} up to sequence number {sequence_number}")
-        if self.accepting:
-            self._arm_idle_flush()
 
     def _acked(self, partition_id: str, reading: int, offset: str, sequence_number: int, events: int,
                records: int) -> None:
@@ -355,16 +348,6 @@ class Consumer:
                  "checkpoints are written without checking who owns the partition, so after a handover the previous "
                  "owner may write an older checkpoint (records read again after a restart, none lost), and after a "
                  "crash partitions resume only once their ownership expires", "warning")
-
-    def _arm_idle_flush(self) -> None:
-        """At the end of a burst, deliver (and so checkpoint) at once rather than when the batch reaches its age."""
-        self._disarm_idle_flush()
-        self._idle_timer = self.loop.call_later(self.settings.idle_flush, self.forwarder.flush)
-
-    def _disarm_idle_flush(self) -> None:
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
 
     # -- monitor ----------------------------------------------------------------------------------------------
 

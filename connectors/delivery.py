@@ -158,6 +158,8 @@ class Forwarder:
         backoff: Callable[[], Backoff] = lambda: Backoff(base=0.5, cap=30.0),
         on_delivered: Callable[[int], None] | None = None,
         on_fatal: Callable[[ConfigurationError], None] | None = None,
+        # No add for this long, the end of a burst: the buffer goes now rather than at its max age (0: off).
+        idle_flush: float = 0.0,
     ):
         try:
             self._loop = asyncio.get_running_loop()  # the senders are its tasks
@@ -177,6 +179,9 @@ class Forwarder:
         self._on_fatal = on_fatal
         self._batch = _Batch()
         self._age_timer: asyncio.TimerHandle | None = None  # cuts the buffer once its oldest event is max_age old
+        self._idle_flush = idle_flush
+        self._idle_timer: asyncio.TimerHandle | None = None  # cuts the buffer once no add came for idle_flush
+        self._last_add = 0.0
         self._ready: deque[_Batch] = deque()
         self._idle = 0  # senders waiting for a batch
         self._waiters: set[asyncio.Future[None]] = set()  # tasks waiting for the state to change
@@ -245,6 +250,11 @@ class Forwarder:
                 self._current().acks.append(ack)
             else:  # the unit ended exactly on a batch boundary: ride with its last events
                 self._ready[-1].acks.append(ack)
+        if self._idle_flush:
+            # One timer for a whole burst, not one per add: it looks at the last add when it fires.
+            self._last_add = self._loop.time()
+            if self._idle_timer is None:
+                self._idle_timer = self._loop.call_later(self._idle_flush, self._quiet)
         return added
 
     async def _wait_for_room(self) -> None:
@@ -306,6 +316,8 @@ class Forwarder:
             self._failure = self._failure or "stopped before the runtime confirmed every batch"
             self._aborted()
         self._drop_age_timer()
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
         self._notify()
         for task in self._senders:
             task.cancel()  # one stuck in an HTTP call included: its batch is not acknowledged
@@ -352,6 +364,19 @@ class Forwarder:
                 self._cut()
         except Exception as error:  # noqa: BLE001 - a timer's error would only reach the loop's handler
             self._broken("the batch age timer", error)
+
+    def _quiet(self) -> None:
+        """``idle_flush`` after an add: cut if no add came since (acknowledgements alone too: a source that went
+        quiet gets its positions saved), else wait for the rest of the quiet time."""
+        self._idle_timer = None
+        try:
+            quiet_for = self._loop.time() - self._last_add
+            if quiet_for >= self._idle_flush:
+                self._cut()
+            elif not self._closed:
+                self._idle_timer = self._loop.call_later(self._idle_flush - quiet_for, self._quiet)
+        except Exception as error:  # noqa: BLE001 - a timer's error would only reach the loop's handler
+            self._broken("the idle flush timer", error)
 
     def _drop_age_timer(self) -> None:
         if self._age_timer is not None:

@@ -28,7 +28,6 @@ from office365.listing import ContentRef
 from office365.state import CollectorState, Delivered, record_hashes
 
 GROUP_RECORDS = 5000
-IDLE_FLUSH = 0.05  # no blob processed for this long: the forwarder sends what it buffers instead of at its max age
 # A blob whose processing fails is fetched again after 30 s, 1 min, 2 min, 4 min; then it is skipped, by name.
 BLOB_ATTEMPTS = 5
 RETRY_BASE = 30.0
@@ -59,8 +58,6 @@ class Processor:
         self._failures: dict[str, Backoff] = {}  # content id -> its retry steps, while it keeps failing
         self._queue: asyncio.Queue[Fetched | None] = asyncio.Queue()  # bounded by the fetchers' slots; None: stop
         self._stopping = False
-        self._taken = 0  # items taken so far (the idle flush checks that none came since it was armed)
-        self._idle_timer: asyncio.TimerHandle | None = None
 
     def put(self, item: Fetched) -> None:
         self._queue.put_nowait(item)
@@ -73,40 +70,23 @@ class Processor:
     async def run(self) -> None:
         group: list[Delivered] = []
         records = 0
-        try:
-            while not self._stopping:
-                if self._queue.empty():
-                    if group:  # nothing more fetched for now: the group is complete
-                        await self._acknowledge(group)
-                        group, records = [], 0
-                    self._arm_idle_flush()
-                item = await self._queue.get()
-                if item is None or self._stopping:
-                    break
-                self._taken += 1
-                delivered = await self._take(item)
-                if delivered is not None:
-                    group.append(delivered)
-                    records += delivered.records
-                    if records >= GROUP_RECORDS:
-                        await self._acknowledge(group)
-                        group, records = [], 0
-        finally:
-            if self._idle_timer is not None:
-                self._idle_timer.cancel()
+        # The forwarder sends what it buffers once nothing more was added for a moment (its idle flush).
+        while not self._stopping:
+            if self._queue.empty() and group:  # nothing more fetched for now: the group is complete
+                await self._acknowledge(group)
+                group, records = [], 0
+            item = await self._queue.get()
+            if item is None or self._stopping:
+                break
+            delivered = await self._take(item)
+            if delivered is not None:
+                group.append(delivered)
+                records += delivered.records
+                if records >= GROUP_RECORDS:
+                    await self._acknowledge(group)
+                    group, records = [], 0
         if group:
             await self._acknowledge(group)
-
-    def _arm_idle_flush(self) -> None:
-        if self._idle_timer is None:
-            self._idle_timer = asyncio.get_running_loop().call_later(IDLE_FLUSH, self._idle_flush, self._taken)
-
-    def _idle_flush(self, taken: int) -> None:
-        self._idle_timer = None
-        if self._taken == taken:
-            self.forwarder.flush()
-        elif self._queue.empty():
-            self._arm_idle_flush()
 
     async def _take(self, item: Fetched) -> Delivered | None:
         """Process one fetched blob; a failure schedules another fetch of it, or skips it once it failed enough."""

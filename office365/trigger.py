@@ -16,6 +16,7 @@ from office365.state import CollectorState
 
 class Office365Trigger(CollectorTrigger):
     configuration_model = Office365Configuration
+    idle_flush_seconds = 0.05  # blobs come from concurrent fetches: 50 ms without one, and the fetchers are idle
     _throttled_before = 0.0
 
     def status(self) -> list[str]:

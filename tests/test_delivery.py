@@ -48,7 +48,7 @@ class Recorder:
 # Two senders share the wire, so batches may land in either order: compare what arrived as a multiset, and
 # check the order that matters (acknowledgements) directly.
 def forwarder(runtime, tmp_path, logs=None, sink=None, fatal=None, store=True, backoff=(0.05, 0.5),
-              timeout=(10.0, 120.0), **limits):
+              timeout=(10.0, 120.0), idle_flush=0.0, **limits):
     sink = sink or IntakeSink(runtime.info["intake_url"], runtime.info["intake_key"], user_agent="tests")
     return Forwarder(
         sink,
@@ -59,12 +59,29 @@ def forwarder(runtime, tmp_path, logs=None, sink=None, fatal=None, store=True, b
         backoff=lambda: Backoff(base=backoff[0], cap=backoff[1]),
         timeout=timeout,
         on_fatal=fatal.append if fatal is not None else None,
+        idle_flush=idle_flush,
     )
 
 
 def set_aside(tmp_path):
     path = tmp_path / "set-aside.jsonl"
     return [orjson.loads(line) for line in path.read_bytes().splitlines()] if path.exists() else []
+
+
+async def test_the_end_of_a_burst_goes_at_once_not_at_the_max_age(runtime, tmp_path):
+    """A source gone quiet (the last blob, the end of a partition's backlog): with an idle flush, the buffer and
+    its acknowledgement go once no add came for a moment, long before the batch's max age; without, they wait."""
+    waiting, prompt = Recorder(runtime), Recorder(runtime)
+    plain = forwarder(runtime, tmp_path, max_age=60)
+    await plain.add(events(5), ack=waiting.ack("plain"))
+    quiet = forwarder(runtime, tmp_path, max_age=60, idle_flush=0.05)
+    for unit in range(3):  # a burst: one timer, cut once the adds stop
+        await quiet.add(events(5, start=10 + unit * 5), ack=prompt.ack(unit))
+    assert await eventually(lambda: len(prompt.acks) == 3, 20)
+    assert prompt.acks == [(0, 15), (1, 15), (2, 15)] and waiting.acks == []  # one batch for the burst
+    assert sorted(runtime.delivered()) == sorted(events(15, start=10))
+    await quiet.close()
+    await plain.close()
 
 
 async def test_events_arrive_exactly_as_sent_and_acks_follow_confirmation(runtime, tmp_path):
