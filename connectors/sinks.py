@@ -10,8 +10,10 @@ sink writes a file, so it says ``local_writes`` and the forwarder prepares and c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,17 +174,25 @@ class PlaybookSink:
     """Writes the records to a file in the data path and sends a playbook event pointing at it (SDK's send_records)."""
 
     local_writes = True
+    # A request's directory goes once the runtime confirmed it. One left by a request abandoned at a stop (the
+    # runtime may still be reading it) or by a crash is removed this long after, at the next run's first batch.
+    ABANDONED_AFTER = 3600.0
 
     def __init__(self, callback_url: str, token: str, data_path: Path, trigger_name: str):
         self.url = callback_url
         self.data_path = Path(data_path)
         self.trigger_name = trigger_name
         self._headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
+        self._swept = False
 
     def prepare(self, events: list[bytes]) -> list[Request]:
+        """In a thread (``local_writes``): writes the records file."""
         # Audit records: private whatever the process's umask (both levels, like the state directory).
-        directory = private_directory(private_directory(self.data_path / f"{self.trigger_name}_events")
-                                      / str(uuid.uuid4()))
+        parent = private_directory(self.data_path / f"{self.trigger_name}_events")
+        if not self._swept:
+            self._swept = True
+            self._sweep(parent)
+        directory = private_directory(parent / str(uuid.uuid4()))
         with open_private(directory / "event.json", os.O_WRONLY | os.O_TRUNC) as handle:
             handle.write(b"[" + b",".join(events) + b"]")
         body = orjson.dumps(
@@ -194,6 +204,14 @@ class PlaybookSink:
             }
         )
         return [Request(self.url, body, self._headers, 0, len(events), cleanup=directory)]
+
+    def _sweep(self, parent: Path) -> None:
+        """Audit records must not pile up in the data path: remove the abandoned requests' directories."""
+        before = time.time() - self.ABANDONED_AFTER
+        for entry in os.scandir(parent):
+            with contextlib.suppress(OSError):  # gone meanwhile, or not ours to remove: left as it is
+                if entry.is_dir(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mtime < before:
+                    shutil.rmtree(entry.path)
 
     def configuration_error(self, refusal: Misdirected) -> ConfigurationError:
         # Without an intake key, events go to the playbook through the runtime's callback URL and token.

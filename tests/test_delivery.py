@@ -250,6 +250,14 @@ async def test_unconfirmed_batch_is_never_acknowledged(runtime, tmp_path):
 
 
 async def test_playbook_mode_sends_a_records_file_event(runtime, tmp_path):
+    # Left by earlier runs: a request abandoned two hours ago (removed), one a minute ago (the runtime may still
+    # read it: kept).
+    parent = runtime.data_path / "tests_events"
+    old, recent = parent / "abandoned-2h", parent / "abandoned-1min"
+    for directory, age in ((old, 7200), (recent, 60)):
+        directory.mkdir(parents=True)
+        (directory / "event.json").write_bytes(b"[]")
+        os.utime(directory, (time.time() - age, time.time() - age))
     sink = PlaybookSink(runtime.info["callback_url"], runtime.info["token"], runtime.data_path, "tests")
     fwd = Forwarder(sink, trigger="tests", limits=BatchLimits(max_events=50, max_age=0.1))
     recorder = Recorder(runtime)
@@ -259,7 +267,7 @@ async def test_playbook_mode_sends_a_records_file_event(runtime, tmp_path):
     assert sorted(runtime.delivered()) == sorted(events(120))
     assert runtime.stats()["playbook_events"] == 3
     assert recorder.acks == [("done", 120)]
-    assert not any((runtime.data_path / "tests_events").iterdir())  # records files removed once confirmed
+    assert list(parent.iterdir()) == [recent]  # records files removed once confirmed, the old abandoned one too
 
 
 async def test_ack_only_units_and_concurrent_producers_keep_order(runtime, tmp_path):
