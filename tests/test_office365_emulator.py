@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 import ssl
 import time
 import uuid
@@ -349,6 +350,19 @@ def test_token_down_and_token_lifetime(emu):
     assert "WWW-Authenticate" in expired.headers
 
 
+def test_a_token_is_judged_when_its_request_arrived(emu):
+    # A token valid when its request came in but expired while the emulator kept the request waiting (here its
+    # latency, under load its queue) is accepted: a client renewing ahead of expiry meets no 401 from our slowness.
+    emu.control(token_lifetime=5)
+    token = fetch_token(emu.info).json()["access_token"]
+    expires = jwt.decode(token, options={"verify_signature": False})["exp"]
+    emu.control(latency_ms=int((expires - time.time() + 1) * 1000))  # the wait ends a second past the expiry
+    assert emu.get("/subscriptions/list", token=token).status_code == 200
+    assert time.time() > expires
+    emu.control(latency_ms=0)
+    assert emu.get("/subscriptions/list", token=token).status_code == 401  # arriving expired: refused
+
+
 # ---------------------------------------------------------------------- API: auth, subscriptions
 def test_api_auth(emu):
     missing = emu.get("/subscriptions/list", token=None)
@@ -607,16 +621,18 @@ def test_generated_content_and_continuous(o365_emulator_factory):  # noqa: F811
     emulator.control(continuous=0)
 
 
-def test_keep_alive_has_no_nagle_stalls(emu):
-    # A 40 ms delayed-ACK stall would hold back every keep-alive answer: even the fastest of 40 would take 40 ms.
-    # Load only slows some of them down, so the fastest one is the measure.
-    emu.get("/resources/dlpSensitiveTypes")
-    fastest = float("inf")
-    for _ in range(40):
-        began = time.monotonic()
-        assert emu.get("/resources/dlpSensitiveTypes").status_code == 200
-        fastest = min(fastest, time.monotonic() - began)
-    assert fastest < 0.035
+def test_keep_alive_connections_have_nagle_off(o365_emulator_factory):  # noqa: F811
+    # With Nagle on, a keep-alive answer written in two parts (headers, body) waits for the client's delayed ACK:
+    # 40 ms per request. The mechanism is checked, not a duration: every accepted socket has TCP_NODELAY set.
+    emulator, info = o365_emulator_factory()
+    api = Api(info)
+    for _ in range(5):
+        assert api.get("/resources/dlpSensitiveTypes").status_code == 200
+    connections = emulator._runner.server.connections  # the open keep-alive connections, ours among them
+    assert connections
+    for connection in connections:
+        sock = connection.transport.get_extra_info("socket")
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
 
 
 async def test_in_loop_async_api():

@@ -187,6 +187,34 @@ async def test_a_blob_failing_every_time_is_fetched_again_a_few_times_then_skipp
     assert len(skipped) == 1 and "c$bad" in skipped[0] and "Audit.Exchange" in skipped[0]
 
 
+class WindowGate:
+    """Holds each fake window's first call until the test releases it: the order is set by the test, not by timers.
+    ``release`` waits until every window's first call started (they run side by side), then lets them through one
+    by one in the given order, each once the previous one went past its first call."""
+
+    def __init__(self, count: int):
+        self.count = count
+        self.started: list[int] = []
+        self._all_started = asyncio.Event()
+        self._go = [asyncio.Event() for _ in range(count)]
+        self._through = [asyncio.Event() for _ in range(count)]
+
+    async def first_call(self, index: int) -> None:
+        self.started.append(index)
+        if len(self.started) == self.count:
+            self._all_started.set()
+        await self._go[index].wait()
+
+    def went_through(self, index: int) -> None:
+        self._through[index].set()
+
+    async def release(self, order) -> None:
+        await asyncio.wait_for(self._all_started.wait(), 10)  # never reached when windows are listed in series
+        for index in order:
+            self._go[index].set()
+            await asyncio.wait_for(self._through[index].wait(), 10)
+
+
 async def test_windows_listed_at_once_count_as_listed_only_with_every_older_window(tmp_path, monkeypatch):
     """Seven days of windows go out together; the newest answer first, the oldest but one fails: the resume point
     moves over the oldest window only, and the failure is the caller's to retry."""
@@ -196,18 +224,24 @@ async def test_windows_listed_at_once_count_as_listed_only_with_every_older_wind
     line = pipeline(tmp_path, logs, lookback=timedelta(days=7))
     start = (NOW - timedelta(days=6, hours=23)).replace(microsecond=0)
     finished: list[int] = []
+    gate = WindowGate(7)
 
     async def list_window(content_type, client, queue, window_start, window_end, turn=None):
         index = round((window_start - start) / timedelta(hours=23, minutes=59))
-        await asyncio.sleep(0.01 * (8 - index))  # newest first
-        if index == 1:
-            raise TransientError(503, "", "unavailable")
-        finished.append(index)
+        await gate.first_call(index)
+        try:
+            if index == 1:
+                raise TransientError(503, "", "unavailable")
+            finished.append(index)
+        finally:
+            gate.went_through(index)
 
     monkeypatch.setattr(line, "_list_window", list_window)
+    releasing = asyncio.create_task(gate.release(reversed(range(7))))  # newest first
     with pytest.raises(TransientError):
-        await line._list_range("Audit.Exchange", None, None, start, NOW, advance=True)
-    assert finished[0] == 6 and 0 in finished  # listed side by side, newest done first
+        await asyncio.wait_for(line._list_range("Audit.Exchange", None, None, start, NOW, advance=True), 30)
+    await releasing  # every window had started before any answered: listed side by side
+    assert finished == [6, 5, 4, 3, 2, 0]
     assert line.state.listed_until("Audit.Exchange") == start + timedelta(hours=23, minutes=59)
 
 
@@ -220,18 +254,22 @@ async def test_a_backlog_is_listed_oldest_first_past_the_first_page_of_each_wind
     line = pipeline(tmp_path, logs, lookback=timedelta(days=7))
     start = (NOW - timedelta(days=6, hours=23)).replace(microsecond=0)
     pages: list[tuple[int, int]] = []
+    gate = WindowGate(7)
 
     async def list_pages(client, get, content_type, window_start, window_end, known):
         index = round((window_start - start) / timedelta(hours=23, minutes=59))
+        await gate.first_call(index)
         for page in range(3):
-            await asyncio.sleep(0.005 * (8 - index))  # newer windows answer sooner
             pages.append((index, page))
+            if page == 0:
+                gate.went_through(index)
             yield [], 0
 
     monkeypatch.setattr(module, "list_pages", list_pages)
-    await line._list_range("Audit.Exchange", None, None, start, NOW, advance=True)
-    windows = sorted({index for index, _ in pages})
-    assert len(windows) == 7 and pages[0] == (6, 0)  # all first pages out together, the quickest first
+    releasing = asyncio.create_task(gate.release(reversed(range(7))))  # newer windows answer sooner
+    await asyncio.wait_for(line._list_range("Audit.Exchange", None, None, start, NOW, advance=True), 30)
+    await releasing  # every first page was asked for before any came back: all out together
+    assert sorted({index for index, _ in pages}) == list(range(7)) and pages[0] == (6, 0)
     for index, page in pages:
         if page > 0:  # after every page of every older window
             older = [position for position, (other, _) in enumerate(pages) if other < index]

@@ -103,11 +103,9 @@ def test_admin_disabled_subscription_oversize_records_and_short_lived_tokens(tmp
         # Tokens living 6 s over a run of several lives: renewed before they expire (at 80% of the 5 s sure to be
         # left, the stated life being whole seconds), not on every request.
         assert 2 <= stats["requests"]["token"] <= ran / 4 + 2, (stats["requests"], ran)
-        # A request that took its token just before the renewal and then waited over a second in a loaded
-        # emulator may still meet it expired: renewed and retried once (nothing lost: checked above). Renewing only
-        # after a 401 would meet one on every renewal.
-        assert set(stats["auth_failures"]) <= {"the token is expired"}, stats["auth_failures"]
-        assert stats["auth_failures"].get("the token is expired", 0) <= 1, stats["auth_failures"]
+        # No request arrived with an expired token. The emulator judges a token when its request's bytes came in,
+        # not after its own queueing (however loaded it is); renewing only after a 401 would meet one per renewal.
+        assert stats["auth_failures"] == {}, stats["auth_failures"]
         assert metric("throttled_responses_total") == throttled_before
 
 

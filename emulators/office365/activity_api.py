@@ -13,6 +13,7 @@ from email.utils import formatdate
 import orjson
 from aiohttp import web
 
+from .arrival import arrived_at
 from .config import CONTENT_TYPES, EmulatorConfig
 from .content import EXPIRED, VANISHED, ContentStore
 from .entra import ROLES, EntraService, InvalidToken
@@ -128,7 +129,7 @@ class ActivityApi:
             reason = "no bearer token in the Authorization header"
         else:
             try:
-                claims = self.entra.validate_access_token(token.strip())
+                claims = self.entra.validate_access_token(token.strip(), arrived_at(request))
             except InvalidToken as exc:
                 reason = str(exc)
         if reason:

@@ -309,7 +309,8 @@ class EntraService:
         }
 
     # ------------------------------------------------------------------ access tokens presented to the API
-    def validate_access_token(self, token: str) -> dict:
+    def validate_access_token(self, token: str, at: float) -> dict:
+        """The token's claims if it was valid `at` (epoch seconds: when its request arrived, see arrival.py)."""
         claims = self._verified.get(token)
         if claims is None:
             try:
@@ -330,7 +331,7 @@ class EntraService:
             if len(self._verified) > 50_000:
                 self._verified.clear()
             self._verified[token] = claims
-        if claims["exp"] <= time.time():
+        if claims["exp"] <= at:
             raise InvalidToken("the token is expired")
         return claims
 

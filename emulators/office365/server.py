@@ -16,6 +16,7 @@ from pathlib import Path
 from aiohttp import web
 
 from .activity_api import ActivityApi
+from .arrival import ArrivalStamping
 from .config import CONTENT_TYPES, EmulatorConfig
 from .content import ContentStore
 from .control import ControlApi
@@ -42,6 +43,7 @@ class Office365Emulator:
         self.tls: TlsMaterial | None = None
         self._control: ControlApi | None = None
         self._runner: web.AppRunner | None = None
+        self._listener: asyncio.Server | None = None
         self._publisher_task: asyncio.Task | None = None
         self._owned_workdir: Path | None = None
         self._thread: threading.Thread | None = None
@@ -78,9 +80,12 @@ class Office365Emulator:
             shutdown_timeout=1.0,
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, cfg.host, cfg.port, ssl_context=self.tls.server_context, backlog=1024)
-        await site.start()
-        port = self._runner.addresses[0][1]
+        # Our own listener rather than a TCPSite: each connection's protocol is wrapped to note when requests arrive.
+        server = self._runner.server
+        self._listener = await loop.create_server(
+            lambda: ArrivalStamping(server()), cfg.host, cfg.port, ssl=self.tls.server_context, backlog=1024
+        )
+        port = self._listener.sockets[0].getsockname()[1]
         self._publisher_task = asyncio.create_task(self._publish_continuously())
 
         base = f"https://{cfg.host}:{port}"
@@ -110,9 +115,14 @@ class Office365Emulator:
             self._publisher_task.cancel()
             await asyncio.gather(self._publisher_task, return_exceptions=True)
             self._publisher_task = None
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close()  # no new connections; the runner's cleanup closes the open ones
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if listener is not None:
+            await listener.wait_closed()
         if self._owned_workdir is not None:
             shutil.rmtree(self._owned_workdir, ignore_errors=True)
             self._owned_workdir = None
