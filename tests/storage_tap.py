@@ -1,4 +1,5 @@
-"""A relay in front of Azurite that records the checkpoint and ownership writes of the one consumer using it.
+"""A relay in front of Azurite that records the checkpoint and ownership writes, and the ownership reads, of the
+one consumer using it.
 
 Each instance of the trigger gets its own tap (its storage connection string names the tap's port), so who wrote
 what, and when, is known from outside the trigger. Shared Key signatures cover the path, not the host: requests
@@ -6,12 +7,18 @@ pass through unchanged.
 
     tap = StorageTap(azurite.account_url).start()
     config = stack.config(storage_connection_string=tap.connection_string(azurite.connection_string))
-    tap.writes  # [Write(at, kind, partition, value)], at: epoch seconds when the request arrived
+    tap.writes  # [Write(at, kind, partition, value, order)], at: epoch seconds when the request arrived
+    tap.reads  # [Read(order, partition, owner)]: the owner each HEAD of an ownership blob answered
+
+``order`` is the tap's own sequence: a write's when it arrived, a read's when its answer was about to leave, so a
+write ordered after a read was sent by a consumer that could have seen that answer (its requests of one partition
+go one after the other).
 """
 
 from __future__ import annotations
 
 import http.client
+import itertools
 import re
 import threading
 import time
@@ -30,6 +37,14 @@ class Write:
     kind: str  # checkpoint | ownership
     partition: str
     value: str  # the sequence number written, or the owner id claimed
+    order: int  # in the tap's sequence, on arrival
+
+
+@dataclass(frozen=True)
+class Read:
+    order: int  # in the tap's sequence, as the answer left
+    partition: str
+    owner: str  # the owner id the ownership blob named ("": none, or no blob)
 
 
 class StorageTap:
@@ -37,7 +52,9 @@ class StorageTap:
         target = urlsplit(account_url)
         self.target = (target.hostname or "127.0.0.1", target.port or 80)
         self.writes: list[Write] = []
+        self.reads: list[Read] = []
         self._lock = threading.Lock()
+        self._order = itertools.count(1)
         self._server: ThreadingHTTPServer | None = None
         self.port = 0
         self.hanging = threading.Event()  # set: requests are taken and never answered (until stop), as a stuck account
@@ -54,7 +71,7 @@ class StorageTap:
                 pass
 
             def _relay(self) -> None:
-                arrived = time.time()
+                arrived, order = time.time(), tap._next()
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 if tap.hanging.is_set():
                     tap._released.wait()
@@ -73,7 +90,9 @@ class StorageTap:
                     self.send_error(502)
                     return
                 if self.command == "PUT" and response.status < 300:
-                    tap._record(arrived, self.path, self.headers)
+                    tap._record(arrived, order, self.path, self.headers)
+                elif self.command == "HEAD":
+                    tap._record_read(self.path, response)
                 self.send_response(response.status, response.reason)
                 for name, value in response.getheaders():
                     if name.lower() not in _HOP_BY_HOP and name.lower() != "content-length":
@@ -92,14 +111,26 @@ class StorageTap:
         threading.Thread(target=self._server.serve_forever, name="storage-tap", daemon=True).start()
         return self
 
-    def _record(self, arrived: float, path: str, headers) -> None:
+    def _next(self) -> int:
+        with self._lock:
+            return next(self._order)
+
+    def _record(self, arrived: float, order: int, path: str, headers) -> None:
         match = _BLOB.search(path)
         if not match:
             return
         kind, partition = match.groups()
         value = headers.get("x-ms-meta-sequencenumber" if kind == "checkpoint" else "x-ms-meta-ownerid", "")
         with self._lock:
-            self.writes.append(Write(arrived, kind, partition, value))
+            self.writes.append(Write(arrived, kind, partition, value, order))
+
+    def _record_read(self, path: str, response: http.client.HTTPResponse) -> None:
+        match = _BLOB.search(path)
+        if not match or match.group(1) != "ownership" or (response.status >= 300 and response.status != 404):
+            return  # an error answer tells the consumer nothing: it reads again before writing
+        owner = response.getheader("x-ms-meta-ownerid") or ""  # none in a released blob, or without one (404)
+        with self._lock:
+            self.reads.append(Read(next(self._order), match.group(2), owner))
 
     def connection_string(self, azurite_connection_string: str) -> str:
         """The same account through this tap."""
@@ -109,6 +140,17 @@ class StorageTap:
     def checkpoints(self, partition: str, after: float = 0.0) -> list[Write]:
         with self._lock:
             return [w for w in self.writes if w.kind == "checkpoint" and w.partition == partition and w.at > after]
+
+    def claimed_as(self) -> set[str]:
+        """The owner ids the consumer behind this tap claimed partitions as."""
+        with self._lock:
+            return {w.value for w in self.writes if w.kind == "ownership" and w.value}
+
+    def read_before(self, write: Write) -> Read | None:
+        """The consumer's last ownership read of the write's partition before the write."""
+        with self._lock:
+            return max((r for r in self.reads if r.partition == write.partition and r.order < write.order),
+                       key=lambda r: r.order, default=None)
 
     def stop(self) -> None:
         self._released.set()
@@ -140,13 +182,24 @@ def handovers(taps: Sequence[StorageTap]) -> list[Handover]:
     return found
 
 
-# How late after a claim a loser's checkpoint may arrive: the loser trusts its last ownership read for up to the
-# load-balancing interval (1 s in the handover rigs, ``OWNER_CHECK_MAX_AGE`` at most), and a request it sent just
-# before may land later on a loaded machine.
-LATE_GRACE_S = 2.5
+# The writer's contract (azure_eventhub/checkpoints.py): a checkpoint is written only while the consumer's last
+# ownership read of the partition named it, a read being trusted for at most a load-balancing interval (1 s in the
+# handover rigs, ``OWNER_CHECK_MAX_AGE`` at most) before the next one. Judged in the tap's order, not by the clock:
+# a write after a read that named another owner broke it, however slow the machine. A loser that never reads again
+# is caught by this cap instead, far above the interval (only a stall this long between a read and its write would
+# be mistaken for one).
+LATE_CAP_S = 10.0
 
 
-def late_checkpoints(found: Sequence[Handover], grace_s: float = LATE_GRACE_S) -> list[Write]:
-    """Checkpoints a loser wrote for the partition more than ``grace_s`` after the new owner claimed it, before
-    it claimed it back."""
-    return [w for h in found for w in h.loser.checkpoints(h.partition, h.at + grace_s) if w.at < h.until]
+def late_checkpoints(found: Sequence[Handover], cap_s: float = LATE_CAP_S) -> list[Write]:
+    """Checkpoints a loser wrote for a partition it lost: after its last ownership read of it named someone else
+    (until it claimed it back, a read naming itself again), or more than ``cap_s`` after the new owner claimed it
+    and before it claimed it back."""
+    late: dict[tuple[int, int], Write] = {}
+    for h in found:
+        mine = h.loser.claimed_as()
+        for w in h.loser.checkpoints(h.partition):
+            read = h.loser.read_before(w)
+            if (read is not None and read.owner not in mine) or h.at + cap_s < w.at < h.until:
+                late[(id(h.loser), w.order)] = w
+    return sorted(late.values(), key=lambda w: w.at)

@@ -108,10 +108,12 @@ async def test_age_flushes_a_partial_batch_without_an_explicit_flush(runtime, tm
 
 async def test_runtime_down_then_back_loses_nothing(runtime, tmp_path):
     logs = []
-    runtime.control(down_for=2.0)
+    runtime.control(down_for=120)  # ended below, once the forwarder has met it: however slow its first attempt
     recorder = Recorder(runtime)
     fwd = forwarder(runtime, tmp_path, logs=logs)
     await fwd.add(events(250), ack=recorder.ack("all"))
+    assert await eventually(lambda: fwd.outage_seconds is not None, 30)
+    runtime.control(down_for=0)
     assert await fwd.drain(timeout=30)
     await fwd.close()
     assert sorted(runtime.delivered()) == sorted(events(250))
