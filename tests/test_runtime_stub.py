@@ -1,9 +1,12 @@
 """The runtime stub's intake API as the benchmarks run it (``--count-only``): checked and counted, nothing kept."""
 
+import socket
+
 import orjson
 import pytest
 import requests
 
+from emulators.process import wait_until
 from emulators.runtime.harness import Runtime
 
 
@@ -52,3 +55,19 @@ def test_count_only_still_applies_the_refusal_knobs(counting):
     assert post(counting, batch(counting, ['{"a":"refuse-me"}', '{"b":1}'])).status_code == 400
     assert post(counting, batch(counting, ['{"b":1}'])).status_code == 200
     assert counting.stats()["events"] == 1 and counting.stats()["refused"] == 1
+
+
+def test_stats_number_delivery_requests_and_say_the_oldest_still_handled(counting):
+    """What the kill scenarios wait on: every request received before a kill answered, or cut with the trigger."""
+    body = batch(counting, ['{"a":1}'])
+    held = socket.create_connection(("127.0.0.1", counting.info["port"]))
+    held.sendall(b"POST /batch HTTP/1.1\r\nHost: stub\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n" % len(body) + body[:10])  # the stub waits for the rest
+    assert wait_until(lambda: counting.stats()["active"] == 1, 10)
+    assert post(counting, body).status_code == 200  # a later request answered does not hide the older one
+    stats = counting.stats()
+    assert (stats["deliveries"], stats["active"], stats["oldest_active"]) == (2, 1, 0)
+    held.close()  # as a killed trigger's connection
+    assert wait_until(lambda: counting.stats()["active"] == 0, 10)
+    assert counting.stats()["oldest_active"] == counting.stats()["deliveries"] == 2
+    assert counting.stats()["events"] == 1

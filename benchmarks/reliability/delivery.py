@@ -19,7 +19,6 @@ import uuid
 from collections import Counter
 
 import orjson
-import requests
 
 from benchmarks.reliability.bad_config import expect_configuration_error
 from benchmarks.reliability.context import Context
@@ -57,11 +56,6 @@ def _stack(ctx: Context, trigger: str, name: str, *o365_args: str) -> Stack:
 def _config(stack: Stack, **overrides) -> dict:
     extra = {"load_balancing_interval": 1} if isinstance(stack, EventHubStack) else {}
     return stack.config(batch_max_events=BATCH, **extra, **overrides)
-
-
-def _runtime_stats(stack: Stack) -> dict:
-    url = stack.rig.runtime.info["url"] if isinstance(stack, O365Stack) else stack.stack.runtime.info["url"]
-    return requests.get(url + "/_runtime/stats", timeout=10).json()
 
 
 def _checkpointed(stack: Stack, records: int):
@@ -125,7 +119,7 @@ def refused_events(ctx: Context, trigger: str) -> dict:
         result = _end(stack, process, expected, failures)
         entries = set_aside_entries(stack.data_path)
         lines, logged = _refusals_logged(stack, _origin_word(trigger))
-        refused_requests = _runtime_stats(stack)["refused"]
+        refused_requests = stack.runtime_stats()["refused"]
     kept = [entry for entry in entries if entry["reason"].startswith("refused")]
     kept_markers = sorted(marker for marker in markers for entry in kept if marker in entry["event"])
     result.update(refused=len(markers), refused_kept=len(kept), refused_requests=refused_requests)
@@ -245,7 +239,7 @@ def stop_runtime_hangs(ctx: Context, trigger: str) -> dict:
         config = _config(stack)
         process = stack.spawn(config, name="hung")
         # Both senders stuck in an HTTP call and the producer held by backpressure: the worst moment to stop.
-        if not wait_until(lambda: _runtime_stats(stack)["hung"] >= 2 or not process.alive, 90, 0.1):
+        if not wait_until(lambda: stack.runtime_stats()["hung"] >= 2 or not process.alive, 90, 0.1):
             failures.append("the delivery requests did not reach the hanging runtime")
         code, stop_s = process.terminate(timeout=HANG_S + 30)
         if stop_s > STOP_LIMIT_S or code != 0:

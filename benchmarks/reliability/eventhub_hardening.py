@@ -71,7 +71,9 @@ def new_partitions(ctx: Context) -> dict:
         stack.start_stream(ctx.scale.stream_per_s)
         time.sleep(2)
         grown_at = _grow(stack, 4)
-        time.sleep(1)  # records of the new partitions are in the snapshot
+        # The snapshot must hold records of the new partitions: else the check below passes without reading them.
+        if not wait_until(lambda: all(stack.feed.records_in(p) for p in ("2", "3")), 30, 0.1):
+            failures.append("the stream sent nothing to the partitions added while running")
         covered = wait_covered(stack, stack.expected(), NEW_PARTITIONS_LIMIT_S + 30, processes=[process])
         new_partitions_s = round(time.monotonic() - grown_at, 1) if covered is not None else None
         if new_partitions_s is None or new_partitions_s > NEW_PARTITIONS_LIMIT_S:

@@ -14,7 +14,7 @@ from collections import Counter
 
 from benchmarks.reliability.context import Context
 from benchmarks.reliability.faults import RECOVERY_LIMIT_S, _checkpointed
-from benchmarks.reliability.kills import BATCH, finish, in_flight
+from benchmarks.reliability.kills import BATCH, LANDED_LIMIT_S, finish, in_flight
 from benchmarks.reliability.processes import output_counts, runtime_counts
 from benchmarks.reliability.stacks import EventHubStack, reconcile, wait_covered
 from emulators.process import wait_until
@@ -55,6 +55,9 @@ def rebalancing(ctx: Context) -> dict:
         consumers[victim].kill()
         killed_at = time.monotonic()
         pending = in_flight(stack)
+        if pending is None:
+            failures.append(f"the runtime still handled requests received before the kill {LANDED_LIMIT_S:.0f} s "
+                            "after it")
         snapshot = stack.expected()
         survivor = consumers["b" if victim == "a" else "a"]
         takeover = wait_until(lambda: _split(stack, 1), 60, 0.5)

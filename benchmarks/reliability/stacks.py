@@ -180,6 +180,9 @@ class Stack:
     def runtime_logs(self) -> list[dict]:
         raise NotImplementedError
 
+    def runtime_stats(self) -> dict:
+        raise NotImplementedError
+
 
 def json_config(env: dict[str, str]) -> dict:
     return orjson.loads(env["TRIGGER_CONFIGURATION"])
@@ -246,6 +249,9 @@ class O365Stack(Stack):
 
     def runtime_logs(self) -> list[dict]:
         return self.rig.logs()
+
+    def runtime_stats(self) -> dict:
+        return requests.get(self.rig.runtime.info["url"] + "/_runtime/stats", timeout=10).json()
 
     def close(self) -> None:
         try:
@@ -315,6 +321,9 @@ class EventHubStack(Stack):
 
     def runtime_logs(self) -> list[dict]:
         return self.stack.logs()
+
+    def runtime_stats(self) -> dict:
+        return self.stack.runtime.stats()
 
     def close(self) -> None:
         try:
@@ -410,6 +419,12 @@ class EventHubFeed:
             if self._producer is not None:
                 self._producer.close()
                 self._producer = None
+
+    def records_in(self, partition: str) -> int:
+        """Records of the partition's events sent so far (that a send returned)."""
+        with self._lock:
+            cumulative = self._cumulative.get(partition, [])
+            return cumulative[-1] if cumulative else 0
 
     def records_upto(self, partition: str, sequence_number: int) -> int:
         """Records of the partition's events up to this sequence number (included); they start at 0."""

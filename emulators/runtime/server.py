@@ -6,6 +6,8 @@ answered request is a confirmed delivery. Intake events are written exactly as d
 ``keep_events`` off (``--count-only``, for benchmarks: a production intake is remote, and writing the events cost
 the stub more CPU than checking them, on the cores the trigger under test uses), requests are still checked and
 their events counted; nothing is written.
+Delivery requests are numbered as they arrive; the stats say how many are being handled and the oldest of them, so
+a caller can wait until every request received before some moment was answered (those of a killed trigger).
 Knobs add latency, a failure rate, and periods of being down, at start or at any time through
 ``POST /_runtime/control``; and, on the delivery endpoints (``/batch`` and ``/callback``), refusals for good of
 requests holding a marker string or over a size, a status for every request (401, 403, 404: wrong key or
@@ -23,6 +25,8 @@ from pathlib import Path
 
 import orjson
 from aiohttp import web
+
+DELIVERY_PATHS = frozenset({"/batch", "/callback"})
 
 
 @dataclass
@@ -59,6 +63,9 @@ class RuntimeStats:
     logs_hung: int = 0
     records_files: int = 0  # records files of playbook events read
     records_files_shared: int = 0  # ... of which the file or its directory was open to the group or others
+    deliveries: int = 0  # delivery requests received, whatever their answer (numbered from 0 in that order)
+    active: int = 0  # ... being handled now (latency, hang, writing), as of the stats request
+    oldest_active: int = 0  # the number of the oldest being handled; ``deliveries`` when none is
 
 
 @dataclass
@@ -82,13 +89,14 @@ class RuntimeStub:
         self._out = open(self.out, "ab")
         self._logs = open(self.logs_out, "ab")
         self._rng = random.Random(self.seed)
+        self._active: set[int] = set()  # numbers of the delivery requests being handled
         self._runner: web.AppRunner | None = None
         self.port = 0
 
     # -- server ----------------------------------------------------------------------------------------------
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[self._faults])
+        app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[self._numbered, self._faults])
         app.router.add_post("/callback", self.callback)
         app.router.add_post("/logs", self.logs)
         app.router.add_get("/secrets", self.secrets)
@@ -128,6 +136,19 @@ class RuntimeStub:
         }
 
     # -- fault injection ---------------------------------------------------------------------------------------
+
+    @web.middleware
+    async def _numbered(self, request: web.Request, handler):
+        """A delivery request is active from its arrival (before any latency or hang) until answered or cut."""
+        if request.path not in DELIVERY_PATHS:
+            return await handler(request)
+        number = self.stats.deliveries
+        self.stats.deliveries += 1
+        self._active.add(number)
+        try:
+            return await handler(request)
+        finally:
+            self._active.discard(number)
 
     @web.middleware
     async def _faults(self, request: web.Request, handler):
@@ -295,4 +316,6 @@ class RuntimeStub:
 
     async def get_stats(self, request: web.Request) -> web.Response:
         # Polled every 50 ms by the benchmarks: orjson, not the json module.
+        self.stats.active = len(self._active)
+        self.stats.oldest_active = min(self._active, default=self.stats.deliveries)
         return web.Response(body=orjson.dumps(asdict(self.stats)), content_type="application/json")
