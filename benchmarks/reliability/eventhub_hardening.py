@@ -7,10 +7,11 @@
   second after it was delivered (limit: a minute).
 - ``eventhub_handover``: under load (a backlog, a stream, a slow runtime: batches still unconfirmed when a
   partition moves), a second instance joins and takes half the partitions. Each instance reaches Azurite through
-  its own tap, which records who claimed and checkpointed which partition, when: the instance that lost a
-  partition writes no checkpoint of it after the new owner claimed it (beyond ``LATE_GRACE_S``: it trusts its
-  last ownership read for a load-balancing interval, 1 s here). ``late_acks_dropped``: positions the
-  first instance confirmed too late to checkpoint (the case happened).
+  its own tap, which records who claimed, read the ownership of and checkpointed which partition, in the order
+  the requests came: the instance that lost a partition writes no checkpoint of it once its last ownership read
+  of it named the new owner, nor ``LATE_CAP_S`` after the claim (it trusts its last ownership read for a
+  load-balancing interval, 1 s here). ``late_acks_dropped``: positions the first instance confirmed too late to
+  checkpoint (the case happened).
 """
 
 from __future__ import annotations
