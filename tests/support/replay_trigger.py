@@ -50,7 +50,8 @@ class ReplayTrigger(CollectorTrigger):
 
         async def write_checkpoints() -> None:
             saved = offset
-            while not finished:
+            # Until finished and nothing moved since the last save (the last position may come during a save).
+            while not finished or moved.is_set():
                 await moved.wait()
                 moved.clear()
                 if confirmed["line"] != saved:
