@@ -4,7 +4,6 @@ import asyncio
 import hashlib
 import json
 import os
-import ssl
 import stat
 import threading
 import time
@@ -12,7 +11,6 @@ from urllib.parse import urlsplit
 
 import orjson
 import pytest
-import trustme
 from sekoia_automation.module import Module
 
 from connectors.delivery import REFUSES_EVERYTHING_REQUESTS, BatchLimits, DeliveryBroken, Forwarder, UnkeptRefusal
@@ -24,6 +22,7 @@ from connectors.trigger import CollectorTrigger
 from connectors.retry import Backoff
 from connectors.truncation import MARKER, shorten
 from emulators.process import eventually, wait_until
+from tests.support.private_ca import private_ca
 
 
 def events(count, start=0, pad=0):
@@ -677,11 +676,7 @@ def test_a_failed_run_leaves_no_acknowledgement_behind(runtime, tmp_path, monkey
 async def tls_front(tmp_path, port):
     """A TLS front on loopback for the runtime stub, its certificate from a private CA (a TLS-inspecting proxy, a
     private intake): its URL, the CA file and the server."""
-    ca = trustme.CA()
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(context)
-    ca_file = tmp_path / "private-ca.pem"
-    ca.cert_pem.write_to_path(str(ca_file))
+    context, ca_file = private_ca(tmp_path)
 
     async def pipe(reader, writer):
         try:

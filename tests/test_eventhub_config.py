@@ -154,15 +154,10 @@ async def test_the_clients_tls_trusts_the_authorities_of_the_module_wide_variabl
     import asyncio
     import ssl
 
-    import trustme
-
     from azure_eventhub.clients import tls_context
+    from tests.support.private_ca import private_ca
 
-    ca = trustme.CA()
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(server_context)
-    ca_file = tmp_path / "private-ca.pem"
-    ca.cert_pem.write_to_path(str(ca_file))
+    server_context, ca_file = private_ca(tmp_path)
 
     async def greet(reader, writer):
         writer.write(b"AMQP")
