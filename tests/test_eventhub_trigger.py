@@ -236,8 +236,6 @@ def test_a_body_over_the_event_size_limit_is_delivered_and_split_on_the_trigger_
     assert {name for _, name in threads} == {runner.thread.name}, threads  # the thread running the loop
 
 
-
-
 def test_the_stop_deadline_fits_in_the_orchestrators_wait():
     """Delivery's grace and the checkpoints and closing after it (``Consumer.stop_deadline``) end before the kill,
     with room left for the interpreter's exit."""
