@@ -4,17 +4,14 @@ Only the trigger asked for is imported: the Office 365 one never loads the azure
 never loads msal, so each starts collecting sooner.
 """
 
-import importlib
 import os
 import signal
 import sys
 
 from connectors import stopping
 
-TRIGGERS = {
-    "office365_management_api": ("office365.trigger", "Office365Trigger"),
-    "consume_eventhub_messages": ("azure_eventhub.trigger", "EventHubTrigger"),
-}
+OFFICE365 = "office365_management_api"
+EVENTHUB = "consume_eventhub_messages"
 
 
 def _stopped_while_starting(signum: int, frame: object) -> None:
@@ -38,10 +35,17 @@ def main() -> int:
     from connectors.trigger import CollectorTrigger
 
     module = Module()
-    wanted = [module.command] if module.command in TRIGGERS else list(TRIGGERS)
-    for name in wanted:
-        path, class_name = TRIGGERS[name]
-        module.register(getattr(importlib.import_module(path), class_name), name)
+    # One literal registration per trigger (Sekoia's tooling reads them from this file), each behind its own
+    # import; an unknown command registers both so that the SDK names the ones it knows.
+    everything = module.command not in (OFFICE365, EVENTHUB)
+    if everything or module.command == OFFICE365:
+        from office365.trigger import Office365Trigger
+
+        module.register(Office365Trigger, "office365_management_api")
+    if everything or module.command == EVENTHUB:
+        from azure_eventhub.trigger import EventHubTrigger
+
+        module.register(EventHubTrigger, "consume_eventhub_messages")
     module.run()
     # A configuration or state error was logged as critical: exit non-zero so a supervisor sees it.
     return 2 if CollectorTrigger.fatal_error else 0

@@ -1,5 +1,6 @@
 """The packaging rules every Sekoia module is checked against (the Sekoia module contract, its packaging section)."""
 
+import ast
 import importlib
 import json
 import re
@@ -72,15 +73,29 @@ def test_uuids_unique_and_connector_twins_match():
 
 
 def test_expected_triggers_and_main_registers_each_once():
+    """main.py read as Sekoia's tooling reads it: its syntax tree, not its behaviour. Every trigger's
+    docker_parameters is registered exactly once by a ``module.register(Class, "<literal>")`` call, and the class
+    named there is the trigger's."""
     parameters = {json.loads(p.read_text())["docker_parameters"]: json.loads(p.read_text())["name"]
                   for p in ROOT.glob("trigger_*.json")}
     assert parameters == {"office365_management_api": "Office 365 Management API",
                           "consume_eventhub_messages": "Consume EventHub messages"}
-    import main
-
-    assert sorted(main.TRIGGERS) == sorted(parameters)
-    for path, class_name in main.TRIGGERS.values():
-        assert issubclass(getattr(importlib.import_module(path), class_name), CollectorTrigger), class_name
+    tree = ast.parse((ROOT / "main.py").read_text())
+    imported = {alias.asname or alias.name: node.module for node in ast.walk(tree)
+                if isinstance(node, ast.ImportFrom) for alias in node.names}
+    calls = [node for node in ast.walk(tree) if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+             and node.func.attr == "register" and isinstance(node.func.value, ast.Name)
+             and node.func.value.id == "module"]
+    registered = {}
+    for call in calls:
+        assert len(call.args) == 2 and isinstance(call.args[1], ast.Constant), ast.unparse(call)
+        assert isinstance(call.args[1].value, str) and isinstance(call.args[0], ast.Name), ast.unparse(call)
+        assert call.args[1].value not in registered, f"{call.args[1].value} registered twice"
+        registered[call.args[1].value] = call.args[0].id
+    assert sorted(registered) == sorted(parameters)
+    for class_name in registered.values():
+        trigger = getattr(importlib.import_module(imported[class_name]), class_name)
+        assert issubclass(trigger, CollectorTrigger), class_name
 
 
 def test_changelog_matches_manifest_version():
