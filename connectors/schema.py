@@ -16,7 +16,6 @@ the same content as its trigger.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 from dataclasses import dataclass
@@ -43,7 +42,7 @@ class Item:
     description: str
 
 
-# docker_parameters -> what Sekoia shows of the trigger; main.TRIGGERS gives its class, hence its model.
+# docker_parameters -> what Sekoia shows of the trigger; _models() gives its configuration model.
 ITEMS = {
     "office365_management_api": Item(
         "office365_management_api",
@@ -140,12 +139,13 @@ def argument_schema(model: type[CollectorConfiguration], title: str) -> dict:
 
 
 def _models() -> dict[str, type[CollectorConfiguration]]:
-    triggers = importlib.import_module("main").TRIGGERS  # the entry point's registry: docker_parameters -> class
-    if set(triggers) != set(ITEMS):
-        raise ValueError(f"main.TRIGGERS {sorted(triggers)} and ITEMS {sorted(ITEMS)} must name the same triggers")
+    """Each trigger's configuration model, by its docker_parameters (main.py registers the same pairs)."""
+    from azure_eventhub.trigger import EventHubTrigger
+    from office365.trigger import Office365Trigger
+
     return {
-        parameters: getattr(importlib.import_module(path), class_name).configuration_model
-        for parameters, (path, class_name) in triggers.items()
+        "office365_management_api": Office365Trigger.configuration_model,
+        "consume_eventhub_messages": EventHubTrigger.configuration_model,
     }
 
 

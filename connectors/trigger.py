@@ -27,6 +27,7 @@ from connectors.delivery import STOP_GRACE_SECONDS, BatchLimits, Forwarder
 from connectors.errors import ConfigurationError, CorruptStateError
 from connectors.executor import RunExecutor
 from connectors.logs import LogPump, Redactor, format_duration, install_redaction
+from connectors.progress import DEFAULT_STALL_SECONDS, StallWatch
 from connectors.retry import Backoff
 from connectors.setaside import SetAsideStore
 from connectors.sinks import IntakeSink, PlaybookSink
@@ -77,6 +78,15 @@ class CollectorConfiguration(BaseModel):
         ge=0,
         description="Every this many seconds, one status line in the playbook's logs: records forwarded, lag and "
         "pending work, throttling, set-aside events, runtime outage. 0: no status line",
+    )
+
+    stall_seconds: float = Field(
+        DEFAULT_STALL_SECONDS,
+        ge=5,
+        le=3600,
+        title="Stall detection (seconds)",
+        description="A partition or content type that made no progress for this long while its source holds more "
+        "is stalled: logged, its connection reopened, then its client, then the run",
     )
 
     # Configuration fields whose values must never appear in a log line or a metric.
@@ -139,6 +149,7 @@ class CollectorTrigger(Connector):
         self._status_since = self._status_due = time.monotonic()
         # The running event loop and its stop event, woken by stop() from the signal handler or any thread.
         self._wake: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
+        self._watches: dict[str, StallWatch] = {}  # by what they watch; they outlive runs
         if connectors.stopping.requested_while_starting:  # SIGTERM came before the SDK's handler replaced main.py's
             self.stop()
 
@@ -226,6 +237,8 @@ class CollectorTrigger(Connector):
             outage = forwarder.outage_seconds
             if outage is not None:
                 parts.append(f"the runtime has not confirmed a batch for {format_duration(outage)}")
+        for watch in self._watches.values():
+            parts += watch.status()
         logs_outage = self._runtime_logs.outage.lasting()
         if logs_outage is not None:
             parts.append(f"the runtime's log endpoint has failed for {format_duration(logs_outage)}")
@@ -236,6 +249,8 @@ class CollectorTrigger(Connector):
         clock (on time whatever the runtime does, since logging never waits; a stalled loop shows as missing lines
         and a failing liveness)."""
         super().heartbeat()
+        for watch in self._watches.values():
+            watch.check()
         now = time.monotonic()
         if not self._status_interval or now < self._status_due:
             return
@@ -247,6 +262,21 @@ class CollectorTrigger(Connector):
         line = self._redactor(self.status_line())
         ModuleItem.log(self, line, "info")
         self._runtime_logs.put(line, "info")  # not rate-limited: a quiet trigger's lines may repeat
+
+    # -- progress -----------------------------------------------------------------------------------------------
+
+    def watch_progress(self, what: str, steps: tuple[str, ...]) -> StallWatch:
+        """The trigger's watch of one kind of reading ("partition", "content type"), checked at every heartbeat,
+        in the status line, and in liveness; the same one for every run (each run sets its ``recover``)."""
+        watch = self._watches.get(what)
+        if watch is None:
+            watch = self._watches[what] = StallWatch(self.name, what, steps, self.log,
+                                                     self.configuration.stall_seconds)
+        return watch
+
+    def is_alive(self) -> bool:
+        """Unhealthy only when a stall outlived every recovery step: an idle but healthy reader stays alive."""
+        return all(watch.failed is None for watch in self._watches.values()) and super().is_alive()
 
     # -- delivery and state -------------------------------------------------------------------------------------
 
