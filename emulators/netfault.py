@@ -184,8 +184,8 @@ class FaultProxy:
                     if writer.can_write_eof():
                         writer.write_eof()
                     return
+                setattr(self.stats, counter, getattr(self.stats, counter) + len(data))  # counted before it is seen
                 writer.write(data)
-                setattr(self.stats, counter, getattr(self.stats, counter) + len(data))
                 await writer.drain()
         except (OSError, asyncio.IncompleteReadError):
             self._reset(link)

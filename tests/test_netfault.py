@@ -59,10 +59,11 @@ def test_cut_resets_open_connections_and_lets_new_ones_pass(proxy):
 
 def test_refused_while_refusing(proxy):
     proxy.refuse(True)
-    with connect(proxy) as sock, pytest.raises((ConnectionResetError, BrokenPipeError, ConnectionAbortedError)):
-        sock.sendall(b"x")
-        if not sock.recv(10):
-            raise ConnectionResetError
+    with pytest.raises((ConnectionResetError, BrokenPipeError, ConnectionAbortedError)):
+        with connect(proxy) as sock:  # the reset may come before connect() returns
+            sock.sendall(b"x")
+            if not sock.recv(10):
+                raise ConnectionResetError
     proxy.refuse(False)
     with connect(proxy) as sock:
         assert echo(sock) == b"ping"
