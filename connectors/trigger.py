@@ -20,7 +20,6 @@ from sekoia_automation.configuration.exception import MissingConfigurationError
 from sekoia_automation.connector import Connector
 from sekoia_automation.exceptions import ModuleConfigurationError, TriggerConfigurationError
 from sekoia_automation.module import ModuleItem
-from sekoia_automation.trigger import Trigger
 
 import connectors.stopping
 from connectors.delivery import STOP_GRACE_SECONDS, BatchLimits, Forwarder
@@ -29,6 +28,14 @@ from connectors.executor import RunExecutor
 from connectors.logs import LogPump, Redactor, format_duration, install_redaction
 from connectors.progress import DEFAULT_STALL_SECONDS, StallWatch
 from connectors.retry import Backoff
+from connectors.sdk_internals import (
+    LogRules,
+    apply_node_secrets,
+    cache_configuration,
+    cached_configuration,
+    reset_error_count,
+    stop_log_timer,
+)
 from connectors.setaside import SetAsideStore
 from connectors.sinks import IntakeSink, PlaybookSink
 from connectors.state import private_directory
@@ -140,8 +147,9 @@ class CollectorTrigger(Connector):
         super().__init__(module, data_path, **kwargs)
         self._redactor = Redactor()
         self._failures = Backoff(base=2.0, cap=120.0)
-        # Logs reach the runtime through our pump only: the SDK's timer would send them a second way.
-        self._logs_timer.stop()
+        stop_log_timer(self)  # logs reach the runtime through our pump only
+        self._log_rules = LogRules(self)
+        self._stopped = threading.Event()  # set by stop(): the wait before a failed run restarts ends at once
         self._runtime_logs = LogPump(self._post_logs, self.log)
         self._log_lock = threading.Lock()  # the SDK's rate-limit cache is not thread-safe
         self._forwarded = 0  # counted and read on the run's loop (delivery's callback, the heartbeat)
@@ -157,21 +165,20 @@ class CollectorTrigger(Connector):
 
     @property  # type: ignore[override]
     def configuration(self) -> CollectorConfiguration:
-        if self._configuration is None:
+        if cached_configuration(self) is None:
             try:
                 raw = self.module.load_config(self.CONNECTOR_CONFIGURATION_FILE_NAME, "json")
             except MissingConfigurationError:
                 raw = self.module.load_config(self.TRIGGER_CONFIGURATION_FILE_NAME, "json")
             self.configuration = raw
-        return self._configuration  # type: ignore[return-value]
+        return cached_configuration(self)
 
     @configuration.setter
     def configuration(self, value: Any) -> None:
-        self._configuration = parse_configuration(self.configuration_model, value)
+        cache_configuration(self, parse_configuration(self.configuration_model, value))
 
-    def _apply_node_secrets(self) -> None:
-        # The SDK's Connector ignores node-level secrets; ours are trigger arguments, so apply them.
-        Trigger._apply_node_secrets(self)
+    def _apply_node_secrets(self) -> None:  # the SDK's hook, called when it loads the configuration
+        apply_node_secrets(self)
 
     def _secret_values(self) -> list[str]:
         config = self.configuration
@@ -184,16 +191,14 @@ class CollectorTrigger(Connector):
         ``log`` sends synchronously, with retries for over a minute, from whichever thread logs)."""
         message = self._redactor(message)
         with self._log_lock:
-            if level == "critical" and self._critical_log_sent:
+            if level == "critical" and self._log_rules.critical_sent:
                 level = "error"  # the SDK's rule: one critical line per run
             if kwargs.pop("propagate", True):
                 ModuleItem.log(self, message, level, *args, **kwargs)  # the process's output (and Sentry)
-            key = f"{level.lower()}:{message}"
-            if self._rate_limited_logs.get(key):  # the SDK's rule: the same line at most once a minute
+            if not self._log_rules.first_in_a_while(f"{level.lower()}:{message}"):
                 return
-            self._rate_limited_logs[key] = True
             if level == "critical":
-                self._critical_log_sent = True
+                self._log_rules.critical_was_sent()
         self._runtime_logs.put(message, level)
 
     # log_exception needs no override: its text goes through log() above, its traceback through the root
@@ -201,7 +206,8 @@ class CollectorTrigger(Connector):
 
     def _post_logs(self, batch: list[dict]) -> None:
         """One attempt (the pump retries), on the pump's thread; the SDK's endpoint, token and body."""
-        response = self._logs_session.post(self.logs_url, json={"logs": batch}, headers=self._headers,
+        response = self._logs_session.post(self.logs_url, json={"logs": batch},
+                                           headers={"Authorization": f"Bearer {self.token}"},
                                            timeout=self.log_request_timeout)
         response.raise_for_status()
 
@@ -331,7 +337,7 @@ class CollectorTrigger(Connector):
 
     def _delivered(self, count: int) -> None:
         """On the loop, after each confirmed batch."""
-        self._error_count = 0
+        reset_error_count(self)
         self._failures.reset()
         self._forwarded += count
         self.put_forwarded_events(intake_key=self.metric_intake, count=count)
@@ -379,6 +385,9 @@ class CollectorTrigger(Connector):
 
     def stop(self, *args, **kwargs) -> None:
         super().stop(*args, **kwargs)
+        stopped = self.__dict__.get("_stopped")  # a SIGTERM may come while __init__ runs
+        if stopped is not None:
+            stopped.set()
         forwarder = self.__dict__.get("forwarder")
         if forwarder is not None:  # delivery's deadline counts from the stop request (only sets a value)
             forwarder.stopping(self.stop_grace_seconds)
@@ -424,6 +433,6 @@ class CollectorTrigger(Connector):
         finally:
             # Delivery ended with the run's loop (run_async's finish_delivery): nothing of it is left here.
             if retry_in:
-                self._stop_event.wait(retry_in)
+                self._stopped.wait(retry_in)
             self.heartbeat()
 

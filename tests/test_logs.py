@@ -183,7 +183,7 @@ class BeatingTrigger(CollectorTrigger):
         self._delivered(7)
         while self.running:
             self.heartbeat()
-            self._stop_event.wait(0.05)
+            self._stopped.wait(0.05)
 
     def status(self) -> list[str]:
         return ["partition 0: 3 events behind"]
