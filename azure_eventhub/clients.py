@@ -28,6 +28,7 @@ from azure.eventhub.aio import CheckpointStore, EventHubConsumerClient
 from azure.eventhub.exceptions import AuthenticationError, EventHubError
 from azure_eventhub.checkpoints import LocalCheckpointStore, describe_error
 from azure_eventhub.config import EventHubConfiguration, proxy_settings
+from connectors import proxy
 from connectors.errors import ConfigurationError
 from connectors.tls import ssl_context
 
@@ -219,6 +220,9 @@ def storage_error(config: EventHubConfiguration, error: BaseException) -> Config
     container = config.storage_container_name
     code = _error_code(error)
     endpoint = storage_endpoint(config)
+    refused = proxy.refusal(error, endpoint, config.http_proxy, service_header="x-ms-request-id")
+    if refused is not None:  # the proxy's answer, not the storage account's
+        return refused.configuration_error("http_proxy" if config.http_proxy else "HTTPS_PROXY")
     if isinstance(error, ResourceNotFoundError) or code == "ContainerNotFound":
         return ConfigurationError(
             "storage_container_name",
