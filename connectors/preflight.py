@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import importlib
+import logging
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TextIO
@@ -222,6 +223,7 @@ def main(argv: list[str], out: TextIO | None = None) -> int:
         return check.summary()
     check.redactor.add(trigger._secret_values())
     install_redaction(check.redactor)  # the client libraries' own log lines too
+    logging.getLogger().setLevel(logging.WARNING)  # their requests one by one would bury the check's lines
     scrub_sentry_events(check.redactor)
     room = importlib.import_module(trigger_class.__module__.rsplit(".", 1)[0] + ".preflight")
     try:
