@@ -163,6 +163,11 @@ class CollectorTrigger(Connector):
     def _apply_node_secrets(self) -> None:
         # The SDK's Connector ignores node-level secrets; ours are trigger arguments, so apply them.
         Trigger._apply_node_secrets(self)
+        # It sets them as plain strings, after validation: secret again, or a repr would show them.
+        config = self.configuration
+        for name in config.secret_fields:
+            if isinstance(getattr(config, name, None), str):
+                setattr(config, name, SecretStr(getattr(config, name)))
 
     def _secret_values(self) -> list[str]:
         config = self.configuration

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import timedelta
+from typing import Any
 
 from connectors.preflight import Check, StepFailed
 from office365.auth import TokenProvider, TransientAuthError
@@ -73,7 +74,8 @@ async def steps(config: Office365Configuration, check: Check) -> None:
             check.skip(f"Content type {content_type}", "needs a token from Microsoft Entra")
         return
     gate = Gate(ConcurrencyLimit(2), QuotaPacer(None))
-    client = ManagementClient(endpoints.feed, endpoints.publisher_identifier, _OneToken(token[0]), gate,  # type: ignore[arg-type]
+    one_token: Any = _OneToken(token[0])  # what the client asks of a TokenProvider
+    client = ManagementClient(endpoints.feed, endpoints.publisher_identifier, one_token, gate,
                               timeout=config.request_timeout_seconds, rewrite_origin=config.management_url is not None)
     async with client:
         enabled: dict[str, str] = {}

@@ -189,3 +189,36 @@ def test_an_error_report_to_sentry_carries_no_secret_and_no_local_variables(runt
         assert SECRETS["intake"].encode() not in everything
     finally:
         receiver.close()
+
+
+def test_secrets_the_runtime_gives_stay_secret(tmp_path, monkeypatch):
+    """Node-level secrets come from the runtime after validation, as plain strings (the SDK's setattr): made
+    secret again, and used."""
+    import signal
+
+    from sekoia_automation.module import Module
+
+    from connectors.preflight import _runtime_secrets  # what execute() does, asked once
+    from connectors.trigger import CollectorTrigger
+    from emulators.runtime.harness import Runtime
+
+    class Plain(CollectorTrigger):
+        def collect(self):
+            pass
+
+    secrets_file = tmp_path / "secrets.json"
+    secrets_file.write_text(json.dumps({"intake_key": SECRETS["intake"]}))
+    stub = Runtime(tmp_path / "runtime", "--secrets", str(secrets_file))
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for key, value in stub.env({"intake_key": "placeholder-key"}).items():
+            monkeypatch.setenv(key, value)
+        trigger = Plain(Module())
+        _runtime_secrets(trigger)
+        config = trigger.configuration
+        assert isinstance(config.intake_key, SecretStr) and reveal(config.intake_key) == SECRETS["intake"]
+        assert SECRETS["intake"] not in repr(config) and SECRETS["intake"] in trigger._secret_values()
+    finally:
+        stub.stop()
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
