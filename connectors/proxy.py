@@ -69,6 +69,7 @@ class ProxyRefusal:
     target: str  # host:port asked for
     status: int
     reason: str = ""
+    tunnel: bool = True  # a CONNECT refused; False: a plain-HTTP request answered by the proxy itself
 
     @property
     def fatal(self) -> bool:
@@ -78,7 +79,8 @@ class ProxyRefusal:
         if not self.status:
             return f"the proxy {self.proxy} is unreachable ({self.reason or 'no connection'})"
         answer = f"{self.status} {self.reason}".strip()
-        return f"the proxy {self.proxy} answered {answer} to CONNECT {self.target}"
+        asked = "CONNECT" if self.tunnel else "a request for"
+        return f"the proxy {self.proxy} answered {answer} to {asked} {self.target}"
 
     @property
     def fix(self) -> str:
@@ -129,7 +131,8 @@ def refusal(error: BaseException, url: str, configured: str | None = None,
     if service_header and proxy and status and url.startswith("http://"):
         headers = getattr(response, "headers", None) or {}
         if service_header not in {name.lower() for name in headers}:
-            return ProxyRefusal(public(proxy), _target(url), int(status), str(getattr(response, "reason", "") or ""))
+            return ProxyRefusal(public(proxy), _target(url), int(status), str(getattr(response, "reason", "") or ""),
+                                tunnel=False)
     for current in _chain(error):
         if isinstance(current, aiohttp.ClientHttpProxyError):
             info = getattr(current, "request_info", None)
