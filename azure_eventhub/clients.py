@@ -223,7 +223,7 @@ def storage_error(config: EventHubConfiguration, error: BaseException) -> Config
     endpoint = storage_endpoint(config)
     refused = proxy.refusal(error, endpoint, reveal(config.http_proxy), service_header="x-ms-request-id")
     if refused is not None:  # the proxy's answer, not the storage account's
-        return refused.configuration_error("http_proxy" if config.http_proxy else "HTTPS_PROXY")
+        return refused.configuration_error("http_proxy" if config.http_proxy else None)
     if isinstance(error, ResourceNotFoundError) or code == "ContainerNotFound":
         return ConfigurationError(
             "storage_container_name",

@@ -98,8 +98,9 @@ class ProxyRefusal:
     def message(self) -> str:
         return f"{self}: {self.fix}"
 
-    def configuration_error(self, field: str = "HTTPS_PROXY") -> ConfigurationError:
-        return ConfigurationError(field, self.message())
+    def configuration_error(self, field: str | None = None) -> ConfigurationError:
+        """Named after the setting that chose the proxy: a trigger's own, else the environment's variable."""
+        return ConfigurationError(field or ("HTTPS_PROXY" if self.tunnel else "HTTP_PROXY"), self.message())
 
 
 def _chain(error: BaseException):

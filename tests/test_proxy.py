@@ -95,6 +95,18 @@ def test_eventhub_checkpoints_go_through_the_proxy_of_the_environment(tmp_path):
         assert proxy.forwarded[runtime] >= 1  # the intake
 
 
+def test_the_eventhub_trigger_stops_with_one_critical_line_naming_the_proxy(tmp_path):
+    """The store behind a proxy that forbids it: exit code 2 and one critical line, not a start-up that retries."""
+    with ConnectProxy(auth=("hub", SECRET_PASSWORD)) as proxy, EventHubStack(tmp_path, partitions=2) as stack:
+        proxy.refuse_hosts[f"127.0.0.1:{stack.azurite.port}"] = 403
+        proc = start_eventhub(stack, stack.config(), {"HTTP_PROXY": proxy.url_with_credentials})
+        assert proc.wait(90) == 2
+        critical = [line["message"] for line in stack.logs() if line["level"] == "critical"]
+        assert len(critical) == 1, stack.logs()
+        assert f"the proxy {proxy.url} answered 403 Forbidden" in critical[0] and "`HTTP_PROXY`" in critical[0]
+        assert SECRET_PASSWORD not in "".join(path.read_text() for path in stack.workdir.glob("trigger-*.log"))
+
+
 def start_eventhub(stack: EventHubStack, config: dict, extra: dict):
     import os
 
