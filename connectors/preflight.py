@@ -118,9 +118,15 @@ async def connect_through(proxy_url: str, target: str, timeout: float = 10.0) ->
 async def check_proxy(check: Check, targets: list[tuple[str, str, str | None]]) -> None:
     """For each HTTPS endpoint (what, URL, the trigger's own proxy setting): the proxy that applies, if any,
     opens a tunnel to it. Plain-HTTP endpoints go through a proxy without a tunnel: their own step says."""
-    for what, url, configured in targets:
-        found = proxy.proxy_for(url, configured)
-        if found is None or not url.startswith("https://"):
+    proxied = [(what, url, configured) for what, url, configured in targets if proxy.proxy_for(url, configured)]
+    if not proxied:
+        check.skip("Proxy", "none applies (HTTPS_PROXY and HTTP_PROXY unset, or NO_PROXY names every endpoint): "
+                            "direct connections")
+        return
+    for what, url, configured in proxied:
+        found = proxy.proxy_for(url, configured) or ""
+        if not url.startswith("https://"):
+            check.skip(f"Proxy to {what}", f"plain HTTP through {proxy.public(found)}, no tunnel: its own step says")
             continue
         target = f"{urlsplit(url).hostname}:{urlsplit(url).port or 443}"
 
