@@ -73,22 +73,9 @@ def _storage_kwargs(config: EventHubConfiguration) -> dict[str, Any]:
     """The store's proxy: ``http_proxy``, else the environment's (``HTTPS_PROXY``, ``NO_PROXY``, ``~/.netrc``) looked
     up once here: left to the environment, the storage client's aiohttp looks it up, in a thread, at every request
     (each checkpoint write)."""
-    proxy = reveal(config.http_proxy) or _environment_proxy(storage_endpoint(config))
+    found = proxy.proxy_for(storage_endpoint(config), reveal(config.http_proxy))
     # The store talks HTTPS (HTTP to an emulator): the same proxy carries both.
-    return {"use_env_settings": False, **({"proxies": {"http": proxy, "https": proxy}} if proxy else {})}
-
-
-def _environment_proxy(url: str) -> str | None:
-    from aiohttp.helpers import get_env_proxy_for_url  # the storage client's own lookup (aiohttp is its transport)
-    from yarl import URL
-
-    try:
-        proxy, auth = get_env_proxy_for_url(URL(url))
-    except LookupError:
-        return None
-    if auth is not None:
-        proxy = proxy.with_user(auth.login).with_password(auth.password)
-    return str(proxy)
+    return {"use_env_settings": False, **({"proxies": {"http": found, "https": found}} if found else {})}
 
 
 def build_blob_store(config: EventHubConfiguration, credential: Any, options: dict[str, Any]) -> BlobStore:
