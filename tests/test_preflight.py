@@ -191,3 +191,27 @@ def test_only_443_reachable_suggests_websockets(stack, monkeypatch, signals_back
         assert preflight.main([EVENTHUB], out=out) == 1
     port_line = line([text for text in out.getvalue().splitlines() if text.startswith("[")], "Event Hubs port")
     assert port_line.startswith("[FAIL]") and "set `use_websockets` to true" in port_line
+
+
+@pytest.mark.parametrize("code, status, message", [
+    ("AF20011", 400, "Tenant 0a1b... does not exist."),
+    ("", 400, "The tenant 0a1b... does not exist."),
+])
+def test_a_tenant_the_api_does_not_know_is_explained_as_audit_logging_off(code, status, message):
+    """Pure wording (the emulator has no such tenant): Microsoft answers so while unified audit logging is off."""
+    from office365.client import ApiError
+    from office365.preflight import _explain
+
+    text = _explain(ApiError(status, code, message), "Audit.Exchange")
+    assert "unified audit logging is not enabled" in text and "Microsoft Purview" in text
+
+
+def test_a_proxy_is_named_without_its_credentials():
+    from connectors.proxy import ProxyRefusal, public
+
+    assert public("http://user:p%40ss@proxy.corp:3128") == "http://proxy.corp:3128"
+    assert public("proxy.corp:8080") == "http://proxy.corp:8080"
+    refusal = ProxyRefusal(public("http://u:secret@proxy.corp:3128"), "manage.office.com:443", 403, "Forbidden")
+    assert str(refusal) == "the proxy http://proxy.corp:3128 answered 403 Forbidden to CONNECT manage.office.com:443"
+    assert refusal.fatal and refusal.configuration_error().field == "HTTPS_PROXY"
+    assert not ProxyRefusal("http://proxy.corp:3128", "x:443", 502, "Bad Gateway").fatal
