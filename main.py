@@ -1,4 +1,5 @@
-"""Entry point of the container: ``python main.py <docker_parameters>``.
+"""Entry point of the container: ``python main.py <docker_parameters>``, or ``python main.py check
+<docker_parameters>`` for the pre-flight check (connectors/preflight.py).
 
 Only the trigger asked for is imported: the Office 365 one never loads the azure packages, the Event Hubs one
 never loads msal, so each starts collecting sooner.
@@ -23,6 +24,10 @@ def _stopped_while_starting(signum: int, frame: object) -> None:
 
 def main() -> int:
     signal.signal(signal.SIGTERM, _stopped_while_starting)
+    if sys.argv[1:2] == ["check"]:  # `python main.py check <docker_parameters>`: the pre-flight check, not a run
+        from connectors.preflight import main as check
+
+        return check(sys.argv[2:])
     # Every file the process writes holds audit data or leads to it (state, ledgers, set-aside events, the
     # records files of playbook events): readable by this user only (files 0600, directories 0700).
     os.umask(0o077)

@@ -33,6 +33,7 @@ from typing import Any
 from azure.eventhub.aio import CheckpointStore
 
 from azure_eventhub import metrics
+from connectors import proxy
 from connectors.locks import InstanceLock
 from connectors.logs import OnceLogger
 from connectors.retry import Backoff
@@ -346,7 +347,11 @@ class CheckpointWriter:
 
 
 def describe_error(error: BaseException) -> str:
-    """A short, secret-free description: the class and, for Azure errors, the service's error code."""
+    """A short, secret-free description: the class and, for Azure errors, the service's error code; or what a
+    proxy on the way answered."""
+    refused = proxy.refusal(error, "")
+    if refused is not None:
+        return refused.message()
     code = getattr(error, "error_code", None) or getattr(getattr(error, "response", None), "reason", None)
     code = getattr(code, "value", code)
     status = getattr(error, "status_code", None)

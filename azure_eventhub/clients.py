@@ -28,7 +28,9 @@ from azure.eventhub.aio import CheckpointStore, EventHubConsumerClient
 from azure.eventhub.exceptions import AuthenticationError, EventHubError
 from azure_eventhub.checkpoints import LocalCheckpointStore, describe_error
 from azure_eventhub.config import EventHubConfiguration, proxy_settings
+from connectors import proxy
 from connectors.errors import ConfigurationError
+from connectors.secrets import reveal
 from connectors.tls import ssl_context
 
 if TYPE_CHECKING:
@@ -50,14 +52,14 @@ def build_credential(config: EventHubConfiguration) -> Any:
     from azure.identity.aio import CertificateCredential, ClientSecretCredential, ManagedIdentityCredential
 
     if kind == "client_secret":
-        return ClientSecretCredential(config.tenant_id, config.client_id, config.client_secret)
+        return ClientSecretCredential(config.tenant_id, config.client_id, reveal(config.client_secret))
     if kind == "certificate":
         try:
             return CertificateCredential(
                 config.tenant_id,
                 config.client_id,
-                certificate_data=config.certificate.encode("utf-8"),  # type: ignore[union-attr]
-                password=config.certificate_password,
+                certificate_data=reveal(config.certificate).encode("utf-8"),  # type: ignore[union-attr]
+                password=reveal(config.certificate_password),
             )
         except (ValueError, TypeError) as error:
             raise ConfigurationError(
@@ -71,22 +73,9 @@ def _storage_kwargs(config: EventHubConfiguration) -> dict[str, Any]:
     """The store's proxy: ``http_proxy``, else the environment's (``HTTPS_PROXY``, ``NO_PROXY``, ``~/.netrc``) looked
     up once here: left to the environment, the storage client's aiohttp looks it up, in a thread, at every request
     (each checkpoint write)."""
-    proxy = config.http_proxy or _environment_proxy(storage_endpoint(config))
+    found = proxy.proxy_for(storage_endpoint(config), reveal(config.http_proxy))
     # The store talks HTTPS (HTTP to an emulator): the same proxy carries both.
-    return {"use_env_settings": False, **({"proxies": {"http": proxy, "https": proxy}} if proxy else {})}
-
-
-def _environment_proxy(url: str) -> str | None:
-    from aiohttp.helpers import get_env_proxy_for_url  # the storage client's own lookup (aiohttp is its transport)
-    from yarl import URL
-
-    try:
-        proxy, auth = get_env_proxy_for_url(URL(url))
-    except LookupError:
-        return None
-    if auth is not None:
-        proxy = proxy.with_user(auth.login).with_password(auth.password)
-    return str(proxy)
+    return {"use_env_settings": False, **({"proxies": {"http": found, "https": found}} if found else {})}
 
 
 def build_blob_store(config: EventHubConfiguration, credential: Any, options: dict[str, Any]) -> BlobStore:
@@ -96,7 +85,7 @@ def build_blob_store(config: EventHubConfiguration, credential: Any, options: di
     container = config.storage_container_name or ""
     try:
         if config.storage_connection_string:
-            return BlobStore.from_connection_string(config.storage_connection_string, container, **kwargs)
+            return BlobStore.from_connection_string(reveal(config.storage_connection_string), container, **kwargs)
         return BlobStore(config.storage_account_url or "", container, credential=credential, **kwargs)
     except (ValueError, TypeError) as error:
         field = "storage_connection_string" if config.storage_connection_string else "storage_account_url"
@@ -145,10 +134,10 @@ def build_client(config: EventHubConfiguration, store: CheckpointStore | None, c
     if config.use_websockets:
         kwargs["transport_type"] = TransportType.AmqpOverWebsocket
     if config.http_proxy:
-        kwargs["http_proxy"] = proxy_settings(config.http_proxy)  # implies WebSockets
+        kwargs["http_proxy"] = proxy_settings(reveal(config.http_proxy))  # implies WebSockets
     try:
         if config.hub_connection_string:
-            return ConsumerClient.from_connection_string(config.hub_connection_string, **kwargs)
+            return ConsumerClient.from_connection_string(reveal(config.hub_connection_string), **kwargs)
         return ConsumerClient(config.fully_qualified_namespace, credential=credential, **kwargs)
     except (ValueError, TypeError) as error:
         field = "hub_connection_string" if config.hub_connection_string else "fully_qualified_namespace"
@@ -199,7 +188,7 @@ def _storage_field(config: EventHubConfiguration) -> str:
 def storage_endpoint(config: EventHubConfiguration) -> str:
     if config.storage_account_url:
         return config.storage_account_url
-    text = config.storage_connection_string or ""
+    text = reveal(config.storage_connection_string) or ""
     match = re.search(r"(?i)BlobEndpoint=([^;]+)", text)
     if match:
         return match.group(1)
@@ -219,6 +208,9 @@ def storage_error(config: EventHubConfiguration, error: BaseException) -> Config
     container = config.storage_container_name
     code = _error_code(error)
     endpoint = storage_endpoint(config)
+    refused = proxy.refusal(error, endpoint, reveal(config.http_proxy), service_header="x-ms-request-id")
+    if refused is not None:  # the proxy's answer, not the storage account's
+        return refused.configuration_error("http_proxy" if config.http_proxy else None)
     if isinstance(error, ResourceNotFoundError) or code == "ContainerNotFound":
         return ConfigurationError(
             "storage_container_name",
@@ -228,7 +220,7 @@ def storage_error(config: EventHubConfiguration, error: BaseException) -> Config
         )
     status = getattr(error, "status_code", None)
     if isinstance(error, ClientAuthenticationError) or status in (401, 403):
-        connection = (config.storage_connection_string or "").lower()
+        connection = (reveal(config.storage_connection_string) or "").lower()
         if "accountkey=" in connection:
             fix = "check the account key: copy the connection string again from storage account > Access keys"
         elif "sharedaccesssignature=" in connection:

@@ -10,9 +10,10 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
 from urllib.parse import unquote, urlsplit
 
-from pydantic import AliasChoices, ConfigDict, Field, field_validator, model_validator
+from pydantic import AliasChoices, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from connectors.errors import ConfigurationError
+from connectors.secrets import reveal
 from connectors.trigger import CollectorConfiguration
 
 DEFAULT_CONSUMER_GROUP = "$Default"
@@ -36,7 +37,7 @@ class EventHubConfiguration(CollectorConfiguration):
     model_config = ConfigDict(json_schema_extra=_without_batch_age)
 
     # -- the hub: a connection string (SAS key with the Listen claim) or Entra ID ----------------------------------
-    hub_connection_string: str | None = Field(
+    hub_connection_string: SecretStr | None = Field(
         None,
         title="Event hub connection string",
         description="Connection string of the event hub (event hub > Shared access policies, a policy with the Listen "
@@ -67,20 +68,20 @@ class EventHubConfiguration(CollectorConfiguration):
         description="Entra ID authentication: application (client) ID, or the client ID of a user-assigned managed "
         "identity",
     )
-    client_secret: str | None = Field(
+    client_secret: SecretStr | None = Field(
         None, title="Client secret", description="Entra ID authentication: client secret of the application"
     )
-    certificate: str | None = Field(
+    certificate: SecretStr | None = Field(
         None,
         title="Certificate",
         description="Entra ID authentication: PEM certificate with its private key, instead of a client secret",
     )
-    certificate_password: str | None = Field(
+    certificate_password: SecretStr | None = Field(
         None, title="Certificate password", description="Password of the certificate's private key, if any"
     )
 
     # -- checkpoints: Azure Blob Storage (shared, load balanced) or the local state store (one instance) ----------
-    storage_connection_string: str | None = Field(
+    storage_connection_string: SecretStr | None = Field(
         None,
         title="Storage connection string",
         description="Connection string of the Azure Storage account keeping the checkpoints (storage account > Access "
@@ -140,7 +141,7 @@ class EventHubConfiguration(CollectorConfiguration):
         title="Use WebSockets",
         description="Speak AMQP over WebSockets (port 443) instead of AMQP (port 5671), e.g. behind a firewall",
     )
-    http_proxy: str | None = Field(
+    http_proxy: SecretStr | None = Field(
         None, title="HTTP proxy", description="HTTP proxy, http://[user:password@]host:port; implies WebSockets"
     )
     load_balancing_interval: float = Field(
@@ -189,12 +190,12 @@ class EventHubConfiguration(CollectorConfiguration):
         self._check_storage()
         parse_starting_position(self.starting_position)
         if self.http_proxy:
-            proxy_settings(self.http_proxy)
+            proxy_settings(reveal(self.http_proxy))
         return self
 
     def _check_hub(self) -> None:
         if self.hub_connection_string:
-            fields = _connection_string_fields(self.hub_connection_string)
+            fields = _connection_string_fields(reveal(self.hub_connection_string))
             if "endpoint" not in fields or not (
                 "sharedaccesskey" in fields or "sharedaccesssignature" in fields
             ):
@@ -224,7 +225,7 @@ class EventHubConfiguration(CollectorConfiguration):
 
     def _check_storage(self) -> None:
         if self.storage_connection_string:
-            fields = _connection_string_fields(self.storage_connection_string)
+            fields = _connection_string_fields(reveal(self.storage_connection_string))
             if "usedevelopmentstorage" in fields:
                 raise ConfigurationError(
                     "storage_connection_string",
@@ -257,7 +258,7 @@ class EventHubConfiguration(CollectorConfiguration):
     def namespace_host(self) -> str:
         """The namespace as written in checkpoints and messages (no key in it)."""
         if self.hub_connection_string:
-            endpoint = _connection_string_fields(self.hub_connection_string)["endpoint"]
+            endpoint = _connection_string_fields(reveal(self.hub_connection_string))["endpoint"]
             return urlsplit(endpoint if "://" in endpoint else f"sb://{endpoint}").netloc or endpoint
         return self.fully_qualified_namespace or ""
 

@@ -16,6 +16,8 @@ the same content as its trigger.
 from __future__ import annotations
 
 import argparse
+import ast
+import importlib
 import json
 import sys
 from dataclasses import dataclass
@@ -42,7 +44,7 @@ class Item:
     description: str
 
 
-# docker_parameters -> what Sekoia shows of the trigger; _models() gives its configuration model.
+# docker_parameters -> what Sekoia shows of the trigger; main.py's registration gives its class, hence its model.
 ITEMS = {
     "office365_management_api": Item(
         "office365_management_api",
@@ -91,6 +93,9 @@ def _property(spec: dict, field: FieldInfo) -> dict:
     elif branches:
         spec["anyOf"] = branches
     spec.pop("default", None)
+    if spec.get("format") == "password":  # a SecretStr: the `secrets` list says so, the form shows a string
+        spec.pop("format")
+        spec.pop("writeOnly", None)
     if field.title is None:
         spec.pop("title", None)
     if not field.is_required():
@@ -138,14 +143,29 @@ def argument_schema(model: type[CollectorConfiguration], title: str) -> dict:
     }
 
 
-def _models() -> dict[str, type[CollectorConfiguration]]:
-    """Each trigger's configuration model, by its docker_parameters (main.py registers the same pairs)."""
-    from azure_eventhub.trigger import EventHubTrigger
-    from office365.trigger import Office365Trigger
+def registrations(main: Path = ROOT / "main.py") -> dict[str, tuple[str, str]]:
+    """docker_parameters -> (module, class) of each literal ``module.register(Class, "parameters")`` of main.py,
+    read as Sekoia's tooling reads them (the syntax tree, nothing run)."""
+    tree = ast.parse(main.read_text())
+    imported = {alias.asname or alias.name: node.module for node in ast.walk(tree)
+                if isinstance(node, ast.ImportFrom) for alias in node.names}
+    found = {}
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "register"
+                and len(node.args) == 2 and isinstance(node.args[0], ast.Name)
+                and isinstance(node.args[1], ast.Constant)):
+            found[node.args[1].value] = (imported[node.args[0].id], node.args[0].id)
+    return found
 
+
+def _models() -> dict[str, type[CollectorConfiguration]]:
+    triggers = registrations()  # the entry point's registrations: docker_parameters -> class
+    if set(triggers) != set(ITEMS):
+        raise ValueError(f"main.py registers {sorted(triggers)} and ITEMS {sorted(ITEMS)}: they must name the same "
+                         "triggers")
     return {
-        "office365_management_api": Office365Trigger.configuration_model,
-        "consume_eventhub_messages": EventHubTrigger.configuration_model,
+        parameters: getattr(importlib.import_module(path), class_name).configuration_model
+        for parameters, (path, class_name) in triggers.items()
     }
 
 

@@ -22,10 +22,9 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
-from aiohttp.helpers import get_env_proxy_for_url
 from sekoia_automation.constants import INTAKE_PAYLOAD_BYTES_MAX_SIZE
-from yarl import URL
 
+from connectors import proxy
 from connectors.errors import ConfigurationError
 from connectors.retry import parse_retry_after
 from connectors.state import open_private, private_directory
@@ -60,6 +59,14 @@ class Misdirected(Exception):
         self.detail = detail
 
 
+class ProxyRefused(Misdirected):
+    """The proxy between us and the runtime refused the tunnel for good (407, 403): its configuration, not ours."""
+
+    def __init__(self, refusal: proxy.ProxyRefusal):
+        super().__init__(refusal.status, str(refusal))
+        self.refusal = refusal
+
+
 @dataclass
 class Request:
     """One HTTP call to the runtime: events ``[start, stop)`` of the list given to ``prepare``."""
@@ -92,6 +99,11 @@ async def post(session: aiohttp.ClientSession, request: Request, timeout: aiohtt
             retry_after = response.headers.get("Retry-After")
             location = response.headers.get("Location", "?")
     except (aiohttp.ClientError, asyncio.TimeoutError) as error:
+        refused = proxy.refusal(error, request.url)
+        if refused is not None and refused.fatal:
+            raise ProxyRefused(refused) from None
+        if refused is not None:  # a 502, or the proxy down: retried, and said with what the proxy answered
+            raise RetryableError(f"runtime unreachable: {refused.message()}") from None
         raise RetryableError(f"runtime unreachable: {type(error).__name__}") from None
     if status < 300:
         return
@@ -111,12 +123,8 @@ def client_session(connections: int, url: str) -> aiohttp.ClientSession:
     (``connectors.tls``: ``REQUESTS_CA_BUNDLE`` for a private CA or a TLS-inspecting proxy, else certifi's). A proxy
     from the environment (``HTTPS_PROXY``, ``NO_PROXY``), as ``requests`` honoured, is looked up once here:
     aiohttp's ``trust_env`` would look it up, and read ``~/.netrc``, in a thread at every request."""
-    try:
-        proxy, proxy_auth = get_env_proxy_for_url(URL(url))
-    except LookupError:
-        proxy, proxy_auth = None, None
     connector = aiohttp.TCPConnector(limit=max(1, connections), ssl=ssl_context())
-    return aiohttp.ClientSession(connector=connector, proxy=proxy, proxy_auth=proxy_auth)
+    return aiohttp.ClientSession(connector=connector, **proxy.session_proxy(url))
 
 
 class IntakeSink:
@@ -161,6 +169,8 @@ class IntakeSink:
         return Request(self.url, bytes(body), self._headers, start, stop)
 
     def configuration_error(self, refusal: Misdirected) -> ConfigurationError:
+        if isinstance(refusal, ProxyRefused):
+            return refusal.refusal.configuration_error()
         if refusal.status in (401, 403):
             return ConfigurationError(
                 "intake_key", f"the intake at {_origin(self.url)} refused it (HTTP {refusal.status}): copy the key "
@@ -214,6 +224,8 @@ class PlaybookSink:
                     shutil.rmtree(entry.path)
 
     def configuration_error(self, refusal: Misdirected) -> ConfigurationError:
+        if isinstance(refusal, ProxyRefused):
+            return refusal.refusal.configuration_error()
         # Without an intake key, events go to the playbook through the runtime's callback URL and token.
         return ConfigurationError(
             "intake_key", f"without it, records go to the playbook, but the runtime refused the trigger's callback "

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import requests
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from sekoia_automation.configuration.exception import MissingConfigurationError
 from sekoia_automation.connector import Connector
 from sekoia_automation.exceptions import ModuleConfigurationError, TriggerConfigurationError
@@ -36,6 +36,7 @@ from connectors.sdk_internals import (
     reset_error_count,
     stop_log_timer,
 )
+from connectors.secrets import reveal, scrub_sentry_events
 from connectors.setaside import SetAsideStore
 from connectors.sinks import IntakeSink, PlaybookSink
 from connectors.state import private_directory
@@ -53,7 +54,8 @@ class CollectorConfiguration(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     # Titles and descriptions are what Sekoia shows of each argument: connectors/schema.py writes them to the JSON.
-    intake_key: str | None = Field(
+    # Secrets are SecretStr: a repr of the configuration, an error or a Sentry context shows none (reveal() reads one).
+    intake_key: SecretStr | None = Field(
         None,
         title="Intake key",
         description="Intake key of the Sekoia.io intake receiving the records; without it, records go to the playbook",
@@ -179,10 +181,15 @@ class CollectorTrigger(Connector):
 
     def _apply_node_secrets(self) -> None:  # the SDK's hook, called when it loads the configuration
         apply_node_secrets(self)
+        # It sets them as plain strings, after validation: secret again, or a repr would show them.
+        config = self.configuration
+        for name in config.secret_fields:
+            if isinstance(getattr(config, name, None), str):
+                setattr(config, name, SecretStr(getattr(config, name)))
 
     def _secret_values(self) -> list[str]:
         config = self.configuration
-        return [str(getattr(config, name)) for name in config.secret_fields if getattr(config, name, None)]
+        return [reveal(getattr(config, name)) for name in config.secret_fields if getattr(config, name, None)]
 
     # -- logging ------------------------------------------------------------------------------------------------
 
@@ -294,7 +301,7 @@ class CollectorTrigger(Connector):
     @cached_property
     def metric_intake(self) -> str:
         """Label for the SDK's per-intake metrics: a fingerprint, since the intake key is a credential."""
-        key = self.configuration.intake_key or "playbook"
+        key = reveal(self.configuration.intake_key) or "playbook"
         return hashlib.sha256(key.encode()).hexdigest()[:12]
 
     @cached_property
@@ -308,7 +315,7 @@ class CollectorTrigger(Connector):
                 raise ConfigurationError(
                     "intake_server", "required when the runtime gives no INTAKE_URL (e.g. https://intake.sekoia.io)"
                 ) from None
-            sink: Any = IntakeSink(intake_url, config.intake_key, user_agent=self._user_agent)
+            sink: Any = IntakeSink(intake_url, reveal(config.intake_key), user_agent=self._user_agent)
         else:
             sink = PlaybookSink(self.callback_url, self.token, self.data_path, self.name)
         limits = BatchLimits(config.batch_max_events, config.batch_max_bytes, config.batch_max_age_seconds)
@@ -419,6 +426,7 @@ class CollectorTrigger(Connector):
         try:
             self._redactor.add(self._secret_values())
             install_redaction(self._redactor)
+            scrub_sentry_events(self._redactor)
             self._status_interval = self.configuration.status_interval_seconds
             self._status_due = time.monotonic() + self._status_interval
             self.collect()

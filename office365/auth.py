@@ -18,6 +18,7 @@ import msal
 import msal.exceptions
 import requests
 
+from connectors import proxy
 from connectors.errors import ConfigurationError
 from connectors.logs import Redactor
 from connectors.logs import OnceLogger
@@ -216,7 +217,7 @@ class TokenProvider:
                     ) from None
                 raise
             except (requests.RequestException, OSError) as error:
-                raise TransientAuthError(f"{self.endpoints.authority} unreachable ({type(error).__name__})") from None
+                raise self._network_error(error, f"{self.endpoints.authority} unreachable") from None
         return self._app
 
     def _acquire(self) -> tuple[str, float]:
@@ -228,7 +229,7 @@ class TokenProvider:
         try:
             result = app.acquire_token_for_client(scopes=[self.endpoints.scope])
         except (requests.RequestException, OSError) as error:
-            raise TransientAuthError(f"token endpoint unreachable ({type(error).__name__})") from None
+            raise self._network_error(error, "token endpoint unreachable") from None
         except msal.exceptions.MsalServiceError as error:  # a 5xx answer without an OAuth error body
             raise TransientAuthError(str(error)[:120]) from None
         except ValueError as error:  # MSAL's own parse errors of a broken answer (e.g. an HTML error page)
@@ -236,6 +237,15 @@ class TokenProvider:
         if not result or "access_token" not in result:
             raise explain(result or {})
         return result["access_token"], float(result.get("expires_in") or 3599)
+
+    def _network_error(self, error: BaseException, what: str) -> ConfigurationError | TransientAuthError:
+        """A proxy's refusal said as such (403, 407: a configuration error; others retried), else transient."""
+        refused = proxy.refusal(error, self.endpoints.authority)
+        if refused is not None and refused.fatal:
+            return refused.configuration_error()
+        if refused is not None:
+            return TransientAuthError(f"{what}: {refused.message()}")
+        return TransientAuthError(f"{what} ({type(error).__name__})")
 
 
 class _TimeoutSession:

@@ -20,6 +20,7 @@ import aiohttp
 import orjson
 from yarl import URL
 
+from connectors import proxy
 from connectors.retry import parse_retry_after
 from connectors.tls import ssl_context
 from office365 import metrics
@@ -123,6 +124,7 @@ class ManagementClient:
             timeout=self._timeout,
             headers={"User-Agent": self._user_agent, "Accept": "application/json"},
             json_serialize=lambda value: orjson.dumps(value).decode(),
+            **proxy.session_proxy(self.feed),  # HTTPS_PROXY unless NO_PROXY names the API host
         )
         return self
 
@@ -193,10 +195,13 @@ class ManagementClient:
                     body = await raw.read()
                     response = ApiResponse(raw.status, raw.headers, body)
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as error:
+                refused = proxy.refusal(error, url)
+                if refused is not None and refused.fatal:
+                    raise refused.configuration_error() from None  # 403, 407: retrying cannot help
                 self._trouble(started)
                 self._count(what, "network")
                 detail = "timeout" if isinstance(error, asyncio.TimeoutError) else type(error).__name__
-                raise TransientError(0, "", detail) from None
+                raise TransientError(0, "", refused.message() if refused else detail) from None
         finally:
             self.gate.release()
         self._account(response, what, started)

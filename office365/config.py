@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 
 from connectors.errors import ConfigurationError
+from connectors.secrets import reveal
 from connectors.trigger import CollectorConfiguration
 
 CONTENT_TYPES = (
@@ -56,10 +57,9 @@ class Office365Configuration(CollectorConfiguration):
         description="Application (client) ID of the app registration that holds the Office 365 Management API "
         "permission ActivityFeed.Read (and ActivityFeed.ReadDlp for DLP.All)",
     )
-    # repr=False: a configuration printed by mistake does not show its secrets.
-    client_secret: str | None = Field(
+    # SecretStr: a configuration printed by mistake does not show its secrets.
+    client_secret: SecretStr | None = Field(
         None,
-        repr=False,
         title="Client secret",
         description="Value of a client secret of the app registration. Give it, or a certificate and its private key",
     )
@@ -68,11 +68,11 @@ class Office365Configuration(CollectorConfiguration):
         title="Certificate",
         description="PEM certificate registered on the app registration, used instead of a client secret",
     )
-    private_key: str | None = Field(
-        None, repr=False, title="Private key", description="PEM private key of the certificate"
+    private_key: SecretStr | None = Field(
+        None, title="Private key", description="PEM private key of the certificate"
     )
-    private_key_password: str | None = Field(
-        None, repr=False, title="Private key password", description="Password of the private key, when it is encrypted"
+    private_key_password: SecretStr | None = Field(
+        None, title="Private key password", description="Password of the private key, when it is encrypted"
     )
     cloud: Cloud = Field(
         "enterprise",
@@ -223,8 +223,8 @@ class Office365Configuration(CollectorConfiguration):
 class Credential:
     """What MSAL needs: a secret, or a certificate and its private key."""
 
-    client_secret: str | None = None
-    private_key_pem: str | None = None
+    client_secret: str | None = field(default=None, repr=False)
+    private_key_pem: str | None = field(default=None, repr=False)
     certificate_pem: str | None = None
 
     def for_msal(self):
@@ -251,9 +251,9 @@ def resolve_credential(config: Office365Configuration) -> Credential:
             raise ConfigurationError(
                 "certificate", "does not parse as a PEM certificate (-----BEGIN CERTIFICATE-----)"
             ) from None
-        password = config.private_key_password.encode() if config.private_key_password else None
+        password = reveal(config.private_key_password).encode() if config.private_key_password else None
         try:
-            key = serialization.load_pem_private_key(config.private_key.strip().encode(), password=password)
+            key = serialization.load_pem_private_key(reveal(config.private_key).strip().encode(), password=password)
         except TypeError:
             raise ConfigurationError(
                 "private_key_password", "the private key is encrypted: give its password"
@@ -270,7 +270,7 @@ def resolve_credential(config: Office365Configuration) -> Credential:
         ).decode()
         return Credential(private_key_pem=pem, certificate_pem=config.certificate.strip())
     if config.client_secret:
-        return Credential(client_secret=config.client_secret)
+        return Credential(client_secret=reveal(config.client_secret))
     raise ConfigurationError("client_secret", "required, or give `certificate` and `private_key` instead")
 
 
