@@ -27,9 +27,9 @@ from azure.eventhub import TransportType
 from azure.eventhub.aio import CheckpointStore, EventHubConsumerClient
 from azure.eventhub.exceptions import AuthenticationError, EventHubError
 from azure_eventhub.checkpoints import LocalCheckpointStore, describe_error
-from azure_eventhub.config import EventHubConfiguration, proxy_settings
+from azure_eventhub.config import CLOUDS, EventHubConfiguration, proxy_settings
 from connectors.errors import ConfigurationError
-from connectors.tls import ssl_context
+from connectors.tls import ca_bundle, ssl_context
 
 if TYPE_CHECKING:
     from azure_eventhub.blobstore import BlobStore
@@ -47,10 +47,22 @@ def build_credential(config: EventHubConfiguration) -> Any:
     kind = config.credential_kind
     if kind == "connection_string":
         return None
-    from azure.identity.aio import CertificateCredential, ClientSecretCredential, ManagedIdentityCredential
+    from azure.identity.aio import (
+        CertificateCredential,
+        ClientSecretCredential,
+        ManagedIdentityCredential,
+        WorkloadIdentityCredential,
+    )
 
+    authority = config.authority_host
+    # Instance discovery asks login.microsoftonline.com about the authority: only Azure's own are known there.
+    known = authority in {cloud.authority for cloud in CLOUDS.values()}
+    # The CA variables, as every TLS client of the module (the HTTP client's own default was set at its import).
+    sign_in = {"authority": authority, "disable_instance_discovery": not known, "connection_verify": ca_bundle()}
     if kind == "client_secret":
-        return ClientSecretCredential(config.tenant_id, config.client_id, config.client_secret)
+        return ClientSecretCredential(config.tenant_id, config.client_id, config.client_secret, **sign_in)
+    if kind == "workload_identity":
+        return WorkloadIdentityCredential(tenant_id=config.tenant_id, client_id=config.client_id, **sign_in)
     if kind == "certificate":
         try:
             return CertificateCredential(
@@ -58,13 +70,15 @@ def build_credential(config: EventHubConfiguration) -> Any:
                 config.client_id,
                 certificate_data=config.certificate.encode("utf-8"),  # type: ignore[union-attr]
                 password=config.certificate_password,
+                **sign_in,
             )
         except (ValueError, TypeError) as error:
             raise ConfigurationError(
                 "certificate", f"not a usable PEM certificate with its private key ({type(error).__name__}); "
                 "check `certificate_password` if the key is encrypted"
             ) from None
-    return ManagedIdentityCredential(client_id=config.client_id) if config.client_id else ManagedIdentityCredential()
+    identity = {"client_id": config.client_id} if config.client_id else {}
+    return ManagedIdentityCredential(**identity, connection_verify=ca_bundle())
 
 
 def _storage_kwargs(config: EventHubConfiguration) -> dict[str, Any]:
@@ -73,7 +87,20 @@ def _storage_kwargs(config: EventHubConfiguration) -> dict[str, Any]:
     (each checkpoint write)."""
     proxy = config.http_proxy or _environment_proxy(storage_endpoint(config))
     # The store talks HTTPS (HTTP to an emulator): the same proxy carries both.
-    return {"use_env_settings": False, **({"proxies": {"http": proxy, "https": proxy}} if proxy else {})}
+    return {"use_env_settings": False, "connection_verify": ca_bundle(),
+            **({"proxies": {"http": proxy, "https": proxy}} if proxy else {})}
+
+
+def hub_proxy(config: EventHubConfiguration) -> str | None:
+    """The hub's proxy: ``http_proxy``, else, over WebSockets only (a proxy cannot carry plain AMQP), the
+    environment's for the address connected to."""
+    if config.http_proxy:
+        return config.http_proxy
+    if not config.use_websockets:
+        return None
+    address = config.custom_endpoint_address or f"sb://{config.namespace_host}"
+    host = address.split("://", 1)[-1].split("/")[0]
+    return _environment_proxy(f"https://{host}")
 
 
 def _environment_proxy(url: str) -> str | None:
@@ -97,7 +124,8 @@ def build_blob_store(config: EventHubConfiguration, credential: Any, options: di
     try:
         if config.storage_connection_string:
             return BlobStore.from_connection_string(config.storage_connection_string, container, **kwargs)
-        return BlobStore(config.storage_account_url or "", container, credential=credential, **kwargs)
+        return BlobStore(config.storage_account_url or "", container,
+                         credential=None if config.storage_sas else credential, **kwargs)
     except (ValueError, TypeError) as error:
         field = "storage_connection_string" if config.storage_connection_string else "storage_account_url"
         raise ConfigurationError(field, f"not usable ({type(error).__name__}): check it was copied whole") from None
@@ -142,10 +170,13 @@ def build_client(config: EventHubConfiguration, store: CheckpointStore | None, c
         "user_agent": "sekoiaio-connector",
         "ssl_context": tls_context(),
     }
-    if config.use_websockets:
-        kwargs["transport_type"] = TransportType.AmqpOverWebsocket
-    if config.http_proxy:
-        kwargs["http_proxy"] = proxy_settings(config.http_proxy)  # implies WebSockets
+    proxy = hub_proxy(config)
+    # Explicit: with a custom endpoint the client would otherwise pick WebSockets.
+    kwargs["transport_type"] = TransportType.AmqpOverWebsocket if config.use_websockets or proxy else TransportType.Amqp
+    if proxy:
+        kwargs["http_proxy"] = proxy_settings(proxy)  # implies WebSockets
+    if config.custom_endpoint_address:
+        kwargs["custom_endpoint_address"] = config.custom_endpoint_address
     try:
         if config.hub_connection_string:
             return ConsumerClient.from_connection_string(config.hub_connection_string, **kwargs)
@@ -198,7 +229,7 @@ def _storage_field(config: EventHubConfiguration) -> str:
 
 def storage_endpoint(config: EventHubConfiguration) -> str:
     if config.storage_account_url:
-        return config.storage_account_url
+        return config.storage_account_url.split("?", 1)[0]  # never a SAS token in a message
     text = config.storage_connection_string or ""
     match = re.search(r"(?i)BlobEndpoint=([^;]+)", text)
     if match:

@@ -57,6 +57,7 @@ class Stats:
     tokens_refused: int = 0
     management_requests: int = 0
     links_stolen: int = 0
+    links_unauthorized: int = 0  # detached when their token expired without renewal
     events_trimmed: int = 0
     connections_opened_at: list[float] = field(default_factory=list)  # epoch seconds, the last 100
 
