@@ -335,13 +335,49 @@ def credential_error(config: EventHubConfiguration, error: BaseException) -> Con
             f"the Event Hubs namespace {config.namespace_host} refused the key (authentication failed): copy the "
             "connection string again from event hub > Shared access policies, with the Listen claim",
         )
+    if is_missing_role(error):
+        return ConfigurationError("client_id", f"{identity_name(config)} signed in but may not read event hub "
+                                               f"`{config.hub_name}` of {config.namespace_host}: {RECEIVER_GRANT}"
+                                               f" (scope: the event hub `{config.hub_name}` or the namespace)")
     field = {"client_secret": "client_secret", "certificate": "certificate"}.get(config.credential_kind, "client_id")
+    refused = hub_refusal(error)
+    if refused:
+        return ConfigurationError(
+            field,
+            f"the Event Hubs namespace {config.namespace_host} refused the Entra ID token of "
+            f"{identity_name(config)} ({refused}): check tenant_id (the namespace's tenant) and `cloud`",
+        )
+    aadsts = re.search(r"AADSTS\d+", str(error))
     return ConfigurationError(
         field,
-        f"Entra ID refused the credential or it may not read {config.namespace_host} ({describe_error(error)}): "
+        f"Entra ID refused the credential or it may not read {config.namespace_host} ("
+        f"{describe_error(error)}{f' {aadsts.group(0)}' if aadsts else ''}): "
         "check tenant_id, client_id and the secret or certificate, and give the application the role "
         "Azure Event Hubs Data Receiver",
     )
+
+
+RECEIVER_GRANT = ("give it the role Azure Event Hubs Data Receiver (Event Hubs namespace > Access control (IAM) > "
+                  "Add role assignment)")
+
+
+def hub_refusal(error: BaseException) -> str | None:
+    """The status and description of a token the service refused ($cbs or $management), e.g. `401 ExpiredToken:
+    The token is expired...`; the description names no secret."""
+    # "Status code: 401, Description: "..."" ($management) or "Status code: 401\nDescription: ..." ($cbs)
+    match = re.search(r'Status code: (\d+)[.,]?\s+Description: "?([^"\n]+)', str(error))
+    return f"{match.group(1)} {match.group(2).strip()}" if match else None
+
+
+def is_missing_role(error: BaseException) -> bool:
+    """The service knew the identity but it lacks the Listen claim: an RBAC role is missing, the credential is fine."""
+    return "claim(s) are required" in str(error)
+
+
+def identity_name(config: EventHubConfiguration) -> str:
+    if config.credential_kind == "managed_identity":
+        return f"the managed identity{f' {config.client_id}' if config.client_id else ''}"
+    return f"the application {config.client_id}"
 
 
 def hub_error(config: EventHubConfiguration, error: BaseException) -> ConfigurationError:

@@ -143,11 +143,12 @@ class EventHubStack:
         return env
 
     def start_process(self, config: dict, intake: bool = True, data_path: Path | None = None,
-                      log_name: str = "trigger") -> ChildProcess:
-        """``python main.py consume_eventhub_messages`` with the container's environment; ended with the stack."""
+                      log_name: str = "trigger", env: dict[str, str] | None = None) -> ChildProcess:
+        """``python main.py consume_eventhub_messages`` with the container's environment (``env``: one made
+        already); ended with the stack."""
         base = {k: v for k, v in os.environ.items() if k not in {"TRIGGER_CONFIGURATION", "INTAKE_URL"}}
         with open(self.workdir / f"{log_name}-{len(self.processes)}.log", "ab") as log:
-            proc = python_child("main.py", TRIGGER, env={**base, **self.env(config, intake, data_path)},
+            proc = python_child("main.py", TRIGGER, env={**base, **(env or self.env(config, intake, data_path))},
                                 stdout=log, stderr=log)
         self.processes.append(proc)
         return proc
