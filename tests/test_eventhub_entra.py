@@ -3,13 +3,17 @@ tokens as the service does (signature, issuer, audience, expiry, RBAC role), ove
 
 from __future__ import annotations
 
+import asyncio
 import json
+import ssl
+import time
 
-import orjson
 import pytest
+from azure.eventhub import TransportType
+from azure.eventhub.exceptions import AuthenticationError
 
 from connectors.trigger import CollectorTrigger
-from tests.eventhub_entra_helpers import RECEIVER, SENDER, EntraRig
+from tests.eventhub_entra_helpers import NAMESPACE, RECEIVER, SENDER, EntraRig
 from tests.eventhub_helpers import InProcessTrigger, compare, ids_of, records_with_ids, terminate, wait_until
 
 
@@ -107,3 +111,131 @@ def test_a_token_of_another_tenant_is_refused_with_401(entra, tmp_path):
         [critical] = critical_lines(stack)
         assert "`client_secret`" in critical and "InvalidIssuer" in critical and "401" in critical
         assert stack.emulator.control_state()["stats"]["tokens_refused"] >= 1
+
+
+# -- tokens on a long-lived connection, and each token only to its audience --------------------------------------
+
+
+def test_tokens_are_renewed_before_expiry_on_a_long_lived_connection(entra, stack, monkeypatch, tmp_path):
+    """Tokens of 45 s: the client puts a new one before each expires, so no link is ever detached for an expired
+    token (the emulator detaches those, see the next test) and records keep flowing on the same links. (Not
+    shorter: azure-identity asks Entra again at most every 30 s, and the client renews at 90% of the lifetime.)"""
+    entra.emulator.control(token_lifetime=45)
+    try:
+        config = entra.config(stack, hub_consumer_group="cg-refresh")
+        runner = InProcessTrigger(entra.env(stack, config, data_path=tmp_path / "data"), monkeypatch).start()
+        try:
+            first = records_with_ids(20, "before")
+            stack.publish_envelopes(first, per_envelope=10)
+            assert wait_until(lambda: set(ids_of(first)) <= set(stack.delivered_ids()), 60)
+            reading, ended = hub_stats(stack), len(stack.emulator.control_state()["receivers_ended"])
+            # Past the first tokens' expiry, new ones were put on the connections already open.
+            assert wait_until(lambda: hub_stats(stack)["tokens_renewed"] >= reading["tokens_renewed"] + 2, 90)
+            second = records_with_ids(20, "after")
+            stack.publish_envelopes(second, per_envelope=10)
+            assert wait_until(lambda: set(ids_of(second)) <= set(stack.delivered_ids()), 60)
+            stats, ended_after = hub_stats(stack), len(stack.emulator.control_state()["receivers_ended"])
+        finally:
+            runner.stop()
+        assert runner.error is None and CollectorTrigger.fatal_error is None
+        # The same receivers all along (an expired token would have ended them), no token refused or detached.
+        assert ended_after == ended
+        assert stats["links_unauthorized"] == 0 and stats["tokens_refused"] == reading["tokens_refused"]
+    finally:
+        entra.emulator.control(token_lifetime=3599)
+
+
+class FixedToken:
+    """A credential that always returns one token: what a client that cannot renew it presents."""
+
+    def __init__(self, token: str, expires_on: int):
+        from azure.core.credentials import AccessToken
+
+        self.access_token = AccessToken(token, expires_on)
+
+    async def get_token(self, *scopes, **kwargs):
+        return self.access_token
+
+    async def close(self):
+        pass
+
+
+def entra_token(entra, scope: str, lifetime: int | None = None) -> tuple[str, int]:
+    import requests
+
+    if lifetime:
+        entra.emulator.control(token_lifetime=lifetime)
+    try:
+        answer = requests.post(entra.info["token_url"], verify=entra.info["ca_file"], timeout=10, data={
+            "grant_type": "client_credentials", "client_id": entra.client_id,
+            "client_secret": entra.info["client_secret"], "scope": scope})
+    finally:
+        if lifetime:
+            entra.emulator.control(token_lifetime=3599)
+    answer.raise_for_status()
+    body = answer.json()
+    return body["access_token"], int(time.time()) + int(body["expires_in"])
+
+
+def consumer(entra, stack, credential, group: str):
+    from azure.eventhub.aio import EventHubConsumerClient
+
+    return EventHubConsumerClient(f"{NAMESPACE}.servicebus.windows.net", stack.hub, group, credential,
+                                  custom_endpoint_address=stack.emulator.info["amqps_endpoint"],
+                                  transport_type=TransportType.Amqp, retry_total=0,
+                                  ssl_context=ssl.create_default_context(cafile=str(entra.ca_bundle)))
+
+
+def test_a_link_whose_token_expires_unrenewed_is_detached(entra, stack):
+    """A client whose clock runs an hour late believes its token valid: the service, which reads the token's own
+    expiry, detaches its links when it lapses."""
+    token, expires_on = entra_token(entra, "https://eventhubs.azure.net/.default", lifetime=6)
+    before = hub_stats(stack)
+
+    async def receive():
+        client = consumer(entra, stack, FixedToken(token, expires_on + 3600), "cg-unrenewed")
+        task = asyncio.ensure_future(client.receive(lambda *_: None, partition_id="0", starting_position="-1"))
+        try:
+            # The receiver attached (the token was good), then lost its link when the token lapsed.
+            deadline = time.monotonic() + 60
+            while hub_stats(stack)["links_unauthorized"] <= before["links_unauthorized"] and time.monotonic() < deadline:
+                await asyncio.sleep(0.5)
+        finally:
+            await client.close()
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(receive())
+    after = hub_stats(stack)
+    assert after["tokens_accepted"] > before["tokens_accepted"]
+    assert after["links_unauthorized"] > before["links_unauthorized"]
+
+
+@pytest.mark.parametrize("scope, refusal", [
+    ("https://storage.azure.com/.default", "InvalidAudience"),
+    ("https://manage.office.com/.default", "InvalidAudience"),
+])
+def test_event_hubs_accepts_only_tokens_meant_for_it(entra, stack, scope, refusal):
+    token, expires_on = entra_token(entra, scope)
+    refused = hub_stats(stack)["tokens_refused"]
+
+    async def properties():
+        client = consumer(entra, stack, FixedToken(token, expires_on), "$Default")
+        try:
+            return await client.get_eventhub_properties()
+        finally:
+            await client.close()
+
+    with pytest.raises(AuthenticationError) as raised:
+        asyncio.run(properties())
+    assert "401" in str(raised.value) and refusal in str(raised.value)
+    assert hub_stats(stack)["tokens_refused"] > refused
+
+
+def test_the_office365_api_refuses_an_event_hubs_token(entra):
+    import requests
+
+    token, _ = entra_token(entra, "https://eventhubs.azure.net//.default")  # the Event Hubs client's own scope
+    answer = requests.get(f"{entra.info['api_root']}/subscriptions/list", verify=entra.info["ca_file"], timeout=10,
+                          headers={"Authorization": f"Bearer {token}"})
+    assert answer.status_code == 401 and "audience" in answer.text

@@ -31,6 +31,8 @@ def put_token(conn: AmqpConnection, request: Request) -> tuple[int, str, Any]:
         return 400, f"Unsupported $cbs operation {operation!r}.", None
     result = check_token(request.body, _text(app.get("type")), conn.broker.keys, conn.server.entra)
     if result.status == 202:
+        if conn.has_grant():
+            conn.broker.stats.tokens_renewed += 1
         conn.grant(result.audience_path or "", result.expires_at, result.claims)
         conn.broker.stats.tokens_accepted += 1
     else:
