@@ -28,9 +28,10 @@ class EntraRig:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.emulator = Office365Emulator(workdir=str(self.workdir / "entra"), blobs=0, **settings)
         self.info = self.emulator.start_in_thread()
-        self.hub_certificate, hub_ca = private_ca_files(self.workdir)
+        # One certificate for 127.0.0.1 serves the Event Hubs emulator and Azurite.
+        self.hub_certificate, self.hub_ca = private_ca_files(self.workdir)
         self.ca_bundle = self.workdir / "ca-bundle.pem"
-        self.ca_bundle.write_bytes(Path(self.info["ca_file"]).read_bytes() + hub_ca.read_bytes())
+        self.ca_bundle.write_bytes(Path(self.info["ca_file"]).read_bytes() + self.hub_ca.read_bytes())
 
     @property
     def client_id(self) -> str:
@@ -50,7 +51,9 @@ class EntraRig:
                  "--entra-ca-file", self.info["ca_file"]]
         for principal, role in roles.items():
             extra += ["--role", f"{principal}={role}"]
-        return EventHubStack(workdir, emulator_args={"extra_args": extra}, **stack_args)
+        # Azurite over HTTPS, taking Entra ID tokens as well as its account key.
+        azurite = {"certificate": self.hub_certificate, "ca_file": self.hub_ca, "oauth": True}
+        return EventHubStack(workdir, emulator_args={"extra_args": extra}, azurite_args=azurite, **stack_args)
 
     def config(self, stack: EventHubStack, websockets: bool = False, credential: str = "client_secret",
                **overrides) -> dict:

@@ -93,7 +93,7 @@ class EventHubStack:
     """Event Hubs emulator + Azurite (optional) + runtime stub, and how to run the trigger against them."""
 
     def __init__(self, workdir: Path, hub: str = "insights-logs", partitions: int = 4, azurite: bool = True,
-                 emulator_args: dict | None = None):
+                 emulator_args: dict | None = None, azurite_args: dict | None = None):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.hub = hub
@@ -106,7 +106,8 @@ class EventHubStack:
         self._counted_bytes = self._counted_lines = 0
         try:
             if azurite:
-                self.azurite = Azurite(location=self.workdir / "azurite", log_path=self.workdir / "azurite.log")
+                self.azurite = Azurite(location=self.workdir / "azurite", log_path=self.workdir / "azurite.log",
+                                       **(azurite_args or {}))
                 self.azurite.start()
                 self.azurite.create_container(CONTAINER)
             self.runtime = Runtime(self.workdir / "runtime")

@@ -239,3 +239,46 @@ def test_the_office365_api_refuses_an_event_hubs_token(entra):
     answer = requests.get(f"{entra.info['api_root']}/subscriptions/list", verify=entra.info["ca_file"], timeout=10,
                           headers={"Authorization": f"Bearer {token}"})
     assert answer.status_code == 401 and "audience" in answer.text
+
+
+# -- the checkpoint store: Azurite over HTTPS in its OAuth mode, or a SAS URL -------------------------------------
+
+
+@pytest.mark.parametrize("store", ["entra_id", "sas_url"])
+def test_checkpoints_in_azurite_with_entra_id_or_a_sas_url(entra, tmp_path, store):
+    with entra.hub_stack(tmp_path / "hub", roles={entra.client_id: RECEIVER}, partitions=2) as stack:
+        records = records_with_ids(200, store)
+        stack.publish_envelopes(records, per_envelope=20)  # 10 envelopes, 5 per partition
+        account = stack.azurite.account_url if store == "entra_id" else stack.azurite.admin.container_sas_url(
+            "checkpoints")
+        config = entra.config(stack, storage_account_url=account)
+        config.pop("storage_connection_string")
+        proc = stack.start_process(config, env=entra.env(stack, config))
+        try:
+            assert wait_until(lambda: stack.checkpoints() == {"0": 4, "1": 4} or proc.poll() is not None, 90), \
+                stack.checkpoints()
+        finally:
+            assert terminate(proc) == 0
+        assert compare(ids_of(records), stack.delivered_ids())["lost"] == 0
+        assert set(stack.owners().values()) and "" not in stack.owners().values()  # ownership claimed, too
+        if store == "sas_url":
+            assert "sig=" not in json.dumps(stack.logs())
+
+
+def test_storage_refuses_an_event_hubs_token(entra, tmp_path):
+    """Each token to its audience: Azurite (OAuth mode) refuses a token issued for Event Hubs, and the trigger's
+    store probe says the account refused the request."""
+    from azure.core.exceptions import ClientAuthenticationError
+
+    from azure_eventhub.blobstore import BlobStore
+
+    token, expires_on = entra_token(entra, "https://eventhubs.azure.net//.default")
+    with entra.hub_stack(tmp_path / "hub", roles={}, partitions=1) as stack:
+        async def list_checkpoints():
+            async with BlobStore(stack.azurite.account_url, "checkpoints", credential=FixedToken(token, expires_on),
+                                 connection_verify=str(entra.ca_bundle), retry_total=0) as store:
+                return await store.list_checkpoints("ns", "hub", "$default")
+
+        with pytest.raises(ClientAuthenticationError) as raised:
+            asyncio.run(list_checkpoints())
+        assert raised.value.status_code in (401, 403) and "AuthenticationFailed" in str(raised.value)
