@@ -264,8 +264,12 @@ def storage_error(config: EventHubConfiguration, error: BaseException) -> Config
             fix = "check the account key: copy the connection string again from storage account > Access keys"
         elif "sharedaccesssignature=" in connection:
             fix = "the SAS may have expired or lack read, list and write permissions on the container"
+        elif config.storage_sas:
+            fix = "the SAS token of storage_account_url may have expired or lack read, list and write permissions"
         else:
-            fix = "give the identity the role Storage Blob Data Contributor on the container"
+            fix = (f"give {identity_name(config)} the role Storage Blob Data Contributor (scope: the container "
+                   f"`{container}` or its storage account; storage account > Access control (IAM) > Add role "
+                   "assignment)")
         return ConfigurationError(
             field, f"the storage account at {endpoint} refused the request ({code or f'HTTP {status}'}): {fix}"
         )

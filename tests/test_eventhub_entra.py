@@ -246,11 +246,17 @@ def test_the_office365_api_refuses_an_event_hubs_token(entra):
 
 @pytest.mark.parametrize("store", ["entra_id", "sas_url"])
 def test_checkpoints_in_azurite_with_entra_id_or_a_sas_url(entra, tmp_path, store):
+    """Entra ID: through the gate checking the token's signature and the role, to Azurite checking its audience,
+    issuer and lifetime. A SAS URL: to Azurite directly."""
+    from emulators.storage_roles import StorageRoleGate
+
     with entra.hub_stack(tmp_path / "hub", roles={entra.client_id: RECEIVER}, partitions=2) as stack:
         records = records_with_ids(200, store)
         stack.publish_envelopes(records, per_envelope=20)  # 10 envelopes, 5 per partition
-        account = stack.azurite.account_url if store == "entra_id" else stack.azurite.admin.container_sas_url(
-            "checkpoints")
+        gate = StorageRoleGate(stack.azurite.account_url, entra.hub_ca, entra.authority, entra.info["ca_file"],
+                               {entra.client_id: ["Storage Blob Data Contributor"]})
+        gate.start_in_thread(entra.hub_certificate)
+        account = gate.account_url if store == "entra_id" else stack.azurite.admin.container_sas_url("checkpoints")
         config = entra.config(stack, storage_account_url=account)
         config.pop("storage_connection_string")
         proc = stack.start_process(config, env=entra.env(stack, config))
@@ -259,6 +265,8 @@ def test_checkpoints_in_azurite_with_entra_id_or_a_sas_url(entra, tmp_path, stor
                 stack.checkpoints()
         finally:
             assert terminate(proc) == 0
+            gate.stop()
+        assert not gate.refused
         assert compare(ids_of(records), stack.delivered_ids())["lost"] == 0
         assert set(stack.owners().values()) and "" not in stack.owners().values()  # ownership claimed, too
         if store == "sas_url":
@@ -282,3 +290,26 @@ def test_storage_refuses_an_event_hubs_token(entra, tmp_path):
         with pytest.raises(ClientAuthenticationError) as raised:
             asyncio.run(list_checkpoints())
         assert raised.value.status_code in (401, 403) and "AuthenticationFailed" in str(raised.value)
+
+
+def test_a_principal_without_the_storage_role_is_told_which_role_to_grant(entra, tmp_path):
+    """The hub may be read, but the storage account (behind a gate doing Storage's RBAC) grants the app nothing:
+    exit 2, naming the role and the container."""
+    from emulators.storage_roles import StorageRoleGate
+
+    with entra.hub_stack(tmp_path / "hub", roles={entra.client_id: RECEIVER}, partitions=1) as stack:
+        gate = StorageRoleGate(stack.azurite.account_url, entra.hub_ca, entra.authority, entra.info["ca_file"],
+                               {entra.managed_identity: ["Storage Blob Data Contributor"]})
+        gate.start_in_thread(entra.hub_certificate)
+        try:
+            config = entra.config(stack, storage_account_url=gate.account_url)
+            config.pop("storage_connection_string")
+            proc = stack.start_process(config, env=entra.env(stack, config))
+            assert proc.wait(120) == 2
+        finally:
+            gate.stop()
+        [critical] = critical_lines(stack)
+        assert "`storage_account_url`" in critical and "AuthorizationPermissionMismatch" in critical
+        assert f"give the application {entra.client_id} the role Storage Blob Data Contributor" in critical
+        assert "container `checkpoints`" in critical
+        assert gate.refused and all("lacks" in reason for reason in gate.refused)

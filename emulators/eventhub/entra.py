@@ -33,10 +33,12 @@ def parse_role(spec: str) -> tuple[str, str]:
 
 
 class EntraAuthority:
-    """Tokens of one tenant of the Entra emulator (``https://HOST:PORT/TENANT``)."""
+    """Tokens of one tenant of the Entra emulator (``https://HOST:PORT/TENANT``), for one service: its audiences
+    and what each of its roles grants (Event Hubs by default; emulators/storage_roles.py for Storage)."""
 
     def __init__(self, authority: str, ca_file: str | None = None,
-                 roles: Mapping[str, Iterable[str]] | None = None) -> None:
+                 roles: Mapping[str, Iterable[str]] | None = None, audiences: tuple[str, ...] = AUDIENCES,
+                 role_claims: Mapping[str, frozenset[str]] = ROLE_CLAIMS, service: str = "Event Hubs") -> None:
         parts = urlsplit(authority.rstrip("/"))
         self.tenant = parts.path.strip("/").split("/")[0]
         if parts.scheme != "https" or not self.tenant:
@@ -47,6 +49,7 @@ class EntraAuthority:
         self.issuers = {f"https://sts.windows.net/{self.tenant}/", f"{parts.scheme}://{parts.netloc}/{self.tenant}/v2.0"}
         self.roles = {principal.lower(): set(assigned) for principal, assigned in (roles or {}).items()}
         self.keys: dict[str, object] = {}
+        self.audiences, self.role_claims, self.service = audiences, role_claims, service
 
     def load_keys(self) -> None:
         """The authority's signing keys (blocking: once at start)."""
@@ -60,7 +63,7 @@ class EntraAuthority:
         granted: set[str] = set()
         for principal in principals:
             for role in self.roles.get(principal.lower(), ()):
-                granted |= ROLE_CLAIMS[role]
+                granted |= self.role_claims[role]
         return frozenset(granted)
 
     def check(self, token: str, now: float | None = None) -> TokenCheck:
@@ -75,9 +78,9 @@ class EntraAuthority:
         except jwt.PyJWTError as exc:
             return TokenCheck(401, f"InvalidToken: the token is not a valid JWT ({exc}).")
         audience = str(claims["aud"]).rstrip("/")
-        if audience not in AUDIENCES:
-            return TokenCheck(401, f"InvalidAudience: the token audience '{claims['aud']}' is not valid for Event "
-                                   f"Hubs (expected {AUDIENCES[0]}).")
+        if audience not in self.audiences:
+            return TokenCheck(401, f"InvalidAudience: the token audience '{claims['aud']}' is not valid for "
+                                   f"{self.service} (expected {self.audiences[0]}).")
         if claims["iss"] not in self.issuers:
             return TokenCheck(401, f"InvalidIssuer: Token issuer '{claims['iss']}' is invalid.")
         expires = float(claims["exp"])
