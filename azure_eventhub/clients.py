@@ -27,7 +27,7 @@ from azure.eventhub import TransportType
 from azure.eventhub.aio import CheckpointStore, EventHubConsumerClient
 from azure.eventhub.exceptions import AuthenticationError, EventHubError
 from azure_eventhub.checkpoints import LocalCheckpointStore, describe_error
-from azure_eventhub.config import CLOUDS, EventHubConfiguration, proxy_settings
+from azure_eventhub.config import EventHubConfiguration, proxy_settings
 from connectors.errors import ConfigurationError
 from connectors.tls import ca_bundle, ssl_context
 
@@ -54,11 +54,12 @@ def build_credential(config: EventHubConfiguration) -> Any:
         WorkloadIdentityCredential,
     )
 
-    authority = config.authority_host
-    # Instance discovery asks login.microsoftonline.com about the authority: only Azure's own are known there.
-    known = authority in {cloud.authority for cloud in CLOUDS.values()}
-    # The CA variables, as every TLS client of the module (the HTTP client's own default was set at its import).
-    sign_in = {"authority": authority, "disable_instance_discovery": not known, "connection_verify": ca_bundle()}
+    # No instance discovery: it asks login.microsoftonline.com about the authority, which fails for a private one
+    # (a proxy, an emulator) and which MSAL skips anyway for the clouds' own. The CA variables, as every TLS client
+    # of the module (the HTTP client's own default was set at its import).
+    sign_in = {"authority": config.authority_host, "disable_instance_discovery": True, "connection_verify": ca_bundle()}
+    if config.http_proxy:  # the setting carries all of the trigger's connections (else the environment's applies)
+        sign_in["proxies"] = {"http": config.http_proxy, "https": config.http_proxy}
     if kind == "client_secret":
         return ClientSecretCredential(config.tenant_id, config.client_id, config.client_secret, **sign_in)
     if kind == "workload_identity":
@@ -174,7 +175,11 @@ def build_client(config: EventHubConfiguration, store: CheckpointStore | None, c
     # Explicit: with a custom endpoint the client would otherwise pick WebSockets.
     kwargs["transport_type"] = TransportType.AmqpOverWebsocket if config.use_websockets or proxy else TransportType.Amqp
     if proxy:
-        kwargs["http_proxy"] = proxy_settings(proxy)  # implies WebSockets
+        settings = proxy_settings(proxy)  # implies WebSockets
+        # The aio WebSocket transport hands aiohttp "HOST:PORT", which it refuses (InvalidURL): with the scheme in
+        # the host it gets a URL (azure-eventhub 5.15.1, _pyamqp/aio/_transport_async.py).
+        settings["proxy_hostname"] = f"http://{settings['proxy_hostname']}"
+        kwargs["http_proxy"] = settings
     if config.custom_endpoint_address:
         kwargs["custom_endpoint_address"] = config.custom_endpoint_address
     try:

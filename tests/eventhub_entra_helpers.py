@@ -23,13 +23,13 @@ NAMESPACE = "sekoia-emulated"  # a name alone: the cloud's suffix is added (seko
 class EntraRig:
     """The Entra emulator on a thread, and one CA bundle trusting it and the Event Hubs emulator's certificate."""
 
-    def __init__(self, workdir: Path, **settings):
+    def __init__(self, workdir: Path, hub_names: tuple[str, ...] = (), **settings):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.emulator = Office365Emulator(workdir=str(self.workdir / "entra"), blobs=0, **settings)
         self.info = self.emulator.start_in_thread()
         # One certificate for 127.0.0.1 serves the Event Hubs emulator and Azurite.
-        self.hub_certificate, self.hub_ca = private_ca_files(self.workdir)
+        self.hub_certificate, self.hub_ca = private_ca_files(self.workdir, hub_names)
         self.ca_bundle = self.workdir / "ca-bundle.pem"
         self.ca_bundle.write_bytes(Path(self.info["ca_file"]).read_bytes() + self.hub_ca.read_bytes())
 

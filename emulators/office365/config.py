@@ -49,6 +49,7 @@ class EmulatorConfig:
     managed_identity_client_id: str = DEFAULT_MANAGED_IDENTITY_CLIENT_ID
     identity_header: str = DEFAULT_IDENTITY_HEADER
     federated_subject: str = DEFAULT_FEDERATED_SUBJECT
+    tls_names: list[str] = field(default_factory=list)  # more names for the server certificate
     fixtures_dir: str | None = None
     # --- fixed at start: content
     blobs: int | None = None  # None: publish the fixture records instead of generated ones

@@ -60,7 +60,7 @@ class Office365Emulator:
         loop = asyncio.get_running_loop()
         set_clock_offset(cfg.clock_offset_seconds)  # before content: its times are the API's
         # Key generation and content generation are CPU work: keep the loop responsive meanwhile.
-        self.tls = await loop.run_in_executor(None, create_tls_material, workdir)
+        self.tls = await loop.run_in_executor(None, create_tls_material, workdir, tuple(cfg.tls_names))
         self.store = await loop.run_in_executor(None, ContentStore.build, cfg)
         subscriptions = SubscriptionBook(self.store)
         for content_type in cfg.subscribed:
