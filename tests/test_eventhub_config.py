@@ -111,7 +111,8 @@ def test_clients_for_entra_websockets_and_proxy(tmp_path):
     store = build_store(config, tmp_path, credential)
     client = build_client(config, store, credential)
     assert client._config.transport_type == TransportType.AmqpOverWebsocket
-    assert client._config.http_proxy == {"proxy_hostname": "proxy", "proxy_port": 3128, "username": "u",
+    # The scheme in the host: the aio WebSocket transport makes the proxy URL "HOST:PORT" from these.
+    assert client._config.http_proxy == {"proxy_hostname": "http://proxy", "proxy_port": 3128, "username": "u",
                                          "password": "p"}
     assert client.eventhub_name == "h" and client._address.hostname == "ns.servicebus.windows.net"
     assert store._container_client.url == "https://acct.blob.core.windows.net/cont"

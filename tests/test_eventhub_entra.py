@@ -194,7 +194,10 @@ def test_a_link_whose_token_expires_unrenewed_is_detached(entra, stack):
 
     async def receive():
         client = consumer(entra, stack, FixedToken(token, expires_on + 3600), "cg-unrenewed")
-        task = asyncio.ensure_future(client.receive(lambda *_: None, partition_id="0", starting_position="-1"))
+        async def on_event(*_):
+            pass
+
+        task = asyncio.ensure_future(client.receive(on_event, partition_id="0", starting_position="-1"))
         try:
             # The receiver attached (the token was good), then lost its link when the token lapsed.
             deadline = time.monotonic() + 60
