@@ -351,10 +351,17 @@ def credential_error(config: EventHubConfiguration, error: BaseException) -> Con
     field = {"client_secret": "client_secret", "certificate": "certificate"}.get(config.credential_kind, "client_id")
     refused = hub_refusal(error)
     if refused:
+        if "ExpiredToken" in refused:
+            fix = ("the token had expired when it reached the namespace, fresh from the authority: the authority's "
+                   "clock is off (a private AZURE_AUTHORITY_HOST?) or something in between held the token")
+        elif "InvalidAudience" in refused:
+            fix = "the token was issued for another service: check AZURE_AUTHORITY_HOST or the proxy in between"
+        else:
+            fix = "check tenant_id (the namespace's tenant), `cloud` and AZURE_AUTHORITY_HOST if set"
         return ConfigurationError(
             field,
             f"the Event Hubs namespace {config.namespace_host} refused the Entra ID token of "
-            f"{identity_name(config)} ({refused}): check tenant_id (the namespace's tenant) and `cloud`",
+            f"{identity_name(config)} ({refused}): {fix}",
         )
     aadsts = re.search(r"AADSTS\d+", str(error))
     return ConfigurationError(

@@ -263,3 +263,19 @@ def test_the_client_goes_to_the_custom_endpoint_with_the_transport_asked_for():
     assert amqp._config.custom_endpoint_hostname == "10.1.2.3" and amqp._config.connection_port == 5671
     websockets = build_client(parse(**base, use_websockets=True), None, credential=object())
     assert websockets._config.transport_type == TransportType.AmqpOverWebsocket
+
+
+def test_the_hub_takes_the_environments_proxy_over_websockets_only_and_honours_no_proxy(monkeypatch):
+    from azure_eventhub.clients import hub_proxy
+
+    for name in ("HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", "http://envproxy:8080")
+    websockets = {"fully_qualified_namespace": "ns", "hub_name": "logs", "use_websockets": True}
+    assert hub_proxy(parse(**websockets)) == "http://envproxy:8080"
+    assert hub_proxy(parse(**{**websockets, "use_websockets": False})) is None  # a proxy cannot carry AMQP
+    assert hub_proxy(parse(**websockets, http_proxy="http://set:3128")) == "http://set:3128"
+    monkeypatch.setenv("NO_PROXY", ".servicebus.windows.net")
+    assert hub_proxy(parse(**websockets)) is None
+    assert hub_proxy(parse(**websockets, custom_endpoint_address="sb://gateway.example.com")) == \
+        "http://envproxy:8080"  # the address connected to decides

@@ -113,6 +113,22 @@ def test_a_token_of_another_tenant_is_refused_with_401(entra, tmp_path):
         assert stack.emulator.control_state()["stats"]["tokens_refused"] >= 1
 
 
+def test_a_token_expired_on_arrival_is_refused_with_401_and_the_clock_is_blamed(entra, tmp_path):
+    """The authority's clock two hours behind: its token is expired when it arrives, though the client, reading
+    `expires_in`, thinks it good for an hour."""
+    entra.emulator.control(token_skew_seconds=-7200)
+    try:
+        with entra.hub_stack(tmp_path / "hub", roles={entra.client_id: RECEIVER}, partitions=1,
+                             azurite=False) as stack:
+            config = entra.config(stack)
+            proc = stack.start_process(config, env=entra.env(stack, config))
+            assert proc.wait(120) == 2
+            [critical] = critical_lines(stack)
+            assert "401 ExpiredToken" in critical and "the authority's clock is off" in critical
+    finally:
+        entra.emulator.control(token_skew_seconds=0)
+
+
 # -- tokens on a long-lived connection, and each token only to its audience --------------------------------------
 
 
@@ -214,12 +230,27 @@ def test_a_link_whose_token_expires_unrenewed_is_detached(entra, stack):
     assert after["links_unauthorized"] > before["links_unauthorized"]
 
 
+def forged(token: str) -> str:
+    """The same claims and key id, signed with another key."""
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    claims = jwt.decode(token, options={"verify_signature": False})
+    other_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return jwt.encode(claims, other_key, algorithm="RS256", headers=jwt.get_unverified_header(token))
+
+
 @pytest.mark.parametrize("scope, refusal", [
     ("https://storage.azure.com/.default", "InvalidAudience"),
     ("https://manage.office.com/.default", "InvalidAudience"),
+    ("forged", "InvalidSignature"),
 ])
 def test_event_hubs_accepts_only_tokens_meant_for_it(entra, stack, scope, refusal):
-    token, expires_on = entra_token(entra, scope)
+    if scope == "forged":
+        token, expires_on = entra_token(entra, "https://eventhubs.azure.net/.default")
+        token = forged(token)
+    else:
+        token, expires_on = entra_token(entra, scope)
     refused = hub_stats(stack)["tokens_refused"]
 
     async def properties():

@@ -84,6 +84,7 @@ class EmulatorConfig:
     clock_offset_seconds: float = 0.0  # the API's clock minus the real one: Date headers, windows, new content
     blob_bytes_per_second: float = 0.0  # blob bodies trickle out at this rate (0: at once)
     dlp_permission: bool = True  # False: tokens are treated as lacking ActivityFeed.ReadDlp (DLP.All: AF10001)
+    token_skew_seconds: float = 0.0  # tokens' iat/nbf/exp as if Entra's clock were this far ahead (+) or behind (-)
 
     def validate(self) -> None:
         for name in ("subscribed", "disabled_by_admin"):
@@ -131,6 +132,7 @@ RUNTIME_KNOBS = (
     "clock_offset_seconds",
     "blob_bytes_per_second",
     "dlp_permission",
+    "token_skew_seconds",
 )
 
 
@@ -173,6 +175,7 @@ _COERCE = {
     "clock_offset_seconds": float,
     "blob_bytes_per_second": float,
     "dlp_permission": _as_bool,
+    "token_skew_seconds": float,
 }
 
 

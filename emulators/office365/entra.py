@@ -356,7 +356,7 @@ class EntraService:
 
     # ------------------------------------------------------------------ access tokens
     def _issue(self, client_id: str, credential: str, v2: bool, resource: str = RESOURCE) -> dict:
-        now = int(time.time())
+        now = int(time.time() + self.config.token_skew_seconds)
         lifetime = int(self.config.token_lifetime)
         tid = self.config.tenant_id
         kind = "mi" if credential == "managed_identity" else "sp"
