@@ -284,7 +284,7 @@ class EventHubConfiguration(CollectorConfiguration):
         if self.storage_account_url:
             url = self.storage_account_url.strip().rstrip("/")
             if "://" not in url:  # the account's name, or its host
-                url = f"https://{self._in_cloud(url if '.' in url else f'{url}.blob', 'storage', 'storage_account_url')}"
+                url = f"https://{self._in_cloud(url, 'storage', 'storage_account_url')}"
             self.storage_account_url = url
         if (self.storage_connection_string or self.storage_account_url) and not self.storage_container_name:
             raise ConfigurationError("storage_container_name", "is required with a storage account")
@@ -303,9 +303,9 @@ class EventHubConfiguration(CollectorConfiguration):
         """A name alone gets the cloud's suffix; a host of another known cloud is refused (its tokens would come
         from the wrong authority)."""
         endpoints = CLOUDS[self.cloud]
-        suffix = endpoints.namespace_suffix if kind == "namespace" else endpoints.storage_suffix
-        if "." not in host or (kind == "storage" and host.endswith(".blob")):
-            return f"{host}.{suffix}"
+        if "." not in host:
+            return f"{host}.{endpoints.namespace_suffix}" if kind == "namespace" else \
+                f"{host}.blob.{endpoints.storage_suffix}"
         bare = host.split(":")[0].lower()
         for cloud, other in CLOUDS.items():
             other_suffix = other.namespace_suffix if kind == "namespace" else other.storage_suffix

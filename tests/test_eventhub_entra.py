@@ -146,7 +146,7 @@ def test_tokens_are_renewed_before_expiry_on_a_long_lived_connection(entra, stac
             assert wait_until(lambda: set(ids_of(first)) <= set(stack.delivered_ids()), 60)
             reading, ended = hub_stats(stack), len(stack.emulator.control_state()["receivers_ended"])
             # Past the first tokens' expiry, new ones were put on the connections already open.
-            assert wait_until(lambda: hub_stats(stack)["tokens_renewed"] >= reading["tokens_renewed"] + 2, 90)
+            assert wait_until(lambda: hub_stats(stack)["tokens_renewed"] >= reading["tokens_renewed"] + 2, 120)
             second = records_with_ids(20, "after")
             stack.publish_envelopes(second, per_envelope=10)
             assert wait_until(lambda: set(ids_of(second)) <= set(stack.delivered_ids()), 60)
@@ -217,7 +217,8 @@ def test_a_link_whose_token_expires_unrenewed_is_detached(entra, stack):
         try:
             # The receiver attached (the token was good), then lost its link when the token lapsed.
             deadline = time.monotonic() + 60
-            while hub_stats(stack)["links_unauthorized"] <= before["links_unauthorized"] and time.monotonic() < deadline:
+            while (hub_stats(stack)["links_unauthorized"] <= before["links_unauthorized"]
+                   and time.monotonic() < deadline):
                 await asyncio.sleep(0.5)
         finally:
             await client.close()

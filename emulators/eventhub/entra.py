@@ -46,7 +46,8 @@ class EntraAuthority:
         self.authority = authority.rstrip("/")
         self.ca_file = ca_file
         # v1 tokens (what the emulator and Event Hubs tokens use) and v2 ones.
-        self.issuers = {f"https://sts.windows.net/{self.tenant}/", f"{parts.scheme}://{parts.netloc}/{self.tenant}/v2.0"}
+        self.issuers = {f"https://sts.windows.net/{self.tenant}/",
+                        f"{parts.scheme}://{parts.netloc}/{self.tenant}/v2.0"}
         self.roles = {principal.lower(): set(assigned) for principal, assigned in (roles or {}).items()}
         self.keys: dict[str, object] = {}
         self.audiences, self.role_claims, self.service = audiences, role_claims, service
@@ -88,4 +89,5 @@ class EntraAuthority:
             return TokenCheck(401, f"ExpiredToken: The token is expired. Expiration time: "
                                    f"'{time.strftime('%Y-%m-%d %H:%M:%SZ', time.gmtime(expires))}'.")
         principals = [str(claims[name]) for name in ("appid", "oid", "azp") if claims.get(name)]
-        return TokenCheck(202, "Accepted", "", expires, self.claims_of(principals), principals[0] if principals else None)
+        principal = principals[0] if principals else None
+        return TokenCheck(202, "Accepted", "", expires, self.claims_of(principals), principal)
