@@ -59,9 +59,10 @@ def test_each_credential_reads_records_through_entra_id(entra, stack, monkeypatc
     finally:
         runner.stop()
     assert runner.error is None and CollectorTrigger.fatal_error is None
-    kind = {"client_secret": "client_secret", "certificate": "client_assertion", "workload_identity": "federated"}
-    assert entra.emulator.stats.tokens_issued[kind.get(credential, "managed_identity")] > issued.get(
-        kind.get(credential, "managed_identity"), 0)
+    # Each credential signed in the way it should (the user-assigned identity through the App Service endpoint).
+    kind = {"certificate": "client_assertion", "workload_identity": "federated",
+            "user_assigned_identity": "app_service_identity"}.get(credential, credential)
+    assert entra.emulator.stats.tokens_issued[kind] > issued.get(kind, 0)
     assert hub_stats(stack)["tokens_accepted"] > accepted  # jwt put-tokens, checked against the Entra emulator
 
 

@@ -347,7 +347,7 @@ class EntraService:
         if asked and asked.lower() != identity.lower():
             # What both endpoints answer for a user-assigned identity not assigned to the resource.
             return json_response({"error": "invalid_request", "error_description": "Identity not found"}, status=400)
-        self.stats.tokens_issued["managed_identity"] += 1
+        self.stats.tokens_issued["app_service_identity" if app_service else "imds_identity"] += 1
         issued = self._issue(identity, "managed_identity", False, resource)
         if app_service:
             return json_response({"access_token": issued["access_token"], "expires_on": issued["expires_on"],
