@@ -32,8 +32,11 @@ def test_a_sovereign_cloud_through_a_proxy_reads_and_checkpoints(tmp_path, cloud
     proxy = None
     try:
         with entra.hub_stack(tmp_path / "hub", roles={entra.client_id: RECEIVER}, partitions=2) as stack:
+            # The configured proxy asks for a password (each client must send it); the environment's does not.
+            credentials = ("sekoia", "proxy-pass-7f3a") if proxy_from == "setting" else None
             proxy = TunnelProxy({login: entra.info["port"], namespaces: int(
-                stack.emulator.info["websocket_endpoint"].rsplit(":", 1)[1]), blobs: stack.azurite.port}).start()
+                stack.emulator.info["websocket_endpoint"].rsplit(":", 1)[1]), blobs: stack.azurite.port},
+                credentials).start()
             records = records_with_ids(100, cloud)
             stack.publish_envelopes(records, per_envelope=10)  # 5 envelopes per partition
             config = entra.config(stack, websockets=True, cloud=cloud, storage_account_url="devstoreaccount1")
@@ -57,6 +60,8 @@ def test_a_sovereign_cloud_through_a_proxy_reads_and_checkpoints(tmp_path, cloud
             assert all(name.startswith(f"{NAMESPACE}.{namespaces}/") for name in names), names
             hosts = {tunnel.rsplit(":", 1)[0] for tunnel in proxy.tunnels}
             assert {login, f"{NAMESPACE}.{namespaces}", f"devstoreaccount1.{blobs}"} <= hosts, hosts
+            if credentials:
+                assert credentials[1] not in str(stack.logs())
     finally:
         if proxy is not None:
             proxy.stop()

@@ -1,17 +1,20 @@
 """A minimal HTTP CONNECT proxy for tests, on a thread, that also stands in for DNS: each tunnel's host is mapped
 to a loopback port (``routes``: host suffix -> port), so clients reach the emulators under Azure's real names
 (``*.servicebus.usgovcloudapi.net:443``...) and check the emulators' certificates against those names. Hosts
-without a route are refused (403). ``tunnels`` lists the ``host:port`` of each tunnel opened."""
+without a route are refused (403); with ``credentials`` (user, password), a request without them is refused (407).
+``tunnels`` lists the ``host:port`` of each tunnel opened."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import threading
 
 
 class TunnelProxy:
-    def __init__(self, routes: dict[str, int]):
+    def __init__(self, routes: dict[str, int], credentials: tuple[str, str] | None = None):
         self.routes = routes
+        self.credentials = credentials
         self.tunnels: list[str] = []
         self.port = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -19,7 +22,8 @@ class TunnelProxy:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        user = f"{self.credentials[0]}:{self.credentials[1]}@" if self.credentials else ""
+        return f"http://{user}127.0.0.1:{self.port}"
 
     def _route(self, host: str) -> int | None:
         return next((port for suffix, port in self.routes.items() if host == suffix or host.endswith("." + suffix)),
@@ -34,6 +38,10 @@ class TunnelProxy:
             if method != "CONNECT" or port is None:
                 writer.write(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
                 return
+            if self.credentials and not self._authorized(request):
+                writer.write(b'HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm="t"\r\n'
+                             b"Content-Length: 0\r\n\r\n")
+                return
             upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", port)
             self.tunnels.append(target)
             writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
@@ -42,6 +50,11 @@ class TunnelProxy:
             pass
         finally:
             writer.close()
+
+    def _authorized(self, request: str) -> bool:
+        expected = base64.b64encode(":".join(self.credentials).encode()).decode()  # type: ignore[arg-type]
+        return any(line.lower().startswith("proxy-authorization:") and line.split(":", 1)[1].strip() ==
+                   f"Basic {expected}" for line in request.split("\r\n"))
 
     def start(self) -> "TunnelProxy":
         ready = threading.Event()
