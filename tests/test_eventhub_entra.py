@@ -351,3 +351,20 @@ def test_a_principal_without_the_storage_role_is_told_which_role_to_grant(entra,
         assert "container `checkpoints`" in critical
         assert f"the storage account at {gate.account_url} refused" in critical
         assert gate.refused and all("lacks" in reason for reason in gate.refused)
+
+
+def test_the_websocket_endpoint_wants_the_amqp_subprotocol(entra, stack):
+    import aiohttp
+
+    url = stack.emulator.info["websocket_endpoint"].replace("sb://", "wss://") + "/$servicebus/websocket"
+
+    async def handshake(protocols):
+        async with aiohttp.ClientSession() as session:
+            context = ssl.create_default_context(cafile=str(entra.ca_bundle))
+            async with session.ws_connect(url, protocols=protocols, ssl=context) as ws:
+                return ws.protocol
+
+    assert asyncio.run(handshake(("AMQPWSB10",))) == "AMQPWSB10"
+    with pytest.raises(aiohttp.WSServerHandshakeError) as raised:
+        asyncio.run(handshake(()))
+    assert raised.value.status == 400
