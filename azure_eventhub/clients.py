@@ -31,7 +31,7 @@ from azure_eventhub.config import EventHubConfiguration, proxy_settings
 from connectors import proxy
 from connectors.errors import ConfigurationError
 from connectors.secrets import reveal
-from connectors.tls import ssl_context
+from connectors.tls import ca_bundle, ssl_context
 
 if TYPE_CHECKING:
     from azure_eventhub.blobstore import BlobStore
@@ -49,10 +49,23 @@ def build_credential(config: EventHubConfiguration) -> Any:
     kind = config.credential_kind
     if kind == "connection_string":
         return None
-    from azure.identity.aio import CertificateCredential, ClientSecretCredential, ManagedIdentityCredential
+    from azure.identity.aio import (
+        CertificateCredential,
+        ClientSecretCredential,
+        ManagedIdentityCredential,
+        WorkloadIdentityCredential,
+    )
 
+    # No instance discovery: it asks login.microsoftonline.com about the authority, which fails for a private one
+    # (a proxy, an emulator) and which MSAL skips anyway for the clouds' own. The CA variables, as every TLS client
+    # of the module (the HTTP client's own default was set at its import).
+    sign_in = {"authority": config.authority_host, "disable_instance_discovery": True, "connection_verify": ca_bundle()}
+    if config.http_proxy:  # the setting carries all of the trigger's connections (else the environment's applies)
+        sign_in["proxies"] = {"http": reveal(config.http_proxy), "https": reveal(config.http_proxy)}
     if kind == "client_secret":
-        return ClientSecretCredential(config.tenant_id, config.client_id, reveal(config.client_secret))
+        return ClientSecretCredential(config.tenant_id, config.client_id, reveal(config.client_secret), **sign_in)
+    if kind == "workload_identity":
+        return WorkloadIdentityCredential(tenant_id=config.tenant_id, client_id=config.client_id, **sign_in)
     if kind == "certificate":
         try:
             return CertificateCredential(
@@ -60,13 +73,15 @@ def build_credential(config: EventHubConfiguration) -> Any:
                 config.client_id,
                 certificate_data=reveal(config.certificate).encode("utf-8"),  # type: ignore[union-attr]
                 password=reveal(config.certificate_password),
+                **sign_in,
             )
         except (ValueError, TypeError) as error:
             raise ConfigurationError(
                 "certificate", f"not a usable PEM certificate with its private key ({type(error).__name__}); "
                 "check `certificate_password` if the key is encrypted"
             ) from None
-    return ManagedIdentityCredential(client_id=config.client_id) if config.client_id else ManagedIdentityCredential()
+    identity = {"client_id": config.client_id} if config.client_id else {}
+    return ManagedIdentityCredential(**identity, connection_verify=ca_bundle())
 
 
 def _storage_kwargs(config: EventHubConfiguration) -> dict[str, Any]:
@@ -75,7 +90,20 @@ def _storage_kwargs(config: EventHubConfiguration) -> dict[str, Any]:
     (each checkpoint write)."""
     found = proxy.proxy_for(storage_endpoint(config), reveal(config.http_proxy))
     # The store talks HTTPS (HTTP to an emulator): the same proxy carries both.
-    return {"use_env_settings": False, **({"proxies": {"http": found, "https": found}} if found else {})}
+    return {"use_env_settings": False, "connection_verify": ca_bundle(),
+            **({"proxies": {"http": found, "https": found}} if found else {})}
+
+
+def hub_proxy(config: EventHubConfiguration) -> str | None:
+    """The hub's proxy: ``http_proxy``, else, over WebSockets only (a proxy cannot carry plain AMQP), the
+    environment's for the address connected to."""
+    if config.http_proxy:
+        return reveal(config.http_proxy)
+    if not config.use_websockets:
+        return None
+    address = config.custom_endpoint_address or f"sb://{config.namespace_host}"
+    host = address.split("://", 1)[-1].split("/")[0]
+    return proxy.proxy_for(f"https://{host}")
 
 
 def build_blob_store(config: EventHubConfiguration, credential: Any, options: dict[str, Any]) -> BlobStore:
@@ -86,7 +114,8 @@ def build_blob_store(config: EventHubConfiguration, credential: Any, options: di
     try:
         if config.storage_connection_string:
             return BlobStore.from_connection_string(reveal(config.storage_connection_string), container, **kwargs)
-        return BlobStore(config.storage_account_url or "", container, credential=credential, **kwargs)
+        return BlobStore(config.storage_account_url or "", container,
+                         credential=None if config.storage_sas else credential, **kwargs)
     except (ValueError, TypeError) as error:
         field = "storage_connection_string" if config.storage_connection_string else "storage_account_url"
         raise ConfigurationError(field, f"not usable ({type(error).__name__}): check it was copied whole") from None
@@ -131,10 +160,18 @@ def build_client(config: EventHubConfiguration, store: CheckpointStore | None, c
         "user_agent": "sekoiaio-connector",
         "ssl_context": tls_context(),
     }
-    if config.use_websockets:
-        kwargs["transport_type"] = TransportType.AmqpOverWebsocket
-    if config.http_proxy:
-        kwargs["http_proxy"] = proxy_settings(reveal(config.http_proxy))  # implies WebSockets
+    proxy_url = hub_proxy(config)
+    # Explicit: with a custom endpoint the client would otherwise pick WebSockets.
+    kwargs["transport_type"] = (TransportType.AmqpOverWebsocket if config.use_websockets or proxy_url
+                                else TransportType.Amqp)
+    if proxy_url:
+        settings = proxy_settings(proxy_url)  # implies WebSockets
+        # The aio WebSocket transport hands aiohttp "HOST:PORT", which it refuses (InvalidURL): with the scheme in
+        # the host it gets a URL (azure-eventhub 5.15.1, _pyamqp/aio/_transport_async.py).
+        settings["proxy_hostname"] = f"http://{settings['proxy_hostname']}"
+        kwargs["http_proxy"] = settings
+    if config.custom_endpoint_address:
+        kwargs["custom_endpoint_address"] = config.custom_endpoint_address
     try:
         if config.hub_connection_string:
             return ConsumerClient.from_connection_string(reveal(config.hub_connection_string), **kwargs)
@@ -187,7 +224,7 @@ def _storage_field(config: EventHubConfiguration) -> str:
 
 def storage_endpoint(config: EventHubConfiguration) -> str:
     if config.storage_account_url:
-        return config.storage_account_url
+        return config.storage_account_url.split("?", 1)[0]  # never a SAS token in a message
     text = reveal(config.storage_connection_string) or ""
     match = re.search(r"(?i)BlobEndpoint=([^;]+)", text)
     if match:
@@ -225,8 +262,12 @@ def storage_error(config: EventHubConfiguration, error: BaseException) -> Config
             fix = "check the account key: copy the connection string again from storage account > Access keys"
         elif "sharedaccesssignature=" in connection:
             fix = "the SAS may have expired or lack read, list and write permissions on the container"
+        elif config.storage_sas:
+            fix = "the SAS token of storage_account_url may have expired or lack read, list and write permissions"
         else:
-            fix = "give the identity the role Storage Blob Data Contributor on the container"
+            fix = (f"give {identity_name(config)} the role Storage Blob Data Contributor (scope: the container "
+                   f"`{container}` or its storage account; storage account > Access control (IAM) > Add role "
+                   "assignment)")
         return ConfigurationError(
             field, f"the storage account at {endpoint} refused the request ({code or f'HTTP {status}'}): {fix}"
         )
@@ -296,13 +337,56 @@ def credential_error(config: EventHubConfiguration, error: BaseException) -> Con
             f"the Event Hubs namespace {config.namespace_host} refused the key (authentication failed): copy the "
             "connection string again from event hub > Shared access policies, with the Listen claim",
         )
+    if is_missing_role(error):
+        return ConfigurationError("client_id", f"{identity_name(config)} signed in but may not read event hub "
+                                               f"`{config.hub_name}` of {config.namespace_host}: {RECEIVER_GRANT}"
+                                               f" (scope: the event hub `{config.hub_name}` or the namespace)")
     field = {"client_secret": "client_secret", "certificate": "certificate"}.get(config.credential_kind, "client_id")
+    refused = hub_refusal(error)
+    if refused:
+        if "ExpiredToken" in refused:
+            fix = ("the token had expired when it reached the namespace, fresh from the authority: the authority's "
+                   "clock is off (a private AZURE_AUTHORITY_HOST?) or something in between held the token")
+        elif "InvalidAudience" in refused:
+            fix = "the token was issued for another service: check AZURE_AUTHORITY_HOST or the proxy in between"
+        else:
+            fix = "check tenant_id (the namespace's tenant), `cloud` and AZURE_AUTHORITY_HOST if set"
+        return ConfigurationError(
+            field,
+            f"the Event Hubs namespace {config.namespace_host} refused the Entra ID token of "
+            f"{identity_name(config)} ({refused}): {fix}",
+        )
+    aadsts = re.search(r"AADSTS\d+", str(error))
     return ConfigurationError(
         field,
-        f"Entra ID refused the credential or it may not read {config.namespace_host} ({describe_error(error)}): "
+        f"Entra ID refused the credential or it may not read {config.namespace_host} ("
+        f"{describe_error(error)}{f' {aadsts.group(0)}' if aadsts else ''}): "
         "check tenant_id, client_id and the secret or certificate, and give the application the role "
         "Azure Event Hubs Data Receiver",
     )
+
+
+RECEIVER_GRANT = ("give it the role Azure Event Hubs Data Receiver (Event Hubs namespace > Access control (IAM) > "
+                  "Add role assignment)")
+
+
+def hub_refusal(error: BaseException) -> str | None:
+    """The status and description of a token the service refused ($cbs or $management), e.g. `401 ExpiredToken:
+    The token is expired...`; the description names no secret."""
+    # "Status code: 401, Description: "..."" ($management) or "Status code: 401\nDescription: ..." ($cbs)
+    match = re.search(r'Status code: (\d+)[.,]?\s+Description: "?([^"\n]+)', str(error))
+    return f"{match.group(1)} {match.group(2).strip()}" if match else None
+
+
+def is_missing_role(error: BaseException) -> bool:
+    """The service knew the identity but it lacks the Listen claim: an RBAC role is missing, the credential is fine."""
+    return "claim(s) are required" in str(error)
+
+
+def identity_name(config: EventHubConfiguration) -> str:
+    if config.credential_kind == "managed_identity":
+        return f"the managed identity{f' {config.client_id}' if config.client_id else ''}"
+    return f"the application {config.client_id}"
 
 
 def hub_error(config: EventHubConfiguration, error: BaseException) -> ConfigurationError:

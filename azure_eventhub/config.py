@@ -6,8 +6,9 @@ Field names of Sekoia's existing trigger are kept (``hub_connection_string``, ``
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, NamedTuple
 from urllib.parse import unquote, urlsplit
 
 from pydantic import AliasChoices, ConfigDict, Field, SecretStr, field_validator, model_validator
@@ -17,6 +18,24 @@ from connectors.secrets import reveal
 from connectors.trigger import CollectorConfiguration
 
 DEFAULT_CONSUMER_GROUP = "$Default"
+
+
+class CloudEndpoints(NamedTuple):
+    authority: str  # the Entra ID authority host
+    namespace_suffix: str  # Event Hubs namespaces: NAME.<suffix>
+    storage_suffix: str  # storage accounts: NAME.blob.<suffix> (a connection string's EndpointSuffix)
+
+
+# The tokens' audiences are the same in every cloud: https://eventhubs.azure.net (the client's fixed scope) and
+# https://storage.azure.com.
+CLOUDS: dict[str, CloudEndpoints] = {
+    "public": CloudEndpoints("https://login.microsoftonline.com", "servicebus.windows.net", "core.windows.net"),
+    "usgov": CloudEndpoints("https://login.microsoftonline.us", "servicebus.usgovcloudapi.net",
+                            "core.usgovcloudapi.net"),
+    "china": CloudEndpoints("https://login.chinacloudapi.cn", "servicebus.chinacloudapi.cn", "core.chinacloudapi.cn"),
+}
+_CLOUD_ALIASES = {"azurecloud": "public", "azureusgovernment": "usgov", "usgovernment": "usgov",
+                  "azurechinacloud": "china", "mooncake": "china", "fairfax": "usgov"}
 
 
 def _connection_string_fields(value: str) -> dict[str, str]:
@@ -79,6 +98,20 @@ class EventHubConfiguration(CollectorConfiguration):
     certificate_password: SecretStr | None = Field(
         None, title="Certificate password", description="Password of the certificate's private key, if any"
     )
+    cloud: Literal["public", "usgov", "china"] = Field(
+        "public",
+        title="Azure cloud",
+        description="Azure cloud of the namespace and storage account: `public`, `usgov` (Azure US Government) or "
+        "`china` (Azure operated by 21Vianet). Sets the Entra ID authority and the suffix added to a namespace or "
+        "storage account given by its name alone",
+    )
+    custom_endpoint_address: str | None = Field(
+        None,
+        title="Custom endpoint address",
+        description="Connect to this address instead of the namespace's, e.g. sb://10.1.2.3 or "
+        "sb://gateway.example.com:5671 (a private endpoint's IP, an application gateway); the namespace still "
+        "names the hub in tokens and checkpoints",
+    )
 
     # -- checkpoints: Azure Blob Storage (shared, load balanced) or the local state store (one instance) ----------
     storage_connection_string: SecretStr | None = Field(
@@ -90,8 +123,9 @@ class EventHubConfiguration(CollectorConfiguration):
     storage_account_url: str | None = Field(
         None,
         title="Storage account URL",
-        description="Entra ID authentication to the storage account: https://ACCOUNT.blob.core.windows.net (role "
-        "Storage Blob Data Contributor), instead of a storage connection string",
+        description="Entra ID authentication to the storage account: https://ACCOUNT.blob.core.windows.net or the "
+        "account's name (role Storage Blob Data Contributor), instead of a storage connection string; a URL "
+        "with a SAS token (?sv=...&sig=...) needs no Entra ID",
     )
     storage_container_name: str | None = Field(
         None,
@@ -161,6 +195,7 @@ class EventHubConfiguration(CollectorConfiguration):
         "certificate",
         "certificate_password",
         "http_proxy",
+        "storage_account_url",  # it may carry a SAS token
     )
 
     @field_validator("categories", mode="before")
@@ -174,10 +209,18 @@ class EventHubConfiguration(CollectorConfiguration):
 
     @field_validator("hub_connection_string", "storage_connection_string", "hub_name", "storage_container_name",
                      "fully_qualified_namespace", "storage_account_url", "client_secret", "certificate",
-                     "http_proxy", "tenant_id", "client_id", mode="before")
+                     "http_proxy", "tenant_id", "client_id", "custom_endpoint_address", mode="before")
     @classmethod
     def _blank_is_none(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("cloud", mode="before")
+    @classmethod
+    def _normalise_cloud(cls, value: Any) -> Any:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return "public"
+        text = str(value).strip().lower().replace("-", "").replace("_", "").replace(" ", "")
+        return _CLOUD_ALIASES.get(text, text)
 
     @model_validator(mode="after")
     def _check(self) -> "EventHubConfiguration":
@@ -211,6 +254,8 @@ class EventHubConfiguration(CollectorConfiguration):
                 )
             self.hub_name = self.hub_name or entity
         elif self.fully_qualified_namespace:
+            self.fully_qualified_namespace = self._in_cloud(self.fully_qualified_namespace.strip(), "namespace",
+                                                            "fully_qualified_namespace")
             if not (self.client_id and self.tenant_id) and (self.client_secret or self.certificate):
                 field = "tenant_id" if not self.tenant_id else "client_id"
                 raise ConfigurationError(field, "required with a client secret or a certificate")
@@ -237,16 +282,38 @@ class EventHubConfiguration(CollectorConfiguration):
                     "expected `DefaultEndpointsProtocol=https;AccountName=NAME;AccountKey=KEY;"
                     "EndpointSuffix=core.windows.net` (storage account > Access keys)",
                 )
+        if self.storage_account_url:
+            url = self.storage_account_url.strip().rstrip("/")
+            if "://" not in url:  # the account's name, or its host
+                url = f"https://{self._in_cloud(url, 'storage', 'storage_account_url')}"
+            self.storage_account_url = url
         if (self.storage_connection_string or self.storage_account_url) and not self.storage_container_name:
             raise ConfigurationError("storage_container_name", "is required with a storage account")
         if self.storage_container_name and not (self.storage_connection_string or self.storage_account_url):
             raise ConfigurationError(
                 "storage_connection_string", "is required with `storage_container_name` (or `storage_account_url`)"
             )
-        if self.storage_account_url and not self.storage_connection_string and not self.fully_qualified_namespace:
+        if (self.storage_account_url and not self.storage_sas and not self.storage_connection_string
+                and not self.fully_qualified_namespace):
             raise ConfigurationError(
-                "storage_account_url", "needs Entra ID credentials; use `storage_connection_string` otherwise"
+                "storage_account_url", "needs Entra ID credentials or a SAS token (?sv=...&sig=...); use "
+                "`storage_connection_string` otherwise"
             )
+
+    def _in_cloud(self, host: str, kind: Literal["namespace", "storage"], field: str) -> str:
+        """A name alone gets the cloud's suffix; a host of another known cloud is refused (its tokens would come
+        from the wrong authority)."""
+        endpoints = CLOUDS[self.cloud]
+        if "." not in host:
+            return f"{host}.{endpoints.namespace_suffix}" if kind == "namespace" else \
+                f"{host}.blob.{endpoints.storage_suffix}"
+        bare = host.split(":")[0].lower()
+        for cloud, other in CLOUDS.items():
+            other_suffix = other.namespace_suffix if kind == "namespace" else other.storage_suffix
+            if cloud != self.cloud and bare.endswith("." + other_suffix):
+                raise ConfigurationError(field, f"`{host}` is in the Azure cloud `{cloud}` while `cloud` is "
+                                                f"`{self.cloud}`: set `cloud` to `{cloud}`")
+        return host
 
     # -- derived ------------------------------------------------------------------------------------------------
 
@@ -263,13 +330,27 @@ class EventHubConfiguration(CollectorConfiguration):
         return self.fully_qualified_namespace or ""
 
     @property
-    def credential_kind(self) -> Literal["connection_string", "client_secret", "certificate", "managed_identity"]:
+    def storage_sas(self) -> bool:
+        """The storage account URL carries a SAS token (it is its own credential)."""
+        return bool(self.storage_account_url and "sig=" in urlsplit(self.storage_account_url).query)
+
+    @property
+    def authority_host(self) -> str:
+        """Where Entra ID tokens come from: AZURE_AUTHORITY_HOST (a private authority, azure-identity's variable),
+        else the cloud's."""
+        return (os.environ.get("AZURE_AUTHORITY_HOST") or CLOUDS[self.cloud].authority).rstrip("/")
+
+    @property
+    def credential_kind(self) -> Literal["connection_string", "client_secret", "certificate", "workload_identity",
+                                         "managed_identity"]:
         if self.hub_connection_string:
             return "connection_string"
         if self.client_secret:
             return "client_secret"
         if self.certificate:
             return "certificate"
+        if os.environ.get("AZURE_FEDERATED_TOKEN_FILE") and self.client_id and self.tenant_id:
+            return "workload_identity"  # AKS workload identity: the pod's service account token, exchanged
         return "managed_identity"
 
 

@@ -18,6 +18,7 @@ from azure_eventhub.clients import (
     build_credential,
     consumer_group_error,
     hub_error,
+    hub_proxy,
     is_not_found,
     probe_hub,
     storage_endpoint,
@@ -37,9 +38,10 @@ def targets(config: EventHubConfiguration) -> list[tuple[str, str, str | None]]:
     found: list[tuple[str, str, str | None]] = []
     if config.uses_storage:
         found.append(("the storage account", storage_endpoint(config), reveal(config.http_proxy)))
-    if config.http_proxy:  # the hub's WebSockets follow the trigger's setting only, not the environment
+    hub = hub_proxy(config)  # over WebSockets only: a proxy cannot carry plain AMQP
+    if hub:
         host = config.namespace_host.split(":")[0]
-        found.append(("the Event Hubs namespace", f"https://{host}:{WEBSOCKETS_PORT}", reveal(config.http_proxy)))
+        found.append(("the Event Hubs namespace", f"https://{host}:{WEBSOCKETS_PORT}", hub))
     return found
 
 

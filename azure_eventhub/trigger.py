@@ -28,6 +28,12 @@ class EventHubTrigger(CollectorTrigger):
         logging.getLogger("azure").setLevel(max(logging.WARNING, logging.getLogger("azure").level))
         self.run_async(lambda stopping: self._consume(self.configuration, stopping))  # type: ignore[arg-type]
 
+    def _secret_values(self) -> list[str]:
+        # storage_account_url is secret for its SAS token only: the account's address stays readable in messages.
+        url = self.configuration.storage_account_url  # type: ignore[union-attr]
+        values = [value for value in super()._secret_values() if value != url]
+        return values + ([url.split("?", 1)[1]] if url and "?" in url else [])
+
     def status(self) -> list[str]:
         """Backlog and lag per partition owned, from the gauges the consumer's monitor keeps up to date."""
         backlog, lag = gauge_values(metrics.backlog), gauge_values(metrics.lag_seconds)

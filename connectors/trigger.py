@@ -181,10 +181,12 @@ class CollectorTrigger(Connector):
 
     def _apply_node_secrets(self) -> None:  # the SDK's hook, called when it loads the configuration
         apply_node_secrets(self)
-        # It sets them as plain strings, after validation: secret again, or a repr would show them.
+        # It sets them as plain strings, after validation: the SecretStr fields secret again, or a repr would show
+        # them (a secret field typed str, such as a URL that may carry a SAS token, stays a str).
         config = self.configuration
         for name in config.secret_fields:
-            if isinstance(getattr(config, name, None), str):
+            field = type(config).model_fields.get(name)
+            if field is not None and "SecretStr" in str(field.annotation) and isinstance(getattr(config, name), str):
                 setattr(config, name, SecretStr(getattr(config, name)))
 
     def _secret_values(self) -> list[str]:

@@ -38,24 +38,32 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-def connection_string(host: str, port: int, key: str = ACCOUNT_KEY) -> str:
+def connection_string(host: str, port: int, key: str = ACCOUNT_KEY, scheme: str = "http") -> str:
     return (
-        f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={key};"
-        f"BlobEndpoint=http://{host}:{port}/{ACCOUNT};"
+        f"DefaultEndpointsProtocol={scheme};AccountName={ACCOUNT};AccountKey={key};"
+        f"BlobEndpoint={scheme}://{host}:{port}/{ACCOUNT};"
     )
 
 
 class Azurite:
-    """One Azurite blob server. ``location=None`` keeps data in memory (lost on stop/restart)."""
+    """One Azurite blob server. ``location=None`` keeps data in memory (lost on stop/restart).
+
+    ``certificate`` (PEM, key and certificate in one file) serves HTTPS, trusted through ``ca_file``; ``oauth``
+    then accepts Entra ID tokens too (Azurite's basic level: audience https://storage.azure.com, an Entra issuer
+    and the lifetime are checked, not the signature nor roles)."""
 
     def __init__(self, location: Path | None = None, port: int = 0, host: str = "127.0.0.1",
-                 log_path: Path | None = None):
+                 log_path: Path | None = None, certificate: Path | None = None, ca_file: Path | None = None,
+                 oauth: bool = False):
         if not MAIN_JS.exists():
             raise RuntimeError(f"{MAIN_JS} is missing: run `npm ci` (the Makefile does) to install Azurite")
         self.location = Path(location) if location else None
         self.host = host
         self.port = port or free_port(host)
         self.log_path = log_path
+        self.certificate, self.ca_file, self.oauth = certificate, ca_file, oauth
+        if oauth and not certificate:
+            raise ValueError("Azurite accepts Entra ID tokens over HTTPS only: give a certificate")
         self.proc: ChildProcess | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------------------
@@ -70,6 +78,10 @@ class Azurite:
             args += ["--location", str(self.location)]
         else:
             args.append("--inMemoryPersistence")
+        if self.certificate:
+            args += ["--cert", str(self.certificate), "--key", str(self.certificate)]
+        if self.oauth:
+            args += ["--oauth", "basic"]
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         try:
             self.proc = ChildProcess(args, name="azurite", stdout=log, stderr=log)
@@ -88,7 +100,8 @@ class Azurite:
 
     def _answers(self) -> bool:
         try:
-            requests.get(f"{self.account_url}?comp=list", timeout=1)  # any HTTP answer (403 here) means ready
+            # any HTTP answer (403 here) means ready
+            requests.get(f"{self.account_url}?comp=list", timeout=1, verify=str(self.ca_file or True))
             return True
         except requests.RequestException:
             return False
@@ -124,11 +137,15 @@ class Azurite:
 
     @property
     def account_url(self) -> str:
-        return f"http://{self.host}:{self.port}/{ACCOUNT}"
+        return f"{self.scheme}://{self.host}:{self.port}/{ACCOUNT}"
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.certificate else "http"
 
     @property
     def connection_string(self) -> str:
-        return connection_string(self.host, self.port)
+        return connection_string(self.host, self.port, scheme=self.scheme)
 
     def info(self) -> dict:
         return {"host": self.host, "port": self.port, "pid": self.pid, "account_url": self.account_url,
@@ -140,7 +157,7 @@ class Azurite:
     @functools.cached_property
     def admin(self) -> "BlobAdmin":
         """One client for the server's life: the port stays the same across restarts."""
-        return BlobAdmin(self.account_url)
+        return BlobAdmin(self.account_url, ca_file=self.ca_file)
 
     def create_container(self, name: str) -> None:
         self.admin.create_container(name)
@@ -152,14 +169,28 @@ class BlobAdmin:
     No retries: callers poll or expect an error at once when Azurite is down (``ServiceRequestError``).
     """
 
-    def __init__(self, account_url: str, account: str = ACCOUNT, key: str = ACCOUNT_KEY, timeout: float = 10.0):
+    def __init__(self, account_url: str, account: str = ACCOUNT, key: str = ACCOUNT_KEY, timeout: float = 10.0,
+                 ca_file: Path | None = None):
         self.service = BlobServiceClient(
             account_url,
             credential={"account_name": account, "account_key": key},
             retry_total=0,
             connection_timeout=timeout,
             read_timeout=timeout,
+            **({"connection_verify": str(ca_file)} if ca_file else {}),
         )
+
+    def container_sas_url(self, container: str, hours: float = 1.0) -> str:
+        """The account URL with a SAS token granting read, write, list and delete on ``container``."""
+        from datetime import UTC, datetime, timedelta
+
+        from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+
+        token = generate_container_sas(
+            self.service.account_name, container, account_key=self.service.credential.account_key,
+            permission=ContainerSasPermissions(read=True, write=True, list=True, delete=True),
+            expiry=datetime.now(UTC) + timedelta(hours=hours))
+        return f"{self.service.url.rstrip('/')}?{token}"
 
     def create_container(self, name: str, exist_ok: bool = True) -> None:
         try:

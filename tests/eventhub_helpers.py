@@ -93,7 +93,7 @@ class EventHubStack:
     """Event Hubs emulator + Azurite (optional) + runtime stub, and how to run the trigger against them."""
 
     def __init__(self, workdir: Path, hub: str = "insights-logs", partitions: int = 4, azurite: bool = True,
-                 emulator_args: dict | None = None):
+                 emulator_args: dict | None = None, azurite_args: dict | None = None):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.hub = hub
@@ -106,7 +106,8 @@ class EventHubStack:
         self._counted_bytes = self._counted_lines = 0
         try:
             if azurite:
-                self.azurite = Azurite(location=self.workdir / "azurite", log_path=self.workdir / "azurite.log")
+                self.azurite = Azurite(location=self.workdir / "azurite", log_path=self.workdir / "azurite.log",
+                                       **(azurite_args or {}))
                 self.azurite.start()
                 self.azurite.create_container(CONTAINER)
             self.runtime = Runtime(self.workdir / "runtime")
@@ -143,11 +144,12 @@ class EventHubStack:
         return env
 
     def start_process(self, config: dict, intake: bool = True, data_path: Path | None = None,
-                      log_name: str = "trigger") -> ChildProcess:
-        """``python main.py consume_eventhub_messages`` with the container's environment; ended with the stack."""
+                      log_name: str = "trigger", env: dict[str, str] | None = None) -> ChildProcess:
+        """``python main.py consume_eventhub_messages`` with the container's environment (``env``: one made
+        already); ended with the stack."""
         base = {k: v for k, v in os.environ.items() if k not in {"TRIGGER_CONFIGURATION", "INTAKE_URL"}}
         with open(self.workdir / f"{log_name}-{len(self.processes)}.log", "ab") as log:
-            proc = python_child("main.py", TRIGGER, env={**base, **self.env(config, intake, data_path)},
+            proc = python_child("main.py", TRIGGER, env={**base, **(env or self.env(config, intake, data_path))},
                                 stdout=log, stderr=log)
         self.processes.append(proc)
         return proc

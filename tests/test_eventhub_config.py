@@ -111,7 +111,8 @@ def test_clients_for_entra_websockets_and_proxy(tmp_path):
     store = build_store(config, tmp_path, credential)
     client = build_client(config, store, credential)
     assert client._config.transport_type == TransportType.AmqpOverWebsocket
-    assert client._config.http_proxy == {"proxy_hostname": "proxy", "proxy_port": 3128, "username": "u",
+    # The scheme in the host: the aio WebSocket transport makes the proxy URL "HOST:PORT" from these.
+    assert client._config.http_proxy == {"proxy_hostname": "http://proxy", "proxy_port": 3128, "username": "u",
                                          "password": "p"}
     assert client.eventhub_name == "h" and client._address.hostname == "ns.servicebus.windows.net"
     assert store._container_client.url == "https://acct.blob.core.windows.net/cont"
@@ -131,21 +132,24 @@ def test_the_store_proxy_is_looked_up_once_from_the_environment(monkeypatch):
     """The storage client must not read the environment (and ~/.netrc) in a thread at every checkpoint write: the
     proxy is looked up when the store is built, and the configured one wins."""
     from azure_eventhub.clients import _storage_kwargs
+    from connectors.tls import ca_bundle
 
     storage = {"storage_connection_string": "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=Zm9v;"
                                             "EndpointSuffix=core.windows.net", "storage_container_name": "c"}
     for name in ("HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy"):
         monkeypatch.delenv(name, raising=False)
-    assert _storage_kwargs(parse(hub_connection_string=HUB, **storage)) == {"use_env_settings": False}
+    # The CA variables are looked up once too, as for every TLS client of the module.
+    fixed = {"use_env_settings": False, "connection_verify": ca_bundle()}
+    assert _storage_kwargs(parse(hub_connection_string=HUB, **storage)) == fixed
     monkeypatch.setenv("HTTPS_PROXY", "http://u:p@envproxy:8080")
     proxy = "http://u:p@envproxy:8080"
     assert _storage_kwargs(parse(hub_connection_string=HUB, **storage)) == {
-        "use_env_settings": False, "proxies": {"http": proxy, "https": proxy}}
+        **fixed, "proxies": {"http": proxy, "https": proxy}}
     configured = "http://proxy.local:3128"
     assert _storage_kwargs(parse(hub_connection_string=HUB, http_proxy=configured, **storage))["proxies"] == {
         "http": configured, "https": configured}
     monkeypatch.setenv("NO_PROXY", "acct.blob.core.windows.net")
-    assert _storage_kwargs(parse(hub_connection_string=HUB, **storage)) == {"use_env_settings": False}
+    assert _storage_kwargs(parse(hub_connection_string=HUB, **storage)) == fixed
 
 
 async def test_the_clients_tls_trusts_the_authorities_of_the_module_wide_variables(tmp_path, monkeypatch):
@@ -186,3 +190,92 @@ async def test_the_clients_tls_trusts_the_authorities_of_the_module_wide_variabl
         tls_context.cache_clear()
         server.close()
         await server.wait_closed()
+
+
+ENTRA = {"tenant_id": "t", "client_id": "c", "client_secret": "s", "hub_name": "logs"}
+
+
+@pytest.mark.parametrize("cloud, namespace, storage, authority", [
+    ("public", "ns.servicebus.windows.net", "https://acct.blob.core.windows.net", "https://login.microsoftonline.com"),
+    ("usgov", "ns.servicebus.usgovcloudapi.net", "https://acct.blob.core.usgovcloudapi.net",
+     "https://login.microsoftonline.us"),
+    ("china", "ns.servicebus.chinacloudapi.cn", "https://acct.blob.core.chinacloudapi.cn",
+     "https://login.chinacloudapi.cn"),
+])
+def test_one_cloud_setting_gives_the_suffixes_and_the_authority(monkeypatch, cloud, namespace, storage, authority):
+    monkeypatch.delenv("AZURE_AUTHORITY_HOST", raising=False)
+    config = parse(**ENTRA, cloud=cloud, fully_qualified_namespace="ns", storage_account_url="acct",
+                   storage_container_name="checkpoints")
+    assert (config.namespace_host, config.storage_account_url, config.authority_host) == (namespace, storage, authority)
+    # Full names are kept as given; AZURE_AUTHORITY_HOST (a private authority) wins over the cloud's.
+    assert parse(**ENTRA, cloud=cloud, fully_qualified_namespace=namespace).namespace_host == namespace
+    monkeypatch.setenv("AZURE_AUTHORITY_HOST", "https://login.example.com/")
+    assert config.authority_host == "https://login.example.com"
+
+
+def test_cloud_names_of_the_azure_tools_are_accepted_and_a_namespace_of_another_cloud_is_refused():
+    assert parse(**ENTRA, cloud="AzureUSGovernment", fully_qualified_namespace="ns").cloud == "usgov"
+    assert parse(**ENTRA, cloud="AzureChinaCloud", fully_qualified_namespace="ns").cloud == "china"
+    assert parse(**ENTRA, cloud="", fully_qualified_namespace="ns").cloud == "public"
+    with pytest.raises(ConfigurationError) as raised:
+        parse(**ENTRA, cloud="usgov", fully_qualified_namespace="ns.servicebus.windows.net")
+    assert raised.value.field == "fully_qualified_namespace" and "`public`" in str(raised.value)
+    assert field_of(**ENTRA, cloud="mars", fully_qualified_namespace="ns") == "cloud"
+
+
+def test_a_storage_url_with_a_sas_token_needs_no_entra_id_and_never_shows_its_signature():
+    from azure_eventhub.clients import storage_endpoint
+
+    sas_url = "https://acct.blob.core.windows.net?sv=2024-11-04&ss=b&sp=rwl&sig=c2VjcmV0LXNpZw%3D%3D"
+    config = parse(hub_connection_string=HUB, storage_account_url=sas_url, storage_container_name="checkpoints")
+    assert config.storage_sas and config.uses_storage
+    assert storage_endpoint(config) == "https://acct.blob.core.windows.net"
+    assert "storage_account_url" in EventHubConfiguration.secret_fields
+    assert field_of(hub_connection_string=HUB, storage_account_url="https://acct.blob.core.windows.net",
+                    storage_container_name="c") == "storage_account_url"  # neither SAS nor Entra ID
+
+
+def test_workload_identity_is_used_where_kubernetes_projects_a_token(monkeypatch, tmp_path):
+    from azure.identity.aio import ManagedIdentityCredential, WorkloadIdentityCredential
+
+    from azure_eventhub.clients import build_credential
+
+    values = {"fully_qualified_namespace": "ns", "hub_name": "logs", "tenant_id": "t", "client_id": "c"}
+    monkeypatch.delenv("AZURE_FEDERATED_TOKEN_FILE", raising=False)
+    assert parse(**values).credential_kind == "managed_identity"
+    assert isinstance(build_credential(parse(**values)), ManagedIdentityCredential)
+    token_file = tmp_path / "token"
+    token_file.write_text("a.b.c")
+    monkeypatch.setenv("AZURE_FEDERATED_TOKEN_FILE", str(token_file))
+    assert parse(**values).credential_kind == "workload_identity"
+    assert isinstance(build_credential(parse(**values)), WorkloadIdentityCredential)
+
+
+def test_the_client_goes_to_the_custom_endpoint_with_the_transport_asked_for():
+    from azure.eventhub import TransportType
+
+    from azure_eventhub.clients import build_client
+
+    base = {"fully_qualified_namespace": "ns", "hub_name": "logs", "tenant_id": "t", "client_id": "c",
+            "client_secret": "s", "custom_endpoint_address": "sb://10.1.2.3:5671"}
+    amqp = build_client(parse(**base), None, credential=object())
+    assert amqp._config.transport_type == TransportType.Amqp  # not WebSockets, the client's default with it
+    assert amqp._config.custom_endpoint_hostname == "10.1.2.3" and amqp._config.connection_port == 5671
+    websockets = build_client(parse(**base, use_websockets=True), None, credential=object())
+    assert websockets._config.transport_type == TransportType.AmqpOverWebsocket
+
+
+def test_the_hub_takes_the_environments_proxy_over_websockets_only_and_honours_no_proxy(monkeypatch):
+    from azure_eventhub.clients import hub_proxy
+
+    for name in ("HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", "http://envproxy:8080")
+    websockets = {"fully_qualified_namespace": "ns", "hub_name": "logs", "use_websockets": True}
+    assert hub_proxy(parse(**websockets)) == "http://envproxy:8080"
+    assert hub_proxy(parse(**{**websockets, "use_websockets": False})) is None  # a proxy cannot carry AMQP
+    assert hub_proxy(parse(**websockets, http_proxy="http://set:3128")) == "http://set:3128"
+    monkeypatch.setenv("NO_PROXY", ".servicebus.windows.net")
+    assert hub_proxy(parse(**websockets)) is None
+    assert hub_proxy(parse(**websockets, custom_endpoint_address="sb://gateway.example.com")) == \
+        "http://envproxy:8080"  # the address connected to decides

@@ -14,6 +14,7 @@ import sys
 
 from .server import DEFAULT_KEY, DEFAULT_KEY_NAME, DEFAULT_MAX_FRAME_SIZE, DEFAULT_PARTITIONS, EventHubEmulator
 from .broker import MAX_MESSAGE_SIZE
+from .entra import EntraAuthority, parse_role
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -81,11 +82,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="BYTES",
         help='body size of preloaded events: a JSON {"records": [...]} envelope (default 1024)',
     )
+    tls = parser.add_argument_group("TLS, WebSockets and Entra ID (the client's path without a connection string)")
+    tls.add_argument("--tls-cert", metavar="PEM", help="certificate (with its key, or see --tls-key): serve AMQPS and "
+                     "wss://HOST:PORT/$servicebus/websocket on ports of their own")
+    tls.add_argument("--tls-key", metavar="PEM", help="private key of --tls-cert")
+    tls.add_argument("--amqps-port", type=int, default=0, help="AMQPS port, 0 = any free port (default 0)")
+    tls.add_argument("--websocket-port", type=int, default=0, help="WebSockets port, 0 = any free port (default 0)")
+    tls.add_argument("--entra-authority", metavar="URL", help="check Entra ID tokens against this tenant's keys, "
+                     "https://HOST:PORT/TENANT (without it, jwt tokens are accepted unchecked)")
+    tls.add_argument("--entra-ca-file", metavar="PEM", help="CA to trust for --entra-authority")
+    tls.add_argument("--role", action="append", default=[], metavar="PRINCIPAL=ROLE",
+                     help="Azure RBAC role of a client id or object id on the namespace, repeatable "
+                     "(Azure Event Hubs Data Receiver, Data Sender, Data Owner)")
     parser.add_argument("--log-level", default="INFO", help="log level on stderr (default INFO)")
     return parser.parse_args(argv)
 
 
 async def serve(args: argparse.Namespace) -> None:
+    roles: dict[str, list[str]] = {}
+    for spec in args.role:
+        principal, role = parse_role(spec)
+        roles.setdefault(principal, []).append(role)
+    entra = EntraAuthority(args.entra_authority, args.entra_ca_file, roles) if args.entra_authority else None
     emulator = EventHubEmulator(
         args.hub or None,
         partitions=args.partitions,
@@ -101,6 +119,11 @@ async def serve(args: argparse.Namespace) -> None:
         retention_seconds=args.retention_seconds,
         max_frame_size=args.max_frame_size,
         max_message_size=args.max_message_size,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        amqps_port=args.amqps_port,
+        websocket_port=args.websocket_port,
+        entra=entra,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

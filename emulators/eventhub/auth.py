@@ -6,11 +6,15 @@ import base64
 import hashlib
 import hmac
 import time
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import parse_qs, quote, quote_plus, urlparse
+
+if TYPE_CHECKING:
+    from .entra import EntraAuthority
 
 SAS_TOKEN_TYPE = "servicebus.windows.net:sastoken"
 JWT_TOKEN_TYPE = "jwt"
+ALL_CLAIMS = frozenset({"Listen", "Send", "Manage"})  # what the namespace's shared access key grants
 
 
 class TokenCheck(NamedTuple):
@@ -18,6 +22,8 @@ class TokenCheck(NamedTuple):
     description: str
     audience_path: str | None = None  # entity path the token grants ("" = whole namespace)
     expires_at: float | None = None
+    claims: frozenset[str] = ALL_CLAIMS
+    principal: str | None = None  # an Entra token's application or object id
 
 
 def audience_path(audience: str) -> str:
@@ -57,10 +63,15 @@ def check_sas_token(token: str, keys: dict[str, str], now: float | None = None) 
     return TokenCheck(202, "Accepted", audience_path(sr), expiry)
 
 
-def check_token(token: object, token_type: str | None, keys: dict[str, str]) -> TokenCheck:
+def check_token(token: object, token_type: str | None, keys: dict[str, str],
+                entra: EntraAuthority | None = None) -> TokenCheck:
     if isinstance(token, bytes):
         token = token.decode("utf-8", "replace")
+    if token_type is None and isinstance(token, str) and not token.startswith("SharedAccessSignature "):
+        token_type = JWT_TOKEN_TYPE  # $management's security_token carries either kind, without a type
     if token_type == JWT_TOKEN_TYPE:
-        # AAD tokens cannot be verified offline: accept them for the whole namespace
-        return TokenCheck(202, "Accepted", "", None)
+        if entra is None or not isinstance(token, str):
+            # No authority configured: accepted unchecked for the whole namespace.
+            return TokenCheck(202, "Accepted", "", None)
+        return entra.check(token)
     return check_sas_token(token, keys)  # type: ignore[arg-type]

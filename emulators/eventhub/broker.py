@@ -57,6 +57,8 @@ class Stats:
     tokens_refused: int = 0
     management_requests: int = 0
     links_stolen: int = 0
+    links_unauthorized: int = 0  # detached when their token expired without renewal
+    tokens_renewed: int = 0  # accepted on a connection already holding a valid token
     events_trimmed: int = 0
     connections_opened_at: list[float] = field(default_factory=list)  # epoch seconds, the last 100
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from . import frames
+from .auth import ALL_CLAIMS
 from .codec import Array, DecodeError, Described, Symbol, UByte, UInt, ULong, UShort
 from .filters import FilterError, parse_selector, selector_from_source
 from .frames import field
@@ -52,6 +53,15 @@ def _entity_parts(address: str) -> list[str]:
     return [part for part in path.split("/") if part]
 
 
+def _link_entity(link: Link) -> tuple[str, str] | None:
+    """The entity path of a producer or consumer link, and the claim it needs."""
+    if isinstance(link, ConsumerLink):
+        return f"{link.hub.name}/consumergroups/{link.group.name}/partitions/{link.partition.id}", "Listen"
+    if isinstance(link, ReceivingLink) and link.kind == "publish" and link.hub is not None:
+        return link.hub.name + (f"/partitions/{link.partition.id}" if link.partition is not None else ""), "Send"
+    return None
+
+
 class LinkRefused(Exception):
     def __init__(self, condition: str, description: str) -> None:
         super().__init__(description)
@@ -75,7 +85,7 @@ class AmqpConnection(asyncio.Protocol):
         self.max_frame_size = server.max_frame_size
         self.remote_max_frame_size = 512  # until the peer's open says otherwise
         self.sessions: dict[int, Session] = {}
-        self._grants: list[tuple[str, float | None]] = []
+        self._grants: list[tuple[str, float | None, frozenset[str]]] = []
         self._sasl_plain_ok = False
         self._heartbeat: asyncio.TimerHandle | None = None
 
@@ -169,24 +179,43 @@ class AmqpConnection(asyncio.Protocol):
             self.transport.close()
 
     # -- authorization (from $cbs put-token) ---------------------------------------------------
-    def grant(self, path: str, expires_at: float | None) -> None:
-        self._grants.append((path, expires_at))
+    def grant(self, path: str, expires_at: float | None, claims: frozenset[str] = ALL_CLAIMS) -> None:
+        self._grants.append((path, expires_at, claims))
+        if expires_at is not None:
+            # As the service: links whose token lapsed without a renewal are detached.
+            self.loop.call_later(max(0.0, expires_at - time.time()) + 0.2, self._detach_unauthorized_links)
 
     def has_grant(self) -> bool:
         now = time.time()
-        return self._sasl_plain_ok or any(exp is None or exp > now for _, exp in self._grants)
+        return self._sasl_plain_ok or any(exp is None or exp > now for _, exp, _ in self._grants)
 
-    def authorized(self, entity_path: str) -> bool:
-        if self._sasl_plain_ok:
-            return True
+    def authorized(self, entity_path: str, claim: str | None = None) -> bool:
+        return self._sasl_plain_ok or any(claim is None or claim in claims for claims in self._covering(entity_path))
+
+    def _covering(self, entity_path: str) -> list[frozenset[str]]:
+        """The claims of every unexpired grant covering the entity."""
         entity = entity_path.strip("/").lower()
         now = time.time()
-        for path, expires in self._grants:
-            if expires is not None and expires <= now:
-                continue
-            if not path or entity == path or entity.startswith(path + "/"):
-                return True
-        return False
+        return [claims for path, expires, claims in self._grants
+                if (expires is None or expires > now) and (not path or entity == path or entity.startswith(path + "/"))]
+
+    def missing_claim(self, claim: str, path: str) -> str:
+        return (f"Unauthorized access. '{claim}' claim(s) are required to perform this operation. "
+                f"Resource: '{self._entity_url(path)}'.")
+
+    def _detach_unauthorized_links(self) -> None:
+        if self.closed:
+            return
+        for session in tuple(self.sessions.values()):
+            for link in tuple(session.links.values()):
+                path_claim = _link_entity(link)
+                if path_claim is not None and not self.authorized(*path_claim):
+                    self.broker.stats.links_unauthorized += 1
+                    self.detach_link(link, frames.error(
+                        "amqp:unauthorized-access",
+                        f"ExpiredToken: the token authorizing '{self._entity_url(path_claim[0])}' expired and was "
+                        "not renewed on $cbs.",
+                    ))
 
     # -- protocol header and SASL -------------------------------------------------------------
     def _on_header(self, header: bytes) -> None:
@@ -354,8 +383,10 @@ class AmqpConnection(asyncio.Protocol):
         elif isinstance(link, ConsumerLink):
             link.partition.listeners.add(link)
 
-    def _authorize(self, path: str) -> None:
-        if not self.authorized(path):
+    def _authorize(self, path: str, claim: str) -> None:
+        if self._covering(path) and not self.authorized(path, claim):
+            raise LinkRefused("amqp:unauthorized-access", self.missing_claim(claim, path))
+        if not self.authorized(path, claim):
             raise LinkRefused(
                 "amqp:unauthorized-access",
                 f"Unauthorized access to '{path}': put a valid token on $cbs first.",
@@ -378,7 +409,7 @@ class AmqpConnection(asyncio.Protocol):
             raise LinkRefused(
                 "amqp:not-found", f"The messaging entity '{self._entity_url(parts[0])}' could not be found."
             )
-        self._authorize("/".join(parts))
+        self._authorize("/".join(parts), "Send")
         partition = None
         if len(parts) == 3 and parts[1].lower() == "partitions":
             partition = hub.partition(parts[2])
@@ -409,7 +440,7 @@ class AmqpConnection(asyncio.Protocol):
             raise LinkRefused(
                 "amqp:not-found", f"The messaging entity '{self._entity_url(parts[0])}' could not be found."
             )
-        self._authorize("/".join(parts))
+        self._authorize("/".join(parts), "Listen")
         group = self.broker.consumer_group(hub, parts[2])
         if group is None:
             raise LinkRefused(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from .auth import SAS_TOKEN_TYPE, check_token
+from .auth import check_token
 from .messages import Request
 
 if TYPE_CHECKING:
@@ -29,9 +29,11 @@ def put_token(conn: AmqpConnection, request: Request) -> tuple[int, str, Any]:
     operation = _text(app.get("operation"))
     if operation != "put-token":
         return 400, f"Unsupported $cbs operation {operation!r}.", None
-    result = check_token(request.body, _text(app.get("type")), conn.broker.keys)
+    result = check_token(request.body, _text(app.get("type")), conn.broker.keys, conn.server.entra)
     if result.status == 202:
-        conn.grant(result.audience_path or "", result.expires_at)
+        if conn.has_grant():
+            conn.broker.stats.tokens_renewed += 1
+        conn.grant(result.audience_path or "", result.expires_at, result.claims)
         conn.broker.stats.tokens_accepted += 1
     else:
         conn.broker.stats.tokens_refused += 1
@@ -45,9 +47,11 @@ def read(conn: AmqpConnection, request: Request) -> tuple[int, str, Any]:
     app = request.application_properties
     token = app.get("security_token")
     if token is not None:
-        check = check_token(token, SAS_TOKEN_TYPE, broker.keys)
+        check = check_token(token, None, broker.keys, conn.server.entra)
         if check.status != 202:
             return 401, check.description, None
+        if not check.claims & {"Listen", "Manage"}:
+            return 401, conn.missing_claim("Listen", _text(app.get("name")) or ""), None
     elif not conn.has_grant():
         return 401, "Unauthorized: no valid token was put on this connection.", None
     operation = _text(app.get("operation"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import threading
 import time
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any, Callable, Iterable, Mapping, TypeVar
 from .broker import MAX_MESSAGE_SIZE, Broker
 from .connection import AmqpConnection
 from .control import ControlApi
+from .entra import EntraAuthority
 from .frames import error
 
 _LOG = logging.getLogger(__name__)
@@ -71,6 +73,11 @@ class EventHubEmulator:
         retention_seconds: float | None = None,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         max_message_size: int = MAX_MESSAGE_SIZE,
+        tls_cert: str | Path | None = None,
+        tls_key: str | Path | None = None,
+        amqps_port: int = 0,
+        websocket_port: int = 0,
+        entra: EntraAuthority | None = None,
     ) -> None:
         self.hubs = normalize_hubs(hubs, partitions)
         self.host = host
@@ -88,6 +95,13 @@ class EventHubEmulator:
             retention_seconds=retention_seconds,
             max_message_size=max_message_size,
         )
+        # With a certificate, AMQP over TLS and over WebSockets (wss) on ports of their own, as Azure serves them
+        # (5671 and 443), beside the plain port of connection strings with UseDevelopmentEmulator.
+        self.tls_cert, self.tls_key = tls_cert, tls_key
+        self.amqps_port, self.websocket_port = amqps_port, websocket_port
+        self._tls_server: asyncio.base_events.Server | None = None
+        self._websocket: Any = None
+        self.entra = entra  # Entra ID tokens checked against this authority (else accepted unchecked)
         self.broker: Broker | None = None  # type: ignore[assignment]
         self.connections: set[AmqpConnection] = set()
         self._server: asyncio.base_events.Server | None = None
@@ -106,6 +120,10 @@ class EventHubEmulator:
         self._loop = asyncio.get_running_loop()
         self._server = await self._loop.create_server(lambda: AmqpConnection(self), self.host, self.port)
         self.port = self._server.sockets[0].getsockname()[1]
+        if self.entra is not None:
+            await self._loop.run_in_executor(None, self.entra.load_keys)
+        if self.tls_cert:
+            await self._start_tls()
         await self.control.start(self.host, self.control_port)
         if self.broker.retention_seconds is not None:
             self._retention_task = asyncio.create_task(self._retention_loop())
@@ -114,10 +132,24 @@ class EventHubEmulator:
         _LOG.info("serving %s on %s:%d", ", ".join(f"{h}({n})" for h, n in self.hubs.items()), self.host, self.port)
         return self.info
 
+    async def _start_tls(self) -> None:
+        from .websocket import WebSocketServer
+
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(str(self.tls_cert), str(self.tls_key) if self.tls_key else None)
+        self._tls_server = await self._loop.create_server(  # type: ignore[union-attr]
+            lambda: AmqpConnection(self), self.host, self.amqps_port, ssl=context)
+        self.amqps_port = self._tls_server.sockets[0].getsockname()[1]
+        self._websocket = WebSocketServer(self)
+        await self._websocket.start(self.host, self.websocket_port, context)
+        self.websocket_port = self._websocket.port
+
     async def stop(self) -> None:
         if self._server is None:
             return
         self._server.close()
+        if self._tls_server is not None:
+            self._tls_server.close()
         await self.control.stop()
         if self._retention_task is not None:
             self._retention_task.cancel()
@@ -125,6 +157,11 @@ class EventHubEmulator:
             conn.close(error("amqp:connection:forced", "The Event Hubs emulator is shutting down."))
         await self._server.wait_closed()
         self._server = None
+        if self._websocket is not None:
+            await self._websocket.stop()
+        if self._tls_server is not None:
+            await self._tls_server.wait_closed()
+            self._tls_server = None
         await asyncio.sleep(0)  # let transports flush their close frames
         if self.broker is not None:
             self.broker.close()
@@ -246,6 +283,9 @@ class EventHubEmulator:
             "control_url": self.control.url,
             "key_name": self.key_name,
             "key": self.key,
+            # With TLS: where Entra ID clients connect (`custom_endpoint_address`), AMQPS and WebSockets.
+            **({"amqps_endpoint": f"sb://{self.host}:{self.amqps_port}",
+                "websocket_endpoint": f"sb://{self.host}:{self.websocket_port}"} if self._tls_server else {}),
         }
 
     def stats(self) -> dict[str, Any]:

@@ -24,6 +24,11 @@ TOKEN_DOWN_MODES = ("", "503", "reset")
 DEFAULT_TENANT_ID = "4f6e2a1c-8d3b-4e5f-9a7c-2b1d0e3f4a5b"
 DEFAULT_CLIENT_ID = "9c8b7a6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d"
 DEFAULT_CLIENT_SECRET = "Emu8Q~local.office365.emulator.secret-0123456789"
+# The managed identity the emulator's App Service and IMDS endpoints sign in as, and the App Service header secret.
+DEFAULT_MANAGED_IDENTITY_CLIENT_ID = "3e1d5c7a-2b4f-4c6d-9e8f-0a1b2c3d4e5f"
+DEFAULT_IDENTITY_HEADER = "emulated-identity-header-0123456789"
+# The Kubernetes service account trusted by the app's federated credential (workload identity).
+DEFAULT_FEDERATED_SUBJECT = "system:serviceaccount:sekoia:eventhub-trigger"
 
 
 def default_fixtures_dir() -> Path:
@@ -41,6 +46,10 @@ class EmulatorConfig:
     tenant_id: str = DEFAULT_TENANT_ID
     client_id: str = DEFAULT_CLIENT_ID
     client_secret: str = DEFAULT_CLIENT_SECRET
+    managed_identity_client_id: str = DEFAULT_MANAGED_IDENTITY_CLIENT_ID
+    identity_header: str = DEFAULT_IDENTITY_HEADER
+    federated_subject: str = DEFAULT_FEDERATED_SUBJECT
+    tls_names: list[str] = field(default_factory=list)  # more names for the server certificate
     fixtures_dir: str | None = None
     # --- fixed at start: content
     blobs: int | None = None  # None: publish the fixture records instead of generated ones
@@ -75,6 +84,7 @@ class EmulatorConfig:
     clock_offset_seconds: float = 0.0  # the API's clock minus the real one: Date headers, windows, new content
     blob_bytes_per_second: float = 0.0  # blob bodies trickle out at this rate (0: at once)
     dlp_permission: bool = True  # False: tokens are treated as lacking ActivityFeed.ReadDlp (DLP.All: AF10001)
+    token_skew_seconds: float = 0.0  # tokens' iat/nbf/exp as if Entra's clock were this far ahead (+) or behind (-)
 
     def validate(self) -> None:
         for name in ("subscribed", "disabled_by_admin"):
@@ -122,6 +132,7 @@ RUNTIME_KNOBS = (
     "clock_offset_seconds",
     "blob_bytes_per_second",
     "dlp_permission",
+    "token_skew_seconds",
 )
 
 
@@ -164,6 +175,7 @@ _COERCE = {
     "clock_offset_seconds": float,
     "blob_bytes_per_second": float,
     "dlp_permission": _as_bool,
+    "token_skew_seconds": float,
 }
 
 

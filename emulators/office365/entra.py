@@ -7,12 +7,20 @@ What msal 1.39 asks for, given authority https://HOST/{tenant}:
   offline clients must pass `instance_discovery=False` / `validate_authority=False` (MSAL) or
   `disable_instance_discovery=True` (azure-identity). We answer it anyway, on any tenant path.
 - tenant discovery `GET /{tenant}/v2.0/.well-known/openid-configuration`; MSAL then uses its token_endpoint.
+
+Tokens are issued for the Office 365 Management API, Event Hubs and Storage, each with its resource as `aud` (the
+services check it: a token reaches only its audience). Besides the app's secret and certificate: its federated
+credential (workload identity: a service account token signed by `federated_token`, issuer FEDERATED_ISSUER), and a
+managed identity through the App Service / Container Apps endpoint (`GET /msi/token`, `X-IDENTITY-HEADER`) and IMDS
+(`GET /metadata/identity/oauth2/token`, `Metadata: true`; azure-identity reaches it with
+AZURE_POD_IDENTITY_AUTHORITY_HOST).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import time
 import uuid
@@ -31,7 +39,12 @@ from .stats import Stats
 from .tls import TlsMaterial
 
 RESOURCE = "https://manage.office.com"
-ROLES = ["ActivityFeed.Read", "ActivityFeed.ReadDlp"]
+EVENTHUBS_RESOURCE = "https://eventhubs.azure.net"
+STORAGE_RESOURCE = "https://storage.azure.com"
+RESOURCES = (RESOURCE, EVENTHUBS_RESOURCE, STORAGE_RESOURCE)
+ROLES = ["ActivityFeed.Read", "ActivityFeed.ReadDlp"]  # app roles of the Management API only; Azure RBAC is per service
+FEDERATED_ISSUER = "https://kubernetes.emulator.invalid"  # the cluster's service account token issuer
+FEDERATED_AUDIENCE = "api://AzureADTokenExchange"
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ASSERTION_CLOCK_SKEW = 300
 GENERIC_TENANTS = ("common", "organizations", "consumers")
@@ -63,6 +76,8 @@ class EntraService:
             web.get("/{tenant}/discovery/keys", self.jwks),
             web.post("/{tenant}/oauth2/v2.0/token", self.token),
             web.post("/{tenant}/oauth2/token", self.token),
+            web.get("/msi/token", self.app_service_token),
+            web.get("/metadata/identity/oauth2/token", self.imds_token),
         ]
 
     # ------------------------------------------------------------------ discovery
@@ -192,7 +207,7 @@ class EntraService:
             )
 
         requested = form.get("scope", "") if v2 else form.get("resource", "")
-        scope_error = _check_resource(requested, v2)
+        resource, scope_error = _check_resource(requested, v2)
         if scope_error:
             return fail(400, *scope_error)
 
@@ -211,10 +226,16 @@ class EntraService:
         elif assertion:
             if form.get("client_assertion_type") != JWT_BEARER:
                 return fail(401, "invalid_client", 700027, f"client_assertion_type must be '{JWT_BEARER}'.")
-            problem = self._assertion_problem(assertion, request, tenant)
-            if problem:
-                return fail(401, "invalid_client", 700027, f"Client assertion failed validation: {problem}.")
-            credential = "client_assertion"
+            if _unverified_issuer(assertion) == FEDERATED_ISSUER:
+                problem = self._federated_problem(assertion)
+                if problem:
+                    return fail(400, "invalid_client", *problem)
+                credential = "federated"
+            else:
+                problem = self._assertion_problem(assertion, request, tenant)
+                if problem:
+                    return fail(401, "invalid_client", 700027, f"Client assertion failed validation: {problem}.")
+                credential = "client_assertion"
         else:
             return fail(
                 401,
@@ -224,7 +245,8 @@ class EntraService:
             )
         self.stats.tokens_issued[credential] += 1
         return json_response(
-            self._issue(client_id, credential, v2), headers={"Cache-Control": "no-store", "Pragma": "no-cache"}
+            self._issue(client_id, credential, v2, resource),
+            headers={"Cache-Control": "no-store", "Pragma": "no-cache"},
         )
 
     def _assertion_problem(self, assertion: str, request: web.Request, tenant: str) -> str | None:
@@ -266,13 +288,81 @@ class EntraService:
             return f"aud {claims.get('aud')!r} is not this tenant's token endpoint"
         return None
 
-    def _issue(self, client_id: str, credential: str, v2: bool) -> dict:
+    # ------------------------------------------------------------------ workload identity (federated credential)
+    @functools.cached_property
+    def _federation_key(self):
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+    def federated_token(self, subject: str | None = None, lifetime: int = 3600,
+                        audience: str = FEDERATED_AUDIENCE) -> str:
+        """A service account token as Kubernetes projects it into AZURE_FEDERATED_TOKEN_FILE."""
         now = int(time.time())
+        claims = {"iss": FEDERATED_ISSUER, "sub": subject or self.config.federated_subject, "aud": [audience],
+                  "iat": now, "nbf": now, "exp": now + lifetime}
+        return jwt.encode(claims, self._federation_key, algorithm="RS256", headers={"kid": "cluster"})
+
+    def _federated_problem(self, assertion: str) -> tuple[int, str] | None:
+        try:
+            claims = jwt.decode(assertion, self._federation_key.public_key(), algorithms=["RS256"],
+                                audience=FEDERATED_AUDIENCE, options={"require": ["exp", "sub", "aud"]})
+        except jwt.ExpiredSignatureError:
+            return 700024, "Client assertion is not within its valid time range."
+        except jwt.InvalidAudienceError:
+            unverified = jwt.decode(assertion, options={"verify_signature": False})
+            return 700212, (f"No matching federated identity record found for presented assertion audience "
+                            f"'{unverified.get('aud')}'.")
+        except jwt.PyJWTError as exc:
+            return 700027, f"Client assertion failed signature validation ({exc})."
+        if claims["sub"] != self.config.federated_subject:
+            return 70021, (f"No matching federated identity record found for presented assertion. Assertion Issuer: "
+                           f"'{FEDERATED_ISSUER}'. Assertion Subject: '{claims['sub']}'. Assertion Audience: "
+                           f"'{FEDERATED_AUDIENCE}'.")
+        return None
+
+    # ------------------------------------------------------------------ managed identity endpoints
+    async def app_service_token(self, request: web.Request) -> web.Response:
+        """App Service / Container Apps: IDENTITY_ENDPOINT, with IDENTITY_HEADER's value in X-IDENTITY-HEADER."""
+        self.stats.requests["managed_identity"] += 1
+        if request.headers.get("X-IDENTITY-HEADER") != self.config.identity_header:
+            return json_response({"statusCode": 401, "message": "X-IDENTITY-HEADER is missing or wrong."}, status=401)
+        return self._managed_identity_token(request, app_service=True)
+
+    async def imds_token(self, request: web.Request) -> web.Response:
+        """The Instance Metadata Service of virtual machines (and AKS pod identity)."""
+        self.stats.requests["managed_identity"] += 1
+        if request.headers.get("Metadata", "").lower() != "true":
+            return json_response({"error": "invalid_request", "error_description": "Required metadata header not "
+                                  "specified"}, status=400)
+        return self._managed_identity_token(request, app_service=False)
+
+    def _managed_identity_token(self, request: web.Request, app_service: bool) -> web.Response:
+        requested = request.query.get("resource", "")
+        resource, problem = _check_resource(requested, v2=False)
+        if problem:
+            return json_response({"error": "invalid_resource", "error_description": problem[2]}, status=400)
+        identity = self.config.managed_identity_client_id
+        asked = request.query.get("client_id")
+        if asked and asked.lower() != identity.lower():
+            # What both endpoints answer for a user-assigned identity not assigned to the resource.
+            return json_response({"error": "invalid_request", "error_description": "Identity not found"}, status=400)
+        self.stats.tokens_issued["app_service_identity" if app_service else "imds_identity"] += 1
+        issued = self._issue(identity, "managed_identity", False, resource)
+        if app_service:
+            return json_response({"access_token": issued["access_token"], "expires_on": issued["expires_on"],
+                                  "resource": issued["resource"], "token_type": "Bearer", "client_id": identity})
+        return json_response({**issued, "client_id": identity})
+
+    # ------------------------------------------------------------------ access tokens
+    def _issue(self, client_id: str, credential: str, v2: bool, resource: str = RESOURCE) -> dict:
+        now = int(time.time() + self.config.token_skew_seconds)
         lifetime = int(self.config.token_lifetime)
         tid = self.config.tenant_id
-        service_principal = str(uuid.uuid5(uuid.NAMESPACE_URL, f"sp:{tid}:{client_id}"))
+        kind = "mi" if credential == "managed_identity" else "sp"
+        service_principal = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{kind}:{tid}:{client_id}"))
         claims = {
-            "aud": RESOURCE,
+            "aud": resource,
             "iss": f"https://sts.windows.net/{tid}/",
             "iat": now,
             "nbf": now,
@@ -283,7 +373,7 @@ class EntraService:
             "idp": f"https://sts.windows.net/{tid}/",
             "idtyp": "app",
             "oid": service_principal,
-            "roles": ROLES,
+            **({"roles": ROLES} if resource == RESOURCE else {}),
             "sub": service_principal,
             "tid": tid,
             "uti": _b64url(uuid.uuid4().bytes),
@@ -304,7 +394,7 @@ class EntraService:
             "ext_expires_in": str(lifetime),
             "expires_on": str(now + lifetime),
             "not_before": str(now),
-            "resource": RESOURCE,
+            "resource": resource,
             "access_token": access_token,
         }
 
@@ -360,11 +450,19 @@ def _basic_credentials(request: web.Request) -> tuple[str, str]:
     return unquote(client_id), unquote(secret)
 
 
-def _check_resource(requested: str, v2: bool) -> tuple[str, int, str] | None:
+def _unverified_issuer(assertion: str) -> str | None:
+    try:
+        return str(jwt.decode(assertion, options={"verify_signature": False}).get("iss", "")).rstrip("/")
+    except jwt.PyJWTError:
+        return None
+
+
+def _check_resource(requested: str, v2: bool) -> tuple[str, tuple[str, int, str] | None]:
+    """The resource a token is asked for, or why it cannot be issued."""
     if v2:
         scopes = requested.split()
         if not scopes or not all(s.endswith("/.default") for s in scopes):
-            return (
+            return "", (
                 "invalid_scope",
                 1002012,
                 f"The provided value for scope {requested} is not valid. Client credential flows must have a scope "
@@ -374,14 +472,14 @@ def _check_resource(requested: str, v2: bool) -> tuple[str, int, str] | None:
     else:
         resources = [requested.rstrip("/")]
     for resource in resources:
-        if resource.lower() != RESOURCE:
-            return (
+        if resource.lower() not in RESOURCES:
+            return "", (
                 "invalid_resource",
                 500011,
                 f"The resource principal named {resource} was not found in the tenant. This can happen if the "
                 "application has not been installed by the administrator of the tenant.",
             )
-    return None
+    return resources[0].lower(), None
 
 
 def _is_token_endpoint(audience, tenant: str, request: web.Request) -> bool:

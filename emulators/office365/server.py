@@ -41,6 +41,7 @@ class Office365Emulator:
         self.store: ContentStore | None = None
         self.stats = Stats()
         self.tls: TlsMaterial | None = None
+        self.entra: EntraService | None = None  # e.g. `entra.federated_token()` for workload identity tests
         self._control: ControlApi | None = None
         self._runner: web.AppRunner | None = None
         self._listener: asyncio.Server | None = None
@@ -59,7 +60,7 @@ class Office365Emulator:
         loop = asyncio.get_running_loop()
         set_clock_offset(cfg.clock_offset_seconds)  # before content: its times are the API's
         # Key generation and content generation are CPU work: keep the loop responsive meanwhile.
-        self.tls = await loop.run_in_executor(None, create_tls_material, workdir)
+        self.tls = await loop.run_in_executor(None, create_tls_material, workdir, tuple(cfg.tls_names))
         self.store = await loop.run_in_executor(None, ContentStore.build, cfg)
         subscriptions = SubscriptionBook(self.store)
         for content_type in cfg.subscribed:
@@ -67,7 +68,7 @@ class Office365Emulator:
         for content_type in cfg.disabled_by_admin:
             subscriptions.disable_by_admin(content_type)
         policy = RequestPolicy(cfg, self.stats)
-        entra = EntraService(cfg, self.tls, self.stats, policy)
+        entra = self.entra = EntraService(cfg, self.tls, self.stats, policy)
         api = ActivityApi(cfg, self.store, subscriptions, entra, policy, self.stats)
         self._control = ControlApi(cfg, self.store, subscriptions, self.stats)
 
@@ -103,6 +104,12 @@ class Office365Emulator:
             "certificate_with_key_file": str(self.tls.certificate_with_key_file),
             "certificate_thumbprint_sha1": self.tls.client_certificate.sha1_thumbprint.hex().upper(),
             "token_url": f"{base}/{cfg.tenant_id}/oauth2/v2.0/token",
+            "authority_host": base,
+            "identity_endpoint": f"{base}/msi/token",  # App Service / Container Apps: IDENTITY_ENDPOINT
+            "identity_header": cfg.identity_header,
+            "imds_host": base,  # AZURE_POD_IDENTITY_AUTHORITY_HOST
+            "managed_identity_client_id": cfg.managed_identity_client_id,
+            "federated_subject": cfg.federated_subject,
             "api_root": f"{base}/api/v1.0/{cfg.tenant_id}/activity/feed",
             "content_types": list(CONTENT_TYPES),
             "workdir": str(workdir),

@@ -58,10 +58,12 @@ def _self_signed_rsa(common_name: str) -> tuple[rsa.RSAPrivateKey, x509.Certific
     return key, cert
 
 
-def create_tls_material(workdir: Path) -> TlsMaterial:
+def create_tls_material(workdir: Path, names: tuple[str, ...] = ()) -> TlsMaterial:
+    """``names``: more host names for the server certificate (e.g. login.microsoftonline.us reached through a test
+    proxy)."""
     workdir.mkdir(parents=True, exist_ok=True)
     ca = trustme.CA(organization_name="Office 365 emulator test CA")
-    server_cert = ca.issue_cert("127.0.0.1", "localhost", "::1")
+    server_cert = ca.issue_cert("127.0.0.1", "localhost", "::1", *names)
     ca_file = workdir / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
