@@ -337,9 +337,9 @@ class Forwarder:
         return self._cut_count - self._acked_count
 
     @property
-    def set_aside_path(self) -> Path | None:
+    def set_aside(self) -> SetAsideStore | None:
         """Where the full events that were shortened or refused are kept."""
-        return self._set_aside_store.path if self._set_aside_store is not None else None
+        return self._set_aside_store
 
     @property
     def outage_seconds(self) -> float | None:
@@ -437,50 +437,52 @@ class Forwarder:
                 f"{EVENT_BYTES_MAX_SIZE} bytes: sent shortened to {len(short.event)} bytes "
                 f"({f'cut: {cut}' if cut else 'text cut'}, marked `sekoia_truncated`); the full event (sha256 "
                 f"{short.sha256}) is ")
-        try:
-            where = self._where(await self._keep(originals))
-        except OSError as error:  # the shortened events still go: only the local copy is missing
-            where = f"not kept (the set-aside file cannot be written: {error})"
+        where = await self._keep_originals(originals)
         self.shortened += len(oversize)
         metrics.oversize_events.labels(self.trigger).inc(len(oversize))
         for line in lines:
             self._log(line + where, "warning")
         return events
 
-    async def _keep(self, kept: list[Kept]) -> bool:
-        """Write events to the set-aside file, off the loop, one write at a time; False when not kept."""
+    async def _keep(self, kept: list[Kept]) -> None:
+        """Write events to their set-aside file, off the loop, one write at a time (OSError: the disk refused)."""
         store = self._set_aside_store
-        if store is None:
-            return False
+        if store is None or not kept:
+            return
         async with self._keeping:
             # Held until the thread returns, even for a cancelled caller: the store allows one writer at a time.
-            return await thread_to_its_end(store.keep, kept)
+            await thread_to_its_end(store.keep, kept)
 
-    def _where(self, kept: bool) -> str:
-        if kept:
-            return f"kept in {self._set_aside_store.path}"  # type: ignore[union-attr]
+    async def _keep_originals(self, originals: list[Kept]) -> str:
+        """Keep the originals of events sent shortened: a copy, so a write the disk refuses is said, not retried
+        (the shortened events still go). Where they are, for the log line."""
         if self._set_aside_store is None:
             return "not kept (no set-aside file)"
-        return f"not kept ({self._set_aside_store.path} is at its cap of {self._set_aside_store.cap_bytes} bytes)"
+        try:
+            await self._keep(originals)
+        except OSError as error:
+            return f"not kept (the originals file cannot be written: {error})"
+        return f"kept in {self._set_aside_store.where(sent=True)}"
 
     async def _set_aside(self, kept: list[Kept]) -> int:
         """Keep the events of one request the runtime would not take as they were (one write, one line per kind);
-        returns how many were not sent. Refused events that cannot be kept stop everything: nothing past them is
-        acknowledged (raises DeliveryAborted)."""
+        returns how many were not sent. Refused events are kept while the disk has room (a write it refuses is
+        retried, nothing past them acknowledged meanwhile); without a set-aside file they stop everything (raises
+        DeliveryAborted)."""
         if not kept:
             return 0
-        stored = await self._locally(lambda: self._keep(kept))
         refused = [entry for entry in kept if not entry.sent]
         shortened = [entry for entry in kept if entry.sent]
-        if refused and not stored:
+        store = self._set_aside_store
+        if refused and store is None:
             self._fail(UnkeptRefusal(
                 f"The runtime refused {_count(refused)} ({refused[0].reason}) from {_origins(refused)}, and they "
-                f"cannot be kept: {self._where(False).removeprefix('not kept (').rstrip(')')}. They were not "
-                "marked as read and delivery stopped. Look at why the runtime refuses them; move the set-aside "
-                "file elsewhere (keep its events) or set up one, then restart: they will be collected again"))
+                "cannot be kept: no set-aside file. They were not marked as read and delivery stopped. Look at why "
+                "the runtime refuses them, then restart: they will be collected again"))
             raise DeliveryAborted("refused events cannot be kept")
-        where = self._where(stored)
+        await self._locally(lambda: self._keep(refused))
         if shortened:
+            where = await self._keep_originals(shortened)
             self.shortened += len(shortened)
             metrics.oversize_events.labels(self.trigger).inc(len(shortened))
             self._log(f"The runtime refused {_count(shortened)} as too large (HTTP 413) from "
@@ -491,9 +493,8 @@ class Forwarder:
             metrics.refused_events.labels(self.trigger).inc(len(refused))
             hashes = ", ".join(digest(entry.event) for entry in refused[:ORIGINS_NAMED])
             self._log(f"The runtime refused {_count(refused)} ({refused[0].reason.removeprefix('refused: ')}) from "
-                      f"{_origins(refused)}: not "
-                      f"sent, {where} (sha256 {hashes}{', ...' if len(refused) > ORIGINS_NAMED else ''}); delivery "
-                      "goes on", "warning")
+                      f"{_origins(refused)}: not sent, kept in {store.path} (sha256 {hashes}"  # type: ignore[union-attr]
+                      f"{', ...' if len(refused) > ORIGINS_NAMED else ''}); delivery goes on", "warning")
         return len(refused)
 
     # -- sender tasks --------------------------------------------------------------------------------------
@@ -685,7 +686,7 @@ class Forwarder:
             finally:
                 await self._clean_up(requests_)
         if refusal.status:
-            kept.append(Kept(event, origin, f"refused: {refusal}", by_runtime=True))
+            kept.append(Kept(event, origin, f"refused: {refusal}"))
         else:
             kept.append(Kept(event, origin, f"refused: {refusal.detail}"))
 

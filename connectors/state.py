@@ -162,6 +162,19 @@ class Journal:
         self._handle.flush()
         os.fsync(self._handle.fileno())
 
+    def follow_a_move(self) -> bool:
+        """True when the open file is no longer at ``path`` (a person moved it away): it is closed, and the next
+        append starts a new file there."""
+        if self._handle is None:
+            return False
+        try:
+            moved = os.stat(self.path).st_ino != os.fstat(self._handle.fileno()).st_ino
+        except FileNotFoundError:
+            moved = True
+        if moved:
+            self.close()
+        return moved
+
     def rewrite(self, entries: Iterable[Any]) -> None:
         self.close()
         atomic_write(self.path, b"".join(orjson.dumps(entry) + b"\n" for entry in entries))

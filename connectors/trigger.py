@@ -29,7 +29,7 @@ from connectors.executor import RunExecutor
 from connectors.logs import LogPump, Redactor, format_duration, install_redaction
 from connectors.progress import DEFAULT_STALL_SECONDS, StallWatch
 from connectors.retry import Backoff
-from connectors.setaside import SetAsideStore
+from connectors.setaside import MB, SetAsideStore
 from connectors.sinks import IntakeSink, PlaybookSink
 from connectors.state import private_directory
 from connectors.stopping import unless_stopping
@@ -87,6 +87,26 @@ class CollectorConfiguration(BaseModel):
         title="Stall detection (seconds)",
         description="A partition or content type that made no progress for this long while its source holds more "
         "is stalled: logged, its connection reopened, then its client, then the run",
+    )
+    set_aside_cap_mb: int = Field(
+        200,
+        ge=1,
+        title="Refused events file (MB)",
+        description="Events the runtime refuses are kept whole in a local file: warned at 80 % of this size and at "
+        "it; they are still kept past it, while the disk has room",
+    )
+    originals_cap_mb: int = Field(
+        200,
+        ge=1,
+        title="Originals of shortened events (MB)",
+        description="Events over the intake's size limit are sent shortened and their originals kept in local "
+        "files: the oldest are removed past this size",
+    )
+    originals_max_age_days: float = Field(
+        30,
+        gt=0,
+        title="Originals of shortened events (days)",
+        description="Originals of events sent shortened are removed after this many days",
     )
 
     # Configuration fields whose values must never appear in a log line or a metric.
@@ -231,9 +251,13 @@ class CollectorTrigger(Connector):
             parts.append(f"trigger figures unavailable ({type(error).__name__})")
         forwarder = self.__dict__.get("forwarder")
         if forwarder is not None:
-            if forwarder.shortened or forwarder.refused:
-                parts.append(f"{forwarder.shortened} oversize events sent shortened and {forwarder.refused} refused "
-                             f"by the runtime since the start, kept whole in {forwarder.set_aside_path}")
+            kept = forwarder.set_aside
+            if forwarder.refused:
+                parts.append(f"{forwarder.refused} events refused by the runtime since the start, kept in "
+                             f"{kept.path if kept else 'no file'}")
+            if forwarder.shortened:
+                parts.append(f"{forwarder.shortened} oversize events sent shortened since the start, originals kept "
+                             f"in {kept.where(sent=True) if kept else 'no file'}")
             outage = forwarder.outage_seconds
             if outage is not None:
                 parts.append(f"the runtime has not confirmed a batch for {format_duration(outage)}")
@@ -311,7 +335,9 @@ class CollectorTrigger(Connector):
             trigger=self.name,
             limits=limits,
             log=self.log,
-            set_aside=SetAsideStore(self.state_dir / "set-aside-events.jsonl"),
+            set_aside=SetAsideStore(self.state_dir, refused_cap_bytes=config.set_aside_cap_mb * MB,
+                                    originals_cap_bytes=config.originals_cap_mb * MB,
+                                    originals_max_age_seconds=config.originals_max_age_days * 86400.0, log=self.log),
             on_delivered=self._delivered,
             on_fatal=self._stop_on_configuration_error,
             idle_flush=self.idle_flush_seconds,

@@ -112,10 +112,11 @@ class DeliveredReader:
 
 
 def set_aside_entries(data_path: Path) -> list[dict]:
-    """What the trigger kept in its set-aside file: events over the intake's size limit (sent shortened) and
-    events the runtime refused (not sent), each with its origin and reason."""
+    """What the trigger kept in its set-aside files: events the runtime refused (not sent) and the originals of events
+    over the intake's size limit (sent shortened), each with its origin and reason."""
     entries = []
-    for path in Path(data_path).glob("state/*/set-aside-events.jsonl"):
+    state = Path(data_path)
+    for path in [*state.glob("state/*/set-aside-events.jsonl"), *sorted(state.glob("state/*/shortened-originals-*.jsonl"))]:
         for line in path.read_bytes().splitlines():
             try:
                 entries.append(orjson.loads(line))
