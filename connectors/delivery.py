@@ -31,6 +31,7 @@ disk) is retried with backoff like an outage, said once; nothing after it is ack
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections import deque
@@ -46,8 +47,10 @@ from connectors import metrics
 from connectors.errors import ConfigurationError
 from connectors.logs import OnceLogger
 from connectors.retry import Backoff
+from connectors.progress import StallWatch
 from connectors.setaside import Kept, SetAsideStore
 from connectors.state import thread_to_its_end
+from connectors.stopping import Stopping, unless_stopping
 from connectors.sinks import Misdirected, Refused, Request, RetryableError, Sink, clean_up, client_session, post
 from connectors.truncation import digest, shorten
 
@@ -67,7 +70,9 @@ STOP_GRACE_SECONDS = 8.0
 # on its data at every restart, so the bar is high; refusing everything costs this many requests, not one per event.
 REFUSES_EVERYTHING_REQUESTS = 100
 ORIGINS_NAMED = 3  # origins named in a line about several events
-SLEEP_SLICE = 0.25  # a backoff sleep looks this often whether a stop began (stopping() may run in a signal handler)
+UNEXPECTED = "unexpected"  # the outage's key for an unexpected error: counted as an outage, said in its own words
+# The sender a coroutine runs for (its stall-watch reading): set at the start of each sender task.
+_sender_name: contextvars.ContextVar[str] = contextvars.ContextVar("sender", default="sender")
 
 
 @dataclass(frozen=True)
@@ -152,14 +157,18 @@ class Forwarder:
         log: LogFunction | None = None,
         set_aside: SetAsideStore | None = None,
         session: aiohttp.ClientSession | None = None,  # made on first use (on the loop), closed by close()
-        # A slow intake may take over a minute to answer: giving up sooner would resend (duplicates) forever.
-        # Stopping does not wait for it: attempts are then bounded by the stop deadline.
-        timeout: tuple[float, float] = (10.0, 120.0),
+        # Connect, and read inactivity: a connection silent for a minute (a NAT or firewall that dropped it
+        # without a word) is given up and the request sent again on a new one. Stopping bounds attempts by its
+        # deadline instead.
+        timeout: tuple[float, float] = (10.0, 60.0),
         backoff: Callable[[], Backoff] = lambda: Backoff(base=0.5, cap=30.0),
         on_delivered: Callable[[int], None] | None = None,
         on_fatal: Callable[[ConfigurationError], None] | None = None,
         # No add for this long, the end of a burst: the buffer goes now rather than at its max age (0: off).
         idle_flush: float = 0.0,
+        # Told when each sender's request starts and ends (a reading per sender, behind while one is on the wire):
+        # a request unanswered for its stall time is a stall, recovered by ``renew_connections``.
+        progress: StallWatch | None = None,
     ):
         try:
             self._loop = asyncio.get_running_loop()  # the senders are its tasks
@@ -172,6 +181,7 @@ class Forwarder:
         self._set_aside_store = set_aside
         self._keeping = asyncio.Lock()  # one set-aside write at a time (producers and senders both keep events)
         self._session = session
+        self._closing_sessions: set[asyncio.Task[None]] = set()  # pools dropped by a stall, being closed
         self._timeout = timeout
         self._usual_timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout[0], sock_read=timeout[1])
         self._backoff = backoff
@@ -193,7 +203,8 @@ class Forwarder:
         self._abort_at: float | None = None  # once stopping: no attempt starts or waits past this moment
         self._outage = OnceLogger(self._log)
         self._local_trouble = OnceLogger(self._log)  # a local write failing (full disk): said once, retried
-        self._unexpected = OnceLogger(self._log)
+        self._progress = progress
+        self._stop_requested = asyncio.Event()  # set on the loop by ``stopping``, from any thread
         self._failure: str | None = None
         self._abort_told = False
         self.fatal_error: ConfigurationError | None = None
@@ -201,7 +212,7 @@ class Forwarder:
         self.shortened = 0
         self.refused = 0
         self._refused_in_a_row = 0  # requests the runtime refused since it last confirmed one, across senders
-        self._senders = [self._loop.create_task(self._sender(), name=f"deliver-{trigger}-{n}")
+        self._senders = [self._loop.create_task(self._sender(f"sender {n}"), name=f"deliver-{trigger}-{n}")
                          for n in range(max(1, limits.senders))]
         for task in self._senders:
             task.add_done_callback(self._sender_ended)
@@ -259,11 +270,11 @@ class Forwarder:
 
     async def _wait_for_room(self) -> None:
         """Backpressure: the producer waits while ``in_flight`` cut batches (at least one) wait for a sender,
-        unless stopping (polled: ``stopping`` cannot wake anyone), failed or closed."""
+        unless stopping, failed or closed."""
         room = max(1, self.limits.in_flight)
         while (len(self._ready) >= room and self._abort_at is None and self._failure is None
                and not self._closed):
-            await self._wait_change(SLEEP_SLICE)
+            await self._wait_change()
 
     def flush(self) -> None:
         """Queue the current buffer for delivery now (acknowledgements alone are queued too)."""
@@ -283,12 +294,20 @@ class Forwarder:
     def stopping(self, grace: float = STOP_GRACE_SECONDS) -> None:
         """The trigger was asked to stop: delivery gets ``grace`` seconds from now, producers stop waiting for room.
 
-        Safe from a signal handler or another thread: it only sets a value, which waiters poll (a sender sleeping
-        between attempts looks every ``SLEEP_SLICE`` and makes one more attempt).
+        Safe from a signal handler or another thread: it sets the deadline and wakes the loop (a sender sleeping
+        between attempts makes one more attempt, producers waiting for room go on).
         """
         deadline = time.monotonic() + grace
         if self._abort_at is None or deadline < self._abort_at:
             self._abort_at = deadline
+        try:
+            self._loop.call_soon_threadsafe(self._stopping_began)
+        except RuntimeError:
+            pass  # the loop already ended
+
+    def _stopping_began(self) -> None:
+        self._stop_requested.set()
+        self._notify()
 
     async def close(self, grace: float = STOP_GRACE_SECONDS) -> bool:
         """Deliver what is buffered until the stop deadline (``grace`` from now, or sooner if ``stopping`` set
@@ -329,6 +348,7 @@ class Forwarder:
         metrics.pending_batches.labels(self.trigger).set(0)
         if self._session is not None:
             await self._session.close()
+        await asyncio.gather(*self._closing_sessions, return_exceptions=True)
         return confirmed
 
     @property
@@ -343,8 +363,17 @@ class Forwarder:
 
     @property
     def outage_seconds(self) -> float | None:
-        """How long the runtime has been failing to confirm (None: it answers)."""
-        return self._outage.lasting()
+        """How long delivery has been failing, the runtime unreachable or an unexpected error (None: it works)."""
+        lasting = [seconds for key in ("", UNEXPECTED) if (seconds := self._outage.lasting(key)) is not None]
+        return max(lasting, default=None)
+
+    def renew_connections(self) -> None:
+        """A stall (a request unanswered for the stall time: a connection silent without a word): the pool is
+        closed, failing the requests on it (each is sent again, on a new connection of a new pool)."""
+        session, self._session = self._session, None
+        if session is not None and not session.closed:
+            self._closing_sessions.add(task := self._loop.create_task(session.close()))
+            task.add_done_callback(self._closing_sessions.discard)
 
     def _current(self) -> _Batch:
         """The batch to add to (call only to add to it): an empty one starts its age clock."""
@@ -514,7 +543,8 @@ class Forwarder:
                                   "sent or marked as read; the trigger stops, and what was not confirmed is "
                                   "collected again at the next start"))
 
-    async def _sender(self) -> None:
+    async def _sender(self, name: str) -> None:
+        _sender_name.set(name)
         while True:
             batch = await self._next_batch()
             if batch is None:
@@ -569,7 +599,7 @@ class Forwarder:
                 return False
             try:
                 refused = await self._send(batch.events, batch.origins)
-                self._unexpected.ended("Delivery works again")
+                self._outage.ended("Delivery works again", key=UNEXPECTED)
                 break
             except DeliveryAborted:
                 metrics.delivery_batches.labels(self.trigger, "aborted").inc()
@@ -579,8 +609,8 @@ class Forwarder:
                 self._fail(self.sink.configuration_error(refusal))
                 return False
             except Exception as error:  # noqa: BLE001 - a bug must not end the sender: the batch is sent again
-                self._unexpected.began(f"Delivery failed unexpectedly ({error!r}); retrying the batch (some of its "
-                                       "events may be sent twice)", "error")
+                self._outage.began(f"Delivery failed unexpectedly ({error!r}); retrying the batch (some of its "
+                                   "events may be sent twice)", "error", key=UNEXPECTED)
                 try:
                     await self._pause(backoff.next_delay())
                 except DeliveryAborted:
@@ -730,7 +760,7 @@ class Forwarder:
             if self._failure is not None:
                 raise DeliveryAborted(self._failure)
             try:
-                await post(self._client(), request, self._attempt_timeout())
+                await self._post(request)
                 self._outage_ended()
                 self._refused_in_a_row = 0
                 return
@@ -752,19 +782,37 @@ class Forwarder:
             raise Misdirected(refusal.status, f"{self._refused_in_a_row} requests in a row refused, none confirmed "
                                               f"in between: {refusal.detail}")
 
+    async def _post(self, request: Request) -> None:
+        """One attempt, watched: the sender's reading is behind while its request is on the wire."""
+        watch, reading = self._progress, _sender_name.get()
+        if watch is not None:
+            watch.progressed(reading)
+            watch.behind(reading, True)
+        try:
+            await post(self._client(), request, self._attempt_timeout())
+        finally:
+            if watch is not None:
+                watch.behind(reading, False)
+                watch.progressed(reading)
+
     async def _pause(self, delay: float) -> None:
         """A backoff sleep, cut short when a stop begins (one more attempt within the grace) or delivery fails;
-        raises DeliveryAborted when stopping leaves no time for it. Sleeps in slices: ``stopping`` may run in a
-        signal handler, which cannot wake the loop."""
+        raises DeliveryAborted when stopping leaves no time for it."""
         stop_at = self._abort_at
         if stop_at is not None and time.monotonic() + delay > stop_at:
             raise DeliveryAborted("the stop deadline comes before the next attempt")
-        end = time.monotonic() + delay
-        while self._failure is None and self._abort_at == stop_at:
-            left = end - time.monotonic()
-            if left <= 0:
-                return
-            await asyncio.sleep(min(left, SLEEP_SLICE))
+        sleep = self._sleep_unless_failed(time.monotonic() + delay)
+        if stop_at is not None:  # stopping already: the whole sleep fits before the deadline
+            await sleep
+            return
+        try:
+            await unless_stopping(sleep, self._stop_requested)
+        except Stopping:
+            pass
+
+    async def _sleep_unless_failed(self, end: float) -> None:
+        while self._failure is None and (left := end - time.monotonic()) > 0:
+            await self._wait_change(left)
 
     def _attempt_timeout(self) -> aiohttp.ClientTimeout:
         """The usual timeouts, or once stopping what is left before the deadline (none left: no attempt)."""

@@ -36,6 +36,10 @@ from connectors.stopping import unless_stopping
 
 T = TypeVar("T")
 
+# A delivery request unanswered for stall_seconds: its connection (silent, never closed) and the pool's others are
+# replaced; if that brings no answer either, the trigger reports itself unhealthy.
+DELIVERY_RECOVERY = ("replacing its connections to the runtime",)
+
 # Outside a container there is no /symphony_data: this variable moves the data path (checkpoints, records files).
 DATA_PATH_VARIABLE = "SEKOIA_DATA_PATH"
 
@@ -330,7 +334,8 @@ class CollectorTrigger(Connector):
         else:
             sink = PlaybookSink(self.callback_url, self.token, self.data_path, self.name)
         limits = BatchLimits(config.batch_max_events, config.batch_max_bytes, config.batch_max_age_seconds)
-        return Forwarder(
+        watch = self.watch_progress("delivery", DELIVERY_RECOVERY)
+        forwarder = Forwarder(
             sink,
             trigger=self.name,
             limits=limits,
@@ -341,7 +346,10 @@ class CollectorTrigger(Connector):
             on_delivered=self._delivered,
             on_fatal=self._stop_on_configuration_error,
             idle_flush=self.idle_flush_seconds,
+            progress=watch,
         )
+        watch.recover = lambda reading, step: forwarder.renew_connections()
+        return forwarder
 
     @property
     def _user_agent(self) -> str:
