@@ -36,7 +36,7 @@ from azure_eventhub.clients import (
 from azure_eventhub.config import EventHubConfiguration, parse_starting_position
 from azure_eventhub.partitions import PartitionWatch
 from azure_eventhub.records import RecordSplitter, SplitStats
-from connectors.delivery import Forwarder
+from connectors.delivery import STOP_GRACE_SECONDS, Forwarder
 from connectors.errors import ConfigurationError
 from connectors.logs import OnceLogger
 from connectors.state import StateFile
@@ -71,7 +71,7 @@ class Progress:
 
 @dataclass
 class Settings:
-    stop_grace: float = 25.0  # seconds to deliver and checkpoint what was read, once asked to stop
+    stop_grace: float = STOP_GRACE_SECONDS  # to deliver and checkpoint what was read, once asked to stop
     backlog_interval: float = 30.0  # partition properties are read this often, not per event
     partition_check_interval: float = 10.0  # the hub's partition list: new ones are claimed within a minute
     text_warning_interval: float = 600.0
