@@ -427,7 +427,7 @@ async def test_close_returns_by_its_deadline_while_the_runtime_hangs(runtime, tm
     assert await fwd.close(grace=1.0) is False
     assert time.monotonic() - started < 10  # a bound far under the hang, not a measure of speed
     assert recorder.acks == [] and runtime.delivered() == []
-    assert fwd._session.closed  # the stuck calls were cancelled and the connections closed
+    assert fwd.transport.session.closed  # the stuck calls were cancelled and the connections closed
     assert await fwd.add(events(1)) == 0 and fwd.pending == 0
     assert await fwd.close() is False  # idempotent
 
