@@ -26,12 +26,12 @@ def proxy(runtime):
         yield proxy
 
 
-def through(runtime, proxy, logs, timeout=(5.0, 120.0), progress=None, sink=None):
+def through(runtime, proxy, logs, timeout=(5.0, 120.0), progress=None, sink=None, max_bytes=1_000_000):
     sink = sink or IntakeSink(f"http://{proxy.address}", runtime.info["intake_key"], user_agent="tests")
     return Forwarder(
         sink,
         trigger="tests",
-        limits=BatchLimits(max_events=50, max_age=0.1),
+        limits=BatchLimits(max_events=50, max_age=0.1, max_bytes=max_bytes),
         log=lambda message, level: logs.append((level, message)),
         backoff=lambda: Backoff(base=0.05, cap=0.5),
         timeout=timeout,
@@ -92,6 +92,31 @@ async def test_a_request_unanswered_for_the_stall_time_gets_new_connections(runt
     assert any(level == "warning" and "no progress" in m and "replacing its connections" in m for level, m in logs)
     assert any(level == "info" and "progresses again" in m for level, m in logs)
     assert watch.failed is None
+
+
+async def test_a_connection_frozen_while_its_request_is_written_is_given_up_at_the_stall(runtime, proxy):
+    """The read bound starts once the body is written: a connection frozen with megabytes still to write (its
+    socket buffers full) would wait for ever. The stall watch gives the request up and it goes again."""
+    logs, done = [], []
+    watch = StallWatch("tests", "delivery", ("replacing its connections to the runtime",),
+                       lambda message, level: logs.append((level, message)), stall_seconds=1.0)
+    fwd = through(runtime, proxy, logs, timeout=(5.0, 1.0), progress=watch, max_bytes=7_000_000)
+    watch.recover = lambda reading, step: fwd.renew_connections()
+    beating = asyncio.create_task(heartbeats(watch))
+    large = [orjson.dumps({"n": n, "pad": "p" * 130_000}) for n in range(50)]  # one request of 6.5 MB
+    try:
+        await fwd.add(events(50), ack=acks_into(done, "before"))
+        assert await fwd.drain(timeout=30)
+        assert proxy.freeze() >= 1
+        await fwd.add(large, ack=acks_into(done, "large"))
+        assert await fwd.drain(timeout=60)
+    finally:
+        beating.cancel()
+    await fwd.close()
+    assert done == ["before", "large"]
+    assert sorted(runtime.delivered()) == sorted(events(50) + large)
+    assert any(level == "warning" and "no progress" in m for level, m in logs)
+    assert any("did not answer within the stall time" in m for _, m in logs)
 
 
 async def test_a_blackholed_network_is_an_outage_and_nothing_is_lost_when_it_comes_back(runtime, proxy):

@@ -20,6 +20,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import orjson
 import requests
@@ -184,6 +185,9 @@ class Stack:
     def runtime_stats(self) -> dict:
         raise NotImplementedError
 
+    def runtime_port(self) -> int:
+        raise NotImplementedError
+
 
 def json_config(env: dict[str, str]) -> dict:
     return orjson.loads(env["TRIGGER_CONFIGURATION"])
@@ -253,6 +257,9 @@ class O365Stack(Stack):
 
     def runtime_stats(self) -> dict:
         return requests.get(self.rig.runtime.info["url"] + "/_runtime/stats", timeout=10).json()
+
+    def runtime_port(self) -> int:
+        return int(urlsplit(self.rig.runtime.info["url"]).port)
 
     def close(self) -> None:
         try:
@@ -325,6 +332,9 @@ class EventHubStack(Stack):
 
     def runtime_stats(self) -> dict:
         return self.stack.runtime.stats()
+
+    def runtime_port(self) -> int:
+        return int(urlsplit(self.stack.runtime.info["url"]).port)
 
     def close(self) -> None:
         try:

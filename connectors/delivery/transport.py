@@ -6,9 +6,10 @@ said once, and the stall watch of each sender's request.
   warning when the runtime stops answering and one line when it is back, whatever the number of senders.
 - A refusal for good (``Refused``) or a configuration answer (``Misdirected``) is raised to the caller.
 
-A connection silent for the read inactivity bound is given up (the request goes again on a new one). A request
-unanswered for the stall watch's time is a stall: ``renew_connections`` closes the pool (its requests fail and are
-sent again on a new one).
+A connection silent for the read inactivity bound once the request was written is given up (the request goes
+again on a new one). That bound starts only once the body is written: a connection frozen while the body is still
+being written (its socket buffers full) would wait for ever. So a request unanswered for the stall watch's time is
+a stall: ``renew_connections`` gives up the requests in flight (each is sent again) and replaces the pool.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ from connectors.logs import OnceLogger
 from connectors.progress import StallWatch
 from connectors.sinks import Misdirected, Refused, Request, RetryableError, Sink, client_session, post
 
+# A pool dropped by a stall, or closed at the end, is given this long: a connection frozen with bytes still to
+# write never closes (its socket waits to flush), and it is left to the process's end rather than waited for.
+CLOSE_WAIT = 1.0
 UNEXPECTED = "unexpected"  # the outage's key for an unexpected error: counted as an outage, said in its own words
 # The sender a coroutine runs for (its stall-watch reading): set at the start of each sender task.
 sender_name: contextvars.ContextVar[str] = contextvars.ContextVar("sender", default="sender")
@@ -43,6 +47,8 @@ class Transport:
         self._progress = progress
         self.session = session  # made on first use (on the loop), closed by close()
         self._closing_sessions: set[asyncio.Task[None]] = set()  # pools dropped by a stall, being closed
+        self._attempts: set[asyncio.Task[None]] = set()  # requests on the wire
+        self._given_up: set[asyncio.Task[None]] = set()  # ... cancelled by a stall: sent again
         self.outage = OnceLogger(control.log)
 
     @property
@@ -78,9 +84,19 @@ class Transport:
         if watch is not None:
             watch.progressed(reading)
             watch.behind(reading, True)
+        attempt = asyncio.ensure_future(post(self._client(), request, self._attempt_timeout()))
+        self._attempts.add(attempt)
         try:
-            await post(self._client(), request, self._attempt_timeout())
+            await attempt
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if attempt in self._given_up and not (current is not None and current.cancelling()):
+                raise RetryableError("the runtime did not answer within the stall time: request given up, sent "
+                                     "again on a new connection") from None
+            raise
         finally:
+            self._attempts.discard(attempt)
+            self._given_up.discard(attempt)
             if watch is not None:
                 watch.behind(reading, False)
                 watch.progressed(reading)
@@ -102,14 +118,20 @@ class Transport:
                                      sock_read=min(self._timeout[1], left))
 
     def renew_connections(self) -> None:
-        """A stall (a request unanswered for the stall time: a connection silent without a word): the pool is
-        closed, failing the requests on it (each is sent again, on a new connection of a new pool)."""
+        """A stall (a request unanswered for the stall time: a connection silent without a word): the requests on
+        the wire are given up (each is sent again) and the pool is replaced."""
+        for attempt in self._attempts:
+            self._given_up.add(attempt)
+            attempt.cancel()
         session, self.session = self.session, None
         if session is not None and not session.closed:
             self._closing_sessions.add(task := self.control.loop.create_task(session.close()))
             task.add_done_callback(self._closing_sessions.discard)
 
     async def close(self) -> None:
-        if self.session is not None:
-            await self.session.close()
-        await asyncio.gather(*self._closing_sessions, return_exceptions=True)
+        """Closes the pools, waiting at most ``CLOSE_WAIT`` for them (then their connections are left to the
+        process's end)."""
+        if self.session is not None and not self.session.closed:
+            self._closing_sessions.add(self.control.loop.create_task(self.session.close()))
+        if self._closing_sessions:
+            await asyncio.wait(self._closing_sessions, timeout=CLOSE_WAIT)
