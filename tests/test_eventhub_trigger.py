@@ -328,7 +328,7 @@ def test_a_failed_run_waits_for_delivery_once(stack, monkeypatch):
     try:
         assert wait_until(lambda: any("Collection failed (RuntimeError)" in log["message"] for log in stack.logs()), 60)
         # The trigger closed the failed run's forwarder (the first one to wait): every wait on it is counted.
-        assert wait_until(lambda: waits and next(iter(waits))._closed, 30)
+        assert wait_until(lambda: waits and next(iter(waits)).control.closed, 30)
         failed_run = next(iter(waits))
     finally:
         runner.stop()
