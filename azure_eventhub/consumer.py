@@ -36,7 +36,7 @@ from azure_eventhub.clients import (
 from azure_eventhub.config import EventHubConfiguration, parse_starting_position
 from azure_eventhub.partitions import PartitionWatch
 from azure_eventhub.records import RecordSplitter, SplitStats
-from connectors.delivery import Forwarder
+from connectors.delivery import STOP_GRACE_SECONDS, Forwarder
 from connectors.errors import ConfigurationError
 from connectors.logs import OnceLogger
 from connectors.state import StateFile
@@ -47,6 +47,10 @@ _DATA = AmqpMessageBodyType.DATA
 # the store and the credential share this much more (with the 8 s grace: done within 13 s of SIGTERM).
 STOP_AFTER_GRACE = 5.0
 CLOSING_TIME = 2.0  # of which the closing keeps at least this
+# A received batch (up to max_batch_size messages, each an envelope of many records) goes to the forwarder in
+# slices of about this many records, each with the position of its last message: a checkpoint follows delivery
+# slice by slice, so a crash re-reads what was not confirmed, not the rest of a whole batch of thousands.
+ACK_RECORDS = 200
 OWNER_ID_DEADLINE = 10.0  # seconds after the start: the client's processor has its id within the first loop steps
 
 
@@ -67,7 +71,7 @@ class Progress:
 
 @dataclass
 class Settings:
-    stop_grace: float = 25.0  # seconds to deliver and checkpoint what was read, once asked to stop
+    stop_grace: float = STOP_GRACE_SECONDS  # to deliver and checkpoint what was read, once asked to stop
     backlog_interval: float = 30.0  # partition properties are read this often, not per event
     partition_check_interval: float = 10.0  # the hub's partition list: new ones are claimed within a minute
     text_warning_interval: float = 600.0
@@ -201,7 +205,8 @@ class Consumer:
     # -- client callbacks (event loop) ------------------------------------------------------------------------
 
     async def _on_batch(self, context, events: list[EventData]) -> None:
-        """Split a batch into records and queue them with the partition's ack; returns once the forwarder has room."""
+        """Split a batch into records and queue them in slices, each with the ack of its last message; returns once
+        the forwarder has room."""
         if not events or not self.accepting:
             return  # stopping: not acknowledged, so read again at the next start
         partition_id = context.partition_id
@@ -210,11 +215,16 @@ class Consumer:
         bodies = [event_body(event) for event in events]
         records: list[bytes] = []
         stats = SplitStats()
+        slices = []  # (messages up to, records up to): where an ack can follow delivery within the batch
         try:
-            self.splitter.split(bodies, records, stats)
+            for index, body in enumerate(bodies, 1):
+                self.splitter.split((body,), records, stats)
+                if len(records) - (slices[-1][1] if slices else 0) >= ACK_RECORDS or index == len(bodies):
+                    slices.append((index, len(records)))
         except Exception as error:  # noqa: BLE001 - a body must never stop a partition (it would be read again)
             records, stats = [], SplitStats()
             self.splitter.as_text(bodies, records, stats)
+            slices = [(len(bodies), len(records))]
             self.log(f"Splitting a batch of partition {partition_id} failed ({type(error).__name__}): its "
                      f"{len(bodies)} messages were forwarded as text", "error")
         last = events[-1]
@@ -230,9 +240,14 @@ class Consumer:
             self._text_bodies.began(f"{text} message bodies so far were not JSON ({invalid} not even UTF-8) and were "
                                     "forwarded as text: a producer of this event hub sends something other than "
                                     "diagnostic records")
-        ack = partial(self._acked, partition_id, reading, last.offset, sequence_number, len(events), stats.records)
-        await self.forwarder.add(records, ack=ack,
-                                 origin=f"partition {partition_id} up to sequence number {sequence_number}")
+        done = (0, 0)
+        for messages, upto in slices:
+            event = events[messages - 1]
+            ack = partial(self._acked, partition_id, reading, event.offset, event.sequence_number,
+                          messages - done[0], upto - done[1])
+            await self.forwarder.add(records[done[1]:upto], ack=ack, origin=f"partition {partition_id} up to "
+                                     f"sequence number {event.sequence_number}")
+            done = (messages, upto)
 
     def _acked(self, partition_id: str, reading: int, offset: str, sequence_number: int, events: int,
                records: int) -> None:

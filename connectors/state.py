@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
+import threading
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -123,12 +125,34 @@ class StateFile:
         atomic_write(self.path, orjson.dumps(value))
 
 
+class JournalBusy(OSError):
+    """Another write of the journal has not returned (a disk not answering an fsync, left running at the end of a
+    run): this one is not made alongside it."""
+
+
 class Journal:
-    """Append-only JSON lines: one write and one fsync per append call, replayed at start, compacted by rewrite."""
+    """Append-only JSON lines: one write and one fsync per append call, replayed at start, compacted by rewrite.
+
+    One write at a time, whatever the thread: a write left running at the end of a run (``RunExecutor`` leaves it
+    after its bound) still holds the journal when the trigger closes its state from another thread; that write is
+    then not made (``JournalBusy`` after ``busy_wait``) rather than interleaved with it on the same handle."""
+
+    busy_wait = 1.0  # seconds a write waits for another one to return
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self._handle = None
+        self._writing = threading.Lock()
+
+    @contextlib.contextmanager
+    def _alone(self):
+        if not self._writing.acquire(timeout=self.busy_wait):
+            raise JournalBusy(errno.EBUSY, "another write of this file has not returned (a disk not answering?)",
+                              str(self.path))
+        try:
+            yield
+        finally:
+            self._writing.release()
 
     def replay(self) -> list[Any]:
         try:
@@ -154,6 +178,10 @@ class Journal:
         data = b"".join(orjson.dumps(entry) + b"\n" for entry in entries)
         if not data:
             return
+        with self._alone():
+            self._append(data)
+
+    def _append(self, data: bytes) -> None:
         if self._handle is None:
             if not self.path.parent.is_dir():
                 private_directory(self.path.parent)
@@ -162,11 +190,34 @@ class Journal:
         self._handle.flush()
         os.fsync(self._handle.fileno())
 
+    def follow_a_move(self) -> bool:
+        """True when the open file is no longer at ``path`` (a person moved it away): it is closed, and the next
+        append starts a new file there."""
+        if self._handle is None:
+            return False
+        try:
+            moved = os.stat(self.path).st_ino != os.fstat(self._handle.fileno()).st_ino
+        except FileNotFoundError:
+            moved = True
+        if moved:
+            self.close()
+        return moved
+
     def rewrite(self, entries: Iterable[Any]) -> None:
-        self.close()
-        atomic_write(self.path, b"".join(orjson.dumps(entry) + b"\n" for entry in entries))
+        data = b"".join(orjson.dumps(entry) + b"\n" for entry in entries)
+        with self._alone():
+            self._close()
+            atomic_write(self.path, data)
 
     def close(self) -> None:
+        """Closes the file, unless a write left running still uses it (it is closed when the process ends)."""
+        try:
+            with self._alone():
+                self._close()
+        except JournalBusy:
+            pass
+
+    def _close(self) -> None:
         if self._handle is not None:
             self._handle.close()
             self._handle = None

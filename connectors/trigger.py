@@ -37,12 +37,16 @@ from connectors.sdk_internals import (
     stop_log_timer,
 )
 from connectors.secrets import reveal, scrub_sentry_events
-from connectors.setaside import SetAsideStore
+from connectors.setaside import MB, SetAsideStore
 from connectors.sinks import IntakeSink, PlaybookSink
 from connectors.state import private_directory
 from connectors.stopping import unless_stopping
 
 T = TypeVar("T")
+
+# A delivery request unanswered for stall_seconds: its connection (silent, never closed) and the pool's others are
+# replaced; if that brings no answer either, the trigger reports itself unhealthy.
+DELIVERY_RECOVERY = ("replacing its connections to the runtime",)
 
 # Outside a container there is no /symphony_data: this variable moves the data path (checkpoints, records files).
 DATA_PATH_VARIABLE = "SEKOIA_DATA_PATH"
@@ -96,6 +100,26 @@ class CollectorConfiguration(BaseModel):
         title="Stall detection (seconds)",
         description="A partition or content type that made no progress for this long while its source holds more "
         "is stalled: logged, its connection reopened, then its client, then the run",
+    )
+    set_aside_cap_mb: int = Field(
+        200,
+        ge=1,
+        title="Refused events file (MB)",
+        description="Events the runtime refuses are kept whole in a local file: warned at 80 % of this size and at "
+        "it; they are still kept past it, while the disk has room",
+    )
+    originals_cap_mb: int = Field(
+        200,
+        ge=1,
+        title="Originals of shortened events (MB)",
+        description="Events over the intake's size limit are sent shortened and their originals kept in local "
+        "files: the oldest are removed past this size",
+    )
+    originals_max_age_days: float = Field(
+        30,
+        gt=0,
+        title="Originals of shortened events (days)",
+        description="Originals of events sent shortened are removed after this many days",
     )
 
     # Configuration fields whose values must never appear in a log line or a metric.
@@ -246,9 +270,13 @@ class CollectorTrigger(Connector):
             parts.append(f"trigger figures unavailable ({type(error).__name__})")
         forwarder = self.__dict__.get("forwarder")
         if forwarder is not None:
-            if forwarder.shortened or forwarder.refused:
-                parts.append(f"{forwarder.shortened} oversize events sent shortened and {forwarder.refused} refused "
-                             f"by the runtime since the start, kept whole in {forwarder.set_aside_path}")
+            kept = forwarder.set_aside
+            if forwarder.refused:
+                parts.append(f"{forwarder.refused} events refused by the runtime since the start, kept in "
+                             f"{kept.path if kept else 'no file'}")
+            if forwarder.shortened:
+                parts.append(f"{forwarder.shortened} oversize events sent shortened since the start, originals kept "
+                             f"in {kept.where(sent=True) if kept else 'no file'}")
             outage = forwarder.outage_seconds
             if outage is not None:
                 parts.append(f"the runtime has not confirmed a batch for {format_duration(outage)}")
@@ -321,16 +349,22 @@ class CollectorTrigger(Connector):
         else:
             sink = PlaybookSink(self.callback_url, self.token, self.data_path, self.name)
         limits = BatchLimits(config.batch_max_events, config.batch_max_bytes, config.batch_max_age_seconds)
-        return Forwarder(
+        watch = self.watch_progress("delivery", DELIVERY_RECOVERY)
+        forwarder = Forwarder(
             sink,
             trigger=self.name,
             limits=limits,
             log=self.log,
-            set_aside=SetAsideStore(self.state_dir / "set-aside-events.jsonl"),
+            set_aside=SetAsideStore(self.state_dir, refused_cap_bytes=config.set_aside_cap_mb * MB,
+                                    originals_cap_bytes=config.originals_cap_mb * MB,
+                                    originals_max_age_seconds=config.originals_max_age_days * 86400.0, log=self.log),
             on_delivered=self._delivered,
             on_fatal=self._stop_on_configuration_error,
             idle_flush=self.idle_flush_seconds,
+            progress=watch,
         )
+        watch.recover = lambda reading, step: forwarder.renew_connections()
+        return forwarder
 
     @property
     def _user_agent(self) -> str:

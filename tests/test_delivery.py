@@ -14,7 +14,7 @@ import pytest
 from sekoia_automation.module import Module
 
 from connectors.delivery import REFUSES_EVERYTHING_REQUESTS, BatchLimits, DeliveryBroken, Forwarder, UnkeptRefusal
-from connectors.setaside import Kept, SetAsideStore
+from connectors.setaside import EXPIRY_CHECK_SECONDS, ORIGINALS_PREFIX, REFUSED_FILE, Kept, OriginalsArchive, RefusedFile, SetAsideStore
 from connectors.sinks import IntakeSink, PlaybookSink
 from connectors.errors import ConfigurationError
 from connectors.locks import InstanceLock
@@ -54,7 +54,7 @@ def forwarder(runtime, tmp_path, logs=None, sink=None, fatal=None, store=True, b
         trigger="tests",
         limits=BatchLimits(**{"max_events": 100, "max_age": 0.2, **limits}),
         log=(lambda message, level: logs.append((level, message))) if logs is not None else None,
-        set_aside=(SetAsideStore(tmp_path / "set-aside.jsonl") if store is True else store or None),
+        set_aside=(SetAsideStore(tmp_path) if store is True else store or None),
         backoff=lambda: Backoff(base=backoff[0], cap=backoff[1]),
         timeout=timeout,
         on_fatal=fatal.append if fatal is not None else None,
@@ -62,9 +62,11 @@ def forwarder(runtime, tmp_path, logs=None, sink=None, fatal=None, store=True, b
     )
 
 
-def set_aside(tmp_path):
-    path = tmp_path / "set-aside.jsonl"
-    return [orjson.loads(line) for line in path.read_bytes().splitlines()] if path.exists() else []
+def set_aside(tmp_path, kind="both"):
+    """What the set-aside files hold: the refused events, then the originals of shortened ones, oldest first."""
+    paths = [tmp_path / REFUSED_FILE] if kind in ("both", "refused") else []
+    paths += sorted(tmp_path.glob(f"{ORIGINALS_PREFIX}*.jsonl")) if kind in ("both", "originals") else []
+    return [orjson.loads(line) for path in paths if path.exists() for line in path.read_bytes().splitlines()]
 
 
 async def test_the_end_of_a_burst_goes_at_once_not_at_the_max_age(runtime, tmp_path):
@@ -425,7 +427,7 @@ async def test_close_returns_by_its_deadline_while_the_runtime_hangs(runtime, tm
     assert await fwd.close(grace=1.0) is False
     assert time.monotonic() - started < 10  # a bound far under the hang, not a measure of speed
     assert recorder.acks == [] and runtime.delivered() == []
-    assert fwd._session.closed  # the stuck calls were cancelled and the connections closed
+    assert fwd.transport.session.closed  # the stuck calls were cancelled and the connections closed
     assert await fwd.add(events(1)) == 0 and fwd.pending == 0
     assert await fwd.close() is False  # idempotent
 
@@ -515,12 +517,10 @@ async def test_a_run_of_neighbouring_refused_events_is_set_aside_not_a_configura
     assert sorted(runtime.delivered()) == sorted(e for e in batch if b"refuse-me" not in e)
 
 
-@pytest.mark.parametrize("store", ["full", "none"])
-async def test_refused_events_that_cannot_be_kept_are_never_acknowledged_past(runtime, tmp_path, store):
+async def test_refused_events_without_a_set_aside_file_are_never_acknowledged_past(runtime, tmp_path):
     runtime.control(refuse_markers=["refuse-me"])
     fatal, recorder = [], Recorder(runtime)
-    kept = SetAsideStore(tmp_path / "set-aside.jsonl", cap_bytes=100) if store == "full" else None
-    fwd = forwarder(runtime, tmp_path, fatal=fatal, store=kept)
+    fwd = forwarder(runtime, tmp_path, fatal=fatal, store=None)
     await fwd.add(events(100), ack=recorder.ack("before"), origin="blob-1")
     assert await fwd.drain(timeout=30)
     batch = events(100, start=100)
@@ -532,8 +532,56 @@ async def test_refused_events_that_cannot_be_kept_are_never_acknowledged_past(ru
     assert recorder.acks == [("before", 100)]  # neither the batch holding it nor any later one
     [error] = fatal
     assert isinstance(error, UnkeptRefusal) and "blob-2" in str(error) and "restart" in str(error)
-    assert (str(tmp_path / "set-aside.jsonl") in str(error)) == (store == "full")
-    assert not (tmp_path / "set-aside.jsonl").exists()
+
+
+async def test_refused_events_past_the_cap_are_still_kept_and_delivery_goes_on(runtime, tmp_path):
+    """The cap of the refused events file is warned, never a stop: only the disk refusing a write holds delivery."""
+    runtime.control(refuse_markers=["refuse-me"])
+    fatal, logs, recorder = [], [], Recorder(runtime)
+    log = lambda message, level: logs.append((level, message))  # noqa: E731
+    store = SetAsideStore(tmp_path, refused_cap_bytes=1_000, log=log)
+    fwd = forwarder(runtime, tmp_path, fatal=fatal, store=store, logs=logs, max_events=20)
+    bad = [orjson.dumps({"n": f"bad-{n}", "note": "refuse-me", "pad": "p" * 200}) for n in range(8)]
+    for unit, event in enumerate(bad):  # each about 300 bytes in the file: the cap is passed at the fourth
+        await fwd.add(events(19, start=unit * 19) + [event], ack=recorder.ack(unit), origin=f"blob-{unit}")
+    assert await fwd.drain(timeout=30)
+    await fwd.close()
+    assert fatal == [] and [name for name, _ in recorder.acks] == list(range(8))
+    assert [entry["event"].encode() for entry in set_aside(tmp_path, "refused")] == bad
+    cap_lines = [(level, m) for level, m in logs if "its cap" in m]
+    assert [level for level, _ in cap_lines] == ["warning", "error"]  # at 80 %, then at the cap; once each
+    assert "80 %" in cap_lines[0][1] and "still kept" in cap_lines[1][1] and str(tmp_path / REFUSED_FILE) in cap_lines[1][1]
+
+
+class DiskFullStore(SetAsideStore):
+    """A set-aside store on a disk that refuses its first writes (ENOSPC), then takes them."""
+
+    def __init__(self, directory, failures):
+        super().__init__(directory)
+        self.failures = failures
+
+    def keep(self, kept):
+        if self.failures:
+            self.failures -= 1
+            raise OSError(28, "No space left on device")
+        return super().keep(kept)
+
+
+async def test_a_refused_event_the_disk_will_not_take_holds_acknowledgements_until_it_does(runtime, tmp_path):
+    runtime.control(refuse_markers=["refuse-me"])
+    fatal, logs, recorder = [], [], Recorder(runtime)
+    store = DiskFullStore(tmp_path, failures=3)
+    fwd = forwarder(runtime, tmp_path, fatal=fatal, store=store, logs=logs, max_events=50, senders=1)
+    batch = events(50)
+    batch[10] = orjson.dumps({"n": "bad", "note": "refuse-me"})
+    await fwd.add(batch, ack=recorder.ack("refused"), origin="blob-1")
+    await fwd.add(events(50, start=50), ack=recorder.ack("after"), origin="blob-2")
+    assert await fwd.drain(timeout=30)
+    await fwd.close()
+    assert store.failures == 0 and fatal == []
+    assert [name for name, _ in recorder.acks] == ["refused", "after"]
+    assert [entry["event"].encode() for entry in set_aside(tmp_path, "refused")] == [batch[10]]
+    assert len([m for level, m in logs if level == "error" and "No space left" in m]) == 1
 
 
 async def test_a_runtime_refusing_everything_is_a_configuration_error(runtime, tmp_path):
@@ -594,14 +642,51 @@ async def test_no_acknowledgement_runs_after_close_returned(runtime, tmp_path):
     assert recorder.acks == [] and len(runtime.delivered()) in (0, 10)
 
 
-def test_the_set_aside_store_counts_the_bytes_it_writes(tmp_path):
-    store = SetAsideStore(tmp_path / "kept.jsonl", cap_bytes=20_000)
+def test_the_refused_file_counts_its_bytes_and_starts_again_when_moved_away(tmp_path):
+    logs = []
+    refused = RefusedFile(tmp_path / "kept.jsonl", cap_bytes=20_000, log=lambda m, level: logs.append((level, m)))
     control = "\x01" * 2_000  # escaped as \u0001: six bytes each in the file
-    assert store.keep([Kept(orjson.dumps({"c": control}), "blob-1", "oversize")])
-    assert store.written == (tmp_path / "kept.jsonl").stat().st_size > 12_000
-    assert not store.keep([Kept(orjson.dumps({"c": control}), "blob-2", "oversize")])  # over the cap
-    assert store.written == (tmp_path / "kept.jsonl").stat().st_size
-    assert SetAsideStore(tmp_path / "kept.jsonl").written == store.written
+    refused.keep([Kept(orjson.dumps({"c": control}), "blob-1", "refused")])
+    assert refused.written == (tmp_path / "kept.jsonl").stat().st_size > 12_000
+    assert [level for level, _ in logs] == []
+    refused.keep([Kept(orjson.dumps({"c": control}), "blob-2", "refused")])  # past the cap: kept, said
+    assert refused.written == (tmp_path / "kept.jsonl").stat().st_size > 24_000
+    assert [level for level, _ in logs] == ["error"]
+    assert RefusedFile(tmp_path / "kept.jsonl").written == refused.written
+    (tmp_path / "kept.jsonl").rename(tmp_path / "looked-at.jsonl")  # a person moved it away
+    refused.keep([Kept(b'{"n":3}', "blob-3", "refused")])
+    assert [orjson.loads(line)["origin"] for line in (tmp_path / "kept.jsonl").read_bytes().splitlines()] == ["blob-3"]
+    assert len((tmp_path / "looked-at.jsonl").read_bytes().splitlines()) == 2
+    assert refused.written == (tmp_path / "kept.jsonl").stat().st_size
+
+
+def test_originals_rotate_and_expire_by_age_and_by_size(tmp_path):
+    now = [time.time()]  # segments age by their files' modification times
+    logs = []
+    archive = OriginalsArchive(tmp_path, cap_bytes=40_000, max_age_seconds=3600, clock=lambda: now[0],
+                               log=lambda m, level: logs.append((level, m)))
+    original = lambda n: Kept(orjson.dumps({"n": n, "pad": "o" * 3_000}), f"blob-{n}", "oversize", sent=True)  # noqa: E731
+    for n in range(3):  # a segment holds a quarter of the cap: three per segment
+        archive.keep([original(n)])
+        now[0] += 1
+    assert len(archive.segments()) == 1
+    archive.keep([original(3)])
+    assert len(archive.segments()) == 2
+    first = archive.segments()[0]
+    os.utime(first, (now[0] - 7200, now[0] - 7200))  # its last write two hours ago
+    now[0] += EXPIRY_CHECK_SECONDS  # the next look for age
+    archive.expire()
+    assert first not in archive.segments() and len(archive.segments()) == 1
+    for n in range(4, 40):  # far more than the cap, within the age limit
+        archive.keep([original(n)])
+        now[0] += 1
+    total = sum(path.stat().st_size for path in archive.segments())
+    assert total <= 40_000 and len(archive.segments()) >= 3
+    kept = [orjson.loads(line)["origin"] for path in archive.segments() for line in path.read_bytes().splitlines()]
+    assert kept[-1] == "blob-39" and kept == sorted(kept, key=lambda origin: int(origin.split("-")[1]))
+    assert any(level == "warning" and "80 %" in m for level, m in logs)
+    assert len([m for level, m in logs if level == "warning"]) == 1  # at its cap is the steady state: said once
+    assert any(level == "info" and "oldest segments" in m for level, m in logs)
 
 
 def test_records_files_are_private_whatever_the_umask(runtime, tmp_path):
@@ -783,7 +868,7 @@ class GatedStore(SetAsideStore):
 
 
 async def test_a_cancelled_producer_holds_the_set_aside_file_until_its_write_returns(runtime, tmp_path):
-    store = GatedStore(tmp_path / "set-aside.jsonl")
+    store = GatedStore(tmp_path)
     fwd = forwarder(runtime, tmp_path, store=store)
     big = orjson.dumps({"n": "big", "pad": "y" * 300_000})
     try:

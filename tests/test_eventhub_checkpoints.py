@@ -99,19 +99,60 @@ async def test_acks_during_writes_are_coalesced_and_never_go_back():
     assert len(store.writes) < 200  # far fewer writes than acks
 
 
-async def test_writes_come_in_rounds_an_interval_apart_and_a_flush_does_not_wait_for_the_next():
-    store = RecordingStore()
-    writer = writer_for(store, interval=3600)
+class GatedStore(RecordingStore):
+    """Each write waits for the test to open its gate: a round in flight for as long as the test wants."""
+
+    def __init__(self):
+        super().__init__()
+        self.gates: list[asyncio.Event] = []
+
+    async def update_checkpoint(self, checkpoint, **kwargs):
+        gate = asyncio.Event()
+        self.gates.append(gate)
+        self.writing.set()
+        await gate.wait()
+        self.writes.append((checkpoint["partition_id"], checkpoint["sequence_number"]))
+
+
+async def test_a_write_starts_at_the_first_ack_and_the_acks_of_its_flight_make_the_next_round():
+    """The store's latency sets the pace: an ack with no write in flight is written at once; those arriving while a
+    round is in flight are coalesced into one more round, started as soon as that one returns (no interval: a
+    crash re-reads what was confirmed since the last round started, not a second of delivery)."""
+    store = GatedStore()
+    writer = writer_for(store)  # the default gap
     task = asyncio.create_task(writer.run())
     writer.confirmed("0", "100", 1)
     await asyncio.wait_for(store.writing.wait(), 5)  # the first round starts at once
-    for sequence in range(2, 50):  # confirmed during the interval: one write of the latest, at the next round
+    for sequence in range(2, 50):  # confirmed while it is in flight: one write of the latest of each partition
+        writer.confirmed("0", str(sequence * 100), sequence)
+        writer.confirmed("1", str(sequence * 100), sequence)
+        await asyncio.sleep(0)
+    assert len(store.gates) == 1 and store.writes == []  # one round in flight at a time
+    await asyncio.sleep(0.06)  # a store answering in 60 ms: its latency, not the writer, sets the pace
+    store.gates[0].set()
+    for _ in range(20):  # loop turns only, no time: the next round begins as the first returns
+        await asyncio.sleep(0)
+    assert len(store.gates) == 3
+    for gate in store.gates:
+        gate.set()
+    assert await writer.flush(5)
+    task.cancel()
+    assert sorted(store.writes) == [("0", 1), ("0", 49), ("1", 49)]
+
+
+async def test_rounds_start_a_gap_apart_and_a_flush_does_not_wait_for_the_next():
+    store = RecordingStore()
+    writer = writer_for(store, gap=3600)
+    task = asyncio.create_task(writer.run())
+    writer.confirmed("0", "100", 1)
+    await asyncio.wait_for(store.writing.wait(), 5)
+    for sequence in range(2, 50):
         writer.confirmed("0", str(sequence * 100), sequence)
         writer.confirmed("1", str(sequence * 100), sequence)
         await asyncio.sleep(0)
     for _ in range(20):  # loop turns enough for an unpaced writer to write them (each write takes one)
         await asyncio.sleep(0)
-    assert store.writes == [("0", 1)]  # the next round waits for the interval
+    assert store.writes == [("0", 1)]  # the next round waits for the gap
     assert await writer.flush(5)  # stopping: written now, not an hour later
     task.cancel()
     assert sorted(store.writes) == [("0", 1), ("0", 49), ("1", 49)]

@@ -172,8 +172,9 @@ def test_main_handles_bad_and_oversize_bodies(stack):
     assert compare(ids_of(good), ids) == {"expected": 40, "delivered": 40, "lost": 0, "duplicates": 0}
     # The two oversize events arrived shortened and were kept whole with a warning; the checkpoint passed them.
     assert sorted(event["sekoia_test_id"] for event in shortened) == ["huge", "object"]
-    oversize = stack.runtime.data_path / "state" / "consume_eventhub_messages" / "set-aside-events.jsonl"
-    kept = [orjson.loads(line) for line in oversize.read_bytes().splitlines()]
+    state = stack.runtime.data_path / "state" / "consume_eventhub_messages"
+    kept = [orjson.loads(line) for path in state.glob("shortened-originals-*.jsonl")
+            for line in path.read_bytes().splitlines()]
     assert sorted(entry["bytes"] > 250_000 for entry in kept) == [True, True]
     warnings = [log["message"] for log in stack.logs() if log["level"] == "warning"]
     assert sum("over the intake limit" in message for message in warnings) >= 1
@@ -327,7 +328,7 @@ def test_a_failed_run_waits_for_delivery_once(stack, monkeypatch):
     try:
         assert wait_until(lambda: any("Collection failed (RuntimeError)" in log["message"] for log in stack.logs()), 60)
         # The trigger closed the failed run's forwarder (the first one to wait): every wait on it is counted.
-        assert wait_until(lambda: waits and next(iter(waits))._closed, 30)
+        assert wait_until(lambda: waits and next(iter(waits)).control.closed, 30)
         failed_run = next(iter(waits))
     finally:
         runner.stop()

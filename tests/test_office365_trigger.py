@@ -86,11 +86,11 @@ def test_admin_disabled_subscription_oversize_records_and_short_lived_tokens(tmp
             # Two renewals more, at least one past the life of a token: each before its token expired.
             tokens = rig.emulator.stats()["requests"]["token"]
             assert wait_until(lambda: rig.emulator.stats()["requests"]["token"] >= tokens + 2, 30)
-            oversize_file = running.trigger.state_dir / "set-aside-events.jsonl"
-            assert wait_until(oversize_file.exists, 10)
+            originals = lambda: list(running.trigger.state_dir.glob("shortened-originals-*.jsonl"))  # noqa: E731
+            assert wait_until(originals, 10)
         ran = time.monotonic() - started
         delivered = rig.delivered()
-        kept = oversize_file.read_bytes().splitlines()
+        kept = [line for path in originals() for line in path.read_bytes().splitlines()]
         assert len(kept) == 2  # kept whole, and sent shortened
         assert delivered == Counter(published["ids"])
         assert set(Counter(rig_id(line) for line in kept)) <= set(delivered)

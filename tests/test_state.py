@@ -4,7 +4,7 @@ import orjson
 import pytest
 
 from connectors.errors import CorruptStateError
-from connectors.state import Journal, StateFile, thread_to_its_end
+from connectors.state import Journal, JournalBusy, StateFile, thread_to_its_end
 from emulators.process import python_child, wait_until
 
 
@@ -180,3 +180,40 @@ def test_state_files_and_their_directories_are_private_whatever_the_umask(tmp_pa
         assert Journal(old).replay() == [{"c": "x"}, {"c": "y"}]
     finally:
         os.umask(previous)
+
+
+def test_a_journal_write_left_running_keeps_the_journal_from_a_second_thread(tmp_path, monkeypatch):
+    """The end of a run leaves a write stuck in its fsync (RunExecutor's bound); the trigger then closes its state
+    from another thread: that write is not made alongside the stuck one on the same handle, and the handle is not
+    closed under it. Once the stuck write returned, the journal works again."""
+    import os
+    import threading
+
+    stuck, entered = threading.Event(), threading.Event()
+    fsync = os.fsync
+
+    def fsync_held_in_the_stuck_thread(fd):
+        if threading.current_thread().name == "stuck-write":
+            entered.set()
+            assert stuck.wait(30)
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync_held_in_the_stuck_thread)
+    journal = Journal(tmp_path / "ledger.jsonl")
+    journal.busy_wait = 0.2
+    writer = threading.Thread(target=journal.append, args=([{"n": 1}],), name="stuck-write")
+    writer.start()
+    try:
+        assert entered.wait(30)
+        with pytest.raises(JournalBusy):
+            journal.append([{"n": 2}])  # the state's close, from the trigger's thread
+        with pytest.raises(JournalBusy):
+            journal.rewrite([{"n": 3}])
+        journal.close()  # returns, leaving the handle to the stuck write
+        assert journal._handle is not None
+    finally:
+        stuck.set()
+        writer.join(30)
+    journal.append([{"n": 4}])
+    journal.close()
+    assert Journal(tmp_path / "ledger.jsonl").replay() == [{"n": 1}, {"n": 4}]

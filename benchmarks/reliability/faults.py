@@ -3,14 +3,18 @@
 - ``recovery_s``: from the end of the fault until every record published by then, and some published after it,
   was delivered and checkpointed (limit: ``RECOVERY_LIMIT_S``).
 - Then the stream stops, the rest is delivered, the trigger is stopped with SIGTERM, and the keys are counted.
+- Network faults between the trigger and the runtime (``proxied``: the intake is reached through a ``FaultProxy``):
+  its keep-alive connections frozen (silent for good, as a NAT that forgot them) or every connection blackholed
+  for the fault's time. ``since_fault_s``: from the start of the fault until recovered.
 - "Logged once, not per event": the warning-and-above lines the runtime received and the process wrote stay
   under a budget a per-event log would blow by orders of magnitude (thousands of records flow during a fault).
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from benchmarks.reliability.context import Context, Scale
@@ -18,6 +22,7 @@ from benchmarks.reliability.kills import finish
 from benchmarks.reliability.metrics import counters, has, total
 from benchmarks.reliability.processes import output_counts, runtime_counts
 from benchmarks.reliability.stacks import EventHubStack, O365Stack, Stack, reconcile, wait_covered
+from emulators.netfault import FaultProxy
 from emulators.process import wait_until
 
 RECOVERY_LIMIT_S = 60.0
@@ -38,6 +43,7 @@ class Fault:
     must_log_after_s: float | None = 20.0
     emulator_args: Callable[[Scale], tuple[str, ...]] = lambda scale: ()
     config: dict = field(default_factory=dict)
+    proxied: bool = False  # the trigger reaches the intake through ``stack.proxy``, a FaultProxy (begin/end use it)
 
     def duration(self, scale: Scale) -> float:
         return scale.fault_s if self.outage else scale.short_fault_s
@@ -56,6 +62,11 @@ def _restart_hub_up(stack: EventHubStack, scale: Scale) -> None:
     stack.emulator.restart()
     stack.feed.resume()
 
+
+# Frozen connections never come back (no FIN, no RST): the trigger must give them up by itself, so the fault's end
+# changes nothing. A blackhole holds every byte for the fault's time, then lets them flow.
+RUNTIME_FROZEN = (lambda stack, scale: stack.proxy.freeze(), lambda stack, scale: None)
+RUNTIME_BLACKHOLED = (lambda stack, scale: stack.proxy.blackhole(True), lambda stack, scale: stack.proxy.blackhole(False))
 
 RUNTIME_DOWN = (lambda stack, scale: stack.runtime_control(down_for=FOREVER, down_status=0),
                 lambda stack, scale: stack.runtime_control(down_for=0))
@@ -80,6 +91,11 @@ FAULTS: dict[str, Fault] = {
                                    lambda stack, scale: stack.azurite.start()),
     "eventhub_runtime_down": Fault("eventhub", *RUNTIME_DOWN),
     "eventhub_runtime_5xx": Fault("eventhub", *RUNTIME_5XX),
+    # Silent until the read inactivity bound (a minute): no warning is due within a shorter fault.
+    "o365_runtime_frozen": Fault("o365", *RUNTIME_FROZEN, proxied=True, must_log_after_s=None),
+    "o365_runtime_blackholed": Fault("o365", *RUNTIME_BLACKHOLED, proxied=True, must_log_after_s=None),
+    "eventhub_runtime_frozen": Fault("eventhub", *RUNTIME_FROZEN, proxied=True, must_log_after_s=None),
+    "eventhub_runtime_blackholed": Fault("eventhub", *RUNTIME_BLACKHOLED, proxied=True, must_log_after_s=None),
 }
 
 
@@ -88,6 +104,17 @@ def _stack(ctx: Context, name: str, fault: Fault) -> Stack:
         return O365Stack(ctx, name, "--blobs", "4", "--records-per-blob", str(RECORDS_PER_BLOB),
                          *fault.emulator_args(ctx.scale))
     return EventHubStack(ctx, name)
+
+
+@contextlib.contextmanager
+def _proxy(stack: Stack, fault: Fault) -> Iterator[FaultProxy | None]:
+    """For a network fault, a FaultProxy in front of the runtime stub, as ``stack.proxy``."""
+    if not fault.proxied:
+        yield None
+        return
+    with FaultProxy("127.0.0.1", stack.runtime_port()) as proxy:
+        stack.proxy = proxy
+        yield proxy
 
 
 def _checkpointed(stack: Stack, records: int) -> Callable[[], bool]:
@@ -113,15 +140,17 @@ def run(ctx: Context, name: str) -> dict:
     scale = ctx.scale
     duration = fault.duration(scale) if name != "eventhub_emulator_restart" else scale.restart_down_s
     failures: list[str] = []
-    with _stack(ctx, name, fault) as stack:
+    with _stack(ctx, name, fault) as stack, _proxy(stack, fault) as proxy:
+        config = dict(fault.config, **({"intake_server": f"http://{proxy.address}"} if proxy else {}))
         stack.start_stream(scale.stream_per_s, RECORDS_PER_BLOB)
-        process = stack.spawn(stack.config(**fault.config))
+        process = stack.spawn(stack.config(**config))
         # Running and caught up: records of the stream arrived, and all that was published by then.
         delivering = wait_until(lambda: stack.reader.refresh().total > 0 or not process.alive, 90, 0.2)
         if not delivering or wait_covered(stack, stack.expected(), 90, processes=[process]) is None:
             failures.append("the trigger did not keep up with the stream before the fault")
         fault.begin(stack, scale)
-        deadline = time.monotonic() + duration
+        began = time.monotonic()
+        deadline = began + duration
         scraped = False
         while time.monotonic() < deadline and process.alive:
             if not scraped and time.monotonic() > deadline - duration / 2:
@@ -139,6 +168,7 @@ def run(ctx: Context, name: str) -> dict:
         covered = wait_covered(stack, snapshot, RECOVERY_LIMIT_S + 10,
                                also=_checkpointed(stack, sum(snapshot.values())), processes=[process])
         recovery = round(time.monotonic() - ended, 2) if covered is not None else None
+        since_fault = round(time.monotonic() - began, 2) if covered is not None else None
         stack.stop_stream()
         final = stack.expected()
         if wait_covered(stack, final, 90 if recovery is not None else 20,
@@ -147,7 +177,8 @@ def run(ctx: Context, name: str) -> dict:
         gauges = _gauges(process.scrape())
         code, stop_s = process.terminate()
         result = reconcile(final, stack.reader.refresh().keys, stack.optional(), stack.set_aside())
-        result.update(kills=0, recovery_s=recovery, fault_s=duration, exit_code=code, stop_s=stop_s, **gauges,
+        result.update(kills=0, recovery_s=recovery, since_fault_s=since_fault, fault_s=duration, exit_code=code,
+                      stop_s=stop_s, **gauges,
                       **output_counts(stack.processes), **runtime_counts(stack.runtime_logs()))
         if isinstance(stack, EventHubStack):
             result["producer_failed_sends"] = stack.feed.failed_sends

@@ -72,10 +72,12 @@ def unconfirmed(stack: Stack) -> int:
     return max(0, stack.reader.refresh().unique - stack.committed())
 
 
-def in_flight(stack: Stack) -> int | None:
+def in_flight(stack: Stack) -> tuple[int, int] | None:
     """Just after a kill, the bound of the next run's duplicates: records the runtime confirmed that the trigger will
-    read again. None when the runtime stub was still handling requests received before the kill after
-    ``LANDED_LIMIT_S``."""
+    read again, and of those, how many had landed when the kill was seen (the rest were requests on the wire, not
+    confirmed to the trigger yet: what was landed and not checkpointed is what checkpointing sooner can save).
+    None when the runtime stub was still handling requests received before the kill after ``LANDED_LIMIT_S``."""
+    landed = unconfirmed(stack)
     # The killed run's requests already in the stub still land (once its latency passed, their events are written):
     # read once every delivery request received by now was answered. A request the killed run wrote but the stub has
     # not taken up yet was in its socket before this first reading's connection: it is numbered before that reading.
@@ -83,7 +85,7 @@ def in_flight(stack: Stack) -> int | None:
     received = stack.runtime_stats()["deliveries"]
     if not wait_until(lambda: stack.runtime_stats()["oldest_active"] >= received, LANDED_LIMIT_S, 0.05):
         return None
-    return unconfirmed(stack)
+    return unconfirmed(stack), landed
 
 
 def kills(ctx: Context, trigger: str) -> dict:
@@ -103,7 +105,7 @@ def kills(ctx: Context, trigger: str) -> dict:
         # machine a smoke run past three quarters of its 5,000 records sometimes left nothing for the next kill.
         count = plan.count("progress")
         targets = iter(total * PROGRESS_SPAN * (slot + rng.random()) / count for slot in range(count))
-        runs, bound, bound_batches, resumed = [], 0, 0, []
+        runs, bound, bound_batches, resumed, not_checkpointed = [], 0, 0, [], []
         for index, kind in enumerate(plan):
             process = stack.spawn(config, name=f"run-{index:02d}")
             if kind == "startup":  # a random moment before its first delivery
@@ -124,15 +126,18 @@ def kills(ctx: Context, trigger: str) -> dict:
                 process.scrape()
             process.kill()
             mid_backlog = stack.reader.refresh().unique < total
-            pending = in_flight(stack)
-            if pending is None:
+            counted = in_flight(stack)
+            if counted is None:
                 failures.append(f"run {index}: the runtime still handled requests received before the kill "
                                 f"{LANDED_LIMIT_S:.0f} s after it")
-                pending = 0
+                counted = (0, 0)
+            pending, landed = counted
             bound += pending
+            not_checkpointed.append(landed)
             bound_batches += math.ceil(pending / BATCH)
             runs.append({"kind": kind, "at_s": round(time.monotonic() - process.started, 2),
-                         "delivered_unique": stack.reader.unique, "in_flight": pending, "mid_backlog": mid_backlog})
+                         "delivered_unique": stack.reader.unique, "in_flight": pending, "landed_not_checkpointed": landed,
+                         "mid_backlog": mid_backlog})
             if first is not None:
                 resumed.append(first)
         final = stack.spawn(config, name="final")
@@ -146,6 +151,8 @@ def kills(ctx: Context, trigger: str) -> dict:
         result.update(
             kills=len(runs), kills_mid_backlog=kills_mid, in_flight_at_kills=bound,
             in_flight_batches_at_kills=bound_batches, batch_max_events=BATCH,
+            landed_not_checkpointed_at_kills=sum(not_checkpointed),
+            landed_not_checkpointed_max=max(not_checkpointed, default=0),
             recovery_s=max(resumed, default=None), final_run_s=finished, exit_code=code, runs=runs,
             **output_counts(stack.processes), **runtime_counts(stack.runtime_logs()),
         )

@@ -54,7 +54,8 @@ def rebalancing(ctx: Context) -> dict:
         consumers[victim].scrape()
         consumers[victim].kill()
         killed_at = time.monotonic()
-        pending = in_flight(stack)
+        counted = in_flight(stack)
+        pending = counted[0] if counted is not None else None
         if pending is None:
             failures.append(f"the runtime still handled requests received before the kill {LANDED_LIMIT_S:.0f} s "
                             "after it")

@@ -20,6 +20,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import orjson
 import requests
@@ -112,10 +113,11 @@ class DeliveredReader:
 
 
 def set_aside_entries(data_path: Path) -> list[dict]:
-    """What the trigger kept in its set-aside file: events over the intake's size limit (sent shortened) and
-    events the runtime refused (not sent), each with its origin and reason."""
+    """What the trigger kept in its set-aside files: events the runtime refused (not sent) and the originals of events
+    over the intake's size limit (sent shortened), each with its origin and reason."""
     entries = []
-    for path in Path(data_path).glob("state/*/set-aside-events.jsonl"):
+    state = Path(data_path)
+    for path in [*state.glob("state/*/set-aside-events.jsonl"), *sorted(state.glob("state/*/shortened-originals-*.jsonl"))]:
         for line in path.read_bytes().splitlines():
             try:
                 entries.append(orjson.loads(line))
@@ -181,6 +183,9 @@ class Stack:
         raise NotImplementedError
 
     def runtime_stats(self) -> dict:
+        raise NotImplementedError
+
+    def runtime_port(self) -> int:
         raise NotImplementedError
 
 
@@ -253,6 +258,9 @@ class O365Stack(Stack):
     def runtime_stats(self) -> dict:
         return requests.get(self.rig.runtime.info["url"] + "/_runtime/stats", timeout=10).json()
 
+    def runtime_port(self) -> int:
+        return int(urlsplit(self.rig.runtime.info["url"]).port)
+
     def close(self) -> None:
         try:
             super().close()
@@ -324,6 +332,9 @@ class EventHubStack(Stack):
 
     def runtime_stats(self) -> dict:
         return self.stack.runtime.stats()
+
+    def runtime_port(self) -> int:
+        return int(urlsplit(self.stack.runtime.info["url"]).port)
 
     def close(self) -> None:
         try:
