@@ -155,7 +155,6 @@ def test_a_processing_task_dying_mid_run_fails_the_run_which_is_restarted_and_lo
     trigger restarts it, what was committed is not fetched again and the rest is delivered, each record once."""
     from office365.processor import Processor
 
-    monkeypatch.setattr("office365.processor.GROUP_RECORDS", 1)  # a blob per acknowledgement: commits come early
     take = Processor._take
     taken: dict[Processor, list[str]] = {}  # content ids taken by each run's processing task, in run order
     death: dict[str, int] = {}
