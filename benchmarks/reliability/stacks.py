@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import re
 import secrets
-import threading
 import sqlite3
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
