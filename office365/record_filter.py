@@ -71,17 +71,17 @@ def raw_key(record: bytes) -> int:
 class RecordFilter:
     """Keys of the most recent ``capacity`` records admitted.
 
-    Each key remembers the number of its entry in the eviction order: an entry left behind by ``forget`` (the key
-    admitted again later, or not at all) is skipped when it comes out, instead of evicting a live key early."""
+    A forgotten key's entry stays in the eviction order, counted in ``_stale``: when it comes out it is dropped
+    from that count, and never evicts the key admitted again since (its live entry is a later one)."""
 
     def __init__(self, capacity: int, keys: Iterable[int] = (), legacy: int = 0):
         """``keys`` oldest first; the first ``legacy`` of them are 1.x raw keys."""
         self.capacity = capacity
-        self._seen: dict[int, int] = {}  # key -> the number of its live entry in the order
+        self._seen: set[int] = set()
         self._order: deque[int] = deque()
-        self._first = 0  # the number of the order's first entry
-        self._next = 0
-        self._legacy_until = 0  # entries numbered below it hold raw keys
+        self._stale: dict[int, int] = {}  # key -> entries of it in the order left by ``forget``
+        self._evicted = 0  # entries that left the order so far
+        self._legacy_until = 0  # the entries before this one (in admission order) hold raw keys
         if capacity > 0:
             keys = list(keys)
             cut = max(0, len(keys) - capacity)
@@ -97,7 +97,7 @@ class RecordFilter:
     @property
     def checks_raw_keys(self) -> bool:
         """Whether 1.x raw keys are still held."""
-        return self._first < self._legacy_until
+        return self._evicted < self._legacy_until
 
     def admit(self, records: list[bytes]) -> tuple[list[bytes], list[int]]:
         """The records not seen before and their keys, remembered from now on; the hot path."""
@@ -111,30 +111,32 @@ class RecordFilter:
         for index, (record, key) in enumerate(zip(records, keys)):
             if key in seen or (raw is not None and raw[index] in seen):
                 continue
-            seen[key] = -1  # a repeat within the batch is a duplicate too; numbered below
+            seen.add(key)  # a repeat within the batch is a duplicate too
             fresh.append(record)
             fresh_keys.append(key)
         self._remember(fresh_keys)
         return fresh, fresh_keys
 
     def _remember(self, keys: list[int]) -> None:
-        seen, order = self._seen, self._order
-        number = self._next
-        for key in keys:
-            seen[key] = number
-            number += 1
+        seen, order, stale = self._seen, self._order, self._stale
+        seen.update(keys)
         order.extend(keys)
-        self._next = number
-        first = self._first
-        while len(order) > self.capacity:
+        excess = len(order) - self.capacity
+        for _ in range(max(0, excess)):
             key = order.popleft()
-            if seen.get(key) == first:
-                del seen[key]
-            first += 1
-        self._first = first
+            left = stale.get(key)
+            if left is None:
+                seen.discard(key)
+            elif left > 1:
+                stale[key] = left - 1
+            else:
+                del stale[key]
+        self._evicted += max(0, excess)
 
     def forget(self, keys: Iterable[int]) -> None:
-        """Records admitted but not handed over after all (their blob failed): a retry must not see duplicates.
-        Their entries stay in the order, numbered so that they evict nothing when they come out."""
+        """Records admitted but not handed over after all (their blob failed): a retry must not see duplicates."""
+        seen, stale = self._seen, self._stale
         for key in keys:
-            self._seen.pop(key, None)
+            if key in seen:
+                seen.remove(key)
+                stale[key] = stale.get(key, 0) + 1
