@@ -50,14 +50,14 @@ class Processor:
         forwarder: Forwarder,
         state: CollectorState,
         log: Callable[[str, str], None],
-        done: Callable[[], None],
+        done: Callable[[Fetched], None],
         retry: Callable[[ContentRef, float], None] = lambda ref, delay: None,
     ):
         self.forwarder = forwarder
         self.state = state
         self._log = log
         self._sampled = SampledLog(log)
-        self._done = done  # one call per item taken (frees a slot for the fetchers)
+        self._done = done  # one call per item taken (frees its room for the fetchers)
         self._retry = retry  # fetch this blob again after so many seconds
         self._failures: dict[str, Backoff] = {}  # content id -> its retry steps, while it keeps failing
         self._queue: asyncio.Queue[Fetched | None] = asyncio.Queue()  # bounded by the fetchers' slots; None: stop
@@ -78,6 +78,7 @@ class Processor:
             if item is None or self._stopping:
                 break
             skipped = await self._take(item)
+            del item  # its body, while waiting for the next one
             if skipped is not None:
                 await self._acknowledge(skipped)
 
@@ -92,7 +93,7 @@ class Processor:
         except Exception as error:  # noqa: BLE001 - one blob must not stop the collection
             return self._failed(ref, error)
         finally:
-            self._done()
+            self._done(item)
 
     def _failed(self, ref: ContentRef, error: Exception) -> Delivered | None:
         steps = self._failures.setdefault(ref.content_id, Backoff(base=RETRY_BASE, cap=RETRY_CAP))

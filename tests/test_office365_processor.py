@@ -58,7 +58,7 @@ async def run(tmp_path, items: list[Fetched]):
         state.track(item.ref)
     forwarder, logs, done = FakeForwarder(), [], []
     processor = Processor(
-        forwarder, state, lambda message, level: logs.append((level, message)), lambda: done.append(1)
+        forwarder, state, lambda message, level: logs.append((level, message)), lambda item: done.append(1)
     )
     processing = asyncio.create_task(processor.run())
     for item in items:
@@ -187,7 +187,7 @@ async def test_a_25_mb_blob_with_a_byte_that_is_not_utf8_never_holds_the_loop_10
     state.track(item.ref)
     forwarder = Forwarder(IntakeSink(runtime.info["intake_url"], runtime.info["intake_key"], user_agent="tests"),
                           trigger="tests", idle_flush=0.05)
-    processor = Processor(forwarder, state, lambda message, level: None, lambda: None)
+    processor = Processor(forwarder, state, lambda message, level: None, lambda item: None)
     processing = asyncio.create_task(processor.run())
     steps = LoopSteps()
     try:
@@ -255,7 +255,7 @@ async def test_a_blob_failing_every_time_is_fetched_again_a_few_times_then_skipp
     state.track(item.ref)
     forwarder, logs, delays = FakeForwarder(), [], []
     processor = Processor(
-        forwarder, state, lambda message, level: logs.append((level, message)), lambda: None,
+        forwarder, state, lambda message, level: logs.append((level, message)), lambda item: None,
         lambda again, delay: (delays.append(delay), processor.put(Fetched(again, body=b"[]"))),
     )
     processing = asyncio.create_task(processor.run())
