@@ -43,15 +43,12 @@ def _canonical_exactly(record: bytes) -> bytes:
 
 def record_key(record: bytes) -> int:
     """63 bits of SHA-1 (hardware-accelerated) of the record's canonical form."""
-    try:
-        canonical = _encode_sorted(_decode(record))
-    except _DecodeError:
-        canonical = _canonical_exactly(record)
-    return _FIRST_8_BYTES(hashlib.sha1(canonical, usedforsecurity=False).digest())[0] >> 1
+    return record_keys([record])[0]
 
 
 def record_keys(records: list[bytes]) -> list[int]:
-    """``record_key`` of each record; the processor's hot path, so the lookups are hoisted out of the loop."""
+    """``record_key`` of each record; the processor's hot path, so the lookups are hoisted out of the loop (msgspec
+    decode and sorted encode: about 4 us a 1.3 KB record, where hashing its bytes alone took 1)."""
     sha1, first, decode, encode = hashlib.sha1, _FIRST_8_BYTES, _decode, _encode_sorted
     keys = []
     for record in records:
