@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -57,9 +58,13 @@ class Office365Backlog:
         self.server.stop()
 
 
-def run_office365(work: Path, backlog: Office365Backlog, timeout: float, **overrides) -> Run:
+def run_office365(work: Path, backlog: Office365Backlog, timeout: float,
+                  prepare: Callable[[Path], None] | None = None, **overrides) -> Run:
+    """``prepare(data_path)`` runs before the trigger starts (a state to start from)."""
     runtime = Runtime(work / "runtime", "--count-only")  # checked and counted, not written: see the stub
     try:
+        if prepare is not None:
+            prepare(runtime.data_path)
         info = backlog.info
         configuration = {
             "tenant_id": info["tenant_id"], "client_id": info["client_id"], "client_secret": info["client_secret"],
@@ -332,3 +337,4 @@ def growth(ws: Workspace, quick: bool, o365_1x: dict, eventhub_1x: dict) -> dict
 
 
 from benchmarks.freshness import o365_freshness  # noqa: E402,F401 - a scenario of its own module
+from benchmarks.state_scale import o365_state_scale  # noqa: E402,F401 - a scenario of its own module

@@ -19,10 +19,12 @@ One policy for every record, whichever trigger reads it:
 
 The fast path is msgspec decoding the list as ``msgspec.Raw`` spans: it checks the JSON grammar in C without
 building the records (orjson has no such mode: parsing each record into objects cost four times as much), and
-gives each element's exact bytes; one ``bytes.decode`` checks UTF-8. Anything else - another encoding,
-invalid bytes, lone surrogate escapes, nesting deeper than the C decoder goes, an envelope that is not plainly
-one - takes the exact path: the text decoded as above and walked with the standard library's scanner, which
-gives each element's end offset, so the elements are still cut out of the text, never encoded again.
+gives each element's exact bytes; one ``bytes.decode`` checks UTF-8. UTF-8 with invalid bytes is repaired in one
+C pass (each such byte written as above) and read again, by the fast path as a rule: a large body with one bad
+byte costs about what a clean one does. Anything else - another encoding, lone surrogate escapes, nesting deeper
+than the C decoder goes, an envelope that is not plainly one - takes the exact path: the text decoded as above
+and walked with the standard library's scanner, which gives each element's end offset, so the elements are
+still cut out of the text, never encoded again.
 """
 
 from __future__ import annotations
@@ -180,7 +182,37 @@ def _json_hex_escape(match: re.Match) -> str:
     return "\\\\x%02x" % (ord(match.group()) - 0xDC00)
 
 
+def _escape_bytes(error: UnicodeDecodeError) -> tuple[str, int]:
+    """Error handler: each byte that is not UTF-8 as ``\\\\xNN`` (as ``_json_hex_escape`` writes it)."""
+    return "".join(["\\\\x%02x" % byte for byte in error.object[error.start : error.end]]), error.end
+
+
+codecs.register_error("sekoia-json-hex", _escape_bytes)
+_ESCAPE_GROWTH = len("\\\\x00") - 1  # bytes a repaired byte adds
+
+
+def _repaired_utf8(body: bytes) -> tuple[bytes, int] | None:
+    """UTF-8 (BOM or not) holding bytes that are not UTF-8: the body with each written ``\\\\xNN``, and their
+    count; None for another encoding or nothing to repair."""
+    encoding = json.detect_encoding(body) if body.startswith(_BOMS) or b"\x00" in body[:4] else "utf-8"
+    if not encoding.startswith("utf-8"):
+        return None
+    repaired = body.decode(encoding, "sekoia-json-hex").encode("utf-8")
+    bom = len(codecs.BOM_UTF8) if encoding == "utf-8-sig" else 0
+    invalid = (len(repaired) - len(body) + bom) // _ESCAPE_GROWTH
+    return (repaired, invalid) if invalid else None
+
+
 def _read_exactly(body: bytes, envelope: bool) -> Document:
+    repaired = _repaired_utf8(body)
+    if repaired is not None:
+        body, invalid = repaired
+        try:
+            document = read_envelope(body) if envelope else read_array(body)  # valid UTF-8 now: no second repair
+        except NotJSON as error:
+            raise NotJSON(str(error), invalid) from None
+        document.invalid_utf8 += invalid
+        return document
     try:
         text, invalid = _decode(body)
     except UnicodeDecodeError as error:

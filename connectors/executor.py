@@ -65,6 +65,7 @@ class RunExecutor(ThreadPoolExecutor):
                     future.set_result(result)
                 finally:
                     self._running.pop(name, None)
+            result = None  # nor its result (a parsed blob) while waiting for the next job
             del future, fn, args, kwargs
             with self._guard:
                 self._idle += 1

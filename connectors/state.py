@@ -98,7 +98,7 @@ async def thread_to_its_end(function: Callable[..., Any], *args: Any,
     return thread.result()
 
 
-def _corrupt(path: Path, detail: str) -> CorruptStateError:
+def unreadable_state(path: Path, detail: str) -> CorruptStateError:
     return CorruptStateError(
         f"State file {path} is unreadable ({detail}). It was not reset, so no data is skipped or re-read "
         f"silently. Restore it from a backup, or delete it to start again from the configured start position."
@@ -119,7 +119,7 @@ class StateFile:
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError as error:
-            raise _corrupt(self.path, f"not JSON: {error}") from None
+            raise unreadable_state(self.path, f"not JSON: {error}") from None
 
     def save(self, value: Any) -> None:
         atomic_write(self.path, orjson.dumps(value))
@@ -169,7 +169,7 @@ class Journal:
             except orjson.JSONDecodeError:
                 if number == len(lines):  # torn tail: the append that wrote it never returned
                     break
-                raise _corrupt(self.path, f"line {number} is not JSON") from None
+                raise unreadable_state(self.path, f"line {number} is not JSON") from None
         if raw and not raw.endswith(b"\n"):
             self.rewrite(entries)  # drop the torn tail before appending after it
         return entries

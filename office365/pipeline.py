@@ -3,8 +3,8 @@
     listers --ContentRef--> queue --> fetchers (paced, adaptive concurrency) --body--> processor --> forwarder
 
 Each lister walks time windows up to now (see ``_lister`` for which), tracks the blobs it has not seen, and
-waits while too many of its blobs are pending. Fetched bodies wait for the processor in a bounded number of slots,
-so memory stays bounded whatever the backlog. A monitor keeps the metrics, the expiry warnings and the
+waits while too many of its blobs are pending. Fetched bodies wait for the processor in bounded room (a number of
+blobs and of bytes, ``FetchRoom``), so memory stays bounded whatever the backlog and the blobs' size. A monitor keeps the metrics, the expiry warnings and the
 checkpoint up to date.
 """
 
@@ -24,6 +24,7 @@ from office365 import metrics
 from office365.auth import TokenProvider
 from office365.client import ApiError, ManagementClient, Throttled, TransientError, sleep_or_stop
 from office365.config import Credential, Endpoints, Office365Configuration
+from office365.fetch_room import FetchRoom
 from office365.fetcher import Deferred, Fetched, Stopping, fetch_blob, get_with_retries
 from office365.listing import RETENTION, ContentRef, RelistSchedule, floor_second, horizon, list_pages, windows
 from office365.pacing import ConcurrencyLimit, Gate, QuotaPacer
@@ -36,7 +37,10 @@ MONITOR_INTERVAL = 2.0
 POLL_OVERLAP = timedelta(minutes=5)  # blobs often show up a little after their creation time
 RECENT_RELIST = timedelta(hours=1)  # listed again at every poll: blobs up to an hour late come within a poll
 FIRST_STEP = timedelta(minutes=1)  # a refused window's start moves on by 1, 2, 4... minutes past the API's horizon
-PROCESSING_STOP_SECONDS = 10.0  # at stop, for the blob at hand and the last group's acknowledgement
+PROCESSING_STOP_SECONDS = 10.0  # at stop, for the blob at hand and its acknowledgement
+# Fetched bodies waiting for the processor, and those on their way: ~13 blobs of 1,000 records, enough fetches in
+# flight to keep the processor busy at a few hundred ms a fetch.
+FETCHED_BYTES = 16 * 1024 * 1024
 FIRST_RELIST_WAIT = 60.0
 PERMISSION_RECHECK = 3 * 3600.0  # a content type the app may not read: warn, and look again, this often
 AF_BAD_NEXT_PAGE = "AF20031"
@@ -103,13 +107,16 @@ class Pipeline:
             on_throttling=functools.partial(SampledLog(self._log, interval=600.0), "throttled"),
         )
         loop = asyncio.get_running_loop()
-        slots = asyncio.Semaphore(config.max_concurrency * 2)
+        room = FetchRoom(config.max_concurrency * 2, FETCHED_BYTES)
         queue: asyncio.Queue = asyncio.Queue()
 
         def fetch_again(ref: ContentRef, delay: float) -> None:
             loop.call_later(delay, queue.put_nowait, ref)
 
-        processor = Processor(self.forwarder, self.state, self._log, slots.release, fetch_again)
+        def processed(item: Fetched) -> None:
+            room.release(len(item.body or b""))
+
+        processor = Processor(self.forwarder, self.state, self._log, processed, fetch_again)
         processing: asyncio.Task | None = None
         try:
             async with client:
@@ -134,7 +141,7 @@ class Pipeline:
                     for ct in config.content_types
                 ]
                 tasks += [
-                    asyncio.create_task(self._fetcher(client, queue, slots, processor))
+                    asyncio.create_task(self._fetcher(client, queue, room, processor))
                     for _ in range(config.max_concurrency)
                 ]
                 tasks.append(asyncio.create_task(self._monitor(client)))
@@ -147,7 +154,7 @@ class Pipeline:
                 await self._stop_processing(processor, processing)
 
     async def _stop_processing(self, processor: Processor, processing: asyncio.Task) -> None:
-        """The blob at hand is finished and the last group's acknowledgement queued; a forwarder that cannot take
+        """The blob at hand is finished and its acknowledgement queued; a forwarder that cannot take
         them (the runtime does not answer) is not waited for past a bound: those blobs are fetched again."""
         processor.stop()
         done, _ = await asyncio.wait([processing], timeout=PROCESSING_STOP_SECONDS)
@@ -162,7 +169,7 @@ class Pipeline:
         try:
             await asyncio.wait([*tasks, processing, stop], return_when=asyncio.FIRST_COMPLETED)
             if processing.done() and not processing.cancelled() and processing.exception() is not None:
-                raise processing.exception()  # a bug: the fetchers would wait for its slots forever
+                raise processing.exception()  # a bug: the fetchers would wait for room forever
         finally:
             stop.cancel()
             for task in tasks:
@@ -498,16 +505,16 @@ class Pipeline:
     # -- fetching -------------------------------------------------------------------------------------------
 
     async def _fetcher(
-        self, client: ManagementClient, queue: asyncio.Queue, slots: asyncio.Semaphore, processor: Processor
+        self, client: ManagementClient, queue: asyncio.Queue, room: FetchRoom, processor: Processor
     ) -> None:
         loop = asyncio.get_running_loop()
         while True:
             ref = await queue.get()
-            await slots.acquire()
+            reserved = await room.acquire()
             try:
                 fetched = await fetch_blob(client, ref, self.stopping)
             except Deferred as deferred:
-                slots.release()
+                room.release(reserved)
                 self._sampled(
                     f"defer:{ref.content_type}",
                     f"Blob {ref.content_id} of {ref.content_type} could not be fetched ({deferred.reason}); "
@@ -516,9 +523,11 @@ class Pipeline:
                 loop.call_later(deferred.delay, queue.put_nowait, ref)
                 continue
             except BaseException:
-                slots.release()
+                room.release(reserved)
                 raise
+            room.fetched(reserved, len(fetched.body or b""))
             processor.put(fetched)
+            del fetched  # waiting for the next blob, a fetcher must not keep this one's body (32 fetchers: 50 MB)
 
     # -- monitoring -----------------------------------------------------------------------------------------
 

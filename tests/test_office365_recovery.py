@@ -105,28 +105,28 @@ def test_a_window_refused_as_too_old_loses_only_its_unreachable_minutes_and_repo
 
 
 def test_a_forwarder_failing_for_a_while_does_not_stop_the_processing(tmp_path, monkeypatch):
-    """The forwarder raises OSError (a set-aside file on a full disk) on its first calls: every record still
-    arrives once, and the failure is logged."""
+    """The forwarder raises OSError (a set-aside file on a full disk) when handed a blob's records and its
+    acknowledgement: the blob is fetched again, every record still arrives once, and the failure is logged."""
     from connectors.delivery import Forwarder
 
-    failures = {"ack": 2}
+    failures = {"add": 2}
     add = Forwarder.add
 
     async def failing_add(self, events, ack=None, origin=""):
-        if ack is not None and not events and failures["ack"] > 0:  # a group's acknowledgement
-            failures["ack"] -= 1
+        if ack is not None and events and failures["add"] > 0:
+            failures["add"] -= 1
             raise OSError(28, "No space left on device")
         return await add(self, events, ack=ack, origin=origin)
 
     monkeypatch.setattr(Forwarder, "add", failing_add)
-    monkeypatch.setattr("office365.processor.TROUBLE_PAUSE", 0.1)
+    monkeypatch.setattr("office365.processor.RETRY_BASE", 0.1)
     with O365Rig(tmp_path, "--blobs", "4", "--records-per-blob", "5") as rig:
         with InProcessTrigger(rig, rig.trigger_config(content_types=["Audit.Exchange"]), monkeypatch):
             assert rig.wait_complete(60, expected=4 * 5), rig.comparison()
-            assert wait_until(lambda: failures == {"ack": 0}, 10)
+            assert failures == {"add": 0}
             # The acknowledgements went through in the end: every blob committed, the resume point free to move.
             assert wait_until(lambda: gauge_values(metrics.pending_blobs).get("Audit.Exchange") == 0, 20)
-            assert wait_until(lambda: messages(rig, "Handing records to the forwarder failed"), 10), rig.logs()
+            assert wait_until(lambda: messages(rig, "No space left on device"), 10), rig.logs()
         assert rig.comparison()["duplicates"] == 0
 
 
@@ -155,7 +155,6 @@ def test_a_processing_task_dying_mid_run_fails_the_run_which_is_restarted_and_lo
     trigger restarts it, what was committed is not fetched again and the rest is delivered, each record once."""
     from office365.processor import Processor
 
-    monkeypatch.setattr("office365.processor.GROUP_RECORDS", 1)  # a blob per acknowledgement: commits come early
     take = Processor._take
     taken: dict[Processor, list[str]] = {}  # content ids taken by each run's processing task, in run order
     death: dict[str, int] = {}

@@ -46,7 +46,7 @@ def test_fixture_records_of_all_five_content_types_delivered_once_and_a_restart_
         assert all(isinstance(record, dict) and "Id" in record for record in delivered)
         assert running.trigger.fatal_error is None
         state_files = {path.name for path in running.trigger.state_dir.iterdir()}
-        assert {"office365-checkpoint.json", "office365-ledger.jsonl"} <= state_files
+        assert {"office365-checkpoint.json", "office365-state.sqlite3"} <= state_files
 
         # Every call carried PublisherIdentifier (default: the tenant id), blob fetches included.
         publishers = rig.emulator.stats()["publishers"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import sqlite3
 import threading
 import time
 from collections import Counter
@@ -238,12 +239,12 @@ class O365Stack(Stack):
     def committed(self) -> int:
         """Records of the blobs in the ledger: delivered, and never fetched again."""
         total = 0
-        for path in self.data_path.glob("state/*/office365-ledger.jsonl"):
-            for line in path.read_bytes().splitlines():
-                try:
-                    total += len(orjson.loads(line).get("h", ()))
-                except orjson.JSONDecodeError:
-                    continue  # torn tail of an append that never returned: not committed
+        for path in self.data_path.glob("state/*/office365-state.sqlite3"):
+            connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)  # its last committed write
+            try:
+                total += connection.execute("SELECT coalesce(sum(records), 0) FROM ledger").fetchone()[0]
+            finally:
+                connection.close()
         return total
 
     def set_aside(self) -> Counter:
