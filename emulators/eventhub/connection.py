@@ -427,6 +427,9 @@ class AmqpConnection(asyncio.Protocol):
             start = parse_selector(selector_from_source(_terminus(source)))
         except FilterError as exc:
             raise LinkRefused("amqp:invalid-field", str(exc)) from None
+        refusal = partition.refusal(start, group.name)
+        if refusal is not None:  # as the service: Python's processor then retries the same checkpoint for ever
+            raise LinkRefused("com.microsoft:argument-out-of-range", refusal)
         epoch = properties.get(EPOCH) if isinstance(properties, dict) else None
         link = ConsumerLink(
             session,

@@ -154,6 +154,25 @@ class EventHubEmulator:
         self.hubs[name] = len(self.broker.hubs[name.lower()].partitions)
         return added
 
+    def recreate_hub(self, hub: str | None) -> None:
+        """Delete the hub (default: the first) and create it again, empty, under the same name, while serving:
+        its open links are detached (consumers and producers attach again, to the new hub). Also POST
+        /_emulator/control ``{"hub": NAME, "recreate": true}``."""
+        assert self.broker is not None, "start() first"
+        name = next((h for h in self.hubs if h.lower() == (hub or next(iter(self.hubs))).lower()), None)
+        if name is None:
+            raise KeyError(hub)
+        old = self.broker.hub(name)
+        self.broker.recreate_hub(name)
+        for conn in list(self.connections):
+            for session in list(conn.sessions.values()):
+                for link in list(session.links.values()):
+                    if getattr(link, "hub", None) is old:
+                        conn.detach_link(link, error(
+                            "amqp:link:detach-forced",
+                            f"The link '{link.name}' is force detached. Code: EntityDeleted. Details: the event "
+                            f"hub '{name}' was deleted."))
+
     def preload(self, count: int, size: int = 1024, hub: str | None = None) -> None:
         """Append `count` synthetic events of about `size` bytes (JSON `{"records": [...]}` bodies)
         to a hub (default: every hub), round-robin over its partitions; no AMQP involved."""
