@@ -181,6 +181,18 @@ def client_owner_id(client: EventHubConsumerClient) -> str | None:
     return getattr(processors[0], "_id", None) if processors else None
 
 
+def reopen_partition(client: EventHubConsumerClient, partition_id: str) -> bool:
+    """Close this instance's reading of a partition as the processor does when it loses it (its receiver and
+    connection closed, its ownership released): the next load-balancing round opens it again from its checkpoint.
+    False when the client is not reading it."""
+    for processor in client_processors(client):
+        task = getattr(processor, "_tasks", {}).get(partition_id)
+        if task is not None and not task.done():
+            task.cancel()
+            return True
+    return False
+
+
 async def close_before(closables: Iterable[Any], deadline: float, floor: float = 0.5) -> None:
     """Close each in turn, all by ``deadline`` (event loop time; each gets at least ``floor`` seconds): a hanging
     storage account or hub must not hold the stop. Errors are left: closing after a failure must not hide it."""
