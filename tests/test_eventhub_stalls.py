@@ -53,3 +53,80 @@ def test_frozen_hub_connections_are_dropped_and_reopened_within_a_minute(stack):
     assert result["lost"] == 0, result
     assert recovered_s < 60, recovered_s
     print(f"frozen connections: recovered in {recovered_s:.1f} s, {result}")
+
+
+def warnings_with(stack: EventHubStack, words: str) -> list[str]:
+    return [log["message"] for log in stack.logs() if log["level"] == "warning" and words in log["message"]]
+
+
+def test_a_hub_recreated_under_a_running_trigger_is_read_from_its_beginning(stack):
+    """The hub is deleted and created again under the same name: its sequence numbers start over, below every
+    checkpoint. The trigger says so once per partition and reads the new hub from its beginning."""
+    proc = stack.start_process(stack.config(load_balancing_interval=2))
+    old = records_with_ids(400, "old")
+    stack.publish_envelopes(old, per_envelope=5)  # 20 events per partition
+    assert wait_until(lambda: all_delivered(stack, old, proc), 60, 0.2)
+    assert wait_until(lambda: min(stack.checkpoints().values(), default=0) >= 19, 30, 0.2)
+    stack.emulator.control(recreate=True)
+    new = records_with_ids(80, "new")
+    stack.publish_envelopes(new, per_envelope=10)  # 2 events per partition: far below the checkpoints
+    assert wait_until(lambda: all_delivered(stack, new, proc), 90, 0.2), \
+        f"{len(set(ids_of(new)) - set(stack.delivered_ids()))} records of the new hub not delivered"
+    assert wait_until(lambda: stack.checkpoints() == {str(p): 1 for p in range(4)}, 30, 0.2), stack.checkpoints()
+    assert terminate(proc) == 0
+    told = warnings_with(stack, "past the end of the partition")
+    assert sorted(told) == sorted(set(told)) and len(told) == 4, told  # once per partition
+    assert any("is at offset" in line or "is at sequence number" in line for line in told), told
+    result = compare(ids_of(old + new), stack.delivered_ids())
+    assert result["lost"] == 0, result
+
+
+def test_a_trigger_restarted_after_the_hub_was_recreated_reads_it_from_its_beginning(stack):
+    config = stack.config()
+    proc = stack.start_process(config)
+    old = records_with_ids(400, "old")
+    stack.publish_envelopes(old, per_envelope=5)
+    assert wait_until(lambda: all_delivered(stack, old, proc), 60, 0.2)
+    assert wait_until(lambda: min(stack.checkpoints().values(), default=0) >= 19, 30, 0.2)
+    assert terminate(proc) == 0
+    stack.emulator.control(recreate=True)
+    new = records_with_ids(80, "new")
+    stack.publish_envelopes(new, per_envelope=10)
+    restarted_at = time.monotonic()
+    proc = stack.start_process(config)
+    assert wait_until(lambda: all_delivered(stack, new, proc), 60, 0.2), \
+        f"{len(set(ids_of(new)) - set(stack.delivered_ids()))} records of the new hub not delivered"
+    read_s = time.monotonic() - restarted_at
+    assert wait_until(lambda: stack.checkpoints() == {str(p): 1 for p in range(4)}, 30, 0.2), stack.checkpoints()
+    assert terminate(proc) == 0
+    told = warnings_with(stack, "past the end of the partition")
+    assert len(told) == 4 and all("is at sequence number 19" in line and "last sequence number is 1" in line
+                                  for line in told), told
+    result = compare(ids_of(old + new), stack.delivered_ids())
+    assert result["lost"] == 0 and result["duplicates"] == 0, result
+    print(f"restarted after a recreated hub: new records read in {read_s:.1f} s")
+
+
+def test_a_partition_that_stops_progressing_is_told_and_its_receiver_reopened(stack):
+    """The receivers stop delivering while their connections stay healthy (heartbeats flow: the idle timeout
+    sees nothing wrong). The stall watch sees the hub hold more than was read, warns once per partition after
+    ``stall_seconds`` and reopens the receivers, which read on from their checkpoints."""
+    proc = stack.start_process(stack.config(load_balancing_interval=2, stall_seconds=6))
+    before = records_with_ids(200, "before")
+    stack.publish_envelopes(before, per_envelope=5)
+    assert wait_until(lambda: all_delivered(stack, before, proc), 60, 0.2)
+    assert stack.emulator.control(stall_receivers=True)["stalled"] == 4
+    stalled_at = time.monotonic()
+    after = records_with_ids(200, "after")
+    stack.publish_envelopes(after, per_envelope=5)
+    assert wait_until(lambda: all_delivered(stack, after, proc), 60, 0.2), \
+        f"{len(set(ids_of(after)) - set(stack.delivered_ids()))} records not delivered after the stall"
+    recovered_s = time.monotonic() - stalled_at
+    assert terminate(proc) == 0
+    stalled = warnings_with(stack, "has made no progress for")
+    assert len(stalled) == 4 and all("reopening its receiver" in line for line in stalled), stalled
+    again = [log["message"] for log in stack.logs() if "progresses again after reopening its receiver" in log["message"]]
+    assert len(again) == 4, again
+    result = compare(ids_of(before + after), stack.delivered_ids())
+    assert result["lost"] == 0 and result["duplicates"] == 0, result
+    print(f"stalled receivers: recovered in {recovered_s:.1f} s")

@@ -10,6 +10,8 @@ changes outside AMQP: raising a hub's partition count is an Azure Resource Manag
                                 never removes partitions) or not an integer, 404 for an unknown hub
     POST /_emulator/control  {"hub": NAME, "recreate": true} -> the hub deleted and created again under the same
                                 name: same partitions, empty, sequence numbers from 0; its links detached
+    POST /_emulator/control  {"hub": NAME, "stall_receivers": true} -> {"stalled": N}: the hub's consumer links open
+                                now deliver nothing more, their connections alive (links attached later deliver)
 """
 
 from __future__ import annotations
@@ -61,8 +63,12 @@ class ControlApi:
     async def post_control(self, request: web.Request) -> web.Response:
         try:
             changes = json.loads(await request.read() or b"{}")
-            if not isinstance(changes, dict) or not ("partition_count" in changes or changes.get("recreate")):
+            if not isinstance(changes, dict) or not ("partition_count" in changes or changes.get("recreate")
+                                                     or changes.get("stall_receivers")):
                 raise ValueError('expected {"hub": NAME, "partition_count": N} or {"hub": NAME, "recreate": true}')
+            if changes.get("stall_receivers"):
+                stuck = self.emulator.stall_receivers(changes.get("hub"))
+                return _json({"hubs": dict(self.emulator.hubs), "stalled": stuck})
             if changes.get("recreate"):
                 self.emulator.recreate_hub(changes.get("hub"))
                 return _json({"hubs": dict(self.emulator.hubs), "recreated": True})

@@ -173,6 +173,23 @@ class EventHubEmulator:
                             f"The link '{link.name}' is force detached. Code: EntityDeleted. Details: the event "
                             f"hub '{name}' was deleted."))
 
+    def stall_receivers(self, hub: str | None) -> int:
+        """The consumer links of the hub (default: the first) open now stop delivering, for good, while their
+        link and connection stay healthy (flow, heartbeats, management): a reader stuck on the service's side.
+        Links attached later deliver. Returns how many. Also POST /_emulator/control ``{"stall_receivers": true}``."""
+        assert self.broker is not None, "start() first"
+        target = self.broker.hub(hub or next(iter(self.hubs)))
+        if target is None:
+            raise KeyError(hub)
+        stuck = 0
+        for conn in list(self.connections):
+            for session in list(conn.sessions.values()):
+                for link in list(session.links.values()):
+                    if getattr(link, "hub", None) is target and hasattr(link, "stuck"):
+                        link.stuck = True
+                        stuck += 1
+        return stuck
+
     def preload(self, count: int, size: int = 1024, hub: str | None = None) -> None:
         """Append `count` synthetic events of about `size` bytes (JSON `{"records": [...]}` bodies)
         to a hub (default: every hub), round-robin over its partitions; no AMQP involved."""
