@@ -48,8 +48,8 @@ class PastTheEnd:
     last: int  # the partition's last sequence number (or offset), -1 when it never held an event
 
     def describe(self) -> str:
-        return (f"partition {self.partition_id}'s checkpoint is at {self.what} {self.checkpoint}, past the end of the "
-                f"partition (its last {self.what} is {self.last})")
+        return (f"partition {self.partition_id} is positioned at {self.what} {self.checkpoint} (its checkpoint, or "
+                f"what was read), past the end of the partition (its last {self.what} is {self.last})")
 
 
 def past_the_end(partition_id: str, error: BaseException) -> PastTheEnd | None:
