@@ -155,3 +155,45 @@ def test_frozen_storage_connections_are_given_up_and_checkpoints_saved_again(sta
     assert result["lost"] == 0 and result["duplicates"] == 0, result
     assert saved_s < 60, saved_s
     print(f"frozen storage connections: checkpoints saved again in {saved_s:.1f} s")
+
+
+def test_the_heartbeat_beats_while_the_hub_hangs_and_the_monitor_says_so_once(stack, monkeypatch):
+    """Every byte to and from the hub is held (a blackhole) for longer than a management request may wait: the
+    heartbeat beats from its own task all along, the failing partition reads are said once and their end once."""
+    from azure_eventhub.consumer import Settings
+    from tests.eventhub_helpers import InProcessTrigger
+
+    port = stack.emulator.info["port"]
+    with FaultProxy("127.0.0.1", port) as proxy:
+        config = stack.config(hub_connection_string=through(proxy, stack.connection_string, port))
+        records = records_with_ids(40, "b")
+        stack.publish_envelopes(records, per_envelope=10)
+        runner = InProcessTrigger(stack.env(config), monkeypatch)
+        runner.trigger.settings = Settings(backlog_interval=1, partition_check_interval=1)
+        runner.start()
+        try:
+            assert wait_until(lambda: stack.delivered_count() >= 40, 60)
+            proxy.blackhole(True)
+            beats, longest_gap, last = set(), 0.0, time.monotonic()
+
+            def failing_said() -> bool:
+                nonlocal longest_gap, last
+                beat = runner.trigger._last_heartbeat
+                if beat not in beats:
+                    beats.add(beat)
+                    now = time.monotonic()
+                    longest_gap, last = max(longest_gap, now - last), now
+                return any("properties failed" in log["message"] for log in stack.logs())
+
+            # A request waits 15 s before it fails: the beats go on meanwhile, and after.
+            assert wait_until(failing_said, 60, 0.1)
+            until = time.monotonic() + 5
+            wait_until(lambda: failing_said() and time.monotonic() > until, 10, 0.1)
+            proxy.blackhole(False)
+            assert wait_until(lambda: any("properties are read again" in log["message"] for log in stack.logs()), 60)
+        finally:
+            runner.stop()
+    assert runner.error is None
+    assert longest_gap < 8, longest_gap  # a shared beat would have waited the 15 s of a hanging request
+    said = [log["message"] for log in stack.logs() if "properties failed" in log["message"]]
+    assert len(said) == 1, said
