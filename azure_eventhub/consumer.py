@@ -130,6 +130,8 @@ class Consumer:
         self.watch = watch
         if watch is not None:
             watch.recover = self._recover
+            # A reopened receiver reads again at the processor's next load-balancing round (interval + 20% jitter).
+            watch.step_seconds = max(watch.stall_seconds, 1.2 * config.load_balancing_interval + 10)
         self.delivered: dict[str, int] = {}  # partition -> last sequence number confirmed, of the current reading
         self._waiting_room: set[str] = set()  # partitions whose batch waits for room in the forwarder
         self._reopening: set[str] = set()  # partitions closed by a recovery step: the watch keeps its clock
@@ -244,6 +246,7 @@ class Consumer:
                      f"{len(bodies)} messages were forwarded as text", "error")
         last = events[-1]
         sequence_number = last.sequence_number
+        await self._check_expired(partition_id, events[0].sequence_number)
         self.progress[partition_id] = Progress(sequence_number, last.enqueued_time, time.time())
         self.stats.add(stats)
         text, invalid = self.stats.text, self.stats.invalid_utf8
@@ -377,6 +380,29 @@ class Consumer:
             return
         if reopen and reopen_partition(self.client, partition_id):
             self._reopening.add(partition_id)
+
+    async def _check_expired(self, partition_id: str, first: int) -> None:
+        """The first event of a batch comes after a gap in the partition's sequence numbers (after the last one
+        read, or the checkpoint the reading started from): the events in between left the hub (its retention)
+        before they were read. Said once per gap; the reading goes on."""
+        progress = self.progress.get(partition_id)
+        if progress is not None:
+            expected = progress.sequence_number + 1
+        else:  # the reading's first batch: where its checkpoint is (none: nothing was promised)
+            try:
+                checkpoint = (await self.partitions.checkpoints()).get(partition_id)
+            except Exception:  # noqa: BLE001 - a check only: the store's outage is said by the writer
+                return
+            if checkpoint is None or int(checkpoint["sequence_number"]) < 0:
+                return
+            expected = int(checkpoint["sequence_number"]) + 1
+        if first <= expected:
+            return
+        count = first - expected
+        metrics.events_expired.labels(partition_id).inc(count)
+        self.log(f"Partition {partition_id}: {count} events (sequence numbers {expected} to {first - 1}) left the "
+                 "event hub (its retention) before this trigger read them: they are lost. Read faster (more "
+                 "instances sharing the storage container) or raise the event hub's retention", "error")
 
     def _stop_reading(self, partition_id: str) -> None:
         """Another instance reads the partition, or nobody: acks still to come for it are not checkpointed here."""

@@ -197,3 +197,28 @@ def test_the_heartbeat_beats_while_the_hub_hangs_and_the_monitor_says_so_once(st
     assert longest_gap < 8, longest_gap  # a shared beat would have waited the 15 s of a hanging request
     said = [log["message"] for log in stack.logs() if "properties failed" in log["message"]]
     assert len(said) == 1, said
+
+
+def test_events_that_leave_the_hub_before_they_are_read_are_told_as_lost(tmp_path):
+    """The trigger stopped for longer than the hub keeps events: at its restart it says how many of each
+    partition left unread (and counts them), once, then reads what is left."""
+    with EventHubStack(tmp_path / "stack", partitions=2, emulator_args={"max_events": 10}) as stack:
+        config = stack.config()
+        proc = stack.start_process(config)
+        first = records_with_ids(20, "first")
+        stack.publish_envelopes(first, per_envelope=1)  # 10 events per partition: all kept
+        assert wait_until(lambda: all_delivered(stack, first, proc), 60, 0.2)
+        assert wait_until(lambda: stack.checkpoints() == {"0": 9, "1": 9}, 30, 0.2), stack.checkpoints()
+        assert terminate(proc) == 0
+        gone = records_with_ids(30, "gone")
+        stack.publish_envelopes(gone, per_envelope=1)  # 15 more per partition: the hub keeps the last 10
+        proc = stack.start_process(config)
+        kept = gone[-20:]
+        assert wait_until(lambda: all_delivered(stack, kept, proc), 60, 0.2)
+        told = lambda: [log["message"] for log in stack.logs() if "before this trigger read them" in log["message"]]
+        assert wait_until(lambda: len(told()) >= 2, 60, 0.2), told()
+        assert terminate(proc) == 0
+    assert sorted(told()) == sorted(f"Partition {p}: 5 events (sequence numbers 10 to 14) left the event hub (its "
+                                    "retention) before this trigger read them: they are lost. Read faster (more "
+                                    "instances sharing the storage container) or raise the event hub's retention"
+                                    for p in ("0", "1"))
