@@ -132,7 +132,6 @@ class Consumer:
             watch.recover = self._recover
             # A reopened receiver reads again at the processor's next load-balancing round (interval + 20% jitter).
             watch.step_seconds = max(watch.stall_seconds, 1.2 * config.load_balancing_interval + 10)
-        self.delivered: dict[str, int] = {}  # partition -> last sequence number confirmed, of the current reading
         self._waiting_room: set[str] = set()  # partitions whose batch waits for room in the forwarder
         self._reopening: set[str] = set()  # partitions closed by a recovery step: the watch keeps its clock
         self._troubled: set[str] = set()  # partitions closed after an error: same
@@ -274,8 +273,6 @@ class Consumer:
         """The runtime confirmed the batch and everything queued before it (on the loop)."""
         metrics.events_forwarded.inc(events)
         metrics.records_forwarded.inc(records)
-        if reading and self.readings.get(partition_id) == reading:
-            self.delivered[partition_id] = max(sequence_number, self.delivered.get(partition_id, -1))
         if self.watch is not None:
             self.watch.progressed(partition_id)
         # Dropped by the writer if the partition closed since (another instance owns it and checkpoints it).
@@ -296,7 +293,6 @@ class Consumer:
         self.owned.discard(partition_id)
         metrics.owned_partitions.set(len(self.owned))
         self.progress.pop(partition_id, None)
-        self.delivered.pop(partition_id, None)
         # Closed by a recovery step, or after an error (opened again at the next round): the watch keeps counting.
         # Taken by another instance, or stopping: it is no longer this instance's to watch.
         if self.watch is not None and partition_id not in self._reopening | self._troubled | self._starting_over:

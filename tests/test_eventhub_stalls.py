@@ -222,3 +222,32 @@ def test_events_that_leave_the_hub_before_they_are_read_are_told_as_lost(tmp_pat
                                     "retention) before this trigger read them: they are lost. Read faster (more "
                                     "instances sharing the storage container) or raise the event hub's retention"
                                     for p in ("0", "1"))
+
+
+def test_when_reopening_the_receivers_does_not_help_the_run_restarts_with_a_new_client(stack, monkeypatch):
+    """The first step cannot act (as with a client whose internals moved): the second one restarts the run, whose
+    new client reads on from the checkpoints."""
+    from azure_eventhub import consumer as consumer_module
+    from tests.eventhub_helpers import InProcessTrigger
+
+    monkeypatch.setattr(consumer_module, "reopen_partition", lambda client, partition_id: False)
+    runner = InProcessTrigger(stack.env(stack.config(load_balancing_interval=1, stall_seconds=5)), monkeypatch)
+    runner.start()
+    try:
+        before = records_with_ids(80, "before")
+        stack.publish_envelopes(before, per_envelope=5)
+        assert wait_until(lambda: set(ids_of(before)) <= set(stack.delivered_ids()), 60, 0.2)
+        assert stack.emulator.control(stall_receivers=True)["stalled"] == 4
+        after = records_with_ids(80, "after")
+        stack.publish_envelopes(after, per_envelope=5)
+        assert wait_until(lambda: set(ids_of(after)) <= set(stack.delivered_ids()), 90, 0.2)
+        assert runner.trigger.is_alive()
+    finally:
+        runner.stop()
+    assert runner.error is None
+    messages = [log["message"] for log in stack.logs()]
+    assert any("Restarting the Event Hubs run with a new client" in message for message in messages), messages
+    assert any("restarting the run with a new client" in message and "no progress" in message
+               for message in messages), messages
+    result = compare(ids_of(before + after), stack.delivered_ids())
+    assert result["lost"] == 0 and result["duplicates"] == 0, result
