@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -49,6 +50,7 @@ _DATA = AmqpMessageBodyType.DATA
 # the store and the credential share this much more (with the 8 s grace: done within 13 s of SIGTERM).
 STOP_AFTER_GRACE = 5.0
 CLOSING_TIME = 2.0  # of which the closing keeps at least this
+LOSS_WINDOW = 600.0  # seconds of partition readings the time until loss is estimated over
 OWNER_ID_DEADLINE = 10.0  # seconds after the start: the client's processor has its id within the first loop steps
 # What the stall watch does, mildest first (``Consumer._recover``): the partition's receiver closed (the processor
 # opens it again from its checkpoint at its next load-balancing round, on a new connection), then the run
@@ -138,6 +140,8 @@ class Consumer:
         self._starting_over: set[str] = set()  # checkpoints replaced by the beginning, until the partition reopens
         self._restart = asyncio.Event()  # the last recovery step: this run ends, the trigger starts another
         self._monitor_errors = OnceLogger(log, remind_every=600.0)
+        # partition -> (when, first retained sequence number, last read) at each properties reading
+        self._fronts: dict[str, deque[tuple[float, int, int]]] = {}
 
     # -- run ------------------------------------------------------------------------------------------------
 
@@ -293,6 +297,7 @@ class Consumer:
         self.owned.discard(partition_id)
         metrics.owned_partitions.set(len(self.owned))
         self.progress.pop(partition_id, None)
+        self._fronts.pop(partition_id, None)
         # Closed by a recovery step, or after an error (opened again at the next round): the watch keeps counting.
         # Taken by another instance, or stopping: it is no longer this instance's to watch.
         if self.watch is not None and partition_id not in self._reopening | self._troubled | self._starting_over:
@@ -399,6 +404,26 @@ class Consumer:
         self.log(f"Partition {partition_id}: {count} events (sequence numbers {expected} to {first - 1}) left the "
                  "event hub (its retention) before this trigger read them: they are lost. Read faster (more "
                  "instances sharing the storage container) or raise the event hub's retention", "error")
+
+    def _until_loss(self, partition_id: str, processed: int, properties: dict) -> float | None:
+        """Seconds until the oldest event not read yet leaves the hub, None when nothing is at risk.
+
+        The service does not say its retention over AMQP, but its partitions say their first retained sequence
+        number: while the hub trims (that number moves), the trimmed front closes in on the reading at the
+        difference of their paces, over the last ``LOSS_WINDOW`` seconds."""
+        now = time.monotonic()
+        fronts = self._fronts.setdefault(partition_id, deque())
+        fronts.append((now, properties["beginning_sequence_number"], processed))
+        while len(fronts) > 2 and now - fronts[1][0] >= LOSS_WINDOW:
+            fronts.popleft()
+        (then, begin_then, read_then), (_, begin, read) = fronts[0], fronts[-1]
+        if now - then <= 0 or begin <= begin_then or properties.get("is_empty"):
+            return None  # not trimming (a young hub, or a quiet one): no pace to compare
+        trimmed_pace = (begin - begin_then) / (now - then)
+        closing = trimmed_pace - max(0.0, (read - read_then) / (now - then))
+        if closing <= 0:
+            return None  # reading faster than the hub trims
+        return max(0.0, (read + 1 - begin) / closing)
 
     def _stop_reading(self, partition_id: str) -> None:
         """Another instance reads the partition, or nobody: acks still to come for it are not checkpointed here."""
@@ -534,6 +559,7 @@ class Consumer:
             behind = 0 if properties.get("is_empty") else max(0, last_enqueued - processed)
             if self.watch is not None:
                 self.watch.behind(partition_id, bool(behind) and partition_id not in self._waiting_room)
+                self.watch.until_loss(partition_id, self._until_loss(partition_id, processed, properties))
             metrics.backlog.labels(partition_id).set(behind)
             lag = 0.0
             if behind and read is not None and read.enqueued_time is not None:

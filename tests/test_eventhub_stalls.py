@@ -251,3 +251,39 @@ def test_when_reopening_the_receivers_does_not_help_the_run_restarts_with_a_new_
                for message in messages), messages
     result = compare(ids_of(before + after), stack.delivered_ids())
     assert result["lost"] == 0 and result["duplicates"] == 0, result
+
+
+def test_the_time_until_unread_events_leave_the_hub_is_told_while_it_trims(tmp_path, monkeypatch):
+    """The reading is stuck while the hub keeps receiving and trimming (it keeps 200 events): the pace at which its
+    first retained event closes in on the reading gives the time left, warned before the events are gone."""
+    from azure_eventhub.consumer import Settings
+    from connectors.metrics import gauge_values
+    from connectors.progress import seconds_until_loss
+    from tests.eventhub_helpers import InProcessTrigger
+
+    with EventHubStack(tmp_path / "stack", partitions=1, emulator_args={"max_events": 200}) as stack:
+        runner = InProcessTrigger(stack.env(stack.config(stall_seconds=3600)), monkeypatch)
+        runner.trigger.settings = Settings(backlog_interval=1)
+        runner.start()
+        try:
+            first = records_with_ids(50, "first")
+            stack.publish_envelopes(first, per_envelope=1)
+            assert wait_until(lambda: set(ids_of(first)) <= set(stack.delivered_ids()), 60, 0.2)
+            assert stack.emulator.control(stall_receivers=True)["stalled"] == 1
+
+            def told() -> list[str]:
+                return [log["message"] for log in stack.logs() if "leaves the source in" in log["message"]]
+
+            sent = 0
+            deadline = time.monotonic() + 60
+            while not told() and time.monotonic() < deadline:  # 40 events a second: trimming starts after ~4 s
+                stack.publish_envelopes(records_with_ids(20, f"more{sent}"), per_envelope=1)
+                sent += 1
+                time.sleep(0.5)
+            left = gauge_values(seconds_until_loss)
+        finally:
+            runner.stop()
+    assert told(), "no warning of the coming loss"
+    assert "Partition 0: the oldest record not delivered yet leaves the source in" in told()[0], told()
+    assert len(told()) == 1, told()
+    assert left and 0 <= min(left.values()) < 3600, left
