@@ -50,6 +50,7 @@ _DATA = AmqpMessageBodyType.DATA
 # the store and the credential share this much more (with the 8 s grace: done within 13 s of SIGTERM).
 STOP_AFTER_GRACE = 5.0
 CLOSING_TIME = 2.0  # of which the closing keeps at least this
+EXPIRY_CHECK_TIMEOUT = 3.0  # the first batch of a reading waits this long at most for its checkpoint (a check only)
 LOSS_WINDOW = 600.0  # seconds of partition readings the time until loss is estimated over
 OWNER_ID_DEADLINE = 10.0  # seconds after the start: the client's processor has its id within the first loop steps
 # What the stall watch does, mildest first (``Consumer._recover``): the partition's receiver closed (the processor
@@ -391,7 +392,7 @@ class Consumer:
             expected = progress.sequence_number + 1
         else:  # the reading's first batch: where its checkpoint is (none: nothing was promised)
             try:
-                checkpoint = (await self.partitions.checkpoints()).get(partition_id)
+                checkpoint = (await self.partitions.checkpoints(EXPIRY_CHECK_TIMEOUT)).get(partition_id)
             except Exception:  # noqa: BLE001 - a check only: the store's outage is said by the writer
                 return
             if checkpoint is None or int(checkpoint["sequence_number"]) < 0:

@@ -124,10 +124,10 @@ class PartitionWatch:
                      f"partitions {', '.join(added)} (from their beginning, nothing is lost)", "error")
         return added
 
-    async def checkpoints(self) -> dict[str, dict[str, Any]]:
+    async def checkpoints(self, timeout: float = 15) -> dict[str, dict[str, Any]]:
         """The checkpoints in the store, by partition."""
         listed = await asyncio.wait_for(self.store.list_checkpoints(
-            self.base["fully_qualified_namespace"], self.base["eventhub_name"], self.base["consumer_group"]), 15)
+            self.base["fully_qualified_namespace"], self.base["eventhub_name"], self.base["consumer_group"]), timeout)
         return {item["partition_id"]: item for item in listed}
 
     async def past_the_end(self, ids: list[str] | None) -> list[PastTheEnd]:
