@@ -139,6 +139,8 @@ class Consumer:
         self._reopening: set[str] = set()  # partitions closed by a recovery step: the watch keeps its clock
         self._troubled: set[str] = set()  # partitions closed after an error: same
         self._starting_over: set[str] = set()  # checkpoints replaced by the beginning, until the partition reopens
+        # Partitions closed but still watched, and when: a previous run's too (its stalls go on in this one).
+        self._closed_at: dict[str, float] = dict.fromkeys(watch.readings() if watch else (), time.monotonic())
         self._restart = asyncio.Event()  # the last recovery step: this run ends, the trigger starts another
         self._monitor_errors = OnceLogger(log, remind_every=600.0)
         # partition -> (when, first retained sequence number, last read) at each properties reading
@@ -287,6 +289,7 @@ class Consumer:
         self._reopening.discard(context.partition_id)
         self._troubled.discard(context.partition_id)
         self._starting_over.discard(context.partition_id)
+        self._closed_at.pop(context.partition_id, None)
         self.readings[context.partition_id] = self.writer.claimed(context.partition_id)
         self.owned.add(context.partition_id)
         metrics.owned_partitions.set(len(self.owned))
@@ -299,10 +302,13 @@ class Consumer:
         metrics.owned_partitions.set(len(self.owned))
         self.progress.pop(partition_id, None)
         self._fronts.pop(partition_id, None)
-        # Closed by a recovery step, or after an error (opened again at the next round): the watch keeps counting.
-        # Taken by another instance, or stopping: it is no longer this instance's to watch.
-        if self.watch is not None and partition_id not in self._reopening | self._troubled | self._starting_over:
-            self.watch.forget(partition_id)
+        # Closed by a recovery step, after an error (opened again at the next round), or as the run ends: the watch
+        # keeps counting. Taken by another instance: it is no longer this instance's to watch.
+        if self.watch is not None:
+            if partition_id in self._reopening | self._troubled | self._starting_over or not self.accepting:
+                self._closed_at[partition_id] = time.monotonic()
+            else:
+                self.watch.forget(partition_id)
         for gauge in (metrics.backlog, metrics.lag_seconds):
             try:
                 gauge.remove(partition_id)
@@ -338,6 +344,17 @@ class Consumer:
         self._errors.began(f"Event Hubs {where}: {describe_error(error)}; the client retries by itself", key=where)
 
     # -- never silently stuck -----------------------------------------------------------------------------------
+
+    def _forget_gone(self) -> None:
+        """A partition closed after an error or by a recovery step that no round opened again since (another
+        instance took it) is no longer this instance's to watch: its stall is not this instance's."""
+        if self.watch is None:
+            return
+        now = time.monotonic()
+        for partition_id, closed in list(self._closed_at.items()):
+            if partition_id not in self.owned and now - closed > self.watch.step_seconds:
+                del self._closed_at[partition_id]
+                self.watch.forget(partition_id)
 
     def _recover(self, partition_id: str, step: int) -> None:
         """The stall watch's step (from the heartbeat, on the loop: returns at once)."""
@@ -517,6 +534,7 @@ class Consumer:
                 if time.monotonic() >= owner_deadline:
                     self._tell_no_owner_id()
                 self._report_stats()
+                self._forget_gone()
                 if time.monotonic() >= next_partition_check:
                     next_partition_check = time.monotonic() + self.settings.partition_check_interval
                     await self.partitions.check()

@@ -123,6 +123,10 @@ class StallWatch:
         if self.failed == name:
             self.failed = None
 
+    def readings(self) -> list[str]:
+        """The readings watched (a new run of the owner forgets those it does not read again)."""
+        return list(self._readings)
+
     # -- from the heartbeat ---------------------------------------------------------------------------------
 
     def stalled_for(self, name: str) -> float:

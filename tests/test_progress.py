@@ -124,3 +124,12 @@ def test_a_step_that_acts_slowly_gets_its_own_time_before_the_next():
     clock.now += 1
     watch.check()
     assert recoveries == [("1", 0), ("1", 1)]
+
+
+def test_the_readings_watched_are_listed():
+    watch, clock, logs, recoveries = make()
+    watch.behind("1", True)
+    watch.progressed("2")
+    assert sorted(watch.readings()) == ["1", "2"]
+    watch.forget("1")
+    assert watch.readings() == ["2"]
