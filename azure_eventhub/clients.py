@@ -40,9 +40,10 @@ STORE_OPTIONS = {"retry_total": 2, "initial_backoff": 1, "increment_base": 2, "r
                  "connection_timeout": 5, "read_timeout": 15}
 PROBE_OPTIONS = {"retry_total": 0, "connection_timeout": 5, "read_timeout": 10}
 PROBE_ATTEMPTS = 3  # an unreachable store or namespace is tried this many times at start (1 s, 2 s apart)
-# A receiving connection that hears nothing for this long is closed and opened again by the client: the service
-# sends empty frames at half of it (AMQP idle-time-out in the open frame), so only a dead path stays silent (a NAT
-# or firewall that dropped the connection's state without a reset). The client's default is no bound at all.
+# A receiving connection that hears nothing for this long is closed and opened again by the client: sent as the
+# open frame's idle-time-out, which the service honours with empty frames on a quiet connection, so only a dead path
+# stays silent (a NAT or firewall that dropped the connection's state without a reset). The client's default is no
+# bound at all.
 AMQP_IDLE_TIMEOUT = 30.0
 
 

@@ -1,7 +1,8 @@
 """One run of the consumer: a long-lived ``EventHubConsumerClient.receive_batch`` feeding the forwarder.
 
 Everything runs on the trigger's one event loop: the client (every owned partition concurrently), the
-forwarder's senders, the checkpoint writer and a monitor.
+forwarder's senders, the checkpoint writer, the heartbeat and a monitor (partition properties: backlog, lag, what
+the trigger's stall watch compares with, checkpoints past the end of their partition, the time until loss).
 - A received batch is split into records and handed to the forwarder in the partition's callback: awaiting
   ``Forwarder.add`` is the backpressure, so a slow runtime slows the reading instead of filling memory.
 - The forwarder calls the batch's ack, on the loop, once the runtime confirmed it and everything added before;
