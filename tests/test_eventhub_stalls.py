@@ -125,7 +125,8 @@ def test_a_partition_that_stops_progressing_is_told_and_its_receiver_reopened(st
     assert terminate(proc) == 0
     stalled = warnings_with(stack, "has made no progress for")
     assert len(stalled) == 4 and all("reopening its receiver" in line for line in stalled), stalled
-    again = [log["message"] for log in stack.logs() if "progresses again after reopening its receiver" in log["message"]]
+    again = [log["message"] for log in stack.logs()
+             if "progresses again after reopening its receiver" in log["message"]]
     assert len(again) == 4, again
     result = compare(ids_of(before + after), stack.delivered_ids())
     assert result["lost"] == 0 and result["duplicates"] == 0, result
