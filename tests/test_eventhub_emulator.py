@@ -523,3 +523,30 @@ async def test_a_position_past_the_end_is_refused_and_a_recreated_hub_starts_ove
         assert [(e.body_as_str(), e.sequence_number, e.offset) for e in events] == [("new", 0, "0")]
     finally:
         await emu.stop()
+
+
+async def test_an_idle_timeout_of_its_own_spares_the_real_client_and_closes_a_silent_peer():
+    from emulators.eventhub import frames
+    from emulators.eventhub.codec import UInt
+
+    emu = EventHubEmulator({"quiet": 1}, idle_timeout=1.0)
+    await emu.start()
+    try:
+        cs = emu.connection_string("quiet")
+        task = asyncio.create_task(aio_read(cs, 1, starting_position="@latest", partition_id="0"))
+        group = emu.broker.hub("quiet").consumer_groups["$default"]
+        assert await until(lambda: group.receivers.get("0"))
+        connections = emu.broker.stats.connections_total
+        await asyncio.sleep(4)  # a quiet partition for four idle timeouts: the client beats at half of it
+        assert emu.broker.stats.connections_total == connections and group.receivers.get("0")
+        async with AioProducer.from_connection_string(cs) as producer:
+            await producer.send_event(EventData("late"))
+        assert [e.body_as_str() for e in await task] == ["late"]
+        # A peer that says nothing after its open is closed, with the service's words.
+        reader, writer = await asyncio.open_connection(emu.host, emu.port)
+        writer.write(frames.AMQP_HEADER + frames.frame(0, frames.OPEN, ["silent", None, UInt(65536)]))
+        data = await asyncio.wait_for(reader.read(-1), 10)  # until the emulator closes the socket
+        writer.close()
+        assert b"was inactive for more than the allowed 1000 milliseconds" in data
+    finally:
+        await emu.stop()

@@ -68,6 +68,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"largest accepted message/batch in bytes (default {MAX_MESSAGE_SIZE})",
     )
     parser.add_argument(
+        "--idle-timeout",
+        type=float,
+        metavar="S",
+        help="advertise an AMQP idle-time-out of S seconds and close connections silent for longer (default: none)",
+    )
+    parser.add_argument(
         "--preload",
         type=int,
         default=0,
@@ -101,6 +107,7 @@ async def serve(args: argparse.Namespace) -> None:
         retention_seconds=args.retention_seconds,
         max_frame_size=args.max_frame_size,
         max_message_size=args.max_message_size,
+        idle_timeout=args.idle_timeout,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -71,8 +71,11 @@ class EventHubEmulator:
         retention_seconds: float | None = None,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         max_message_size: int = MAX_MESSAGE_SIZE,
+        idle_timeout: float | None = None,
     ) -> None:
         self.hubs = normalize_hubs(hubs, partitions)
+        # Advertised in the open frame; a connection silent for longer is closed, as the service closes idle ones.
+        self.idle_timeout = idle_timeout
         self.host = host
         self.port = port
         self.control_port = control_port
