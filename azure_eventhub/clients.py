@@ -42,6 +42,11 @@ STORE_OPTIONS = {"retry_total": 2, "initial_backoff": 1, "increment_base": 2, "r
                  "connection_timeout": 5, "read_timeout": 15}
 PROBE_OPTIONS = {"retry_total": 0, "connection_timeout": 5, "read_timeout": 10}
 PROBE_ATTEMPTS = 3  # an unreachable store or namespace is tried this many times at start (1 s, 2 s apart)
+# A receiving connection that hears nothing for this long is closed and opened again by the client: sent as the
+# open frame's idle-time-out, which the service honours with empty frames on a quiet connection, so only a dead path
+# stays silent (a NAT or firewall that dropped the connection's state without a reset). The client's default is no
+# bound at all.
+AMQP_IDLE_TIMEOUT = 30.0
 
 
 def build_credential(config: EventHubConfiguration) -> Any:
@@ -158,6 +163,7 @@ def build_client(config: EventHubConfiguration, store: CheckpointStore | None, c
         "prefetch": config.prefetch,
         "retry_total": retry_total,
         "user_agent": "sekoiaio-connector",
+        "idle_timeout": AMQP_IDLE_TIMEOUT,
         "ssl_context": tls_context(),
     }
     proxy_url = hub_proxy(config)
@@ -200,6 +206,18 @@ def client_owner_id(client: EventHubConsumerClient) -> str | None:
     """The owner id the client's processor writes in the ownership blobs (None while not receiving)."""
     processors = client_processors(client)
     return getattr(processors[0], "_id", None) if processors else None
+
+
+def reopen_partition(client: EventHubConsumerClient, partition_id: str) -> bool:
+    """Close this instance's reading of a partition as the processor does when it loses it (its receiver and
+    connection closed, its ownership released): the next load-balancing round opens it again from its checkpoint.
+    False when the client is not reading it."""
+    for processor in client_processors(client):
+        task = getattr(processor, "_tasks", {}).get(partition_id)
+        if task is not None and not task.done():
+            task.cancel()
+            return True
+    return False
 
 
 async def close_before(closables: Iterable[Any], deadline: float, floor: float = 0.5) -> None:

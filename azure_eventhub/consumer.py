@@ -1,7 +1,8 @@
 """One run of the consumer: a long-lived ``EventHubConsumerClient.receive_batch`` feeding the forwarder.
 
 Everything runs on the trigger's one event loop: the client (every owned partition concurrently), the
-forwarder's senders, the checkpoint writer and a monitor.
+forwarder's senders, the checkpoint writer, the heartbeat and a monitor (partition properties: backlog, lag, what
+the trigger's stall watch compares with, checkpoints past the end of their partition, the time until loss).
 - A received batch is split into records and handed to the forwarder in the partition's callback: awaiting
   ``Forwarder.add`` is the backpressure, so a slow runtime slows the reading instead of filling memory.
 - The forwarder calls the batch's ack, on the loop, once the runtime confirmed it and everything added before;
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,13 +34,15 @@ from azure_eventhub.clients import (
     credential_error,
     is_auth_error,
     is_not_found,
+    reopen_partition,
 )
 from azure_eventhub.config import EventHubConfiguration, parse_starting_position
-from azure_eventhub.partitions import PartitionWatch
+from azure_eventhub.partitions import PartitionWatch, PastTheEnd, beyond, past_the_end
 from azure_eventhub.records import RecordSplitter, SplitStats
 from connectors.delivery import STOP_GRACE_SECONDS, Forwarder
 from connectors.errors import ConfigurationError
 from connectors.logs import OnceLogger
+from connectors.progress import StallWatch
 from connectors.state import StateFile
 
 LogFunction = Callable[[str, str], None]
@@ -51,7 +55,13 @@ CLOSING_TIME = 2.0  # of which the closing keeps at least this
 # slices of about this many records, each with the position of its last message: a checkpoint follows delivery
 # slice by slice, so a crash re-reads what was not confirmed, not the rest of a whole batch of thousands.
 ACK_RECORDS = 200
+EXPIRY_CHECK_TIMEOUT = 3.0  # the first batch of a reading waits this long at most for its checkpoint (a check only)
+LOSS_WINDOW = 600.0  # seconds of partition readings the time until loss is estimated over
 OWNER_ID_DEADLINE = 10.0  # seconds after the start: the client's processor has its id within the first loop steps
+# What the stall watch does, mildest first (``Consumer._recover``): the partition's receiver closed (the processor
+# opens it again from its checkpoint at its next load-balancing round, on a new connection), then the run
+# restarted (a new client: every connection, the processor and its load balancing made again).
+RECOVERY_STEPS = ("reopening its receiver", "restarting the run with a new client")
 
 
 def event_body(event: EventData) -> bytes:
@@ -93,6 +103,7 @@ class Consumer:
         settings: Settings | None = None,
         owner_file: StateFile | None = None,
         partition_ids: list[str] | None = None,  # the hub's partitions, if just read (not listed again)
+        watch: StallWatch | None = None,  # the trigger's watch of its partitions (it outlives this run)
     ):
         self.config = config
         self.client = client
@@ -124,13 +135,31 @@ class Consumer:
         self._owner_saved = False
         self._told_no_owner = False
         self.stop_deadline: float | None = None  # event loop time by which stopping ends (set once stopping)
+        self.watch = watch
+        if watch is not None:
+            watch.recover = self._recover
+            # A reopened receiver reads again at the processor's next load-balancing round (interval + 20% jitter).
+            watch.step_seconds = max(watch.stall_seconds, 1.2 * config.load_balancing_interval + 10)
+        self._waiting_room: set[str] = set()  # partitions whose batch waits for room in the forwarder
+        self._reopening: set[str] = set()  # partitions closed by a recovery step: the watch keeps its clock
+        self._troubled: set[str] = set()  # partitions closed after an error: same
+        self._starting_over: set[str] = set()  # checkpoints replaced by the beginning, until the partition reopens
+        # Partitions closed but still watched, and when: a previous run's too (its stalls go on in this one).
+        self._closed_at: dict[str, float] = dict.fromkeys(watch.readings() if watch else (), time.monotonic())
+        self._restart = asyncio.Event()  # the last recovery step: this run ends, the trigger starts another
+        self._monitor_errors = OnceLogger(log, remind_every=600.0)
+        # partition -> (when, first retained sequence number, last read) at each properties reading
+        self._fronts: dict[str, deque[tuple[float, int, int]]] = {}
 
     # -- run ------------------------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        _, starting_positions = await asyncio.gather(self._release_previous_owner(),
-                                                     self.partitions.starting_positions(self.partition_ids))
+        _, starting_positions, _ = await asyncio.gather(self._release_previous_owner(),
+                                                        self.partitions.starting_positions(self.partition_ids),
+                                                        self._check_checkpoints())
         writer_task = asyncio.create_task(self.writer.run(), name="eventhub-checkpoints")
+        # The heartbeat beats from a task of its own: the monitor's requests may each wait 15 s.
+        beat_task = asyncio.create_task(self._beat(), name="eventhub-heartbeat")
         monitor_task = asyncio.create_task(self._monitor(), name="eventhub-monitor")
         receive_task = asyncio.create_task(
             self.client.receive_batch(
@@ -144,6 +173,7 @@ class Consumer:
             name="eventhub-receive",
         )
         stop_task = asyncio.create_task(self.stop_requested.wait())
+        restart_task = asyncio.create_task(self._restart.wait())
         try:
             for _ in range(100):  # the processor exists after the receive task's first step: save its id early
                 await asyncio.sleep(0.01)
@@ -152,9 +182,13 @@ class Consumer:
                     break
             # These never end on their own: if one dies, the run fails (and is restarted) rather than reading on
             # without checkpoints, or without heartbeats and partition checks.
-            long_lived = {writer_task: "checkpoint writer", monitor_task: "monitor"}
-            await asyncio.wait({receive_task, stop_task, *long_lived}, return_when=asyncio.FIRST_COMPLETED)
+            long_lived = {writer_task: "checkpoint writer", monitor_task: "monitor", beat_task: "heartbeat"}
+            await asyncio.wait({receive_task, stop_task, restart_task, *long_lived},
+                               return_when=asyncio.FIRST_COMPLETED)
             died = next((task for task in long_lived if task.done()), None)
+            if restart_task.done() and died is None and not stop_task.done():
+                self.log("Restarting the Event Hubs run with a new client: what was read is delivered and "
+                         "checkpointed first", "warning")
             await self._finish()
             # Cancels the partitions and releases their ownership (other instances take them at once).
             await close_before([self.client], self.stop_deadline)
@@ -164,7 +198,7 @@ class Consumer:
                 if receive_task.done() and not receive_task.cancelled() and receive_task.exception():
                     raise receive_task.exception()  # type: ignore[misc]
         finally:
-            tasks = (writer_task, monitor_task, stop_task, receive_task)
+            tasks = (writer_task, monitor_task, beat_task, stop_task, restart_task, receive_task)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -229,6 +263,7 @@ class Consumer:
                      f"{len(bodies)} messages were forwarded as text", "error")
         last = events[-1]
         sequence_number = last.sequence_number
+        await self._check_expired(partition_id, events[0].sequence_number)
         self.progress[partition_id] = Progress(sequence_number, last.enqueued_time, time.time())
         self.stats.add(stats)
         text, invalid = self.stats.text, self.stats.invalid_utf8
@@ -240,24 +275,37 @@ class Consumer:
             self._text_bodies.began(f"{text} message bodies so far were not JSON ({invalid} not even UTF-8) and were "
                                     "forwarded as text: a producer of this event hub sends something other than "
                                     "diagnostic records")
-        done = (0, 0)
-        for messages, upto in slices:
-            event = events[messages - 1]
-            ack = partial(self._acked, partition_id, reading, event.offset, event.sequence_number,
-                          messages - done[0], upto - done[1])
-            await self.forwarder.add(records[done[1]:upto], ack=ack, origin=f"partition {partition_id} up to "
-                                     f"sequence number {event.sequence_number}")
-            done = (messages, upto)
+        if self.watch is not None:
+            self.watch.progressed(partition_id)
+        # Waiting for room is delivery's stall, not the partition's: the forwarder reports it.
+        self._waiting_room.add(partition_id)
+        try:
+            done = (0, 0)
+            for messages, upto in slices:
+                event = events[messages - 1]
+                ack = partial(self._acked, partition_id, reading, event.offset, event.sequence_number,
+                              messages - done[0], upto - done[1])
+                await self.forwarder.add(records[done[1]:upto], ack=ack, origin=f"partition {partition_id} up to "
+                                         f"sequence number {event.sequence_number}")
+                done = (messages, upto)
+        finally:
+            self._waiting_room.discard(partition_id)
 
     def _acked(self, partition_id: str, reading: int, offset: str, sequence_number: int, events: int,
                records: int) -> None:
         """The runtime confirmed the batch and everything queued before it (on the loop)."""
         metrics.events_forwarded.inc(events)
         metrics.records_forwarded.inc(records)
+        if self.watch is not None:
+            self.watch.progressed(partition_id)
         # Dropped by the writer if the partition closed since (another instance owns it and checkpoints it).
         self.writer.confirmed(partition_id, offset, sequence_number, owner=reading)
 
     async def _on_partition_initialize(self, context) -> None:
+        self._reopening.discard(context.partition_id)
+        self._troubled.discard(context.partition_id)
+        self._starting_over.discard(context.partition_id)
+        self._closed_at.pop(context.partition_id, None)
         self.readings[context.partition_id] = self.writer.claimed(context.partition_id)
         self.owned.add(context.partition_id)
         metrics.owned_partitions.set(len(self.owned))
@@ -269,6 +317,14 @@ class Consumer:
         self.owned.discard(partition_id)
         metrics.owned_partitions.set(len(self.owned))
         self.progress.pop(partition_id, None)
+        self._fronts.pop(partition_id, None)
+        # Closed by a recovery step, after an error (opened again at the next round), or as the run ends: the watch
+        # keeps counting. Taken by another instance: it is no longer this instance's to watch.
+        if self.watch is not None:
+            if partition_id in self._reopening | self._troubled | self._starting_over or not self.accepting:
+                self._closed_at[partition_id] = time.monotonic()
+            else:
+                self.watch.forget(partition_id)
         for gauge in (metrics.backlog, metrics.lag_seconds):
             try:
                 gauge.remove(partition_id)
@@ -280,6 +336,10 @@ class Consumer:
 
     async def _on_error(self, context, error: Exception) -> None:
         partition_id = getattr(context, "partition_id", None)
+        found = past_the_end(partition_id, error) if partition_id is not None else None
+        if found is not None:  # the processor would open the partition at this position again, for ever
+            await self._start_over(found)
+            return
         if is_auth_error(error):
             self._fail(credential_error(self.config, error), "auth")
             return
@@ -295,7 +355,109 @@ class Consumer:
         where = f"partition {partition_id}" if partition_id is not None else "load balancing (checkpoint store)"
         kind = "partition" if partition_id is not None else "load_balancing"
         metrics.receive_errors.labels(kind).inc()
+        if partition_id is not None:
+            self._troubled.add(partition_id)
         self._errors.began(f"Event Hubs {where}: {describe_error(error)}; the client retries by itself", key=where)
+
+    # -- never silently stuck -----------------------------------------------------------------------------------
+
+    def _forget_gone(self) -> None:
+        """A partition closed after an error or by a recovery step that no round opened again since (another
+        instance took it) is no longer this instance's to watch: its stall is not this instance's."""
+        if self.watch is None:
+            return
+        now = time.monotonic()
+        for partition_id, closed in list(self._closed_at.items()):
+            if partition_id not in self.owned and now - closed > self.watch.step_seconds:
+                del self._closed_at[partition_id]
+                self.watch.forget(partition_id)
+
+    def _recover(self, partition_id: str, step: int) -> None:
+        """The stall watch's step (from the heartbeat, on the loop: returns at once)."""
+        if step == 0:
+            if reopen_partition(self.client, partition_id):
+                self._reopening.add(partition_id)
+            return
+        self._restart.set()
+
+    async def _check_checkpoints(self) -> None:
+        """At start: checkpoints past the end of their partition are replaced by the beginning before the
+        processor reads them. Best effort: a partition missed here is found when the service refuses its receiver,
+        or by the monitor."""
+        try:
+            found = await self.partitions.past_the_end(self.partition_ids)
+        except Exception as error:  # noqa: BLE001 - the monitor and the refusal catch it later
+            self.log(f"Could not compare the checkpoints with the partitions at start ({describe_error(error)}); "
+                     "done again while running", "warning")
+            return
+        for item in found:
+            await self._start_over(item)
+
+    async def _start_over(self, found: PastTheEnd, reopen: bool = False) -> None:
+        """A checkpoint or a reading past the end of its partition: said once, the partition read from its
+        beginning (its checkpoint replaced), what the old reading confirmed dropped (its positions belong to the
+        hub that was)."""
+        partition_id = found.partition_id
+        if partition_id in self._starting_over:
+            return
+        self._starting_over.add(partition_id)
+        metrics.receive_errors.labels("past_the_end").inc()
+        self.log(f"Event Hubs {found.describe()}: the event hub was deleted and created again under its name, or "
+                 f"failed over to another namespace. Reading partition {partition_id} from its beginning and "
+                 "checkpointing from there", "warning")
+        self._stop_reading(partition_id)
+        try:
+            await self.partitions.start_over(partition_id)
+        except Exception as error:  # noqa: BLE001 - found again at the next refusal or monitor round
+            self._starting_over.discard(partition_id)
+            self.log(f"Could not replace the checkpoint of partition {partition_id} ({describe_error(error)}): "
+                     "tried again", "error")
+            return
+        if reopen and reopen_partition(self.client, partition_id):
+            self._reopening.add(partition_id)
+
+    async def _check_expired(self, partition_id: str, first: int) -> None:
+        """The first event of a batch comes after a gap in the partition's sequence numbers (after the last one
+        read, or the checkpoint the reading started from): the events in between left the hub (its retention)
+        before they were read. Said once per gap; the reading goes on."""
+        progress = self.progress.get(partition_id)
+        if progress is not None:
+            expected = progress.sequence_number + 1
+        else:  # the reading's first batch: where its checkpoint is (none: nothing was promised)
+            try:
+                checkpoint = (await self.partitions.checkpoints(EXPIRY_CHECK_TIMEOUT)).get(partition_id)
+            except Exception:  # noqa: BLE001 - a check only: the store's outage is said by the writer
+                return
+            if checkpoint is None or int(checkpoint["sequence_number"]) < 0:
+                return
+            expected = int(checkpoint["sequence_number"]) + 1
+        if first <= expected:
+            return
+        count = first - expected
+        metrics.events_expired.labels(partition_id).inc(count)
+        self.log(f"Partition {partition_id}: {count} events (sequence numbers {expected} to {first - 1}) left the "
+                 "event hub (its retention) before this trigger read them: they are lost. Read faster (more "
+                 "instances sharing the storage container) or raise the event hub's retention", "error")
+
+    def _until_loss(self, partition_id: str, processed: int, properties: dict) -> float | None:
+        """Seconds until the oldest event not read yet leaves the hub, None when nothing is at risk.
+
+        The service does not say its retention over AMQP, but its partitions say their first retained sequence
+        number: while the hub trims (that number moves), the trimmed front closes in on the reading at the
+        difference of their paces, over the last ``LOSS_WINDOW`` seconds."""
+        now = time.monotonic()
+        fronts = self._fronts.setdefault(partition_id, deque())
+        fronts.append((now, properties["beginning_sequence_number"], processed))
+        while len(fronts) > 2 and now - fronts[1][0] >= LOSS_WINDOW:
+            fronts.popleft()
+        (then, begin_then, read_then), (_, begin, read) = fronts[0], fronts[-1]
+        if now - then <= 0 or begin <= begin_then or properties.get("is_empty"):
+            return None  # not trimming (a young hub, or a quiet one): no pace to compare
+        trimmed_pace = (begin - begin_then) / (now - then)
+        closing = trimmed_pace - max(0.0, (read - read_then) / (now - then))
+        if closing <= 0:
+            return None  # reading faster than the hub trims
+        return max(0.0, (read + 1 - begin) / closing)
 
     def _stop_reading(self, partition_id: str) -> None:
         """Another instance reads the partition, or nobody: acks still to come for it are not checkpointed here."""
@@ -366,52 +528,84 @@ class Consumer:
 
     # -- monitor ----------------------------------------------------------------------------------------------
 
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self.heartbeat()  # also the stall watch's check
+            if not self.is_running():
+                self.stop_requested.set()  # in case the stop signal came before the loop listened
+
     async def _monitor(self) -> None:
         next_backlog = 0.0
         next_partition_check = time.monotonic() + self.settings.partition_check_interval
         owner_deadline = time.monotonic() + OWNER_ID_DEADLINE
+        # Partition properties are also what the stall watch compares with: read at least four times per stall.
+        backlog_interval = self.settings.backlog_interval
+        if self.watch is not None:
+            backlog_interval = min(backlog_interval, self.watch.stall_seconds / 4)
         while True:
             await asyncio.sleep(1.0)
-            self.heartbeat()
-            if not self.is_running():
-                self.stop_requested.set()  # in case the stop signal came before the loop listened
             try:
                 await self._remember_owner()
                 if time.monotonic() >= owner_deadline:
                     self._tell_no_owner_id()
                 self._report_stats()
+                self._forget_gone()
                 if time.monotonic() >= next_partition_check:
                     next_partition_check = time.monotonic() + self.settings.partition_check_interval
                     await self.partitions.check()
                 if self.owned and time.monotonic() >= next_backlog:
-                    next_backlog = time.monotonic() + self.settings.backlog_interval
+                    next_backlog = time.monotonic() + backlog_interval
                     await self._refresh_backlog()
-            except Exception:  # noqa: BLE001 - metrics must not stop the heartbeat; the gauges keep their value
+                self._monitor_errors.ended("The event hub's properties are read again")
+            except Exception as error:  # noqa: BLE001 - said once per outage; the gauges keep their value
                 metrics.receive_errors.labels("monitor").inc()
+                self._monitor_errors.began(
+                    f"Reading the event hub's properties failed ({describe_error(error)}): backlog, lag and stall "
+                    "figures are not updated meanwhile; retrying")
 
     async def _refresh_backlog(self) -> None:
-        checkpoints: dict[str, int] | None = None
         worst_lag = 0.0
-        for partition_id in sorted(self.owned):
-            properties = await asyncio.wait_for(self.client.get_partition_properties(partition_id), 15)
+        owned = sorted(self.owned)
+        # Where each reading is, taken before the partitions are asked: what is read while they answer may lie past
+        # the last sequence number they give, which says nothing wrong.
+        progress = {pid: self.progress.get(pid) for pid in owned}
+        checkpoints = await self._checkpoints() if None in progress.values() else {}
+        answers = await asyncio.gather(
+            *(asyncio.wait_for(self.client.get_partition_properties(pid), 15) for pid in owned),
+            return_exceptions=True)
+        failed = None
+        for partition_id, properties in zip(owned, answers):
+            if isinstance(properties, BaseException):
+                failed = failed or properties
+                continue
+            if partition_id not in self.owned:
+                continue  # closed meanwhile
             last_enqueued = properties["last_enqueued_sequence_number"]
-            progress = self.progress.get(partition_id)
-            if progress is not None:
-                processed = progress.sequence_number
+            read = progress[partition_id]
+            if read is not None:
+                processed = read.sequence_number
             else:
-                if checkpoints is None:
-                    checkpoints = await self._checkpoints()
                 processed = checkpoints.get(partition_id, properties["beginning_sequence_number"] - 1)
+            found = beyond(partition_id, processed, properties)
+            if found is not None:  # read, or checkpointed, further than the partition holds
+                await self._start_over(found, reopen=True)
+                continue
             behind = 0 if properties.get("is_empty") else max(0, last_enqueued - processed)
+            if self.watch is not None:
+                self.watch.behind(partition_id, bool(behind) and partition_id not in self._waiting_room)
+                self.watch.until_loss(partition_id, self._until_loss(partition_id, processed, properties))
             metrics.backlog.labels(partition_id).set(behind)
             lag = 0.0
-            if behind and progress is not None and progress.enqueued_time is not None:
-                lag = max(0.0, (datetime.now(UTC) - progress.enqueued_time).total_seconds())
+            if behind and read is not None and read.enqueued_time is not None:
+                lag = max(0.0, (datetime.now(UTC) - read.enqueued_time).total_seconds())
             elif behind and properties.get("last_enqueued_time_utc"):
                 lag = max(0.0, (datetime.now(UTC) - properties["last_enqueued_time_utc"]).total_seconds())
             metrics.lag_seconds.labels(partition_id).set(lag)
             worst_lag = max(worst_lag, lag)
         self.report_lag(worst_lag)
+        if failed is not None:
+            raise failed
 
     async def _checkpoints(self) -> dict[str, int]:
         store = self.writer.store

@@ -46,3 +46,8 @@ owned_partitions = Gauge("eventhub_owned_partitions", "Partitions this instance 
 receive_errors = Counter(
     "eventhub_receive_errors", "Errors reported by the Event Hubs client, by kind", ["kind"], namespace=NAMESPACE
 )
+events_expired = Counter(
+    "eventhub_events_expired",
+    "Events that left the event hub (its retention) before this trigger read them: lost", ["partition"],
+    namespace=NAMESPACE,
+)

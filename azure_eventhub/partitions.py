@@ -16,7 +16,9 @@ nothing older than the trigger, so without a checkpoint it is read from its begi
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -30,6 +32,40 @@ EARLIEST = "-1"
 LATEST = "@latest"
 CLOCK_SKEW = timedelta(minutes=1)  # `latest` reads from the first start less this: the hub's clock may be behind
 LogFunction = Callable[[str, str], None]
+# The service's refusal of a receiver whose start lies past the end of the partition (azure-sdk-for-python#30931).
+_PAST_THE_END = re.compile(r"supplied (offset|sequence number) '(-?\d+)' is invalid\. The last (?:offset|sequence "
+                           r"number) in the system is '(-?\d+)'")
+
+
+@dataclass(frozen=True)
+class PastTheEnd:
+    """A checkpoint (or a reading) ahead of what its partition holds: the hub was deleted and created again under
+    the same name, or failed over (geo-DR) to a namespace that has not reached that position."""
+
+    partition_id: str
+    what: str  # "sequence number" or "offset"
+    checkpoint: int
+    last: int  # the partition's last sequence number (or offset), -1 when it never held an event
+
+    def describe(self) -> str:
+        return (f"partition {self.partition_id} is positioned at {self.what} {self.checkpoint} (its checkpoint, or "
+                f"what was read), past the end of the partition (its last {self.what} is {self.last})")
+
+
+def past_the_end(partition_id: str, error: BaseException) -> PastTheEnd | None:
+    """The positions in the service's refusal of a start past the end, if ``error`` is one."""
+    match = _PAST_THE_END.search(str(error))
+    if match is None:
+        return None
+    return PastTheEnd(partition_id, match.group(1), int(match.group(2)), int(match.group(3)))
+
+
+def beyond(partition_id: str, sequence_number: int, properties: dict) -> PastTheEnd | None:
+    """A position (a checkpoint's or the last one read) compared with the partition's properties."""
+    last = properties["last_enqueued_sequence_number"]
+    if sequence_number > last:
+        return PastTheEnd(partition_id, "sequence number", sequence_number, last)
+    return None
 
 
 class PartitionWatch:
@@ -87,6 +123,31 @@ class PartitionWatch:
                      "this version of the azure-eventhub client cannot be told: restart the trigger to read "
                      f"partitions {', '.join(added)} (from their beginning, nothing is lost)", "error")
         return added
+
+    async def checkpoints(self, timeout: float = 15) -> dict[str, dict[str, Any]]:
+        """The checkpoints in the store, by partition."""
+        listed = await asyncio.wait_for(self.store.list_checkpoints(
+            self.base["fully_qualified_namespace"], self.base["eventhub_name"], self.base["consumer_group"]), timeout)
+        return {item["partition_id"]: item for item in listed}
+
+    async def past_the_end(self, ids: list[str] | None) -> list[PastTheEnd]:
+        """The partitions whose checkpoint lies past their end (read at start, before the processor reads the
+        checkpoints: it would wait there for ever, or retry a receiver the service refuses)."""
+        checkpoints = await self.checkpoints()
+        wanted = [pid for pid in (ids if ids is not None else checkpoints) if pid in checkpoints
+                  and int(checkpoints[pid]["sequence_number"]) >= 0]
+        if not wanted:
+            return []
+        properties = await asyncio.gather(
+            *(asyncio.wait_for(self.client.get_partition_properties(pid), 15) for pid in wanted))
+        found = (beyond(pid, int(checkpoints[pid]["sequence_number"]), props) for pid, props in zip(wanted, properties))
+        return [item for item in found if item is not None]
+
+    async def start_over(self, partition_id: str) -> None:
+        """Replace the partition's checkpoint by its beginning: the processor reads the offset ``-1`` (before the
+        first event) when it opens the partition next."""
+        checkpoint = dict(self.base, partition_id=partition_id, offset=EARLIEST, sequence_number=-1)
+        await asyncio.wait_for(self.store.update_checkpoint(checkpoint), 15)
 
     def _seen(self, ids: list[str]) -> None:
         self.current = list(ids)

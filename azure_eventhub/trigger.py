@@ -10,7 +10,7 @@ from azure_eventhub import metrics
 from azure_eventhub.checkpoints import OWNER_CHECK_MAX_AGE, CheckpointWriter
 from azure_eventhub.clients import build_client, build_credential, build_store, client_namespace, close_before, probe
 from azure_eventhub.config import EventHubConfiguration
-from azure_eventhub.consumer import STOP_AFTER_GRACE, Consumer, Settings, describe_store
+from azure_eventhub.consumer import RECOVERY_STEPS, STOP_AFTER_GRACE, Consumer, Settings, describe_store
 from azure_eventhub.records import RecordSplitter, text_as_json, text_as_raw
 from connectors.logs import format_duration
 from connectors.metrics import gauge_values
@@ -79,6 +79,7 @@ class EventHubTrigger(CollectorTrigger):
                 settings=replace(self.settings, stop_grace=self.stop_grace_seconds),
                 owner_file=StateFile(self.state_dir / "eventhub-owner.json") if config.uses_storage else None,
                 partition_ids=partition_ids,
+                watch=self.watch_progress("partition", RECOVERY_STEPS),
             )
             await consumer.run()
         except Stopping:

@@ -71,6 +71,9 @@ class StallWatch:
         self.what = what
         self.steps = tuple(steps)
         self.stall_seconds = stall_seconds
+        # How long a step gets to bring progress before the next one: at least stall_seconds, more when the owner's
+        # step takes longer to act (a partition reopened only at the next load-balancing round).
+        self.step_seconds = stall_seconds
         self.recover: Callable[[str, int], None] = lambda name, index: None
         self._log = log
         self._clock = clock
@@ -120,6 +123,10 @@ class StallWatch:
         if self.failed == name:
             self.failed = None
 
+    def readings(self) -> list[str]:
+        """The readings watched (a new run of the owner forgets those it does not read again)."""
+        return list(self._readings)
+
     # -- from the heartbeat ---------------------------------------------------------------------------------
 
     def stalled_for(self, name: str) -> float:
@@ -137,9 +144,9 @@ class StallWatch:
             self._check_loss(name, reading, now)
             if stalled < self.stall_seconds:
                 continue
-            # A step gets stall_seconds to bring progress before the next one; after the last, the trigger is
+            # A step gets step_seconds to bring progress before the next one; after the last, the trigger is
             # unhealthy (the orchestrator's restart is the last resort), and the last step is retried meanwhile.
-            if reading.step and now - reading.step_at < self.stall_seconds:
+            if reading.step and now - reading.step_at < max(self.step_seconds, self.stall_seconds):
                 continue
             if reading.step >= len(self.steps) and self.failed is None:
                 self.failed = name

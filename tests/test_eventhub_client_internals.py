@@ -1,9 +1,10 @@
 """The installed azure-eventhub client still has the internals the trigger reads (real client, no hub needed).
 
-The client exposes neither its namespace host, its processor's owner id, nor a way to hand its load balancing a
-new partition list: ``azure_eventhub.clients`` reads them from private attributes. Without them the trigger
-degrades quietly (checkpoints no longer checked against ownership, new partitions read only after a restart,
-the partitions listed twice at start), so an upgrade of the client that moves them must fail here.
+The client exposes neither its namespace host, its processor's owner id, a way to hand its load balancing a
+new partition list, nor a way to close one partition's receiver: ``azure_eventhub.clients`` reads them from private
+attributes. Without them the trigger degrades quietly (checkpoints no longer checked against ownership, new
+partitions read only after a restart, the partitions listed twice at start, a stalled partition recovered only by
+restarting the run), so an upgrade of the client that moves them must fail here.
 """
 
 from __future__ import annotations
@@ -11,7 +12,13 @@ from __future__ import annotations
 import asyncio
 
 from azure_eventhub.checkpoints import LocalCheckpointStore
-from azure_eventhub.clients import ConsumerClient, client_namespace, client_owner_id, client_processors
+from azure_eventhub.clients import (
+    ConsumerClient,
+    client_namespace,
+    client_owner_id,
+    client_processors,
+    reopen_partition,
+)
 from azure_eventhub.partitions import PartitionWatch
 
 # Nothing listens on port 9: the processor exists (and retries its first load-balancing round) all the same.
@@ -48,6 +55,9 @@ async def test_namespace_owner_id_and_partition_list_are_found_on_the_real_clien
         watch = PartitionWatch(client, store, {}, "-1", lambda message, level: None)
         assert watch._tell_load_balancing(["0", "1", "2"])
         assert processor._ownership_manager.cached_parition_ids == ["0", "1", "2"]
+        # The stall watch's first step cancels a partition's task, as the processor does when it loses one.
+        assert isinstance(processor._tasks, dict)
+        assert reopen_partition(client, "9") is False  # not read: nothing to close
     finally:
         await asyncio.wait_for(client.close(), 30)
         receiving.cancel()

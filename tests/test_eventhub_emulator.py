@@ -467,3 +467,86 @@ def test_partitions_added_while_serving_as_the_service_answers_them(tmp_path):
             assert producer.get_partition_ids() == ["0", "1", "2", "3"]
             assert producer.get_partition_properties("1")["last_enqueued_sequence_number"] == 2
             assert producer.get_partition_properties("3")["last_enqueued_sequence_number"] == 0
+
+
+async def refusal(cs: str, wait: float = 5, **receive_kwargs) -> str:
+    """The error the real consumer reports for a start position (``""`` if none came within ``wait``: a refusal
+    comes in the attach's answer, a few milliseconds here)."""
+    errors: list[Exception] = []
+
+    async def on_error(_context, error):
+        errors.append(error)
+
+    consumer = AioConsumer.from_connection_string(cs, consumer_group="$Default", **FAST_FAIL)
+    task = asyncio.create_task(consumer.receive_batch(on_event_batch=lambda *a: asyncio.sleep(0), on_error=on_error,
+                                                      partition_id="0", **receive_kwargs))
+    await until(lambda: errors, wait)
+    await stop(consumer, task)
+    return str(errors[0]) if errors else ""
+
+
+async def test_a_position_past_the_end_is_refused_and_a_recreated_hub_starts_over():
+    emu = EventHubEmulator({"gone": 1})
+    await emu.start()
+    try:
+        cs = emu.connection_string("gone")
+        async with AioProducer.from_connection_string(cs) as producer:
+            await producer.send_batch([EventData(f"e{i}") for i in range(5)])
+        events = await aio_read(cs, 5, starting_position="-1", partition_id="0")
+        last = events[-1]
+        # At the end (a checkpoint of the last event, or the next sequence number): valid, the reader waits.
+        valid = await asyncio.gather(
+            refusal(cs, 2, starting_position=last.offset),
+            refusal(cs, 2, starting_position=last.sequence_number),
+            refusal(cs, 2, starting_position=last.sequence_number + 1, starting_position_inclusive=True))
+        assert valid == ["", "", ""]
+        # Past it: refused with the service's condition and words (azure-sdk-for-python#30931).
+        text = await refusal(cs, starting_position=10)
+        assert "The supplied sequence number '10' is invalid. The last sequence number in the system is '4'" in text
+        text = await refusal(cs, starting_position=str(int(last.offset) + 1))
+        assert f"The supplied offset '{int(last.offset) + 1}' is invalid. The last offset in the system is " \
+               f"'{last.offset}'" in text
+
+        before = emu.broker.hub("gone").created_at
+        emu.recreate_hub("gone")
+        async with AioConsumer.from_connection_string(cs, consumer_group="$Default") as consumer:
+            partition = await consumer.get_partition_properties("0")
+            hub = await consumer.get_eventhub_properties()
+        assert partition["is_empty"] and partition["last_enqueued_sequence_number"] == -1
+        assert hub["partition_ids"] == ["0"] and emu.broker.hub("gone").created_at > before
+        # The old checkpoint now lies past the end; the new hub numbers its events from 0.
+        text = await refusal(cs, starting_position=last.offset)
+        assert f"The supplied offset '{last.offset}' is invalid. The last offset in the system is '-1'" in text
+        async with AioProducer.from_connection_string(cs) as producer:
+            await producer.send_batch([EventData("new")])
+        events = await aio_read(cs, 1, starting_position="-1", partition_id="0")
+        assert [(e.body_as_str(), e.sequence_number, e.offset) for e in events] == [("new", 0, "0")]
+    finally:
+        await emu.stop()
+
+
+async def test_an_idle_timeout_of_its_own_spares_the_real_client_and_closes_a_silent_peer():
+    from emulators.eventhub import frames
+    from emulators.eventhub.codec import UInt
+
+    emu = EventHubEmulator({"quiet": 1}, idle_timeout=1.0)
+    await emu.start()
+    try:
+        cs = emu.connection_string("quiet")
+        task = asyncio.create_task(aio_read(cs, 1, starting_position="@latest", partition_id="0"))
+        group = emu.broker.hub("quiet").consumer_groups["$default"]
+        assert await until(lambda: group.receivers.get("0"))
+        connections = emu.broker.stats.connections_total
+        await asyncio.sleep(4)  # a quiet partition for four idle timeouts: the client beats at half of it
+        assert emu.broker.stats.connections_total == connections and group.receivers.get("0")
+        async with AioProducer.from_connection_string(cs) as producer:
+            await producer.send_event(EventData("late"))
+        assert [e.body_as_str() for e in await task] == ["late"]
+        # A peer that says nothing after its open is closed, with the service's words.
+        reader, writer = await asyncio.open_connection(emu.host, emu.port)
+        writer.write(frames.AMQP_HEADER + frames.frame(0, frames.OPEN, ["silent", None, UInt(65536)]))
+        data = await asyncio.wait_for(reader.read(-1), 10)  # until the emulator closes the socket
+        writer.close()
+        assert b"was inactive for more than the allowed 1000 milliseconds" in data
+    finally:
+        await emu.stop()

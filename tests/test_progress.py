@@ -109,3 +109,27 @@ def test_time_until_loss_already_under_an_hour_is_one_warning():
     watch.check()
     watch.check()
     assert len(logs) == 1 and "10 min" in logs[0][1]
+
+
+def test_a_step_that_acts_slowly_gets_its_own_time_before_the_next():
+    watch, clock, logs, recoveries = make(stall=10.0)
+    watch.step_seconds = 46.0  # a receiver reopened at the next load-balancing round
+    watch.behind("1", True)
+    clock.now += 10
+    watch.check()
+    assert recoveries == [("1", 0)]
+    clock.now += 45
+    watch.check()
+    assert recoveries == [("1", 0)]  # still the first step's time
+    clock.now += 1
+    watch.check()
+    assert recoveries == [("1", 0), ("1", 1)]
+
+
+def test_the_readings_watched_are_listed():
+    watch, clock, logs, recoveries = make()
+    watch.behind("1", True)
+    watch.progressed("2")
+    assert sorted(watch.readings()) == ["1", "2"]
+    watch.forget("1")
+    assert watch.readings() == ["2"]

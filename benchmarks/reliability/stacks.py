@@ -432,6 +432,12 @@ class EventHubFeed:
                 self._producer.close()
                 self._producer = None
 
+    def renumber(self) -> None:
+        """The hub was deleted and created again: its partitions number their events from 0 again (what was sent
+        before stays expected: the trigger delivered it before)."""
+        with self._lock:
+            self._cumulative = {partition: [] for partition in self.partitions}
+
     def records_in(self, partition: str) -> int:
         """Records of the partition's events sent so far (that a send returned)."""
         with self._lock:

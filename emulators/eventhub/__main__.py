@@ -69,6 +69,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"largest accepted message/batch in bytes (default {MAX_MESSAGE_SIZE})",
     )
     parser.add_argument(
+        "--idle-timeout",
+        type=float,
+        metavar="S",
+        help="advertise an AMQP idle-time-out of S seconds and close connections silent for longer (default: none)",
+    )
+    parser.add_argument(
         "--preload",
         type=int,
         default=0,
@@ -124,6 +130,7 @@ async def serve(args: argparse.Namespace) -> None:
         amqps_port=args.amqps_port,
         websocket_port=args.websocket_port,
         entra=entra,
+        idle_timeout=args.idle_timeout,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

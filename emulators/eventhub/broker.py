@@ -10,8 +10,10 @@ import bisect
 import itertools
 import logging
 import time
+import uuid
 from collections import deque
 from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Iterable, Protocol
 
@@ -168,6 +170,26 @@ class Partition:
         column = self.offsets if kind == "offset" else self.times
         find = bisect.bisect_left if start.inclusive else bisect.bisect_right
         return self.base_seq + find(column, start.value)
+
+    def refusal(self, start: StartPosition, group: str) -> str | None:
+        """The service's refusal of a start position past the end of the partition (a checkpoint of a hub since
+        deleted and created again, or of the other side of a geo-disaster-recovery failover): a sequence number
+        beyond the next one, or an offset beyond the last event's. None when the position is valid."""
+        if start.kind == "sequence":
+            first = start.value if start.inclusive else start.value + 1
+            if first <= self.next_seq:
+                return None
+            what, last = "sequence number", self.next_seq - 1
+        elif start.kind == "offset":
+            if start.value <= self.last_offset:
+                return None
+            what, last = "offset", self.last_offset
+        else:
+            return None
+        stamp_ = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        return (f"The supplied {what} '{start.value}' is invalid. The last {what} in the system is '{last}' "
+                f"TrackingId:{uuid.uuid4()}_B0, SystemTracker:emulator:eventhub:{self.hub}~{self.id}|{group}, "
+                f"Timestamp:{stamp_}")
 
     def properties(self) -> dict:
         return {
@@ -346,6 +368,27 @@ class Broker:
         if added:
             _LOG.info("hub %s now has %d partitions", hub.name, count)
         return [partition.id for partition in added]
+
+    def recreate_hub(self, hub_name: str) -> EventHub:
+        """Delete the hub and create it again under the same name, as a person may in the portal (or what a
+        geo-disaster-recovery failover looks like to a reader): same partition count and consumer groups, no
+        events, sequence numbers and offsets from 0. The caller detaches the links of the old hub."""
+        old = self.hub(hub_name)
+        if old is None:
+            raise KeyError(hub_name)
+        for partition in old.partitions:
+            if partition.log is not None:
+                partition.log.close()
+                partition.log.path.unlink(missing_ok=True)
+        created = max(now_ms(), old.created_at + 1)
+        if old.store is not None:
+            old.store.save_meta({"created_at": created, "partitions": len(old.partitions)})
+        hub = EventHub(old.name, len(old.partitions), created, old.store)
+        for key, group in old.consumer_groups.items():
+            hub.consumer_groups[key] = ConsumerGroup(group.name)
+        self.hubs[old.name.lower()] = hub
+        _LOG.info("hub %s deleted and created again (%d partitions, empty)", old.name, len(hub.partitions))
+        return hub
 
     # -- lookups ------------------------------------------------------------------------------
     def hub(self, name: str | None) -> EventHub | None:

@@ -88,6 +88,8 @@ class AmqpConnection(asyncio.Protocol):
         self._grants: list[tuple[str, float | None, frozenset[str]]] = []
         self._sasl_plain_ok = False
         self._heartbeat: asyncio.TimerHandle | None = None
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._last_heard = self.loop.time()
 
     # -- transport callbacks ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -103,8 +105,9 @@ class AmqpConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
+        for timer in (self._heartbeat, self._watchdog):
+            if timer is not None:
+                timer.cancel()
         for session in self.sessions.values():
             session.close_links()
         self.sessions.clear()
@@ -123,6 +126,7 @@ class AmqpConnection(asyncio.Protocol):
                     link.resume()
 
     def data_received(self, data: bytes) -> None:
+        self._last_heard = self.loop.time()
         buffer = self._buffer
         buffer += data
         pos = 0
@@ -297,6 +301,7 @@ class AmqpConnection(asyncio.Protocol):
     def _on_open(self, fields: list) -> None:
         self.remote_max_frame_size = max(int(field(fields, 2, 0xFFFFFFFF)), 512)
         idle_ms = field(fields, 4)
+        own_idle = self.server.idle_timeout
         self.write(
             frames.frame(
                 0,
@@ -306,7 +311,7 @@ class AmqpConnection(asyncio.Protocol):
                     None,
                     UInt(self.max_frame_size),
                     UShort(0xFFFF),
-                    None,  # no idle timeout of our own
+                    UInt(int(own_idle * 1000)) if own_idle else None,
                     None,
                     None,
                     None,
@@ -318,6 +323,8 @@ class AmqpConnection(asyncio.Protocol):
         self._opened = True
         if idle_ms:
             self._schedule_heartbeat(idle_ms / 2000.0)
+        if own_idle:
+            self._watch_silence(own_idle)
 
     def _schedule_heartbeat(self, period: float) -> None:
         def beat() -> None:
@@ -326,6 +333,23 @@ class AmqpConnection(asyncio.Protocol):
                 self._heartbeat = self.loop.call_later(period, beat)
 
         self._heartbeat = self.loop.call_later(period, beat)
+
+    def _watch_silence(self, idle: float) -> None:
+        """Close a connection the peer left silent longer than our idle-time-out (the peer sends empty frames at
+        a fraction of it while it has nothing to say)."""
+        def check() -> None:
+            if self.closed:
+                return
+            if self.loop.time() - self._last_heard > idle:
+                _LOG.info("%s: silent for over %.1f s: closing", self.peer, idle)
+                self.close(frames.error(
+                    "amqp:connection:forced",
+                    f"The connection was inactive for more than the allowed {int(idle * 1000)} milliseconds and is "
+                    f"closed by container '{CONTAINER_ID}'."))
+                return
+            self._watchdog = self.loop.call_later(idle / 4, check)
+
+        self._watchdog = self.loop.call_later(idle / 4, check)
 
     # -- links ------------------------------------------------------------------------------------
     def _on_attach(self, session: Session, fields: list) -> None:
@@ -458,6 +482,9 @@ class AmqpConnection(asyncio.Protocol):
             start = parse_selector(selector_from_source(_terminus(source)))
         except FilterError as exc:
             raise LinkRefused("amqp:invalid-field", str(exc)) from None
+        refusal = partition.refusal(start, group.name)
+        if refusal is not None:  # as the service: Python's processor then retries the same checkpoint for ever
+            raise LinkRefused("com.microsoft:argument-out-of-range", refusal)
         epoch = properties.get(EPOCH) if isinstance(properties, dict) else None
         link = ConsumerLink(
             session,

@@ -8,6 +8,10 @@ changes outside AMQP: raising a hub's partition count is an Azure Resource Manag
     POST /_emulator/control  {"hub": NAME (default: the first), "partition_count": N}
                              -> {"hubs": {...}, "added": ["4", "5"]}; 400 when N is lower than now (the service
                                 never removes partitions) or not an integer, 404 for an unknown hub
+    POST /_emulator/control  {"hub": NAME, "recreate": true} -> the hub deleted and created again under the same
+                                name: same partitions, empty, sequence numbers from 0; its links detached
+    POST /_emulator/control  {"hub": NAME, "stall_receivers": true} -> {"stalled": N}: the hub's consumer links open
+                                now deliver nothing more, their connections alive (links attached later deliver)
 """
 
 from __future__ import annotations
@@ -59,8 +63,15 @@ class ControlApi:
     async def post_control(self, request: web.Request) -> web.Response:
         try:
             changes = json.loads(await request.read() or b"{}")
-            if not isinstance(changes, dict) or "partition_count" not in changes:
-                raise ValueError('expected {"hub": NAME, "partition_count": N}')
+            if not isinstance(changes, dict) or not ("partition_count" in changes or changes.get("recreate")
+                                                     or changes.get("stall_receivers")):
+                raise ValueError('expected {"hub": NAME, "partition_count": N} or {"hub": NAME, "recreate": true}')
+            if changes.get("stall_receivers"):
+                stuck = self.emulator.stall_receivers(changes.get("hub"))
+                return _json({"hubs": dict(self.emulator.hubs), "stalled": stuck})
+            if changes.get("recreate"):
+                self.emulator.recreate_hub(changes.get("hub"))
+                return _json({"hubs": dict(self.emulator.hubs), "recreated": True})
             added = self.emulator.set_partition_count(changes.get("hub"), changes["partition_count"])
         except KeyError as error:
             return _json({"error": f"unknown event hub {error.args[0]!r}"}, 404)

@@ -254,7 +254,7 @@ class ConsumerLink(SendingLink):
     as many as the link credit (and the peer's session window) allows."""
 
     __slots__ = ("hub", "group", "partition", "next_seq", "epoch", "runtime_metric", "_header", "_scheduled",
-                 "stolen")
+                 "stolen", "stuck")
 
     def __init__(
         self,
@@ -277,6 +277,7 @@ class ConsumerLink(SendingLink):
         self.next_seq = next_seq
         self.epoch = epoch
         self.stolen = False
+        self.stuck = False  # delivers nothing more, attached and with its connection alive (a test's fault)
         self.runtime_metric = runtime_metric
         self._header = TransferHeader(session.channel, handle)
         self._scheduled = False
@@ -293,7 +294,7 @@ class ConsumerLink(SendingLink):
     def pump(self) -> None:
         self._scheduled = False
         conn = self.conn
-        if self.detached or conn.paused or self.credit <= 0:
+        if self.detached or conn.paused or self.credit <= 0 or self.stuck:
             return
         partition = self.partition
         seq = max(self.next_seq, partition.base_seq)  # events below base_seq were trimmed

@@ -78,8 +78,11 @@ class EventHubEmulator:
         amqps_port: int = 0,
         websocket_port: int = 0,
         entra: EntraAuthority | None = None,
+        idle_timeout: float | None = None,
     ) -> None:
         self.hubs = normalize_hubs(hubs, partitions)
+        # Advertised in the open frame; a connection silent for longer is closed, as the service closes idle ones.
+        self.idle_timeout = idle_timeout
         self.host = host
         self.port = port
         self.control_port = control_port
@@ -190,6 +193,42 @@ class EventHubEmulator:
         added = self.broker.set_partition_count(name, count)
         self.hubs[name] = len(self.broker.hubs[name.lower()].partitions)
         return added
+
+    def recreate_hub(self, hub: str | None) -> None:
+        """Delete the hub (default: the first) and create it again, empty, under the same name, while serving:
+        its open links are detached (consumers and producers attach again, to the new hub). Also POST
+        /_emulator/control ``{"hub": NAME, "recreate": true}``."""
+        assert self.broker is not None, "start() first"
+        name = next((h for h in self.hubs if h.lower() == (hub or next(iter(self.hubs))).lower()), None)
+        if name is None:
+            raise KeyError(hub)
+        old = self.broker.hub(name)
+        self.broker.recreate_hub(name)
+        for conn in list(self.connections):
+            for session in list(conn.sessions.values()):
+                for link in list(session.links.values()):
+                    if getattr(link, "hub", None) is old:
+                        conn.detach_link(link, error(
+                            "amqp:link:detach-forced",
+                            f"The link '{link.name}' is force detached. Code: EntityDeleted. Details: the event "
+                            f"hub '{name}' was deleted."))
+
+    def stall_receivers(self, hub: str | None) -> int:
+        """The consumer links of the hub (default: the first) open now stop delivering, for good, while their
+        link and connection stay healthy (flow, heartbeats, management): a reader stuck on the service's side.
+        Links attached later deliver. Returns how many. Also POST /_emulator/control ``{"stall_receivers": true}``."""
+        assert self.broker is not None, "start() first"
+        target = self.broker.hub(hub or next(iter(self.hubs)))
+        if target is None:
+            raise KeyError(hub)
+        stuck = 0
+        for conn in list(self.connections):
+            for session in list(conn.sessions.values()):
+                for link in list(session.links.values()):
+                    if getattr(link, "hub", None) is target and hasattr(link, "stuck"):
+                        link.stuck = True
+                        stuck += 1
+        return stuck
 
     def preload(self, count: int, size: int = 1024, hub: str | None = None) -> None:
         """Append `count` synthetic events of about `size` bytes (JSON `{"records": [...]}` bodies)
