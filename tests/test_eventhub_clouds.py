@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import pytest
 
-from connectors.trigger import CollectorTrigger
 from tests.eventhub_entra_helpers import NAMESPACE, RECEIVER, EntraRig
 from tests.eventhub_helpers import compare, ids_of, records_with_ids, terminate, wait_until
 from tests.support.connect_proxy import ConnectProxy
@@ -18,11 +17,7 @@ CLOUD_NAMES = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _reset_fatal():
-    CollectorTrigger.fatal_error = None
-    yield
-    CollectorTrigger.fatal_error = None
+pytestmark = pytest.mark.usefixtures("reset_fatal")
 
 
 @pytest.mark.parametrize("cloud, proxy_from", [("usgov", "environment"), ("china", "setting")])
