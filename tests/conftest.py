@@ -19,3 +19,14 @@ def runtime(tmp_path):
     stub = Runtime(tmp_path / "runtime")
     yield stub
     stub.stop()
+
+
+@pytest.fixture
+def reset_fatal():
+    """A trigger's fatal error is a class attribute: none before the test, none left after it (modules running
+    triggers in-process ask for it: ``pytestmark = pytest.mark.usefixtures("reset_fatal")``)."""
+    from connectors.trigger import CollectorTrigger
+
+    CollectorTrigger.fatal_error = None
+    yield
+    CollectorTrigger.fatal_error = None

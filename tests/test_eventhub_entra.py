@@ -33,11 +33,7 @@ def stack(entra, tmp_path_factory):
         yield stack
 
 
-@pytest.fixture(autouse=True)
-def _reset_fatal():
-    CollectorTrigger.fatal_error = None
-    yield
-    CollectorTrigger.fatal_error = None
+pytestmark = pytest.mark.usefixtures("reset_fatal")
 
 
 def hub_stats(stack) -> dict:

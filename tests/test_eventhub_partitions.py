@@ -13,11 +13,7 @@ from tests.eventhub_helpers import CONTAINER, EventHubStack, InProcessTrigger, c
     records_with_ids, wait_until
 
 
-@pytest.fixture(autouse=True)
-def _reset_fatal():
-    CollectorTrigger.fatal_error = None
-    yield
-    CollectorTrigger.fatal_error = None
+pytestmark = pytest.mark.usefixtures("reset_fatal")
 
 
 def start(stack: EventHubStack, config: dict, monkeypatch) -> InProcessTrigger:

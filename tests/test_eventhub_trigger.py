@@ -37,11 +37,7 @@ def stack(tmp_path):
         yield stack
 
 
-@pytest.fixture(autouse=True)
-def _reset_fatal():
-    CollectorTrigger.fatal_error = None
-    yield
-    CollectorTrigger.fatal_error = None
+pytestmark = pytest.mark.usefixtures("reset_fatal")
 
 
 def fixture_envelopes() -> list[bytes]:

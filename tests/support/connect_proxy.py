@@ -9,6 +9,11 @@ authentication, counting what went through it per target host, and able to refus
 
 ``refuse`` answers every request with that status instead (407 asks for credentials again, 403 forbids the
 destination, 502 says the destination is unreachable); ``refuse_hosts`` does so for some targets only.
+
+``routes`` (host name or domain -> loopback port) also stands in for DNS: a target whose host is a key, or under
+one (``NAME.servicebus.usgovcloudapi.net`` under ``servicebus.usgovcloudapi.net``), is reached at 127.0.0.1 on
+that port, so clients reach the emulators under Azure's real names and check their certificates against those
+names; with ``routes``, a target under none of them is refused (403), nothing leaves the machine.
 """
 
 from __future__ import annotations
@@ -27,8 +32,9 @@ REASONS = {200: "Connection established", 403: "Forbidden", 407: "Proxy Authenti
 
 class ConnectProxy:
     def __init__(self, auth: tuple[str, str] | None = None, refuse: int | None = None,
-                 refuse_hosts: dict[str, int] | None = None):
+                 refuse_hosts: dict[str, int] | None = None, routes: dict[str, int] | None = None):
         self.auth = auth
+        self.routes = routes
         self.refuse = refuse
         self.refuse_hosts = dict(refuse_hosts or {})  # "host:port" -> status
         self.lock = threading.Lock()
@@ -68,6 +74,11 @@ class ConnectProxy:
         with self.lock:
             seen = self.tunnels + self.forwarded
         return sum(count for target, count in seen.items() if target == host or target.rsplit(":", 1)[0] == host)
+
+    def _route(self, host: str) -> int | None:
+        """The loopback port ``routes`` sends ``host`` to, if any."""
+        return next((port for name, port in (self.routes or {}).items()
+                     if host == name or host.endswith("." + name)), None)
 
     # -- lifecycle ------------------------------------------------------------------------------------------
 
@@ -112,8 +123,11 @@ class ConnectProxy:
                            f"{len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
             return
         host, _, port = host_port.rpartition(":")
+        host = host.strip("[]")
+        if self.routes is not None:
+            host, port = "127.0.0.1", self._route(host)
         try:
-            upstream = socket.create_connection((host.strip("[]"), int(port)), timeout=10)
+            upstream = socket.create_connection((host, int(port)), timeout=10)
         except OSError:
             with self.lock:
                 self.refused[f"{host_port} 502"] += 1
@@ -149,6 +163,8 @@ class ConnectProxy:
             expected = "Basic " + base64.b64encode(f"{self.auth[0]}:{self.auth[1]}".encode()).decode()
             if authorization != expected:
                 return 407
+        if self.routes is not None and self._route(host_port.rpartition(":")[0].strip("[]")) is None:
+            return 403
         return None
 
     def _pipe(self, client: socket.socket, upstream: socket.socket, host_port: str) -> None:
