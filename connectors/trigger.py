@@ -207,7 +207,9 @@ class CollectorTrigger(Connector):
         apply_node_secrets(self)
         # It sets them as plain strings, after validation: the SecretStr fields secret again, or a repr would show
         # them (a secret field typed str, such as a URL that may carry a SAS token, stays a str).
-        config = self.configuration
+        config = cached_configuration(self)
+        if config is None:  # no node secret: not loaded yet (run() loads it, where a bad one is reported)
+            return
         for name in config.secret_fields:
             field = type(config).model_fields.get(name)
             if field is not None and "SecretStr" in str(field.annotation) and isinstance(getattr(config, name), str):
