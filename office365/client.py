@@ -48,7 +48,36 @@ class Throttled(ApiError):
 
 
 class TransientError(ApiError):
-    """Worth retrying: 5xx, 408, connection reset, timeout (status 0 when there was no answer)."""
+    """Worth retrying: 5xx, 408, connection reset, timeout (status 0 when there was no answer), and an answer 200
+    whose body is not what the operation returns (an HTML error page from a gateway)."""
+
+
+class UnreadableAnswer(TransientError):
+    """An answer 200 whose body is not what the operation returns (an HTML error page from a gateway, a cut body)."""
+
+    def __init__(self, what: str, error: Exception):
+        super().__init__(200, "", f"{what} is not readable JSON ({str(error)[:100]})")
+
+
+class ForeignUrl(ApiError):
+    """A URL handed back by the API (contentUri, NextPageUri) that names a host other than the Management API's: no
+    request is sent to it, so the bearer token never leaves for it."""
+
+    def __init__(self, url: str):
+        parts = urlsplit(url)
+        self.host = parts.netloc
+        super().__init__(0, "foreign-host", f"the API named another host ({parts.scheme}://{parts.netloc})")
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    """(scheme, host, port) as compared: case-insensitive, the scheme's default port made explicit."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1  # a malformed port matches no origin
+    return scheme, (parts.hostname or "").lower(), port or {"https": 443, "http": 80}.get(scheme)
 
 
 @dataclass(slots=True)
@@ -89,6 +118,7 @@ class ManagementClient:
         pool_size: int = 64,
         user_agent: str = "sekoiaio-connector/office365",
         rewrite_origin: bool = False,
+        api_hosts: tuple[str, ...] = (),
         on_throttling: Callable[[str], None] | None = None,
     ):
         self.feed = feed.rstrip("/")
@@ -100,9 +130,13 @@ class ManagementClient:
         self._timeout = aiohttp.ClientTimeout(total=None, connect=min(timeout, 10.0), sock_read=timeout)
         self._pool_size = pool_size
         self._user_agent = user_agent
-        # With a management_url override (proxy, emulator), URLs the API hands back are sent to the same origin.
-        self._origin = urlsplit(self.feed)[:2] if rewrite_origin else None
-        self._origin_prefix = "{}://{}/".format(*self._origin) if self._origin else ""
+        # URLs the API hands back go to the feed's origin only: the token is for the Management API alone. With a
+        # management_url override (proxy, emulator), URLs naming the cloud's own API host (``api_hosts``, e.g.
+        # https://manage.office.com) are sent to the override's origin; any other host is refused (ForeignUrl).
+        self._origin = urlsplit(self.feed)[:2]
+        self._origin_prefix = "{}://{}/".format(*self._origin)
+        self._own = _origin(self.feed)
+        self._rewritten = {_origin(host) for host in api_hosts} - {self._own} if rewrite_origin else set()
         self._session: aiohttp.ClientSession | None = None
         self._counters: dict = {}
         self._on_throttling = on_throttling  # told once per episode, with what the pacer does about it
@@ -115,21 +149,32 @@ class ManagementClient:
         return datetime.now(UTC) + timedelta(seconds=self.clock_offset)
 
     async def __aenter__(self) -> ManagementClient:
-        connector = aiohttp.TCPConnector(
-            limit=self._pool_size, ssl=ssl_context(), ttl_dns_cache=300, keepalive_timeout=30
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=self._timeout,
-            headers={"User-Agent": self._user_agent, "Accept": "application/json"},
-            json_serialize=lambda value: orjson.dumps(value).decode(),
-        )
+        self._session = self._new_session()
         return self
 
     async def __aexit__(self, *exc) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+    def _new_session(self) -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(
+            limit=self._pool_size, ssl=ssl_context(), ttl_dns_cache=300, keepalive_timeout=30
+        )
+        return aiohttp.ClientSession(
+            connector=connector,
+            timeout=self._timeout,
+            headers={"User-Agent": self._user_agent, "Accept": "application/json"},
+            json_serialize=lambda value: orjson.dumps(value).decode(),
+        )
+
+    async def renew_session(self) -> None:
+        """A new connection pool for the next requests; the requests still waiting on the old one's connections
+        (silent ones the read timeout has not ended yet) fail at once and are retried on new connections."""
+        if self._session is None:
+            return
+        old, self._session = self._session, self._new_session()
+        await old.close()
 
     # -- URLs ------------------------------------------------------------------------------------------------
 
@@ -139,11 +184,15 @@ class ManagementClient:
         return f"{self.feed}/{operation}?{urlencode(params)}"
 
     def given_url(self, url: str) -> str:
-        """A URL from the API (contentUri, NextPageUri), kept byte for byte but for our origin and publisher."""
-        if self._origin is not None and not url.startswith(self._origin_prefix):
-            parts = urlsplit(url)
-            if parts[:2] != self._origin:
+        """A URL from the API (contentUri, NextPageUri), kept byte for byte but for our origin and publisher; raises
+        ``ForeignUrl`` when it names another host."""
+        if not url.startswith(self._origin_prefix):
+            origin = _origin(url)
+            if origin in self._rewritten:
+                parts = urlsplit(url)
                 url = urlunsplit((*self._origin, parts.path, parts.query, parts.fragment))
+            elif origin != self._own:
+                raise ForeignUrl(url)
         if "publisheridentifier=" not in url.lower():
             url += ("&" if "?" in url else "?") + "PublisherIdentifier=" + self.publisher_identifier
         return url
@@ -175,14 +224,15 @@ class ManagementClient:
             raise ApiError(response.status, code, message, retry_after)
 
     async def _send(self, method: str, url: str, what: str, json: dict | None) -> tuple[ApiResponse, str]:
-        assert self._session is not None, "use the client as an async context manager"
         started = await self.gate.acquire()
         try:
             # Taken once through the gate: a request paced for a while does not leave with a token about to expire.
             token = await self.tokens.token()
+            session = self._session  # the pool may be renewed while this request waits on it
+            assert session is not None, "use the client as an async context manager"
             try:
                 sent = time.time()
-                async with self._session.request(
+                async with session.request(
                     method,
                     URL(url, encoded=True),
                     json=json,

@@ -18,18 +18,20 @@ from datetime import UTC, datetime, timedelta
 
 from connectors.delivery import Forwarder
 from connectors.logs import Redactor, SampledLog
+from connectors.progress import StallWatch
 from connectors.retry import Backoff
 from connectors.stopping import unless_stopping
 from office365 import metrics
 from office365.auth import TokenProvider
-from office365.client import ApiError, ManagementClient, Throttled, TransientError, sleep_or_stop
-from office365.config import Credential, Endpoints, Office365Configuration
+from office365.client import ApiError, ManagementClient, Throttled, TransientError, UnreadableAnswer, sleep_or_stop
+from office365.config import CLOUDS, Credential, Endpoints, Office365Configuration
 from office365.fetcher import Deferred, Fetched, Stopping, fetch_blob, get_with_retries
 from office365.listing import RETENTION, ContentRef, RelistSchedule, floor_second, horizon, list_pages, windows
 from office365.pacing import ConcurrencyLimit, Gate, QuotaPacer
 from office365.processor import Processor
 from office365.state import CollectorState
 from office365.subscriptions import RESTART_CODES, MissingDlpPermission, Subscriptions, fatal
+from office365.watch import ContentTypeProgress, Recovery, StalledRun
 
 Log = Callable[[str, str], None]
 MONITOR_INTERVAL = 2.0
@@ -41,6 +43,8 @@ FIRST_RELIST_WAIT = 60.0
 PERMISSION_RECHECK = 3 * 3600.0  # a content type the app may not read: warn, and look again, this often
 AF_BAD_NEXT_PAGE = "AF20031"
 AF_BAD_WINDOW = ("AF20055", "AF20030")
+UNREADABLE_ATTEMPTS = 5  # a window whose pages keep coming back unreadable is left to the next poll
+FUTURE_TOLERANCE = timedelta(minutes=1)  # a resume point this far past the API's now is not the clock's jitter
 
 
 class Pipeline:
@@ -57,6 +61,7 @@ class Pipeline:
         user_agent: str = "sekoiaio-connector/office365",
         redactor: Redactor | None = None,
         stopping: asyncio.Event | None = None,
+        watch: StallWatch | None = None,
     ):
         self.config = config
         self.endpoints = endpoints
@@ -74,6 +79,10 @@ class Pipeline:
         self._expiry_warned: dict[str, float] = {}
         # Spans the poller could not list (refused windows), per content type: reported if they expire unlisted.
         self._skipped: dict[str, list[tuple[datetime, datetime]]] = {}
+        self.watch = watch
+        self.progress = ContentTypeProgress(watch, state, config.content_types, config.poll_interval_seconds) if watch \
+            else None
+        self._stalled = asyncio.Event()  # the stall watch's last step: end the run
 
     # -- top level ------------------------------------------------------------------------------------------
 
@@ -100,17 +109,17 @@ class Pipeline:
             pool_size=config.max_concurrency + 4,
             user_agent=self._user_agent,
             rewrite_origin=config.management_url is not None,
+            api_hosts=(CLOUDS[config.cloud][1],),
             on_throttling=functools.partial(SampledLog(self._log, interval=600.0), "throttled"),
         )
-        loop = asyncio.get_running_loop()
         slots = asyncio.Semaphore(config.max_concurrency * 2)
         queue: asyncio.Queue = asyncio.Queue()
 
-        def fetch_again(ref: ContentRef, delay: float) -> None:
-            loop.call_later(delay, queue.put_nowait, ref)
-
-        processor = Processor(self.forwarder, self.state, self._log, slots.release, fetch_again)
+        processor = Processor(self.forwarder, self.state, self._log, slots.release, self._later)
         processing: asyncio.Task | None = None
+        self._queue = queue
+        if self.watch is not None:
+            self.watch.recover = Recovery(client, tokens, self._restart)
         try:
             async with client:
                 # Wrong credentials stop here, with one clear message.
@@ -123,6 +132,7 @@ class Pipeline:
                 collected = [ct for ct in config.content_types if ct not in denied]
                 if not collected:  # nothing the app may read: only a person can fix it
                     raise fatal(ApiError(401, "AF10001", "permission"), denied[0])
+                self._rewind_future_resume_points(client.now())
                 self._log(
                     f"Collecting {', '.join(collected)} from {self.endpoints.feed} "
                     f"(up to {config.max_concurrency} requests in flight)",
@@ -138,13 +148,59 @@ class Pipeline:
                     for _ in range(config.max_concurrency)
                 ]
                 tasks.append(asyncio.create_task(self._monitor(client)))
+                tasks.append(asyncio.create_task(self._until_stalled()))
                 await self._until_stop_or_failure(tasks, processing)
         except Stopping:
             pass
         finally:
             self.stopping.set()
+            if self.watch is not None:
+                self.watch.recover = lambda name, index: None  # this run's client is closed
+                self.progress.forget()
             if processing is not None:
                 await self._stop_processing(processor, processing)
+
+    def _later(self, ref: ContentRef, delay: float) -> None:
+        """Fetch ``ref`` again in ``delay`` seconds; meanwhile its content type is not stalled on it."""
+        waiting = self.progress.waiting if self.progress is not None else None
+
+        def again() -> None:
+            if waiting is not None:
+                waiting[ref.content_type] -= 1
+            self._queue.put_nowait(ref)
+
+        if waiting is not None:
+            waiting[ref.content_type] += 1
+        asyncio.get_running_loop().call_later(delay, again)
+
+    def _restart(self, content_type: str) -> None:
+        self._stalled_type = content_type
+        self._stalled.set()
+
+    async def _until_stalled(self) -> None:
+        await self._stalled.wait()
+        raise StalledRun(f"{self._stalled_type} made no progress after new connections and a new token")
+
+    def _rewind_future_resume_points(self, now: datetime) -> None:
+        """A resume point past the API's now (the collector's clock, or its state, went back in time) would hide
+        content created between the API's now and it: listing starts again from the trailing re-list window."""
+        ahead = [ct for ct in self.config.content_types if self.state.listed_until(ct) > now + FUTURE_TOLERANCE]
+        if not ahead:
+            return
+        restart = floor_second(now - self._recent_span())
+        latest = max(self.state.listed_until(ct) for ct in ahead)
+        self._log(
+            f"The resume point of {', '.join(ahead)} ({latest.isoformat()}) is ahead of the Management API's clock "
+            f"({now.isoformat()}): the collector's clock or its state went back in time. Listing again from "
+            f"{restart.isoformat()} (content already delivered is not sent again)",
+            "warning",
+        )
+        for content_type in ahead:
+            self.state.rewind(content_type, restart)
+
+    def _recent_span(self) -> timedelta:
+        """What each poll lists again behind its resume point."""
+        return RECENT_RELIST + timedelta(seconds=self.config.poll_interval_seconds) + POLL_OVERLAP
 
     async def _stop_processing(self, processor: Processor, processing: asyncio.Task) -> None:
         """The blob at hand is finished and the last group's acknowledgement queued; a forwarder that cannot take
@@ -200,7 +256,11 @@ class Pipeline:
         and look again (a permission granted later is picked up without a restart)."""
         while True:
             if denied:
+                if self.progress is not None:
+                    self.progress.idle.add(content_type)
                 await self._wait_for_permission(content_type, subscriptions)
+                if self.progress is not None:
+                    self.progress.idle.discard(content_type)
             polled = asyncio.Event()
             poller = asyncio.create_task(self._poll(content_type, client, subscriptions, queue, polled))
             poller.add_done_callback(lambda _: polled.set())  # the re-lister waits for the first poll, however it ends
@@ -250,7 +310,7 @@ class Pipeline:
         """Each poll lists from where the last one ended and, with it, the last hour again (blobs up to an hour
         late are listed within a poll); it alone moves the resume point forward. ``polled``: set once the first
         poll ended."""
-        recent = RECENT_RELIST + timedelta(seconds=self.config.poll_interval_seconds) + POLL_OVERLAP
+        recent = self._recent_span()
         restarts = 0
         while not self.stopping.is_set():
             now = client.now()
@@ -460,7 +520,9 @@ class Pipeline:
         def get(url: str):
             return get_with_retries(client, url, "list", self.stopping)
 
-        for attempt in range(3):
+        unreadable = Backoff(base=1.0, cap=30.0)
+        attempt = 0
+        while True:
             try:
                 known = functools.partial(self.state.is_known, content_type)
                 async for refs, unusable in list_pages(client, get, content_type, start, end, known):
@@ -478,8 +540,15 @@ class Pipeline:
                     if turn is not None:
                         await turn.wait()
                 return
+            except UnreadableAnswer:
+                # Listed again from its first page (known blobs are skipped) after a pause; the poll says the rest.
+                if unreadable.attempts + 1 >= UNREADABLE_ATTEMPTS:
+                    raise
+                if await sleep_or_stop(unreadable.next_delay(), self.stopping):
+                    raise Stopping() from None
             except ApiError as error:
-                if error.code == AF_BAD_NEXT_PAGE and attempt < 2:
+                attempt += 1
+                if error.code == AF_BAD_NEXT_PAGE and attempt < 3:
                     continue  # the page token went stale: list the window again (known blobs are skipped)
                 raise
 
@@ -500,7 +569,6 @@ class Pipeline:
     async def _fetcher(
         self, client: ManagementClient, queue: asyncio.Queue, slots: asyncio.Semaphore, processor: Processor
     ) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             ref = await queue.get()
             await slots.acquire()
@@ -513,7 +581,7 @@ class Pipeline:
                     f"Blob {ref.content_id} of {ref.content_type} could not be fetched ({deferred.reason}); "
                     f"trying again in {deferred.delay:.0f}s",
                 )
-                loop.call_later(deferred.delay, queue.put_nowait, ref)
+                self._later(ref, deferred.delay)
                 continue
             except BaseException:
                 slots.release()
@@ -524,7 +592,9 @@ class Pipeline:
 
     async def _monitor(self, client: ManagementClient) -> None:
         while not self.stopping.is_set():
-            self._heartbeat()
+            if self.progress is not None:
+                self.progress.tick(client.now(), self.gate.pacer.throttled)
+            self._heartbeat()  # checks the stall watch
             now = client.now().timestamp()  # resume points and blob creation times are on the API's clock
             worst_lag = 0.0
             for content_type in self.config.content_types:

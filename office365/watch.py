@@ -1,0 +1,112 @@
+"""Each content type's progress watched against the API (``connectors.progress.StallWatch``), and the recovery
+steps the watch asks for when one stalls.
+
+- Behind: blobs listed and not delivered yet (those waiting for a timed retry aside), or new content not listed for
+  longer than a poll takes.
+- Progress: blobs committed (the runtime confirmed their records, or they were skipped for good), or listing that
+  moved forward.
+- Time until loss: until the oldest undelivered blob leaves the API's 7-day retention.
+
+Not a stall: a content type waiting for its permission, nor any while the API throttles (the pace is the API's, and
+a new connection would not change it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import Counter
+from collections.abc import Callable, Coroutine
+from datetime import datetime, timedelta
+
+from connectors.metrics import gauge_values
+from connectors.progress import StallWatch
+from office365 import metrics
+from office365.auth import TokenProvider
+from office365.client import ManagementClient
+from office365.listing import RETENTION
+from office365.state import CollectorState
+
+READING = "content type"
+STEPS = (
+    "replacing its connections to the Management API",
+    "rebuilding its Microsoft Entra token client, with new connections to Entra and to the Management API",
+    "restarting the collection run",
+)
+LISTING_SLACK = 30.0  # seconds a poll may take beyond the poll interval before new content counts as unlisted
+RENEWAL_SPACING = 5.0  # content types stalled together share one recovery step
+
+
+class StalledRun(Exception):
+    """The last recovery step: the run ends and the trigger starts a new one."""
+
+
+class ContentTypeProgress:
+    """Tells the watch, at every monitor tick, what moved and what the API holds for each content type."""
+
+    def __init__(self, watch: StallWatch, state: CollectorState, content_types: list[str], poll_interval: float):
+        self.watch = watch
+        self.state = state
+        self.content_types = content_types
+        self._overdue = timedelta(seconds=poll_interval + LISTING_SLACK)
+        self.waiting: Counter[str] = Counter()  # blobs waiting for a timed retry, per content type
+        self.idle: set[str] = set()  # content types not collected for now (their permission is missing)
+        self._committed: dict[str, float] = {}
+        self._listed: dict[str, datetime] = {}
+        self._throttled = (-1, -math.inf)  # the pacer's count of throttled answers, and when it last changed
+
+    def tick(self, now: datetime, throttled: int) -> None:
+        """``now`` on the API's clock; ``throttled``: throttled answers so far."""
+        clock = time.monotonic()
+        if throttled != self._throttled[0]:
+            self._throttled = (throttled, clock)
+        paced = clock - self._throttled[1] < self.watch.stall_seconds
+        committed = Counter(gauge_values(metrics.blobs_forwarded))
+        committed.update(gauge_values(metrics.skipped_blobs))
+        for content_type in self.content_types:
+            count, oldest = self.state.pending(content_type)
+            listed = self.state.listed_until(content_type)
+            if committed[content_type] > self._committed.get(content_type, 0) or listed > self._listed.get(
+                content_type, listed
+            ):
+                self.watch.progressed(content_type)
+            self._committed[content_type], self._listed[content_type] = committed[content_type], listed
+            behind = count > self.waiting[content_type] or now - listed > self._overdue
+            self.watch.behind(content_type, behind and content_type not in self.idle and not paced)
+            self.watch.until_loss(
+                content_type, None if oldest is None else max(0.0, oldest + RETENTION.total_seconds() - now.timestamp())
+            )
+
+    def forget(self) -> None:
+        """The run ended: its waits and timers ended with it."""
+        self.waiting.clear()
+        self.idle.clear()
+
+
+class Recovery:
+    """``StallWatch.recover`` for one run: called from the heartbeat on the run's loop, starts the step and returns."""
+
+    def __init__(self, client: ManagementClient, tokens: TokenProvider, restart: Callable[[str], None]):
+        self.client = client
+        self.tokens = tokens
+        self.restart = restart
+        self._taken: dict[int, float] = {}
+        self._tasks: set[asyncio.Task] = set()
+
+    def __call__(self, content_type: str, index: int) -> None:
+        if index >= 2:
+            self.restart(content_type)
+            return
+        now = time.monotonic()
+        if now - self._taken.get(index, -math.inf) < RENEWAL_SPACING:
+            return
+        self._taken[index] = now
+        if index == 1:
+            self.tokens.reset()
+        self._start(self.client.renew_session())
+
+    def _start(self, step: Coroutine) -> None:
+        task = asyncio.get_running_loop().create_task(step)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
