@@ -138,6 +138,11 @@ class ManagementClient:
         self._own = _origin(self.feed)
         self._rewritten = {_origin(host) for host in api_hosts} - {self._own} if rewrite_origin else set()
         self._session: aiohttp.ClientSession | None = None
+        self._users: dict[aiohttp.ClientSession, int] = {}  # requests under way on each pool, the retired ones too
+        self._closing: set[asyncio.Task] = set()
+        self._replaced_at = -float("inf")
+        self._in_flight: set[asyncio.Future] = set()  # each request's exchange with the API
+        self._abandoned: set[asyncio.Future] = set()  # ended by renew_session: retried as a network failure
         self._counters: dict = {}
         self._on_throttling = on_throttling  # told once per episode, with what the pacer does about it
         self.clock_offset = 0.0  # the API's clock minus ours, in seconds, from its latest quick Date header
@@ -153,9 +158,10 @@ class ManagementClient:
         return self
 
     async def __aexit__(self, *exc) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        sessions = {*self._users, *([self._session] if self._session is not None else [])}
+        self._session = None
+        self._users.clear()
+        await asyncio.gather(*(session.close() for session in sessions), *self._closing, return_exceptions=True)
 
     def _new_session(self) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(
@@ -168,13 +174,39 @@ class ManagementClient:
             json_serialize=lambda value: orjson.dumps(value).decode(),
         )
 
-    async def renew_session(self) -> None:
-        """A new connection pool for the next requests; the requests still waiting on the old one's connections
-        (silent ones the read timeout has not ended yet) fail at once and are retried on new connections."""
+    def renew_session(self) -> None:
+        """A new connection pool, and the requests under way ended at once (retried on new connections): those that
+        wait on a silent connection the read timeout has not ended yet."""
+        self._replace_pool()
+        for exchange in self._in_flight:
+            self._abandoned.add(exchange)
+            exchange.cancel()
+
+    def _replace_pool(self) -> None:
+        """New requests go out on a new pool; the old one is closed once the requests under way on it ended."""
         if self._session is None:
             return
         old, self._session = self._session, self._new_session()
-        await old.close()
+        self._replaced_at = time.monotonic()
+        if not self._users.get(old):
+            self._close_later(old)
+
+    def _release(self, session: aiohttp.ClientSession) -> None:
+        users = self._users[session] = self._users.get(session, 1) - 1
+        if users <= 0 and session is not self._session:
+            self._close_later(session)
+
+    def _close_later(self, session: aiohttp.ClientSession) -> None:
+        self._users.pop(session, None)
+        task = asyncio.get_running_loop().create_task(session.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    def _silent(self) -> None:
+        """A request got no byte for the read timeout: the pool's idle connections went the same way and may be as
+        dead (a NAT or firewall that dropped them sends no reset), so new requests get a new pool, once a timeout."""
+        if time.monotonic() - self._replaced_at >= (self._timeout.sock_read or 0):
+            self._replace_pool()
 
     # -- URLs ------------------------------------------------------------------------------------------------
 
@@ -228,29 +260,51 @@ class ManagementClient:
         try:
             # Taken once through the gate: a request paced for a while does not leave with a token about to expire.
             token = await self.tokens.token()
-            session = self._session  # the pool may be renewed while this request waits on it
-            assert session is not None, "use the client as an async context manager"
+            # A task of its own, so that renew_session can end it: closing a pool does not wake a read that waits
+            # on one of its silent connections.
+            exchange = asyncio.ensure_future(self._exchange(method, url, json, token))
+            self._in_flight.add(exchange)
             try:
-                sent = time.time()
-                async with session.request(
-                    method,
-                    URL(url, encoded=True),
-                    json=json,
-                    headers={"Authorization": f"Bearer {token}"},
-                ) as raw:
-                    # When the headers arrive, not after the body: a blob may take minutes to come.
-                    self._learn_clock(raw.headers.get("Date"), sent, time.time())
-                    body = await raw.read()
-                    response = ApiResponse(raw.status, raw.headers, body)
+                response = await exchange
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if exchange not in self._abandoned or (current is not None and current.cancelling()):
+                    raise
+                self._count(what, "network")
+                raise TransientError(0, "", "connection replaced") from None
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as error:
                 self._trouble(started)
                 self._count(what, "network")
+                if isinstance(error, asyncio.TimeoutError):
+                    self._silent()
                 detail = "timeout" if isinstance(error, asyncio.TimeoutError) else type(error).__name__
                 raise TransientError(0, "", detail) from None
+            finally:
+                self._in_flight.discard(exchange)
+                self._abandoned.discard(exchange)
         finally:
             self.gate.release()
         self._account(response, what, started)
         return response, token
+
+    async def _exchange(self, method: str, url: str, json: dict | None, token: str) -> ApiResponse:
+        session = self._session
+        assert session is not None, "use the client as an async context manager"
+        self._users[session] = self._users.get(session, 0) + 1
+        try:
+            sent = time.time()
+            async with session.request(
+                method,
+                URL(url, encoded=True),
+                json=json,
+                headers={"Authorization": f"Bearer {token}"},
+            ) as raw:
+                # When the headers arrive, not after the body: a blob may take minutes to come.
+                self._learn_clock(raw.headers.get("Date"), sent, time.time())
+                body = await raw.read()
+                return ApiResponse(raw.status, raw.headers, body)
+        finally:
+            self._release(session)
 
     def _learn_clock(self, header: str | None, sent: float, arrived: float) -> None:
         """The API stamped Date between ``sent`` and ``arrived`` (our clock): taken as the middle, the sample is

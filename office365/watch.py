@@ -13,11 +13,10 @@ a new connection would not change it).
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from connectors.metrics import gauge_values
@@ -92,7 +91,6 @@ class Recovery:
         self.tokens = tokens
         self.restart = restart
         self._taken: dict[int, float] = {}
-        self._tasks: set[asyncio.Task] = set()
 
     def __call__(self, content_type: str, index: int) -> None:
         if index >= 2:
@@ -104,9 +102,4 @@ class Recovery:
         self._taken[index] = now
         if index == 1:
             self.tokens.reset()
-        self._start(self.client.renew_session())
-
-    def _start(self, step: Coroutine) -> None:
-        task = asyncio.get_running_loop().create_task(step)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.client.renew_session()
