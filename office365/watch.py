@@ -7,8 +7,8 @@ steps the watch asks for when one stalls.
   moved forward.
 - Time until loss: until the oldest undelivered blob leaves the API's 7-day retention.
 
-Not a stall: a content type waiting for its permission, nor any while the API throttles (the pace is the API's, and
-a new connection would not change it).
+Not a stall: a content type waiting for its permission, nor any while the API throttles or the runtime does not
+confirm deliveries, nor for ``stall_seconds`` after (the pace is theirs: a new connection to the API changes nothing).
 """
 
 from __future__ import annotations
@@ -53,14 +53,17 @@ class ContentTypeProgress:
         self.idle: set[str] = set()  # content types not collected for now (their permission is missing)
         self._committed: dict[str, float] = {}
         self._listed: dict[str, datetime] = {}
-        self._throttled = (-1, -math.inf)  # the pacer's count of throttled answers, and when it last changed
+        self._throttled: int | None = None  # the pacer's count of throttled answers at the last tick
+        self._held_at = -math.inf  # when the API or the runtime last held the collection back
 
-    def tick(self, now: datetime, throttled: int) -> None:
-        """``now`` on the API's clock; ``throttled``: throttled answers so far."""
+    def tick(self, now: datetime, throttled: int, delivery_down: bool) -> None:
+        """``now`` on the API's clock; ``throttled``: throttled answers so far; ``delivery_down``: the runtime fails
+        to confirm deliveries."""
         clock = time.monotonic()
-        if throttled != self._throttled[0]:
-            self._throttled = (throttled, clock)
-        paced = clock - self._throttled[1] < self.watch.stall_seconds
+        if (self._throttled is not None and throttled != self._throttled) or delivery_down:
+            self._held_at = clock
+        self._throttled = throttled
+        paced = clock - self._held_at < self.watch.stall_seconds
         committed = Counter(gauge_values(metrics.blobs_forwarded))
         committed.update(gauge_values(metrics.skipped_blobs))
         for content_type in self.content_types:
