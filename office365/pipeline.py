@@ -4,8 +4,8 @@
 
 Each lister walks time windows up to now (see ``_lister`` for which), tracks the blobs it has not seen, and
 waits while too many of its blobs are pending. Fetched bodies wait for the processor in a bounded number of slots,
-so memory stays bounded whatever the backlog. A monitor keeps the metrics, the expiry warnings and the
-checkpoint up to date.
+so memory stays bounded whatever the backlog. A monitor keeps the metrics, the progress watch (stalls, time
+until loss) and the checkpoint up to date.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import asyncio
 import functools
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from connectors.delivery import Forwarder
 from connectors.logs import Redactor, SampledLog
@@ -76,7 +76,6 @@ class Pipeline:
         self._redactor = redactor  # access tokens obtained at run time join it
         self.stopping = stopping or asyncio.Event()
         self._gaps_reported: set[str] = set()
-        self._expiry_warned: dict[str, float] = {}
         # Spans the poller could not list (refused windows), per content type: reported if they expire unlisted.
         self._skipped: dict[str, list[tuple[datetime, datetime]]] = {}
         self.watch = watch
@@ -605,24 +604,7 @@ class Pipeline:
                 metrics.lag_seconds.labels(content_type).set(lag)
                 metrics.pending_blobs.labels(content_type).set(count)
                 metrics.oldest_pending_seconds.labels(content_type).set(now - oldest if oldest else 0)
-                if oldest is not None:
-                    self._warn_expiry(content_type, oldest, count, now)
             self._report_lag(worst_lag)
             metrics.concurrency.set(self.limit.current)
             await self.state.persist()
             await sleep_or_stop(MONITOR_INTERVAL, self.stopping)
-
-    def _warn_expiry(self, content_type: str, oldest: float, count: int, now: float) -> None:
-        left = oldest + RETENTION.total_seconds() - now
-        if left > self.config.expiry_warning_hours * 3600:
-            return
-        if now - self._expiry_warned.get(content_type, 0.0) < 3600:
-            return
-        self._expiry_warned[content_type] = now
-        created = datetime.fromtimestamp(oldest, UTC).isoformat()
-        self._log(
-            f"The oldest pending blob of {content_type} (created {created}, {count} blobs pending) expires in "
-            f"{max(left, 0) / 3600:.1f} h: the trigger is falling behind or a blob keeps failing; content not "
-            "fetched before its 7-day expiry is lost",
-            "warning",
-        )

@@ -44,6 +44,7 @@ class Office365Trigger(CollectorTrigger):
             self._redactor.add([credential.private_key_pem])  # re-encoded from an encrypted key: new text
         endpoints = resolve_endpoints(config)
         watch = self.watch_progress(READING, STEPS)
+        watch.loss_warnings = tuple(sorted({config.expiry_warning_hours * 3600.0, 3600.0}, reverse=True))
         # Read from disk at every run: the record filter must only hold records whose delivery was confirmed.
         state = CollectorState(
             self.state_dir,

@@ -121,7 +121,7 @@ async def test_a_failing_blob_is_left_pending_and_the_others_go_on(tmp_path, mon
     assert any(level == "error" and "c$1" in message for level, message in logs)
 
 
-# -- warnings of the pipeline: content about to expire, content already past the retention -------------------
+# -- warnings of the pipeline: content already past the retention ----------------------------------------------
 
 
 def pipeline(tmp_path, logs: list, lookback: timedelta = timedelta(hours=1), **overrides):
@@ -133,18 +133,6 @@ def pipeline(tmp_path, logs: list, lookback: timedelta = timedelta(hours=1), **o
     )
     state = CollectorState(tmp_path, config.content_types, initial_lookback=lookback, filter_capacity=10)
     return Pipeline(config, None, None, state, None, lambda message, level: logs.append((level, message)))
-
-
-def test_pending_content_near_its_expiry_is_warned_about_once_an_hour(tmp_path):
-    logs: list = []
-    line = pipeline(tmp_path, logs, expiry_warning_hours=12)
-    now = NOW.timestamp()
-    line._warn_expiry("Audit.Exchange", now - 5 * 86400, 3, now)  # two days left: quiet
-    assert logs == []
-    line._warn_expiry("Audit.Exchange", now - 6.7 * 86400, 3, now)  # 7 h left
-    line._warn_expiry("Audit.Exchange", now - 6.7 * 86400, 3, now + 60)
-    assert len(logs) == 1 and logs[0][0] == "warning"
-    assert "Audit.Exchange" in logs[0][1] and "expires in 7.2 h" in logs[0][1]
 
 
 def test_content_past_the_retention_is_reported_after_a_long_stop_not_at_first_start(tmp_path):

@@ -150,3 +150,30 @@ def test_a_token_renewal_waiting_on_a_silent_entra_connection_is_abandoned_for_a
         with trust_emulator_ca(info["ca_file"]):
             first, second, new_connections = asyncio.run(body())
     assert second != first and new_connections >= 1
+
+
+def test_pending_content_near_its_expiry_is_warned_under_the_configured_hours_then_under_an_hour(watched):
+    watch, state, progress, clock, recoveries = watched
+    logs: list[tuple[str, str]] = []
+    watch._log = lambda message, level: logs.append((level, message))
+    watch.loss_warnings = (12 * 3600.0, 3600.0)  # what the trigger sets from expiry_warning_hours
+    now = datetime.now(UTC)
+    state.listed(TYPE, now)
+    state.track(blob("old", now - timedelta(days=5)))  # two days left: quiet
+    progress.waiting[TYPE] += 1  # waits for a retry: this test is about its expiry, not a stall
+
+    def tick(later: timedelta) -> None:
+        state.listed(TYPE, now + later)  # listing keeps up
+        progress.tick(now + later, throttled=0, delivery_down=False)
+
+    progress.tick(now, throttled=0, delivery_down=False)
+    watch.check()
+    assert logs == []
+    tick(timedelta(days=1, hours=17))  # 7 h left
+    watch.check()
+    clock.now += 60
+    watch.check()
+    assert len(logs) == 1 and logs[0][0] == "warning" and TYPE in logs[0][1] and "leaves the source in 7" in logs[0][1]
+    tick(timedelta(days=1, hours=23, minutes=30))  # 30 min left
+    watch.check()
+    assert len(logs) == 2 and "leaves the source in 30" in logs[1][1]
