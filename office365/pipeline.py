@@ -119,6 +119,7 @@ class Pipeline:
         self._queue = queue
         if self.watch is not None:
             self.watch.recover = Recovery(client, tokens, self._restart)
+        starting = asyncio.create_task(self._watch_while_starting())
         try:
             async with client:
                 # Wrong credentials stop here, with one clear message.
@@ -128,6 +129,7 @@ class Pipeline:
                     self._retrying(lambda: subscriptions.ensure(config.content_types), "starting subscriptions"),
                     self.stopping,
                 )
+                starting.cancel()  # the monitor takes over
                 collected = [ct for ct in config.content_types if ct not in denied]
                 if not collected:  # nothing the app may read: only a person can fix it
                     raise fatal(ApiError(401, "AF10001", "permission"), denied[0])
@@ -152,12 +154,22 @@ class Pipeline:
         except Stopping:
             pass
         finally:
+            starting.cancel()
             self.stopping.set()
             if self.watch is not None:
                 self.watch.recover = lambda name, index: None  # this run's client is closed
                 self.progress.forget()
             if processing is not None:
                 await self._stop_processing(processor, processing)
+
+    async def _watch_while_starting(self) -> None:
+        """A stall that a restarted run did not end (its start-up keeps failing) still reaches the watch's last step;
+        no heartbeat meanwhile: liveness says whether the run gets past its start-up."""
+        if self.watch is None:
+            return
+        while True:
+            await asyncio.sleep(MONITOR_INTERVAL)
+            self.watch.check()
 
     def _later(self, ref: ContentRef, delay: float) -> None:
         """Fetch ``ref`` again in ``delay`` seconds; meanwhile its content type is not stalled on it."""

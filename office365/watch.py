@@ -69,9 +69,9 @@ class ContentTypeProgress:
         for content_type in self.content_types:
             count, oldest = self.state.pending(content_type)
             listed = self.state.listed_until(content_type)
-            if committed[content_type] > self._committed.get(content_type, 0) or listed > self._listed.get(
-                content_type, listed
-            ):
+            # A run's first tick only takes its bearings: the counters are the process's, the state the last run's.
+            before = self._committed.get(content_type, committed[content_type])
+            if committed[content_type] > before or listed > self._listed.get(content_type, listed):
                 self.watch.progressed(content_type)
             self._committed[content_type], self._listed[content_type] = committed[content_type], listed
             behind = count > self.waiting[content_type] or now - listed > self._overdue

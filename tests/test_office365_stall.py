@@ -188,3 +188,29 @@ def test_urls_naming_another_host_get_no_token(tmp_path, monkeypatch):
         assert rig.delivered_count() == 0
         skipped = [line for line in messages(rig, "Skipped blob")]
         assert len(skipped) == 1, skipped  # once, not per blob
+
+
+def test_a_stall_no_step_ends_restarts_the_run_then_reports_the_trigger_unhealthy_until_it_moves(tmp_path, monkeypatch):
+    """The Management API's address answers nothing any more (open connections silent, new ones reset): listing
+    stops moving. The watch warns once, replaces the connections, then the token client, then restarts the run;
+    after that the trigger says it is unhealthy (an orchestrator restarts it). Once the API answers again it
+    collects and is healthy again, having lost nothing."""
+    monkeypatch.setattr("office365.watch.LISTING_SLACK", 2.0)  # listing counts as behind after 3 s, not 31 s
+    with O365Rig(tmp_path, "--blobs", "2", "--records-per-blob", "5") as rig, \
+            FaultProxy("127.0.0.1", rig.info["port"]) as api:
+        config = rig.trigger_config(content_types=EXCHANGE, management_url=f"https://{api.address}", stall_seconds=5)
+        with InProcessTrigger(rig, config, monkeypatch) as running:
+            assert rig.wait_complete(60, expected=10), rig.comparison()
+            api.refuse(True)
+            api.freeze()
+            assert wait_until(lambda: not running.trigger.is_alive(), 90)
+            assert wait_until(lambda: messages(rig, "still makes no progress"), 20)  # the log pump's lines trail
+            said = [message for message in messages(rig, "Audit.Exchange") if "progress" in message]
+            assert [step in " ".join(said) for step in ("replacing its connections", "rebuilding its Microsoft Entra",
+                                                        "restarting the collection run")] == [True] * 3, said
+            assert messages(rig, "Collection failed (StalledRun)")
+            api.refuse(False)
+            expected = 10 + publish(rig)
+            assert rig.wait_complete(60, expected=expected), rig.comparison()
+            assert wait_until(running.trigger.is_alive, 30)
+        assert rig.comparison()["duplicates"] == 0
