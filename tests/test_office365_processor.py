@@ -132,7 +132,7 @@ def pipeline(tmp_path, logs: list, lookback: timedelta = timedelta(hours=1), **o
         tenant_id="4f6e2a1c-8d3b-4e5f-9a7c-2b1d0e3f4a5b", client_id="9c8b7a6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d", **overrides
     )
     state = CollectorState(tmp_path, config.content_types, initial_lookback=lookback, filter_capacity=10)
-    return Pipeline(config, None, None, state, None, lambda message, level: logs.append((level, message)))
+    return Pipeline(config, None, None, state, None, lambda message, level: logs.append((level, message))).lister
 
 
 def test_content_past_the_retention_is_reported_after_a_long_stop_not_at_first_start(tmp_path):
@@ -236,7 +236,7 @@ async def test_windows_listed_at_once_count_as_listed_only_with_every_older_wind
 async def test_a_backlog_is_listed_oldest_first_past_the_first_page_of_each_window(tmp_path, monkeypatch):
     """Content near its expiry comes first: every window's first page is asked for at once, but a window's next
     pages only once every older window was listed whole."""
-    import office365.pipeline as module
+    import office365.lister as module
 
     logs: list = []
     line = pipeline(tmp_path, logs, lookback=timedelta(days=7))
