@@ -92,4 +92,7 @@ async def fetch_blob(client: ManagementClient, ref: ContentRef, stopping: asynci
             raise problem from None
         # Unexpected refusal: keep the blob pending and try again much later (the resume point waits for it).
         raise Deferred(str(error), 600.0) from None
+    if response.headers.get("Content-Type", "").lower().startswith("text/html"):
+        # A gateway's error page with 200, not the blob: its records would be lost as unusable content.
+        raise Deferred("an HTML page came instead of the blob", 30.0)
     return Fetched(ref, body=response.body)

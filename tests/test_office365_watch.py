@@ -1,5 +1,6 @@
-"""What each content type tells the stall watch (office365/watch.py), and the recovery steps' own parts: a renewal
-of the token that waits on a silent connection to Entra is abandoned for a new client."""
+"""What each content type tells the stall watch (office365/watch.py), and the recovery steps' own parts (a renewal
+of the token that waits on a silent connection to Entra is abandoned for a new client); an HTML page answered
+instead of a blob is fetched again."""
 
 from __future__ import annotations
 
@@ -177,3 +178,23 @@ def test_pending_content_near_its_expiry_is_warned_under_the_configured_hours_th
     tick(timedelta(days=1, hours=23, minutes=30))  # 30 min left
     watch.check()
     assert len(logs) == 2 and "leaves the source in 30" in logs[1][1]
+
+
+def test_an_html_page_instead_of_a_blob_is_fetched_again_not_taken_for_its_content():
+    """A gateway's error page answered 200 would otherwise be a blob of unusable content: its records skipped."""
+    from multidict import CIMultiDict
+
+    from office365.client import ApiResponse
+    from office365.fetcher import Deferred, fetch_blob
+
+    class Gateway:
+        def given_url(self, url: str) -> str:
+            return url
+
+        async def get(self, url: str, what: str) -> ApiResponse:
+            return ApiResponse(200, CIMultiDict({"Content-Type": "text/html; charset=utf-8"}), b"<html>502</html>")
+
+    ref = blob("a", datetime.now(UTC))
+    with pytest.raises(Deferred) as deferred:
+        asyncio.run(fetch_blob(Gateway(), ref, asyncio.Event()))  # type: ignore[arg-type]
+    assert "HTML" in deferred.value.reason and deferred.value.delay > 0
