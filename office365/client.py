@@ -64,9 +64,9 @@ class ForeignUrl(ApiError):
     request is sent to it, so the bearer token never leaves for it."""
 
     def __init__(self, url: str):
-        parts = urlsplit(url)
-        self.host = parts.netloc
-        super().__init__(0, "foreign-host", f"the API named another host ({parts.scheme}://{parts.netloc})")
+        scheme, host, port = _origin(url)  # never the URL's user info, nor its path and query
+        self.host = f"{scheme}://{host}" + (f":{port}" if port is not None else "")
+        super().__init__(0, "foreign-host", f"the API named another host ({self.host})")
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:
@@ -120,6 +120,7 @@ class ManagementClient:
         rewrite_origin: bool = False,
         api_hosts: tuple[str, ...] = (),
         on_throttling: Callable[[str], None] | None = None,
+        on_foreign_url: Callable[[str], None] | None = None,
     ):
         self.feed = feed.rstrip("/")
         self.publisher_identifier = publisher_identifier
@@ -145,6 +146,8 @@ class ManagementClient:
         self._abandoned: set[asyncio.Future] = set()  # ended by renew_session: retried as a network failure
         self._counters: dict = {}
         self._on_throttling = on_throttling  # told once per episode, with what the pacer does about it
+        self._on_foreign_url = on_foreign_url  # told once per host refused
+        self._refused_hosts: set[str] = set()
         self.clock_offset = 0.0  # the API's clock minus ours, in seconds, from its latest quick Date header
         self._clock_round_trip = float("inf")  # of the sample clock_offset comes from, at least CLOCK_SAMPLE_SECONDS
         self._date: tuple[str, float | None] = ("", None)  # the last Date header read, and its epoch time
@@ -224,7 +227,15 @@ class ManagementClient:
                 parts = urlsplit(url)
                 url = urlunsplit((*self._origin, parts.path, parts.query, parts.fragment))
             elif origin != self._own:
-                raise ForeignUrl(url)
+                refused = ForeignUrl(url)
+                if refused.host not in self._refused_hosts and self._on_foreign_url is not None:
+                    self._refused_hosts.add(refused.host)
+                    self._on_foreign_url(
+                        f"The Management API handed back a URL naming another host ({refused.host}): nothing is sent "
+                        f"there (the access token goes to {self._origin_prefix} only); blobs it names are skipped, "
+                        "listing pages it names are not listed"
+                    )
+                raise refused
         if "publisheridentifier=" not in url.lower():
             url += ("&" if "?" in url else "?") + "PublisherIdentifier=" + self.publisher_identifier
         return url

@@ -17,7 +17,15 @@ from datetime import datetime, timedelta
 
 from connectors.logs import SampledLog
 from connectors.retry import Backoff
-from office365.client import ApiError, ManagementClient, Throttled, TransientError, UnreadableAnswer, sleep_or_stop
+from office365.client import (
+    ApiError,
+    ForeignUrl,
+    ManagementClient,
+    Throttled,
+    TransientError,
+    UnreadableAnswer,
+    sleep_or_stop,
+)
 from office365.config import Office365Configuration
 from office365.fetcher import Stopping, get_with_retries
 from office365.listing import RETENTION, RelistSchedule, floor_second, horizon, list_pages, windows
@@ -170,9 +178,10 @@ class Lister:
                 problem = fatal(error, content_type)
                 if problem is not None:
                     raise problem from None
-                self._sampled(
-                    f"list:{content_type}", f"Listing {content_type} was refused, retrying later: {error}", "error"
-                )
+                if not isinstance(error, ForeignUrl):  # that one the client says once per host
+                    self._sampled(
+                        f"list:{content_type}", f"Listing {content_type} was refused, retrying later: {error}", "error"
+                    )
             polled.set()
             await sleep_or_stop(self.config.poll_interval_seconds, self.stopping)
 
@@ -214,7 +223,8 @@ class Lister:
                     if problem is not None:
                         raise problem from None
                     # The poller meets the same answer and deals with it (subscription restarts included).
-                    self._sampled(f"relist:{content_type}", f"Re-listing {content_type} was refused: {error}")
+                    if not isinstance(error, ForeignUrl):
+                        self._sampled(f"relist:{content_type}", f"Re-listing {content_type} was refused: {error}")
             if await sleep_or_stop(min(schedule.wait(time.monotonic()), 60.0), self.stopping):
                 return
 

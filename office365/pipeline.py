@@ -98,6 +98,7 @@ class Pipeline:
             rewrite_origin=config.management_url is not None,
             api_hosts=(CLOUDS[config.cloud][1],),
             on_throttling=functools.partial(SampledLog(self._log, interval=600.0), "throttled"),
+            on_foreign_url=lambda message: self._log(message, "error"),
         )
         slots = asyncio.Semaphore(config.max_concurrency * 2)
         queue: asyncio.Queue = asyncio.Queue()
