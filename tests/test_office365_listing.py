@@ -159,7 +159,8 @@ def test_urls_from_the_api_follow_a_management_url_override():
 def test_a_url_naming_another_host_is_refused(url, rewrite):
     with pytest.raises(ForeignUrl) as refused:
         client(rewrite, feed=OVERRIDE).given_url(url)
-    assert refused.value.code == "foreign-host" and "user@" not in str(refused.value) and "/api/" not in str(refused.value)
+    said = str(refused.value)
+    assert refused.value.code == "foreign-host" and "user@" not in said and "/api/" not in said
 
 
 def test_the_cloud_host_is_followed_without_an_override_and_rewritten_only_behind_one():
