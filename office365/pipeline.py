@@ -66,9 +66,11 @@ class Pipeline:
         self._redactor = redactor  # access tokens obtained at run time join it
         self.stopping = stopping or asyncio.Event()
         self.watch = watch
-        self.progress = ContentTypeProgress(watch, state, config.content_types, config.poll_interval_seconds) if watch \
-            else None
+        self.progress: ContentTypeProgress | None = None
+        if watch is not None:
+            self.progress = ContentTypeProgress(watch, state, config.content_types, config.poll_interval_seconds)
         self._stalled = asyncio.Event()  # the stall watch's last step: end the run
+        self._stalled_type = ""
         self.lister = Lister(config, state, log, self.stopping, self.progress)
 
     # -- top level ------------------------------------------------------------------------------------------
@@ -147,7 +149,6 @@ class Pipeline:
             self.stopping.set()
             if self.watch is not None:
                 self.watch.recover = lambda name, index: None  # this run's client is closed
-                self.progress.forget()
             if processing is not None:
                 await self._stop_processing(processor, processing)
 

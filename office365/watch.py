@@ -42,7 +42,7 @@ class StalledRun(Exception):
 
 
 class ContentTypeProgress:
-    """Tells the watch, at every monitor tick, what moved and what the API holds for each content type."""
+    """Tells the watch, at every monitor tick of one run, what moved and what the API holds for each content type."""
 
     def __init__(self, watch: StallWatch, state: CollectorState, content_types: list[str], poll_interval: float):
         self.watch = watch
@@ -79,12 +79,6 @@ class ContentTypeProgress:
             self.watch.until_loss(
                 content_type, None if oldest is None else max(0.0, oldest + RETENTION.total_seconds() - now.timestamp())
             )
-
-    def forget(self) -> None:
-        """The run ended: its waits and timers ended with it."""
-        self.waiting.clear()
-        self.idle.clear()
-
 
 class Recovery:
     """``StallWatch.recover`` for one run: called from the heartbeat on the run's loop, starts the step and returns."""
