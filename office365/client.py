@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -148,6 +149,7 @@ class ManagementClient:
         self._on_throttling = on_throttling  # told once per episode, with what the pacer does about it
         self._on_foreign_url = on_foreign_url  # told once per host refused
         self._refused_hosts: set[str] = set()
+        self.received: Counter[str] = Counter()  # bytes of answer bodies received, by kind of request
         self.clock_offset = 0.0  # the API's clock minus ours, in seconds, from its latest quick Date header
         self._clock_round_trip = float("inf")  # of the sample clock_offset comes from, at least CLOCK_SAMPLE_SECONDS
         self._date: tuple[str, float | None] = ("", None)  # the last Date header read, and its epoch time
@@ -273,7 +275,7 @@ class ManagementClient:
             token = await self.tokens.token()
             # A task of its own, so that renew_session can end it: closing a pool does not wake a read that waits
             # on one of its silent connections.
-            exchange = asyncio.ensure_future(self._exchange(method, url, json, token))
+            exchange = asyncio.ensure_future(self._exchange(method, url, what, json, token))
             self._in_flight.add(exchange)
             try:
                 response = await exchange
@@ -298,7 +300,7 @@ class ManagementClient:
         self._account(response, what, started)
         return response, token
 
-    async def _exchange(self, method: str, url: str, json: dict | None, token: str) -> ApiResponse:
+    async def _exchange(self, method: str, url: str, what: str, json: dict | None, token: str) -> ApiResponse:
         session = self._session
         assert session is not None, "use the client as an async context manager"
         self._users[session] = self._users.get(session, 0) + 1
@@ -312,8 +314,11 @@ class ManagementClient:
             ) as raw:
                 # When the headers arrive, not after the body: a blob may take minutes to come.
                 self._learn_clock(raw.headers.get("Date"), sent, time.time())
-                body = await raw.read()
-                return ApiResponse(raw.status, raw.headers, body)
+                chunks = []
+                async for chunk in raw.content.iter_any():  # counted as it comes: a slow transfer is progress
+                    chunks.append(chunk)
+                    self.received[what] += len(chunk)
+                return ApiResponse(raw.status, raw.headers, b"".join(chunks))
         finally:
             self._release(session)
 

@@ -252,7 +252,7 @@ class Pipeline:
         while not self.stopping.is_set():
             if self.progress is not None:
                 delivery_down = self.forwarder.outage_seconds is not None
-                self.progress.tick(client.now(), self.gate.pacer.throttled, delivery_down)
+                self.progress.tick(client.now(), self.gate.pacer.throttled, delivery_down, client.received["blob"])
             self._heartbeat()  # checks the stall watch
             now = client.now().timestamp()  # resume points and blob creation times are on the API's clock
             worst_lag = 0.0

@@ -4,7 +4,8 @@ steps the watch asks for when one stalls.
 - Behind: blobs listed and not delivered yet (those waiting for a timed retry aside), or new content not listed for
   longer than a poll takes.
 - Progress: blobs committed (the runtime confirmed their records, or they were skipped for good), or listing that
-  moved forward.
+  moved forward; or, while its blobs wait for the fetchers that every content type shares, blobs of any content type
+  committed or blob bytes arriving (a large blob that keeps coming slowly).
 - Time until loss: until the oldest undelivered blob leaves the API's 7-day retention.
 
 Not a stall: a content type waiting for its permission, nor any while the API throttles or the runtime does not
@@ -54,11 +55,13 @@ class ContentTypeProgress:
         self._committed: dict[str, float] = {}
         self._listed: dict[str, datetime] = {}
         self._throttled: int | None = None  # the pacer's count of throttled answers at the last tick
+        self._blob_bytes: int | None = None  # blob bytes received by the last tick (None: no tick yet)
+        self._total = 0  # blobs committed, every content type, by the last tick
         self._held_at = -math.inf  # when the API or the runtime last held the collection back
 
-    def tick(self, now: datetime, throttled: int, delivery_down: bool) -> None:
+    def tick(self, now: datetime, throttled: int, delivery_down: bool, blob_bytes: int = 0) -> None:
         """``now`` on the API's clock; ``throttled``: throttled answers so far; ``delivery_down``: the runtime fails
-        to confirm deliveries."""
+        to confirm deliveries; ``blob_bytes``: blob bytes received so far."""
         clock = time.monotonic()
         if (self._throttled is not None and throttled != self._throttled) or delivery_down:
             self._held_at = clock
@@ -66,12 +69,16 @@ class ContentTypeProgress:
         paced = clock - self._held_at < self.watch.stall_seconds
         committed = Counter(gauge_values(metrics.blobs_forwarded))
         committed.update(gauge_values(metrics.skipped_blobs))
+        total = sum(committed[content_type] for content_type in self.content_types)
+        fetching = self._blob_bytes is not None and (blob_bytes > self._blob_bytes or total > self._total)
+        self._blob_bytes, self._total = blob_bytes, total
         for content_type in self.content_types:
             count, oldest = self.state.pending(content_type)
             listed = self.state.listed_until(content_type)
             # A run's first tick only takes its bearings: the counters are the process's, the state the last run's.
             before = self._committed.get(content_type, committed[content_type])
-            if committed[content_type] > before or listed > self._listed.get(content_type, listed):
+            moved = committed[content_type] > before or listed > self._listed.get(content_type, listed)
+            if moved or (fetching and count > self.waiting[content_type]):
                 self.watch.progressed(content_type)
             self._committed[content_type], self._listed[content_type] = committed[content_type], listed
             behind = count > self.waiting[content_type] or now - listed > self._overdue

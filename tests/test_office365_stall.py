@@ -91,6 +91,20 @@ def test_a_silent_connection_the_timeout_allows_is_replaced_by_the_progress_watc
         assert delivered_once(rig, "Audit.Exchange")
 
 
+def test_a_blob_that_keeps_arriving_slowly_is_progress_not_a_stall(tmp_path, monkeypatch):
+    """A blob taking twice stall_seconds to arrive, a byte every tenth of a second: its bytes are progress, so the
+    watch leaves the transfer alone (replacing the connections would start it again from its first byte)."""
+    with O365Rig(tmp_path, "--blobs", "1", "--records-per-blob", "300") as rig:
+        rig.emulator.control(blob_bytes_per_second=40_000)  # ~400 KB: ten seconds
+        config = rig.trigger_config(content_types=EXCHANGE, request_timeout_seconds=600, stall_seconds=5)
+        with InProcessTrigger(rig, config, monkeypatch):
+            assert rig.wait_complete(60, expected=300), rig.comparison()
+            took = rig.emulator.stats()
+        assert took["blobs_served"] == 1  # fetched once, not started again
+        assert not messages(rig, "has made no progress")
+        assert delivered_once(rig, "Audit.Exchange")
+
+
 def test_a_frozen_entra_connection_is_given_up_and_the_token_renewed_on_a_new_one(tmp_path, monkeypatch):
     """Tokens living 20 s: the renewal goes out on the keep-alive connection to Entra, which went silent. It is
     given up after the read timeout and asked again on a new connection, before the token in hand expires."""
