@@ -47,7 +47,7 @@ class _Reading:
     step_at: float = 0.0
     until_loss: float | None = None
     until_loss_at: float = 0.0
-    loss_warned: int = 0  # how many of LOSS_WARNINGS were said
+    loss_warned: int = 0  # how many of the watch's loss_warnings were said
 
 
 class StallWatch:
@@ -79,6 +79,7 @@ class StallWatch:
         self._clock = clock
         self._readings: dict[str, _Reading] = {}
         self.failed: str | None = None  # set when a stall outlived every step: the trigger is unhealthy
+        self.loss_warnings: tuple[float, ...] = LOSS_WARNINGS  # seconds until loss warned under, longest first
 
     # -- what the owner tells ------------------------------------------------------------------------------
 
@@ -166,7 +167,7 @@ class StallWatch:
             self._drop_gauge(seconds_until_loss, name)
             return
         seconds_until_loss.labels(self.trigger, name).set(round(left))
-        crossed = sum(1 for threshold in LOSS_WARNINGS if left < threshold)
+        crossed = sum(1 for threshold in self.loss_warnings if left < threshold)
         reading.loss_warned = min(reading.loss_warned, crossed)  # caught up: warned again if it falls back
         if crossed > reading.loss_warned:  # one warning per threshold crossed, the most urgent when several
             reading.loss_warned = crossed

@@ -139,6 +139,7 @@ class TokenProvider:
         self.renewals = 0
         self._redactor = redactor
         self._masked: deque[str] = deque()  # the current token and the one before (requests may still carry it)
+        self._abandon: asyncio.Event | None = None  # set by reset() to give up the renewal waiting on Entra
 
     async def token(self) -> str:
         if self._token is not None and time.monotonic() < self._renew_at:
@@ -155,11 +156,36 @@ class TokenProvider:
                 await self._renew()
         return self._token  # type: ignore[return-value]
 
+    def reset(self) -> None:
+        """A new MSAL client (new connections to Entra) and a new token at the next request. A renewal waiting on
+        Entra now is abandoned: its thread ends with its read timeout, its answer unused."""
+        self._app = None
+        self._renew_at = 0.0
+        if self._abandon is not None:
+            self._abandon.set()
+
+    async def _attempt(self) -> tuple[str, float] | None:
+        """One request for a token; None when ``reset`` abandoned it."""
+        self._abandon = abandon = asyncio.Event()
+        attempt = asyncio.ensure_future(asyncio.to_thread(self._acquire))
+        reset = asyncio.ensure_future(abandon.wait())
+        try:
+            await asyncio.wait([attempt, reset], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            reset.cancel()
+            self._abandon = None
+            if not attempt.done():  # abandoned, or its caller cancelled: nobody reads its outcome
+                attempt.add_done_callback(lambda done: done.cancelled() or done.exception())
+        return attempt.result() if attempt.done() else None
+
     async def _renew(self) -> None:
         while True:
             asked = time.monotonic()
             try:
-                token, lifetime = await asyncio.to_thread(self._acquire)
+                answer = await self._attempt()
+                if answer is None:
+                    continue
+                token, lifetime = answer
             except TransientAuthError as error:
                 delay = self._backoff.next_delay()
                 self._outage.began(f"Getting a token from Microsoft Entra failed, retrying: {error}")

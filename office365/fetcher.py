@@ -3,7 +3,8 @@
 Throttled and transient answers are retried: the shared ``Gate`` already slows every request down (quota pace,
 fewer in flight), so a retry only adds a small jittered backoff, or what ``Retry-After`` asked for. A blob that
 keeps failing is deferred, not dropped: it stays pending (the resume point waits for it) and is tried again
-later. Only the API's own "this content is gone" answers (AF20050/51/52) skip a blob, and each is counted.
+later. Only the API's own "this content is gone" answers (AF20050/51/52) skip a blob, and each is counted; so does
+a contentUri naming a host other than the Management API's (the access token is sent nowhere else).
 """
 
 from __future__ import annotations
@@ -13,7 +14,15 @@ from dataclasses import dataclass
 
 from connectors.retry import Backoff
 from connectors.stopping import Stopping
-from office365.client import ApiError, ApiResponse, ManagementClient, Throttled, TransientError, sleep_or_stop
+from office365.client import (
+    ApiError,
+    ApiResponse,
+    ForeignUrl,
+    ManagementClient,
+    Throttled,
+    TransientError,
+    sleep_or_stop,
+)
 from office365.listing import ContentRef
 from office365.subscriptions import MissingDlpPermission, fatal
 
@@ -34,7 +43,7 @@ class Deferred(Exception):
 class Fetched:
     ref: ContentRef
     body: bytes | None = None
-    skipped: str = ""  # vanished / expired / invalid_id
+    skipped: str = ""  # vanished / expired / invalid_id / foreign_host
     code: str = ""
 
 
@@ -68,6 +77,8 @@ async def fetch_blob(client: ManagementClient, ref: ContentRef, stopping: asynci
         response = await get_with_retries(client, client.given_url(ref.uri), "blob", stopping)
     except (Throttled, TransientError) as error:
         raise Deferred(f"{error} after retries", 30.0) from None
+    except ForeignUrl as error:
+        return Fetched(ref, skipped="foreign_host", code=error.host)
     except ApiError as error:
         if error.code in SKIP_CODES:
             return Fetched(ref, skipped=SKIP_CODES[error.code], code=error.code)
@@ -81,4 +92,7 @@ async def fetch_blob(client: ManagementClient, ref: ContentRef, stopping: asynci
             raise problem from None
         # Unexpected refusal: keep the blob pending and try again much later (the resume point waits for it).
         raise Deferred(str(error), 600.0) from None
+    if response.headers.get("Content-Type", "").lower().startswith("text/html"):
+        # A gateway's error page with 200, not the blob: its records would be lost as unusable content.
+        raise Deferred("an HTML page came instead of the blob", 30.0)
     return Fetched(ref, body=response.body)

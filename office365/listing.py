@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 
-from office365.client import ApiResponse, ManagementClient
+from office365.client import ApiResponse, ManagementClient, UnreadableAnswer
 
 MAX_WINDOW = timedelta(hours=23, minutes=59)  # strictly under 24 h: exactly 24 h is refused by some tenants
 RETENTION = timedelta(days=7)
@@ -35,10 +35,6 @@ class ContentRef:
     uri: str
     created: float  # epoch seconds
     expiration: float  # epoch seconds
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def format_time(moment: datetime) -> str:
@@ -160,6 +156,10 @@ async def list_pages(
     )
     while url is not None:
         response = await get(url)
-        yield parse_page(response.body, content_type, known)
+        try:
+            page = parse_page(response.body, content_type, known)
+        except ValueError as error:  # one bad answer is this content type's transient trouble, not the run's end
+            raise UnreadableAnswer(f"a listing page of {content_type}", error) from None
+        yield page
         following = next_page(response)
         url = client.given_url(following) if following else None

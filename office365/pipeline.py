@@ -2,49 +2,44 @@
 
     listers --ContentRef--> queue --> fetchers (paced, adaptive concurrency) --body--> processor --> forwarder
 
-Each lister walks time windows up to now (see ``_lister`` for which), tracks the blobs it has not seen, and
-waits while too many of its blobs are pending. Fetched bodies wait for the processor in bounded room (a number of
-blobs and of bytes, ``FetchRoom``), so memory stays bounded whatever the backlog and the blobs' size. A monitor keeps the metrics, the expiry warnings and the
-checkpoint up to date.
+The listers (``office365.lister``) walk time windows up to now, track the blobs not seen yet, and wait while too
+many of their blobs are pending. Fetched bodies (``office365.fetcher``) wait for the processor
+(``office365.processor``) in bounded room (a number of blobs and of bytes, ``FetchRoom``), so memory stays bounded
+whatever the backlog and the blobs' size. A monitor
+keeps the metrics, the progress watch (stalls, time until loss, ``office365.watch``) and the checkpoint up to date.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 
 from connectors.delivery import Forwarder
 from connectors.logs import Redactor, SampledLog
+from connectors.progress import StallWatch
 from connectors.retry import Backoff
 from connectors.stopping import unless_stopping
 from office365 import metrics
 from office365.auth import TokenProvider
 from office365.client import ApiError, ManagementClient, Throttled, TransientError, sleep_or_stop
-from office365.config import Credential, Endpoints, Office365Configuration
+from office365.config import CLOUDS, Credential, Endpoints, Office365Configuration
 from office365.fetch_room import FetchRoom
-from office365.fetcher import Deferred, Fetched, Stopping, fetch_blob, get_with_retries
-from office365.listing import RETENTION, ContentRef, RelistSchedule, floor_second, horizon, list_pages, windows
+from office365.fetcher import Deferred, Fetched, Stopping, fetch_blob
+from office365.lister import Lister
+from office365.listing import ContentRef
 from office365.pacing import ConcurrencyLimit, Gate, QuotaPacer
 from office365.processor import Processor
 from office365.state import CollectorState
-from office365.subscriptions import RESTART_CODES, MissingDlpPermission, Subscriptions, fatal
+from office365.subscriptions import Subscriptions, fatal
+from office365.watch import ContentTypeProgress, Recovery, StalledRun
 
 Log = Callable[[str, str], None]
 MONITOR_INTERVAL = 2.0
-POLL_OVERLAP = timedelta(minutes=5)  # blobs often show up a little after their creation time
-RECENT_RELIST = timedelta(hours=1)  # listed again at every poll: blobs up to an hour late come within a poll
-FIRST_STEP = timedelta(minutes=1)  # a refused window's start moves on by 1, 2, 4... minutes past the API's horizon
 PROCESSING_STOP_SECONDS = 10.0  # at stop, for the blob at hand and its acknowledgement
 # Fetched bodies waiting for the processor, and those on their way: ~13 blobs of 1,000 records, enough fetches in
 # flight to keep the processor busy at a few hundred ms a fetch.
 FETCHED_BYTES = 16 * 1024 * 1024
-FIRST_RELIST_WAIT = 60.0
-PERMISSION_RECHECK = 3 * 3600.0  # a content type the app may not read: warn, and look again, this often
-AF_BAD_NEXT_PAGE = "AF20031"
-AF_BAD_WINDOW = ("AF20055", "AF20030")
 
 
 class Pipeline:
@@ -61,6 +56,7 @@ class Pipeline:
         user_agent: str = "sekoiaio-connector/office365",
         redactor: Redactor | None = None,
         stopping: asyncio.Event | None = None,
+        watch: StallWatch | None = None,
     ):
         self.config = config
         self.endpoints = endpoints
@@ -74,10 +70,13 @@ class Pipeline:
         self._user_agent = user_agent
         self._redactor = redactor  # access tokens obtained at run time join it
         self.stopping = stopping or asyncio.Event()
-        self._gaps_reported: set[str] = set()
-        self._expiry_warned: dict[str, float] = {}
-        # Spans the poller could not list (refused windows), per content type: reported if they expire unlisted.
-        self._skipped: dict[str, list[tuple[datetime, datetime]]] = {}
+        self.watch = watch
+        self.progress: ContentTypeProgress | None = None
+        if watch is not None:
+            self.progress = ContentTypeProgress(watch, state, config.content_types, config.poll_interval_seconds)
+        self._stalled = asyncio.Event()  # the stall watch's last step: end the run
+        self._stalled_type = ""
+        self.lister = Lister(config, state, log, self.stopping, self.progress)
 
     # -- top level ------------------------------------------------------------------------------------------
 
@@ -104,20 +103,23 @@ class Pipeline:
             pool_size=config.max_concurrency + 4,
             user_agent=self._user_agent,
             rewrite_origin=config.management_url is not None,
+            api_hosts=(CLOUDS[config.cloud][1],),
             on_throttling=functools.partial(SampledLog(self._log, interval=600.0), "throttled"),
+            on_foreign_url=lambda message: self._log(message, "error"),
         )
-        loop = asyncio.get_running_loop()
         room = FetchRoom(config.max_concurrency * 2, FETCHED_BYTES)
         queue: asyncio.Queue = asyncio.Queue()
 
-        def fetch_again(ref: ContentRef, delay: float) -> None:
-            loop.call_later(delay, queue.put_nowait, ref)
 
         def processed(item: Fetched) -> None:
             room.release(len(item.body or b""))
 
-        processor = Processor(self.forwarder, self.state, self._log, processed, fetch_again)
+        processor = Processor(self.forwarder, self.state, self._log, processed, self._later)
         processing: asyncio.Task | None = None
+        self._queue = queue
+        if self.watch is not None:
+            self.watch.recover = Recovery(client, tokens, self._restart)
+        starting = asyncio.create_task(self._watch_while_starting())
         try:
             async with client:
                 # Wrong credentials stop here, with one clear message.
@@ -127,9 +129,11 @@ class Pipeline:
                     self._retrying(lambda: subscriptions.ensure(config.content_types), "starting subscriptions"),
                     self.stopping,
                 )
+                starting.cancel()  # the monitor takes over
                 collected = [ct for ct in config.content_types if ct not in denied]
                 if not collected:  # nothing the app may read: only a person can fix it
                     raise fatal(ApiError(401, "AF10001", "permission"), denied[0])
+                self.lister.rewind_future_resume_points(client.now())
                 self._log(
                     f"Collecting {', '.join(collected)} from {self.endpoints.feed} "
                     f"(up to {config.max_concurrency} requests in flight)",
@@ -137,7 +141,7 @@ class Pipeline:
                 )
                 processing = asyncio.create_task(processor.run())
                 tasks = [
-                    asyncio.create_task(self._collect(ct, client, subscriptions, queue, ct in denied))
+                    asyncio.create_task(self.lister.collect(ct, client, subscriptions, queue, ct in denied))
                     for ct in config.content_types
                 ]
                 tasks += [
@@ -145,13 +149,47 @@ class Pipeline:
                     for _ in range(config.max_concurrency)
                 ]
                 tasks.append(asyncio.create_task(self._monitor(client)))
+                tasks.append(asyncio.create_task(self._until_stalled()))
                 await self._until_stop_or_failure(tasks, processing)
         except Stopping:
             pass
         finally:
+            starting.cancel()
             self.stopping.set()
+            if self.watch is not None:
+                self.watch.recover = lambda name, index: None  # this run's client is closed
             if processing is not None:
                 await self._stop_processing(processor, processing)
+
+    async def _watch_while_starting(self) -> None:
+        """A stall that a restarted run did not end (its start-up keeps failing) still reaches the watch's last step;
+        no heartbeat meanwhile: liveness says whether the run gets past its start-up."""
+        if self.watch is None:
+            return
+        while True:
+            await asyncio.sleep(MONITOR_INTERVAL)
+            self.watch.check()
+
+    def _later(self, ref: ContentRef, delay: float) -> None:
+        """Fetch ``ref`` again in ``delay`` seconds; meanwhile its content type is not stalled on it."""
+        waiting = self.progress.waiting if self.progress is not None else None
+
+        def again() -> None:
+            if waiting is not None:
+                waiting[ref.content_type] -= 1
+            self._queue.put_nowait(ref)
+
+        if waiting is not None:
+            waiting[ref.content_type] += 1
+        asyncio.get_running_loop().call_later(delay, again)
+
+    def _restart(self, content_type: str) -> None:
+        self._stalled_type = content_type
+        self._stalled.set()
+
+    async def _until_stalled(self) -> None:
+        await self._stalled.wait()
+        raise StalledRun(f"{self._stalled_type} made no progress after new connections and a new token")
 
     async def _stop_processing(self, processor: Processor, processing: asyncio.Task) -> None:
         """The blob at hand is finished and its acknowledgement queued; a forwarder that cannot take
@@ -193,321 +231,11 @@ class Pipeline:
             except ApiError as error:
                 raise fatal(error) or error from None
 
-    # -- listing --------------------------------------------------------------------------------------------
-
-    async def _collect(
-        self,
-        content_type: str,
-        client: ManagementClient,
-        subscriptions: Subscriptions,
-        queue: asyncio.Queue,
-        denied: bool,
-    ) -> None:
-        """List one content type for the life of the run; while the app may not read it, say so every few hours
-        and look again (a permission granted later is picked up without a restart)."""
-        while True:
-            if denied:
-                await self._wait_for_permission(content_type, subscriptions)
-            polled = asyncio.Event()
-            poller = asyncio.create_task(self._poll(content_type, client, subscriptions, queue, polled))
-            poller.add_done_callback(lambda _: polled.set())  # the re-lister waits for the first poll, however it ends
-            relister = asyncio.create_task(self._relister(content_type, client, queue, polled))
-            try:
-                done, _ = await asyncio.wait([poller, relister], return_when=asyncio.FIRST_EXCEPTION)
-            finally:
-                poller.cancel()
-                relister.cancel()
-                await asyncio.gather(poller, relister, return_exceptions=True)
-            problem = next((task.exception() for task in done if not task.cancelled() and task.exception()), None)
-            if problem is None:
-                return  # stopping
-            if not isinstance(problem, MissingDlpPermission):
-                raise problem
-            denied = True  # withdrawn while running
-
-    async def _wait_for_permission(self, content_type: str, subscriptions: Subscriptions) -> None:
-        while True:
-            others = [ct for ct in self.config.content_types if ct != content_type]
-            self._log(
-                f"{content_type} is not collected: the app lacks the application permission ActivityFeed.ReadDlp of "
-                f"the Office 365 Management API (AF10001); {', '.join(others) or 'no other content type'} still "
-                "collected. Grant ActivityFeed.ReadDlp with admin consent (picked up within "
-                f"{PERMISSION_RECHECK / 3600:g} h, no restart needed), or remove {content_type} from content_types",
-                "warning",
-            )
-            if await sleep_or_stop(PERMISSION_RECHECK, self.stopping):
-                raise Stopping()
-            try:
-                await subscriptions.start(content_type, "ActivityFeed.ReadDlp is granted now")
-            except MissingDlpPermission:
-                continue
-            except (Throttled, TransientError):
-                continue  # not a refusal: try listing, it retries on its own
-            self._log(f"ActivityFeed.ReadDlp is granted now: collecting {content_type}", "info")
-            return
-
-    async def _poll(
-        self,
-        content_type: str,
-        client: ManagementClient,
-        subscriptions: Subscriptions,
-        queue: asyncio.Queue,
-        polled: asyncio.Event,
-    ) -> None:
-        """Each poll lists from where the last one ended and, with it, the last hour again (blobs up to an hour
-        late are listed within a poll); it alone moves the resume point forward. ``polled``: set once the first
-        poll ended."""
-        recent = RECENT_RELIST + timedelta(seconds=self.config.poll_interval_seconds) + POLL_OVERLAP
-        restarts = 0
-        while not self.stopping.is_set():
-            now = client.now()
-            earliest = horizon(now)
-            resume = self.state.resume_point(content_type)
-            if resume < earliest:
-                self._report_gap(content_type, resume, earliest)
-                self.state.skip_to(content_type, earliest)
-            self._report_skipped(content_type, earliest)
-            start = min(self.state.listed_until(content_type) - POLL_OVERLAP, now - recent)
-            try:
-                await self._list_range(content_type, client, queue, max(start, earliest), now, advance=True)
-                restarts = 0
-            except (Throttled, TransientError) as error:
-                self._sampled(f"list:{content_type}", f"Listing {content_type} failed, retrying later: {error}")
-            except ApiError as error:
-                if error.code in RESTART_CODES and restarts < 3:
-                    restarts += 1
-                    await subscriptions.restart(content_type, error)
-                    continue
-                problem = fatal(error, content_type)
-                if problem is not None:
-                    raise problem from None
-                self._sampled(
-                    f"list:{content_type}", f"Listing {content_type} was refused, retrying later: {error}", "error"
-                )
-            polled.set()
-            await sleep_or_stop(self.config.poll_interval_seconds, self.stopping)
-
-    async def _relister(
-        self, content_type: str, client: ManagementClient, queue: asyncio.Queue, polled: asyncio.Event
-    ) -> None:
-        """Older time again, less often: the last day every ``relist_interval_minutes``, the whole retention every
-        ``deep_relist_minutes`` (see the README for what it costs). Known blobs are skipped, so a re-list costs
-        listing pages only. Runs beside the poller: a long re-list never delays new content. Its first re-list
-        waits for the first poll (for a minute at most: a backlog's first poll can take hours): at start the two
-        would list the same recent windows side by side, and the poll's blobs reach the fetchers first."""
-        try:
-            await asyncio.wait_for(polled.wait(), FIRST_RELIST_WAIT)
-        except asyncio.TimeoutError:
-            pass
-        config = self.config
-        schedule = RelistSchedule(
-            [
-                (
-                    timedelta(hours=config.relist_hours, minutes=config.relist_interval_minutes) + POLL_OVERLAP,
-                    config.relist_interval_minutes * 60,
-                ),
-                (RETENTION, config.deep_relist_minutes * 60),
-            ],
-            time.monotonic(),
-        )
-        while not self.stopping.is_set():
-            span = schedule.due(time.monotonic())
-            if span is not None:
-                now = client.now()
-                # Up to what the poller listed: beyond it is new content, the poller's (and the resume point's).
-                end = min(now, self.state.listed_until(content_type))
-                try:
-                    await self._list_range(content_type, client, queue, max(now - span, horizon(now)), end)
-                except (Throttled, TransientError) as error:
-                    self._sampled(f"relist:{content_type}", f"Re-listing {content_type} failed: {error}")
-                except ApiError as error:
-                    problem = fatal(error, content_type)
-                    if problem is not None:
-                        raise problem from None
-                    # The poller meets the same answer and deals with it (subscription restarts included).
-                    self._sampled(f"relist:{content_type}", f"Re-listing {content_type} was refused: {error}")
-            if await sleep_or_stop(min(schedule.wait(time.monotonic()), 60.0), self.stopping):
-                return
-
-    async def _list_range(
-        self,
-        content_type: str,
-        client: ManagementClient,
-        queue: asyncio.Queue,
-        start: datetime,
-        end: datetime,
-        advance: bool = False,
-    ) -> None:
-        """List [start, end) window by window, the first page of every window at once: seven days at start cost one
-        round trip, not eight in a row. Further pages wait for every older window to be listed, so a backlog is
-        still listed (and fetched) oldest first: content near its 7-day expiry is not held back by newer content.
-        Outcomes are taken in time order, so a window counts as listed only with every window before it. A window
-        the API refuses is narrowed, never retried in a loop that would hold back the newer ones. ``advance``:
-        record each window as listed (the poller)."""
-        spans = windows(start, end)
-        # What the poller skips was owed once a window was listed: before this range only for its first window.
-        owed = [advance and (index > 0 or self.state.owes_from_resume(content_type)) for index in range(len(spans))]
-        turns = [asyncio.Event() for _ in spans]  # set once every older window is listed
-        if turns:
-            turns[0].set()
-        tasks = [
-            asyncio.create_task(self._list_or_narrow(content_type, client, queue, window_start, window_end, owes, turn))
-            for (window_start, window_end), owes, turn in zip(spans, owed, turns)
-        ]
-        try:
-            for index, ((window_start, window_end), task) in enumerate(zip(spans, tasks)):
-                if await task:
-                    self._listed_span(content_type, window_start, window_end)
-                if advance:
-                    self.state.listed(content_type, window_end)
-                if index + 1 < len(turns):
-                    turns[index + 1].set()
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-    async def _list_or_narrow(
-        self,
-        content_type: str,
-        client: ManagementClient,
-        queue: asyncio.Queue,
-        start: datetime,
-        end: datetime,
-        owed: bool,
-        turn: asyncio.Event,
-    ) -> bool:
-        """One window; True when it was listed whole, False when the API refused it and it was narrowed."""
-        try:
-            await self._list_window(content_type, client, queue, start, end, turn)
-            return True
-        except ApiError as error:
-            if error.code not in AF_BAD_WINDOW:
-                raise
-            await self._refused_window(content_type, client, queue, start, end, error, owed, turn)
-            return False
-
-    async def _refused_window(
-        self,
-        content_type: str,
-        client: ManagementClient,
-        queue: asyncio.Queue,
-        start: datetime,
-        end: datetime,
-        error: ApiError,
-        owed: bool,
-        turn: asyncio.Event | None = None,
-    ) -> None:
-        """The API refused [start, end) although it was built on the API's clock (a start too old by the API's
-        own reckoning). Start again from the horizon on the clock the refusal's Date header just gave, then 1, 2,
-        4... minutes later: what is skipped is the unreachable minutes, not half a window. The skipped span is
-        kept (``owed``) and reported if it expires unlisted; the whole-retention re-list may still list it."""
-        step = FIRST_STEP
-        cursor = max(floor_second(start + step), horizon(client.now()))
-        accepted = end
-        while cursor < end:
-            try:
-                await self._list_window(content_type, client, queue, cursor, end, turn)
-                accepted = cursor
-                break
-            except ApiError as again:
-                if again.code not in AF_BAD_WINDOW:
-                    raise
-            cursor = max(floor_second(cursor + step), horizon(client.now()))
-            step *= 2
-        if owed:
-            self._skipped.setdefault(content_type, []).append((start, accepted))
-        what = "skipped it" if accepted == end else f"listed it from {accepted.isoformat()}"
-        self._sampled(
-            f"window:{content_type}",
-            f"The API refused the listing window {start.isoformat()} - {end.isoformat()} of {content_type} ({error}); "
-            f"{what} and went on with newer windows. Content of {content_type} created between {start.isoformat()} "
-            f"and {accepted.isoformat()} is collected only if a later re-list is accepted",
-            "error",
-        )
-
-    def _listed_span(self, content_type: str, start: datetime, end: datetime) -> None:
-        """[start, end) was listed: no longer part of a skipped span."""
-        spans = self._skipped.get(content_type)
-        if not spans:
-            return
-        left = []
-        for first, last in spans:
-            if first < start:
-                left.append((first, min(last, start)))
-            if last > end:
-                left.append((max(first, end), last))
-        self._skipped[content_type] = left
-
-    def _report_skipped(self, content_type: str, earliest: datetime) -> None:
-        """A skipped span whose content starts expiring: said once, then forgotten."""
-        spans = self._skipped.get(content_type)
-        if not spans:
-            return
-        for first, last in [span for span in spans if span[0] < earliest]:
-            self._log(
-                f"Content of {content_type} created between {first.isoformat()} and {last.isoformat()} could not be "
-                "listed (the API refused its window as too old) and is past the API's 7-day retention: it was not "
-                "collected",
-                "error",
-            )
-        self._skipped[content_type] = [span for span in spans if span[0] >= earliest]
-
-    async def _list_window(
-        self,
-        content_type: str,
-        client: ManagementClient,
-        queue: asyncio.Queue,
-        start: datetime,
-        end: datetime,
-        turn: asyncio.Event | None = None,
-    ) -> None:
-        """Every page of one window; past the first, only once ``turn`` is set (see ``_list_range``)."""
-
-        def get(url: str):
-            return get_with_retries(client, url, "list", self.stopping)
-
-        for attempt in range(3):
-            try:
-                known = functools.partial(self.state.is_known, content_type)
-                async for refs, unusable in list_pages(client, get, content_type, start, end, known):
-                    if unusable:
-                        self._sampled(
-                            f"entries:{content_type}", f"{unusable} listing entries of {content_type} unreadable"
-                        )
-                    for ref in refs:
-                        if self.state.track(ref):
-                            queue.put_nowait(ref)
-                    # Bound what is listed ahead of delivery (memory, and a fair share between content types).
-                    while self.state.pending(content_type)[0] >= self.config.max_pending_blobs:
-                        if await sleep_or_stop(0.2, self.stopping):
-                            raise Stopping()
-                    if turn is not None:
-                        await turn.wait()
-                return
-            except ApiError as error:
-                if error.code == AF_BAD_NEXT_PAGE and attempt < 2:
-                    continue  # the page token went stale: list the window again (known blobs are skipped)
-                raise
-
-    def _report_gap(self, content_type: str, resume: datetime, earliest: datetime) -> None:
-        # Only content that was owed and is now out of the API's reach: not the initial lookback's oldest part
-        # when no window was listed yet (a restart after an early fault), not a blob still listable.
-        if content_type in self._gaps_reported or not self.state.owes_from_resume(content_type):
-            return
-        self._gaps_reported.add(content_type)
-        self._log(
-            f"Content of {content_type} created between {resume.isoformat()} and {earliest.isoformat()} is past the "
-            "API's 7-day retention and was not collected (the trigger was stopped or behind for too long)",
-            "error",
-        )
-
     # -- fetching -------------------------------------------------------------------------------------------
 
     async def _fetcher(
         self, client: ManagementClient, queue: asyncio.Queue, room: FetchRoom, processor: Processor
     ) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             ref = await queue.get()
             reserved = await room.acquire()
@@ -520,20 +248,23 @@ class Pipeline:
                     f"Blob {ref.content_id} of {ref.content_type} could not be fetched ({deferred.reason}); "
                     f"trying again in {deferred.delay:.0f}s",
                 )
-                loop.call_later(deferred.delay, queue.put_nowait, ref)
+                self._later(ref, deferred.delay)
                 continue
             except BaseException:
                 room.release(reserved)
                 raise
             room.fetched(reserved, len(fetched.body or b""))
             processor.put(fetched)
-            del fetched  # waiting for the next blob, a fetcher must not keep this one's body (32 fetchers: 50 MB)
+            del fetched  # waiting for the next blob, a fetcher must not keep this one's body
 
     # -- monitoring -----------------------------------------------------------------------------------------
 
     async def _monitor(self, client: ManagementClient) -> None:
         while not self.stopping.is_set():
-            self._heartbeat()
+            if self.progress is not None:
+                delivery_down = self.forwarder.outage_seconds is not None
+                self.progress.tick(client.now(), self.gate.pacer.throttled, delivery_down, client.received["blob"])
+            self._heartbeat()  # checks the stall watch
             now = client.now().timestamp()  # resume points and blob creation times are on the API's clock
             worst_lag = 0.0
             for content_type in self.config.content_types:
@@ -543,24 +274,7 @@ class Pipeline:
                 metrics.lag_seconds.labels(content_type).set(lag)
                 metrics.pending_blobs.labels(content_type).set(count)
                 metrics.oldest_pending_seconds.labels(content_type).set(now - oldest if oldest else 0)
-                if oldest is not None:
-                    self._warn_expiry(content_type, oldest, count, now)
             self._report_lag(worst_lag)
             metrics.concurrency.set(self.limit.current)
             await self.state.persist()
             await sleep_or_stop(MONITOR_INTERVAL, self.stopping)
-
-    def _warn_expiry(self, content_type: str, oldest: float, count: int, now: float) -> None:
-        left = oldest + RETENTION.total_seconds() - now
-        if left > self.config.expiry_warning_hours * 3600:
-            return
-        if now - self._expiry_warned.get(content_type, 0.0) < 3600:
-            return
-        self._expiry_warned[content_type] = now
-        created = datetime.fromtimestamp(oldest, UTC).isoformat()
-        self._log(
-            f"The oldest pending blob of {content_type} (created {created}, {count} blobs pending) expires in "
-            f"{max(left, 0) / 3600:.1f} h: the trigger is falling behind or a blob keeps failing; content not "
-            "fetched before its 7-day expiry is lost",
-            "warning",
-        )

@@ -41,6 +41,7 @@ SKIP_EXPLANATIONS = {
     "expired": "the API says it expired (AF20051) before it could be fetched",
     "vanished": "the API says it does not exist any more (AF20050)",
     "invalid_id": "the API refused its content id (AF20052)",
+    "foreign_host": "its contentUri names a host other than the Management API's, where the access token is not sent",
 }
 
 

@@ -175,6 +175,10 @@ class CollectorState:
             if created < moment.timestamp():
                 del progress.pending[content_id]
 
+    def rewind(self, content_type: str, moment: datetime) -> None:
+        """Listed only up to ``moment``: the resume point was past the API's clock (the only way back)."""
+        self._progress[content_type].listed_until = moment.timestamp()
+
     def owes_from_resume(self, content_type: str) -> bool:
         """Whether content from the resume point on was promised: a window was listed since the state began (the
         initial lookback alone promises only what the API still keeps)."""

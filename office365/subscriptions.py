@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import Callable
 
 from connectors.errors import ConfigurationError
-from office365.client import ApiError, ManagementClient
+from office365.client import ApiError, ManagementClient, UnreadableAnswer
 
 ALREADY_ENABLED = "AF20024"
 NOT_SUBSCRIBED = "AF20022"
@@ -63,7 +63,10 @@ class Subscriptions:
         """Start the subscriptions that are not enabled; the content types the app may not read (DLP.All without
         ActivityFeed.ReadDlp), which the caller leaves out instead of stopping."""
         response = await self.client.get(self.client.operation_url("subscriptions/list"), "subscription")
-        data = response.json() if response.body.strip() else []
+        try:
+            data = response.json() if response.body.strip() else []
+        except ValueError as error:  # retried as any transient answer
+            raise UnreadableAnswer("the list of subscriptions", error) from None
         status = {
             str(entry.get("contentType")).lower(): str(entry.get("status", "")).lower()
             for entry in (data if isinstance(data, list) else [])

@@ -12,6 +12,7 @@ from office365 import metrics
 from office365.config import Office365Configuration, resolve_credential, resolve_endpoints
 from office365.pipeline import Pipeline
 from office365.state import CollectorState
+from office365.watch import READING, STEPS
 
 
 class Office365Trigger(CollectorTrigger):
@@ -42,6 +43,8 @@ class Office365Trigger(CollectorTrigger):
         if credential.private_key_pem:
             self._redactor.add([credential.private_key_pem])  # re-encoded from an encrypted key: new text
         endpoints = resolve_endpoints(config)
+        watch = self.watch_progress(READING, STEPS)
+        watch.loss_warnings = tuple(sorted({config.expiry_warning_hours * 3600.0, 3600.0}, reverse=True))
         # Read from disk at every run: the record filter must only hold records whose delivery was confirmed.
         state = CollectorState(
             self.state_dir,
@@ -63,6 +66,7 @@ class Office365Trigger(CollectorTrigger):
                 user_agent=self._user_agent,
                 redactor=self._redactor,
                 stopping=stopping,
+                watch=watch,
             )
             # run_async then delivers what was handed over (finish_delivery): its acknowledgements move the resume
             # point before the state closes below.

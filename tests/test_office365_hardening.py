@@ -89,9 +89,9 @@ def test_windows_follow_the_apis_clock_from_its_date_header(o365_emulator_factor
 def test_a_refused_window_is_narrowed_and_never_holds_back_newer_ones(tmp_path, monkeypatch):
     """The oldest window starts two hours before what the API accepts (a clock the Date header did not explain):
     refused at every poll, yet its newer half and every newer window are listed and delivered."""
-    import office365.pipeline
+    import office365.lister
 
-    monkeypatch.setattr(office365.pipeline, "horizon", lambda now: now - RETENTION - timedelta(hours=2))
+    monkeypatch.setattr(office365.lister, "horizon", lambda now: now - RETENTION - timedelta(hours=2))
     resume = time.time() - RETENTION.total_seconds() - 1.5 * 3600
     write_checkpoint(tmp_path, {"Audit.Exchange": resume, "Audit.General": resume})
     with O365Rig(tmp_path, "--blobs", "3", "--records-per-blob", "4") as rig:
@@ -128,9 +128,9 @@ def test_a_second_instance_on_the_same_data_path_exits_2_with_one_clear_message(
 
 
 def test_dlp_without_its_permission_leaves_the_other_types_collected_and_says_so(tmp_path, monkeypatch, caplog):
-    import office365.pipeline
+    import office365.lister
 
-    monkeypatch.setattr(office365.pipeline, "PERMISSION_RECHECK", 2.0)
+    monkeypatch.setattr(office365.lister, "PERMISSION_RECHECK", 2.0)
     with O365Rig(tmp_path, "--no-dlp-permission") as rig:
         started = time.monotonic()
         with InProcessTrigger(rig, rig.trigger_config(), monkeypatch) as running:

@@ -9,7 +9,7 @@ import orjson
 import pytest
 from multidict import CIMultiDict
 
-from office365.client import ApiResponse, ManagementClient, error_details
+from office365.client import ApiResponse, ForeignUrl, ManagementClient, UnreadableAnswer, error_details
 from office365.listing import (
     MAX_WINDOW,
     RETENTION,
@@ -118,8 +118,9 @@ def test_next_page_header_in_both_spellings(header):
     assert next_page(ApiResponse(200, CIMultiDict(), b"[]")) is None
 
 
-def client(rewrite: bool = False) -> ManagementClient:
-    return ManagementClient(FEED, PUBLISHER, tokens=None, gate=None, rewrite_origin=rewrite)  # type: ignore[arg-type]
+def client(rewrite: bool = False, feed: str = FEED) -> ManagementClient:
+    return ManagementClient(feed, PUBLISHER, tokens=None, gate=None, rewrite_origin=rewrite,  # type: ignore[arg-type]
+                            api_hosts=("https://manage.office.com",))
 
 
 def test_every_url_carries_the_publisher_identifier():
@@ -134,11 +135,38 @@ def test_every_url_carries_the_publisher_identifier():
     assert page.endswith("nextPage=a%2Bb+c&publisherIdentifier=keep")  # opaque token untouched, no second one
 
 
+OVERRIDE = "https://127.0.0.1:8443/api/v1.0/t/activity/feed"
+
+
 def test_urls_from_the_api_follow_a_management_url_override():
-    api = client(rewrite=True)
-    assert api.given_url("https://other.host:1234/api/v1.0/t/activity/feed/audit/x?a=1") == (
-        f"{FEED}/audit/x?a=1&PublisherIdentifier={PUBLISHER}"
+    api = client(rewrite=True, feed=OVERRIDE)
+    assert api.given_url("https://MANAGE.office.com:443/api/v1.0/t/activity/feed/audit/x?a=1") == (
+        f"{OVERRIDE}/audit/x?a=1&PublisherIdentifier={PUBLISHER}"
     )
+
+
+@pytest.mark.parametrize("rewrite", [False, True])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://other.host/api/v1.0/t/activity/feed/audit/x",
+        "https://manage.office.com.other.host/api/v1.0/t/activity/feed/audit/x",
+        "http://127.0.0.1:8443/api/v1.0/t/activity/feed/audit/x",  # our host, another scheme
+        "https://127.0.0.1:8444/api/v1.0/t/activity/feed/audit/x",  # our host, another port
+        "https://user@other.host/api/v1.0/t/activity/feed/audit/x",
+    ],
+)
+def test_a_url_naming_another_host_is_refused(url, rewrite):
+    with pytest.raises(ForeignUrl) as refused:
+        client(rewrite, feed=OVERRIDE).given_url(url)
+    said = str(refused.value)
+    assert refused.value.code == "foreign-host" and "user@" not in said and "/api/" not in said
+
+
+def test_the_cloud_host_is_followed_without_an_override_and_rewritten_only_behind_one():
+    assert client(feed=FEED).given_url(f"{FEED}/audit/x").startswith(f"{FEED}/audit/x?")
+    with pytest.raises(ForeignUrl):  # an override that does not rewrite sends nothing to the cloud's host
+        client(feed=OVERRIDE).given_url(f"{FEED}/audit/x")
 
 
 def test_error_details_of_both_dialects():
@@ -188,3 +216,21 @@ def test_list_pages_follows_next_page_until_absent(header):
     assert "endTime=2026-11-25T02%3A00%3A00" in fake.requested[0]
     assert all(f"PublisherIdentifier={PUBLISHER}" in url for url in fake.requested)
     assert fake.requested[1].endswith(f"nextPage=1&PublisherIdentifier={PUBLISHER}")
+
+
+@pytest.mark.parametrize("body", [b"<html><body>Service Unavailable</body></html>", b'{"value": []}', b"[{"])
+def test_an_unreadable_listing_page_is_transient_trouble_not_a_crash(body):
+    class Unreadable(FakeClient):
+        async def get(self, url: str) -> ApiResponse:
+            self.requested.append(url)
+            return ApiResponse(200, CIMultiDict(), body)
+
+    fake = Unreadable([])
+    start = at("2026-11-25T00:00:00")
+
+    async def collect():
+        return [page async for page in list_pages(fake, fake.get, "Audit.Exchange", start, start + timedelta(hours=1))]
+
+    with pytest.raises(UnreadableAnswer) as unreadable:
+        asyncio.run(collect())
+    assert unreadable.value.status == 200 and "listing page of Audit.Exchange" in str(unreadable.value)

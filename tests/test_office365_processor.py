@@ -204,7 +204,7 @@ async def test_a_25_mb_blob_with_a_byte_that_is_not_utf8_never_holds_the_loop_10
     assert steps.longest < 0.1, f"a loop step took {steps.longest:.3f} s of CPU"
 
 
-# -- warnings of the pipeline: content about to expire, content already past the retention -------------------
+# -- warnings of the pipeline: content already past the retention ----------------------------------------------
 
 
 def pipeline(tmp_path, logs: list, lookback: timedelta = timedelta(hours=1), **overrides):
@@ -215,19 +215,7 @@ def pipeline(tmp_path, logs: list, lookback: timedelta = timedelta(hours=1), **o
         tenant_id="4f6e2a1c-8d3b-4e5f-9a7c-2b1d0e3f4a5b", client_id="9c8b7a6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d", **overrides
     )
     state = CollectorState(tmp_path, config.content_types, initial_lookback=lookback, filter_capacity=10)
-    return Pipeline(config, None, None, state, None, lambda message, level: logs.append((level, message)))
-
-
-def test_pending_content_near_its_expiry_is_warned_about_once_an_hour(tmp_path):
-    logs: list = []
-    line = pipeline(tmp_path, logs, expiry_warning_hours=12)
-    now = NOW.timestamp()
-    line._warn_expiry("Audit.Exchange", now - 5 * 86400, 3, now)  # two days left: quiet
-    assert logs == []
-    line._warn_expiry("Audit.Exchange", now - 6.7 * 86400, 3, now)  # 7 h left
-    line._warn_expiry("Audit.Exchange", now - 6.7 * 86400, 3, now + 60)
-    assert len(logs) == 1 and logs[0][0] == "warning"
-    assert "Audit.Exchange" in logs[0][1] and "expires in 7.2 h" in logs[0][1]
+    return Pipeline(config, None, None, state, None, lambda message, level: logs.append((level, message))).lister
 
 
 def test_content_past_the_retention_is_reported_after_a_long_stop_not_at_first_start(tmp_path):
@@ -331,7 +319,7 @@ async def test_windows_listed_at_once_count_as_listed_only_with_every_older_wind
 async def test_a_backlog_is_listed_oldest_first_past_the_first_page_of_each_window(tmp_path, monkeypatch):
     """Content near its expiry comes first: every window's first page is asked for at once, but a window's next
     pages only once every older window was listed whole."""
-    import office365.pipeline as module
+    import office365.lister as module
 
     logs: list = []
     line = pipeline(tmp_path, logs, lookback=timedelta(days=7))

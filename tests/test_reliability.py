@@ -118,3 +118,10 @@ def test_eventhub_partitions_added_while_running_and_while_stopped(ctx):
 def test_o365_hardening(ctx, name):
     """Issue 10 items 6-9 and late blobs: each scenario checks its own log lines (see o365_hardening.py)."""
     run(ctx, name)
+
+
+@pytest.mark.parametrize("name", ["o365_clock_ahead", "o365_future_resume"])
+def test_o365_clock_scenarios(ctx, name):
+    """Issue 16: the API's clock 15 minutes ahead, a resume point in its future (see o365_stall.py)."""
+    result = run(ctx, name)
+    assert result["recovery_s"] is not None and result["duplicates"] == 0

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 from benchmarks.reliability import bad_config, bad_input, delivery, faults, kills, rebalance, runtime_logs, secrets
-from benchmarks.reliability import eventhub_hardening, eventhub_stalls, o365_hardening
+from benchmarks.reliability import eventhub_hardening, eventhub_stalls, o365_hardening, o365_stall
 from benchmarks.reliability.context import Context
 from emulators.process import running_children
 
@@ -32,6 +32,7 @@ SHARED: dict[str, Scenario] = {
     "eventhub_fuzz": bad_input.eventhub_fuzz,
     "o365_bad_config": bad_config.o365_bad_config,
     **o365_hardening.SCENARIOS,
+    **o365_stall.SCENARIOS,
     **eventhub_hardening.SCENARIOS,
     **eventhub_stalls.SCENARIOS,
     "eventhub_bad_config": bad_config.eventhub_bad_config,

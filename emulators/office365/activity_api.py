@@ -12,6 +12,7 @@ from email.utils import formatdate
 
 import orjson
 from aiohttp import web
+from yarl import URL
 
 from .arrival import arrived_at
 from .config import CONTENT_TYPES, EmulatorConfig
@@ -73,6 +74,7 @@ def api_call(kind: str):
                     self._authorize(request, tenant)
                     or self.policy.throttle(kind, tenant, publisher)
                     or await self.policy.inject_fault(request)
+                    or self.policy.html_answer(kind)
                 )
                 if response is None:
                     try:
@@ -245,7 +247,7 @@ class ActivityApi:
         self._require_subscription(content_type)
         start_us, end_us, index = self._window(params, content_type)
         blobs, next_index = self.store.page(content_type, start_us, end_us, index, self.config.page_size)
-        base = f"https://{request.host}/api/v1.0/{tenant}/activity/feed"
+        base = f"https://{self.config.content_uri_host or request.host}/api/v1.0/{tenant}/activity/feed"
         entries = [self.store.listing_entry(blob, base) for blob in blobs]
         if notifications:
             for entry in entries:
@@ -254,7 +256,10 @@ class ActivityApi:
         if next_index is not None:
             query = [(k, v) for k, v in request.query.items() if k.lower() != "nextpage"]
             query.append(("nextPage", self._encode_page_token(content_type, start_us, end_us, next_index)))
-            headers = {self.config.next_page_header: str(request.url.with_query(query))}
+            url = request.url.with_query(query)
+            if self.config.next_page_host:
+                url = URL(f"https://{self.config.next_page_host}{url.raw_path_qs}", encoded=True)
+            headers = {self.config.next_page_header: str(url)}
         return json_response(entries, headers=headers)
 
     # ------------------------------------------------------------------ operations

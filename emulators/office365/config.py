@@ -85,6 +85,9 @@ class EmulatorConfig:
     blob_bytes_per_second: float = 0.0  # blob bodies trickle out at this rate (0: at once)
     dlp_permission: bool = True  # False: tokens are treated as lacking ActivityFeed.ReadDlp (DLP.All: AF10001)
     token_skew_seconds: float = 0.0  # tokens' iat/nbf/exp as if Entra's clock were this far ahead (+) or behind (-)
+    html_answers: int = 0  # the next n listing pages and subscription lists: 200 with a gateway's HTML error page
+    content_uri_host: str = ""  # the host:port named in contentUri (empty: the request's)
+    next_page_host: str = ""  # the host:port named in NextPageUri (empty: the request's)
 
     def validate(self) -> None:
         for name in ("subscribed", "disabled_by_admin"):
@@ -101,6 +104,8 @@ class EmulatorConfig:
             raise ValueError("fault_rate and duplicate_rate must be within [0, 1]")
         if self.blob_bytes_per_second < 0:
             raise ValueError("blob_bytes_per_second must be >= 0")
+        if self.html_answers < 0:
+            raise ValueError("html_answers must be >= 0")
         if self.page_size < 1 or self.token_lifetime < 1:
             raise ValueError("page_size and token_lifetime must be >= 1")
         if self.blobs is not None and self.blobs < 0:
@@ -133,6 +138,9 @@ RUNTIME_KNOBS = (
     "blob_bytes_per_second",
     "dlp_permission",
     "token_skew_seconds",
+    "html_answers",
+    "content_uri_host",
+    "next_page_host",
 )
 
 
@@ -176,6 +184,9 @@ _COERCE = {
     "blob_bytes_per_second": float,
     "dlp_permission": _as_bool,
     "token_skew_seconds": float,
+    "html_answers": int,
+    "content_uri_host": str,
+    "next_page_host": str,
 }
 
 
@@ -246,6 +257,10 @@ def build_arg_parser() -> argparse.ArgumentParser:
     r.add_argument("--blob-bytes-per-second", type=float, default=0.0, help="serve blob bodies this slowly (0: off)")
     r.add_argument("--no-dlp-permission", dest="dlp_permission", action="store_false", default=True,
                    help="act as if the app lacked ActivityFeed.ReadDlp (DLP.All answers AF10001)")
+    r.add_argument("--html-answers", type=int, default=0,
+                   help="the next n listing pages and subscription lists answer 200 with an HTML error page")
+    r.add_argument("--content-uri-host", default="", help="host:port named in contentUri (default: the request's)")
+    r.add_argument("--next-page-host", default="", help="host:port named in NextPageUri (default: the request's)")
     p.add_argument("--log-level", default="WARNING")
     p.add_argument("--access-log", action="store_true")
     return p
@@ -292,6 +307,9 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         clock_offset_seconds=args.clock_offset_seconds,
         blob_bytes_per_second=args.blob_bytes_per_second,
         dlp_permission=args.dlp_permission,
+        html_answers=args.html_answers,
+        content_uri_host=args.content_uri_host,
+        next_page_host=args.next_page_host,
     )
     config.validate()
     return config

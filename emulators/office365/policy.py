@@ -27,6 +27,10 @@ THROTTLE_METHODS = {
 }
 
 
+HTML_KINDS = ("content_list", "subscriptions_list")
+GATEWAY_PAGE = "<html><head><title>Service Unavailable</title></head><body><h1>Service Unavailable</h1></body></html>"
+
+
 class Dropped(Exception):
     """The connection was reset on purpose: the handler must not answer."""
 
@@ -60,6 +64,14 @@ class RequestPolicy:
             retry_after = max(1, math.ceil(window[0] + WINDOW_SECONDS - now))
             return api_error(429, "AF429", message, {"Retry-After": str(retry_after)})
         return api_error(403, "AF429", message)
+
+    def html_answer(self, kind: str) -> web.Response | None:
+        """While html_answers > 0: a listing page or subscription list answered 200 with a gateway's HTML page."""
+        if self.config.html_answers <= 0 or kind not in HTML_KINDS:
+            return None
+        self.config.html_answers -= 1
+        self.stats.faults["html"] += 1
+        return web.Response(status=200, text=GATEWAY_PAGE, content_type="text/html")
 
     async def inject_fault(self, request: web.Request) -> web.Response | None:
         """With probability fault_rate: a 500/503 answer, a connection reset, or a hang then a reset."""
