@@ -19,7 +19,8 @@ import orjson
 from benchmarks import report, scenarios
 from emulators.process import ROOT
 
-ORDER = ["o365_latency", "o365_cpu", "o365_quota", "o365_freshness", "eventhub_1kb", "eventhub_envelopes", "growth"]
+ORDER = ["o365_latency", "o365_cpu", "o365_quota", "o365_freshness", "eventhub_1kb", "eventhub_envelopes", "growth",
+         "o365_soak", "eventhub_soak"]
 
 
 def machine() -> dict:
