@@ -28,14 +28,15 @@ from typing import TYPE_CHECKING, Callable
 import psutil
 import requests
 
-from benchmarks.measure import Run, goal, run_trigger, PEAK_RSS_GOAL_MB
-from benchmarks.scenarios import O365_CONTENT_TYPES, EventHubBacklog, Office365Backlog, envelopes
+from benchmarks.measure import PEAK_RSS_GOAL_MB, Run, goal, run_trigger
 from emulators.azurite import Azurite
 from emulators.process import ServerProcess
 from emulators.runtime.harness import Runtime
 
 if TYPE_CHECKING:
     from benchmarks.scenarios import Workspace
+
+# benchmarks.scenarios is imported where used: it imports this module's scenarios at its end.
 
 FULL_RECORDS = 10_000_000
 QUICK_RECORDS = 500_000
@@ -159,6 +160,8 @@ def _soak_result(workload: str, run: Run, probe: Probe, end_state: dict, expecte
 
 
 def o365_soak(ws: Workspace, quick: bool) -> dict:
+    from benchmarks.scenarios import O365_CONTENT_TYPES, Office365Backlog
+
     records = soak_records(quick)
     blobs = records // (O365_CONTENT_TYPES * O365_RECORDS_PER_BLOB)
     work = ws.new("o365_soak")
@@ -189,8 +192,9 @@ def o365_soak(ws: Workspace, quick: bool) -> dict:
 # -- Event Hubs -----------------------------------------------------------------------------------------------------
 
 
-class EventHubStream(EventHubBacklog):
-    """The Event Hubs emulator fed while the trigger reads, by the real producer client in a thread."""
+class EventHubStream:
+    """The Event Hubs emulator fed while the trigger reads, by the real producer client in a thread (the way
+    ``scenarios.EventHubBacklog.load`` feeds it, paced by the runtime's confirmations)."""
 
     def __init__(self, work: Path, hub: str = "soak", partitions: int = 4):
         self.hub = hub
@@ -198,7 +202,6 @@ class EventHubStream(EventHubBacklog):
                                     str(partitions), "--max-events", str(RETAINED_EVENTS),
                                     log_path=work / "emulator.log")
         self.info = self.server.info
-        self.events = 0
         self.records = 0
         self.error: BaseException | None = None
         self._stop = threading.Event()
@@ -238,7 +241,6 @@ class EventHubStream(EventHubBacklog):
                         batch.add(EventData(body))
                         in_batch = 0
                     in_batch += 1
-                    self.events += 1
                     self.records += records_per_body
                 if in_batch:
                     producer.send_batch(batch)
@@ -251,13 +253,18 @@ class EventHubStream(EventHubBacklog):
         self._stop.set()
         if self._thread is not None:
             self._thread.join(30)
-        super().stop()
+        self.server.stop()
 
     def stats(self) -> dict:
         return requests.get(self.info["control_url"] + "/_emulator/control", timeout=30).json()["stats"]
 
+    def connections_opened_at(self) -> list[float]:
+        return self.stats()["connections_opened_at"]
+
 
 def eventhub_soak(ws: Workspace, quick: bool) -> dict:
+    from benchmarks.scenarios import envelopes
+
     records = soak_records(quick)
     count = records // ENVELOPE_RECORDS
     work = ws.new("eventhub_soak")
