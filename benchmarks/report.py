@@ -98,7 +98,8 @@ def plot(document: dict, path: Path) -> None:
     timeline_axis.set_xlabel("seconds since the trigger started")
     timeline_axis.set_ylabel("records / s (1 s bins)")
     timeline_axis.set_title("Throughput over time")
-    timeline_axis.legend(fontsize=7)
+    if timelines:  # a soak-only run draws none
+        timeline_axis.legend(fontsize=7)
     if soaks:
         _soak_panel(fig.add_subplot(grid[rows - 1, :]), soaks)
     quick = " — quick run: indicative figures" if document.get("quick") else ""
