@@ -156,7 +156,8 @@ def _soak_result(workload: str, run: Run, probe: Probe, end_state: dict, expecte
                   goal("soak RSS last/first third (median)", rss["ratio"], "<=", RSS_GOAL),
                   goal("soak state end/first third", state_ratio, "<=", STATE_GOAL),
                   goal("peak RSS (MB)", figures["peak_rss_mb"], "<=", PEAK_RSS_GOAL_MB)],
-        # One point a second (records, RSS): the report's throughput panel is drawn from it at this scale.
+        # (seconds, records confirmed, RSS MB) a second, for the report's soak panel; no "timeline": minutes of 50 ms
+        # points would squash the throughput panel's runs of seconds.
         "samples": [list(sample) for sample in probe.samples],
     }
 
@@ -308,6 +309,7 @@ def eventhub_soak(ws: Workspace, quick: bool) -> dict:
         f"{count} diagnostic-settings envelopes x {ENVELOPE_RECORDS} records (fixture shapes) published while the "
         f"trigger reads, at most {WINDOW_RECORDS} records ahead; Azurite checkpoints",
         run, probe, end_state, records,
-        {"emulator": {"events_published": emulator["events_published"], "connections_total": emulator["connections_total"],
+        {"emulator": {"events_published": emulator["events_published"],
+                      "connections_total": emulator["connections_total"],
                       # read, then dropped past the retention: memory bound, not loss (see "records lost")
                       "events_trimmed": emulator["events_trimmed"], "retained_per_partition": RETAINED_EVENTS}})

@@ -12,7 +12,8 @@ from benchmarks.soak import Probe, _soak_result, files_size, rss_thirds
 
 def test_rss_thirds_compares_the_medians_of_the_first_and_last_thirds_of_the_time():
     # A start-up spike in the first third and a collection's spike in the last are single samples: medians hold.
-    samples = [(float(t), t * 1000, rss) for t, rss in enumerate([90, 100, 100, 300, 100, 101, 102, 103, 104, 400, 105])]
+    rss = [90, 100, 100, 300, 100, 101, 102, 103, 104, 400, 105]
+    samples = [(float(t), t * 1000, mb) for t, mb in enumerate(rss)]
     thirds = rss_thirds(samples)
     assert thirds["first_third_median_mb"] == 100
     assert thirds["last_third_median_mb"] == 104.5
