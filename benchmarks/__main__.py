@@ -20,7 +20,7 @@ from benchmarks import report, scenarios
 from emulators.process import ROOT
 
 ORDER = ["o365_latency", "o365_cpu", "o365_quota", "o365_freshness", "o365_state_scale", "eventhub_1kb",
-         "eventhub_envelopes", "growth"]
+         "eventhub_envelopes", "growth", "o365_soak", "eventhub_soak"]
 
 
 def machine() -> dict:

@@ -70,8 +70,9 @@ def plot(document: dict, path: Path) -> None:
         for item in goals_of(result):
             panels.setdefault(item["metric"], []).append((name, item))
     timelines = [(name, r["timeline"]) for name, r in document["scenarios"].items() if r.get("timeline")]
+    soaks = [(name, r["samples"]) for name, r in document["scenarios"].items() if r.get("samples")]
     columns = 4
-    rows = max(1, math.ceil(len(panels) / columns)) + 1
+    rows = max(1, math.ceil(len(panels) / columns)) + 1 + bool(soaks)
     fig = plt.figure(figsize=(4.2 * columns, 3.2 * rows))
     grid = fig.add_gridspec(rows, columns)
     for index, (metric, items) in enumerate(panels.items()):
@@ -86,7 +87,7 @@ def plot(document: dict, path: Path) -> None:
         axis.set_xticks(range(len(items)), [name for name, _ in items], rotation=20, ha="right", fontsize=7)
         axis.set_title(f"{metric} (goal {items[0][1]['op']}, dashed)", fontsize=8)
         axis.tick_params(axis="y", labelsize=7)
-    timeline_axis = fig.add_subplot(grid[rows - 1, :])
+    timeline_axis = fig.add_subplot(grid[rows - 1 - bool(soaks), :])
     for name, timeline in timelines:
         for who, points in timeline.items():
             if len(points) < 2:
@@ -97,7 +98,10 @@ def plot(document: dict, path: Path) -> None:
     timeline_axis.set_xlabel("seconds since the trigger started")
     timeline_axis.set_ylabel("records / s (1 s bins)")
     timeline_axis.set_title("Throughput over time")
-    timeline_axis.legend(fontsize=7)
+    if timelines:  # a soak-only run draws none
+        timeline_axis.legend(fontsize=7)
+    if soaks:
+        _soak_panel(fig.add_subplot(grid[rows - 1, :]), soaks)
     quick = " — quick run: indicative figures" if document.get("quick") else ""
     fig.suptitle(f"make bench: measured (bars) against issue 12's goals (dashed){quick}", fontsize=10)
     fig.tight_layout()
@@ -115,3 +119,16 @@ def _per_second(points: list) -> tuple[list[float], list[float]]:
             rates.append(delivered - previous)
             previous, second = delivered, second + 1
     return times, rates
+
+
+def _soak_panel(axis, soaks: list) -> None:
+    """The soaks' RSS sampled every second against the share of their records confirmed (runs of different lengths
+    on one axis); the goal compares the medians of the first and last thirds of the time."""
+    for name, samples in soaks:
+        total = samples[-1][1] or 1
+        axis.plot([100 * records / total for _, records, _ in samples], [rss for *_, rss in samples],
+                  label=name, linewidth=1.2)
+    axis.set_xlabel("% of the soak's records confirmed")
+    axis.set_ylabel("trigger RSS (MB)")
+    axis.set_title("Soak: resident set while records flow (sampled every second)")
+    axis.legend(fontsize=7)

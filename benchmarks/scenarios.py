@@ -338,3 +338,4 @@ def growth(ws: Workspace, quick: bool, o365_1x: dict, eventhub_1x: dict) -> dict
 
 from benchmarks.freshness import o365_freshness  # noqa: E402,F401 - a scenario of its own module
 from benchmarks.state_scale import o365_state_scale  # noqa: E402,F401 - a scenario of its own module
+from benchmarks.soak import eventhub_soak, o365_soak  # noqa: E402,F401 - scenarios of their own module
