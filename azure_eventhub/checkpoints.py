@@ -35,13 +35,12 @@ from typing import Any
 from azure.eventhub.aio import CheckpointStore
 
 from azure_eventhub import metrics
-from connectors import proxy
 from connectors.locks import InstanceLock
-from connectors.logs import OnceLogger
+from connectors.logs import LogFunction, OnceLogger, describe_error
 from connectors.retry import Backoff
 from connectors.state import StateFile, thread_to_its_end
+from connectors.stopping import sleep_or_stop
 
-LogFunction = Callable[[str, str], None]
 # A partition's owner, once read as this instance, is trusted this long (at most the load-balancing interval, far
 # below the ownership expiry): one HEAD per partition per interval instead of one per checkpoint write.
 OWNER_CHECK_MAX_AGE = 5.0
@@ -245,11 +244,7 @@ class CheckpointWriter:
 
     async def _pause(self, seconds: float) -> None:
         """Between two rounds (or attempts): acks arriving meanwhile join the next one; a flush cuts it short."""
-        if seconds > 0 and not self._hurry.is_set():
-            try:
-                await asyncio.wait_for(self._hurry.wait(), seconds)
-            except TimeoutError:
-                pass
+        await sleep_or_stop(seconds, self._hurry)
 
     async def _write(self, batch: dict[str, Position]) -> dict[str, Position]:
         todo = {pid: pos for pid, pos in batch.items() if pos.sequence_number > self._written.get(pid, -1)}
@@ -348,20 +343,3 @@ class CheckpointWriter:
         self._written.pop(partition_id, None)
 
 
-def describe_error(error: BaseException) -> str:
-    """A short, secret-free description: the class and, for Azure errors, the service's error code; or what a
-    proxy on the way answered."""
-    refused = proxy.refusal(error, "")
-    if refused is not None:
-        return refused.message()
-    code = getattr(error, "error_code", None) or getattr(getattr(error, "response", None), "reason", None)
-    code = getattr(code, "value", code)
-    status = getattr(error, "status_code", None)
-    parts = [type(error).__name__]
-    if status:
-        parts.append(f"HTTP {status}")
-    if code:
-        parts.append(str(code))
-    if isinstance(error, asyncio.TimeoutError):
-        parts.append("timed out")
-    return " ".join(parts)

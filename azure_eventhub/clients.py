@@ -26,10 +26,11 @@ from azure.core.exceptions import (
 from azure.eventhub import TransportType
 from azure.eventhub.aio import CheckpointStore, EventHubConsumerClient
 from azure.eventhub.exceptions import AuthenticationError, EventHubError
-from azure_eventhub.checkpoints import LocalCheckpointStore, describe_error
-from azure_eventhub.config import EventHubConfiguration, proxy_settings
+from azure_eventhub.checkpoints import LocalCheckpointStore
+from azure_eventhub.config import EventHubConfiguration, connection_string_fields, proxy_settings
 from connectors import proxy
 from connectors.errors import ConfigurationError
+from connectors.logs import describe_error
 from connectors.secrets import reveal
 from connectors.tls import ca_bundle, ssl_context
 
@@ -243,13 +244,10 @@ def _storage_field(config: EventHubConfiguration) -> str:
 def storage_endpoint(config: EventHubConfiguration) -> str:
     if config.storage_account_url:
         return config.storage_account_url.split("?", 1)[0]  # never a SAS token in a message
-    text = reveal(config.storage_connection_string) or ""
-    match = re.search(r"(?i)BlobEndpoint=([^;]+)", text)
-    if match:
-        return match.group(1)
-    account = re.search(r"(?i)AccountName=([^;]+)", text)
-    suffix = re.search(r"(?i)EndpointSuffix=([^;]+)", text)
-    return f"https://{account.group(1) if account else '?'}.blob.{suffix.group(1) if suffix else 'core.windows.net'}"
+    fields = connection_string_fields(reveal(config.storage_connection_string) or "")
+    if "blobendpoint" in fields:
+        return fields["blobendpoint"]
+    return f"https://{fields.get('accountname', '?')}.blob.{fields.get('endpointsuffix', 'core.windows.net')}"
 
 
 def _error_code(error: BaseException) -> str:

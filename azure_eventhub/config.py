@@ -38,7 +38,8 @@ _CLOUD_ALIASES = {"azurecloud": "public", "azureusgovernment": "usgov", "usgover
                   "azurechinacloud": "china", "mooncake": "china", "fairfax": "usgov"}
 
 
-def _connection_string_fields(value: str) -> dict[str, str]:
+def connection_string_fields(value: str) -> dict[str, str]:
+    """``Name=value;...`` of an Event Hubs or a storage connection string, names lower-cased."""
     fields = {}
     for part in value.strip().strip(";").split(";"):
         name, sep, field_value = part.partition("=")
@@ -238,7 +239,7 @@ class EventHubConfiguration(CollectorConfiguration):
 
     def _check_hub(self) -> None:
         if self.hub_connection_string:
-            fields = _connection_string_fields(reveal(self.hub_connection_string))
+            fields = connection_string_fields(reveal(self.hub_connection_string))
             if "endpoint" not in fields or not (
                 "sharedaccesskey" in fields or "sharedaccesssignature" in fields
             ):
@@ -270,7 +271,7 @@ class EventHubConfiguration(CollectorConfiguration):
 
     def _check_storage(self) -> None:
         if self.storage_connection_string:
-            fields = _connection_string_fields(reveal(self.storage_connection_string))
+            fields = connection_string_fields(reveal(self.storage_connection_string))
             if "usedevelopmentstorage" in fields:
                 raise ConfigurationError(
                     "storage_connection_string",
@@ -325,7 +326,7 @@ class EventHubConfiguration(CollectorConfiguration):
     def namespace_host(self) -> str:
         """The namespace as written in checkpoints and messages (no key in it)."""
         if self.hub_connection_string:
-            endpoint = _connection_string_fields(reveal(self.hub_connection_string))["endpoint"]
+            endpoint = connection_string_fields(reveal(self.hub_connection_string))["endpoint"]
             return urlsplit(endpoint if "://" in endpoint else f"sb://{endpoint}").netloc or endpoint
         return self.fully_qualified_namespace or ""
 

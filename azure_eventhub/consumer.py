@@ -26,7 +26,7 @@ from azure.eventhub.aio import EventHubConsumerClient
 from azure.eventhub.exceptions import OwnershipLostError
 
 from azure_eventhub import metrics
-from azure_eventhub.checkpoints import CheckpointWriter, describe_error
+from azure_eventhub.checkpoints import CheckpointWriter
 from azure_eventhub.clients import (
     client_owner_id,
     close_before,
@@ -41,11 +41,10 @@ from azure_eventhub.partitions import PartitionWatch, PastTheEnd, beyond, past_t
 from azure_eventhub.records import RecordSplitter, SplitStats
 from connectors.delivery import STOP_GRACE_SECONDS, Forwarder
 from connectors.errors import ConfigurationError
-from connectors.logs import OnceLogger
+from connectors.logs import LogFunction, OnceLogger, describe_error
 from connectors.progress import StallWatch
 from connectors.state import StateFile
 
-LogFunction = Callable[[str, str], None]
 _DATA = AmqpMessageBodyType.DATA
 # Once asked to stop: delivery gets its grace period, then the last checkpoints and the closing of the client,
 # the store and the credential share this much more (with the 8 s grace: done within 13 s of SIGTERM).

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -27,11 +26,11 @@ from azure.eventhub.aio import EventHubConsumerClient
 from azure_eventhub import metrics
 from azure_eventhub.checkpoints import FirstStart
 from azure_eventhub.clients import client_processors
+from connectors.logs import LogFunction
 
 EARLIEST = "-1"
 LATEST = "@latest"
 CLOCK_SKEW = timedelta(minutes=1)  # `latest` reads from the first start less this: the hub's clock may be behind
-LogFunction = Callable[[str, str], None]
 # The service's refusal of a receiver whose start lies past the end of the partition (azure-sdk-for-python#30931).
 _PAST_THE_END = re.compile(r"supplied (offset|sequence number) '(-?\d+)' is invalid\. The last (?:offset|sequence "
                            r"number) in the system is '(-?\d+)'")

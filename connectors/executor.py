@@ -10,7 +10,8 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
-LogFunction = Callable[[str, str], None]  # (message, level)
+from connectors.logs import LogFunction
+
 
 
 class RunExecutor(ThreadPoolExecutor):

@@ -12,7 +12,10 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 
+from connectors.proxy import refusal
 from connectors.retry import Backoff
+
+LogFunction = Callable[[str, str], None]  # (message, level): how every part of the module logs
 
 MASK = "***"
 # Credentials embedded in connection strings and URLs are secrets of their own.
@@ -106,7 +109,7 @@ class OnceLogger:
 
     def __init__(
         self,
-        log: Callable[[str, str], None],
+        log: LogFunction,
         *,
         remind_every: float | None = None,
         forget_after: float | None = None,
@@ -160,7 +163,7 @@ class SampledLog:
     and ``interval``; the next line says how many were not logged in between. Thread-safe."""
 
     def __init__(
-        self, log: Callable[[str, str], None], interval: float = 60.0, clock: Callable[[], float] = time.monotonic
+        self, log: LogFunction, interval: float = 60.0, clock: Callable[[], float] = time.monotonic
     ):
         self._log = log
         self._interval = interval
@@ -197,7 +200,7 @@ class LogPump:
     def __init__(
         self,
         send: Callable[[list[dict]], None],
-        say: Callable[[str, str], None],
+        say: LogFunction,
         *,
         capacity: int = 2000,
         batch_size: int = 50,
@@ -288,7 +291,7 @@ class LogPump:
                 failed_at = time.monotonic()
                 retry_at = failed_at + backoff.next_delay()
                 self.outage.began(
-                    f"Sending logs to the runtime failed ({describe_failure(error)}); they wait here (the newest "
+                    f"Sending logs to the runtime failed ({describe_error(error)}); they wait here (the newest "
                     f"{self._capacity} lines) and go once it answers", "warning", since=attempt)
                 continue
             backoff.reset()
@@ -325,7 +328,21 @@ def _levels(counts: Counter) -> str:
     return ", ".join(f"{count} {level}" for level, count in sorted(counts.items()))
 
 
-def describe_failure(error: BaseException) -> str:
-    """The class and, for an HTTP answer, its status: never a URL (it may hold a token) nor a body."""
-    status = getattr(getattr(error, "response", None), "status_code", None)
-    return f"{type(error).__name__}" + (f" HTTP {status}" if status else "")
+def describe_error(error: BaseException) -> str:
+    """A short, secret-free description of a failure: its class, the HTTP status and the service's error code when
+    it has them, or what a proxy on the way answered; never a URL (it may hold a token) nor a body."""
+    refused = refusal(error, "")
+    if refused is not None:
+        return refused.message()
+    response = getattr(error, "response", None)
+    status = getattr(error, "status_code", None) or getattr(response, "status_code", None)
+    code = getattr(error, "error_code", None) or getattr(response, "reason", None)
+    code = getattr(code, "value", code)
+    parts = [type(error).__name__]
+    if status:
+        parts.append(f"HTTP {status}")
+    if code:
+        parts.append(str(code))
+    if isinstance(error, TimeoutError):
+        parts.append("timed out")
+    return " ".join(parts)

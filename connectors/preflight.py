@@ -26,7 +26,7 @@ import orjson
 
 from connectors import proxy
 from connectors.errors import ConfigurationError
-from connectors.logs import Redactor, describe_failure, install_redaction
+from connectors.logs import Redactor, describe_error, install_redaction
 from connectors.secrets import reveal, scrub_sentry_events
 from connectors.sinks import client_session
 
@@ -64,7 +64,7 @@ class Check:
             self.say(FAILED, name, f"no answer within {timeout:.0f}s: check the network path (firewall, proxy)")
             return False
         except Exception as error:  # noqa: BLE001 - a check reports every failure, it never crashes on one
-            self.say(FAILED, name, f"unexpected failure ({describe_failure(error)})")
+            self.say(FAILED, name, f"unexpected failure ({describe_error(error)})")
             return False
         self.say(PASSED, name, detail)
         return True
@@ -164,7 +164,7 @@ async def check_intake(check: Check, intake_url: str | None, intake_key: str | N
                 refused = proxy.refusal(error, url)
                 if refused is not None:
                     raise StepFailed(refused.message()) from None
-                raise StepFailed(f"{_origin(url)} unreachable ({describe_failure(error)}): check `intake_server` "
+                raise StepFailed(f"{_origin(url)} unreachable ({describe_error(error)}): check `intake_server` "
                                  "and that this network may reach it (firewall, proxy)") from None
         if status < 300:
             return f"{_origin(url)} accepts the intake key (an empty batch, nothing forwarded)"
@@ -220,7 +220,7 @@ def main(argv: list[str], out: TextIO | None = None) -> int:
     try:
         _runtime_secrets(trigger)
     except Exception as error:  # noqa: BLE001 - said, then the configuration as it is
-        check.say(FAILED, "Runtime secrets", f"the runtime's secrets endpoint failed ({describe_failure(error)}): "
+        check.say(FAILED, "Runtime secrets", f"the runtime's secrets endpoint failed ({describe_error(error)}): "
                                              "the configuration is checked without them")
     try:
         config = trigger.configuration

@@ -24,12 +24,12 @@ from pathlib import Path
 
 import orjson
 
+from connectors.logs import LogFunction
 from connectors.state import Journal
 from connectors.truncation import digest
 
 logger = logging.getLogger(__name__)
 
-LogFunction = Callable[[str, str], None]  # (message, level)
 MB = 1_000_000
 REFUSED_FILE = "set-aside-events.jsonl"
 ORIGINALS_PREFIX = "shortened-originals-"

@@ -40,3 +40,12 @@ async def unless_stopping(step: Awaitable[T], stopping: asyncio.Event) -> T:
     if cut_short:
         raise Stopping()
     return task.result()
+
+
+async def sleep_or_stop(delay: float, stopping: asyncio.Event) -> bool:
+    """Sleep ``delay`` seconds unless ``stopping`` is set first (a stop, a flush); True when it is set."""
+    try:
+        await asyncio.wait_for(stopping.wait(), timeout=max(0.0, delay))
+        return True
+    except TimeoutError:
+        return stopping.is_set()

@@ -20,10 +20,6 @@ def ca_bundle() -> str:
     return certifi.where()
 
 
-def requests_verify() -> str:
-    return ca_bundle()
-
-
 def ssl_context() -> ssl.SSLContext:
     """Verification always on; only the trusted authorities change."""
     return ssl.create_default_context(cafile=ca_bundle())

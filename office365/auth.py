@@ -20,10 +20,10 @@ import requests
 
 from connectors import proxy
 from connectors.errors import ConfigurationError
-from connectors.logs import Redactor
+from connectors.logs import LogFunction, Redactor
 from connectors.logs import OnceLogger
 from connectors.retry import Backoff
-from connectors.tls import requests_verify
+from connectors.tls import ca_bundle
 from office365.config import Credential, Endpoints
 
 # AADSTS code -> (configuration field, what to fix)
@@ -121,7 +121,7 @@ class TokenProvider:
         endpoints: Endpoints,
         client_id: str,
         credential: Credential,
-        log: Callable[[str, str], None],
+        log: LogFunction,
         timeout: float = 30.0,
         redactor: Redactor | None = None,
     ):
@@ -222,7 +222,7 @@ class TokenProvider:
     def _client(self) -> msal.ConfidentialClientApplication:
         if self._app is None:
             session = requests.Session()
-            session.verify = requests_verify()
+            session.verify = ca_bundle()
             try:
                 self._app = msal.ConfidentialClientApplication(
                     self.client_id,

@@ -386,12 +386,3 @@ class ManagementClient:
     def _trouble(self, started: float) -> None:
         if self.gate.limit.on_trouble(started):
             metrics.concurrency.set(self.gate.limit.current)
-
-
-async def sleep_or_stop(delay: float, stopping: asyncio.Event) -> bool:
-    """Sleep ``delay`` seconds unless stopping first; True when stopping."""
-    try:
-        await asyncio.wait_for(stopping.wait(), timeout=max(0.0, delay))
-        return True
-    except asyncio.TimeoutError:
-        return stopping.is_set()

@@ -13,7 +13,7 @@ import asyncio
 from dataclasses import dataclass
 
 from connectors.retry import Backoff
-from connectors.stopping import Stopping
+from connectors.stopping import Stopping, sleep_or_stop
 from office365.client import (
     ApiError,
     ApiResponse,
@@ -21,7 +21,6 @@ from office365.client import (
     ManagementClient,
     Throttled,
     TransientError,
-    sleep_or_stop,
 )
 from office365.listing import ContentRef
 from office365.subscriptions import MissingDlpPermission, fatal
@@ -44,7 +43,6 @@ class Fetched:
     ref: ContentRef
     body: bytes | None = None
     skipped: str = ""  # vanished / expired / invalid_id / foreign_host
-    code: str = ""
 
 
 async def get_with_retries(client: ManagementClient, url: str, what: str, stopping: asyncio.Event) -> ApiResponse:
@@ -78,12 +76,12 @@ async def fetch_blob(client: ManagementClient, ref: ContentRef, stopping: asynci
     except (Throttled, TransientError) as error:
         raise Deferred(f"{error} after retries", 30.0) from None
     except ForeignUrl as error:
-        return Fetched(ref, skipped="foreign_host", code=error.host)
+        return Fetched(ref, skipped="foreign_host")
     except ApiError as error:
         if error.code in SKIP_CODES:
-            return Fetched(ref, skipped=SKIP_CODES[error.code], code=error.code)
+            return Fetched(ref, skipped=SKIP_CODES[error.code])
         if error.status == 404:
-            return Fetched(ref, skipped="vanished", code="HTTP 404")
+            return Fetched(ref, skipped="vanished")
         problem = fatal(error, ref.content_type)
         if isinstance(problem, MissingDlpPermission):
             # Withdrawn after the blob was listed: the lister says so; the blob waits for the permission.

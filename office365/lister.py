@@ -15,8 +15,9 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from connectors.logs import SampledLog
+from connectors.logs import LogFunction, SampledLog
 from connectors.retry import Backoff
+from connectors.stopping import sleep_or_stop
 from office365.client import (
     ApiError,
     ForeignUrl,
@@ -24,7 +25,6 @@ from office365.client import (
     Throttled,
     TransientError,
     UnreadableAnswer,
-    sleep_or_stop,
 )
 from office365.config import Office365Configuration
 from office365.fetcher import Stopping, get_with_retries
@@ -51,7 +51,7 @@ class Lister:
         self,
         config: Office365Configuration,
         state: CollectorState,
-        log: Callable[[str, str], None],
+        log: LogFunction,
         stopping: asyncio.Event,
         progress: ContentTypeProgress | None = None,
     ):

@@ -16,13 +16,13 @@ import functools
 from collections.abc import Callable
 
 from connectors.delivery import Forwarder
-from connectors.logs import Redactor, SampledLog
+from connectors.logs import LogFunction, Redactor, SampledLog
 from connectors.progress import StallWatch
 from connectors.retry import Backoff
-from connectors.stopping import unless_stopping
+from connectors.stopping import sleep_or_stop, unless_stopping
 from office365 import metrics
 from office365.auth import TokenProvider
-from office365.client import ApiError, ManagementClient, Throttled, TransientError, sleep_or_stop
+from office365.client import ApiError, ManagementClient, Throttled, TransientError
 from office365.config import CLOUDS, Credential, Endpoints, Office365Configuration
 from office365.fetch_room import FetchRoom
 from office365.fetcher import Deferred, Fetched, Stopping, fetch_blob
@@ -34,7 +34,6 @@ from office365.state import CollectorState
 from office365.subscriptions import Subscriptions, fatal
 from office365.watch import ContentTypeProgress, Recovery, StalledRun
 
-Log = Callable[[str, str], None]
 MONITOR_INTERVAL = 2.0
 PROCESSING_STOP_SECONDS = 10.0  # at stop, for the blob at hand and its acknowledgement
 # Fetched bodies waiting for the processor, and those on their way: ~13 blobs of 1,000 records, enough fetches in
@@ -50,7 +49,7 @@ class Pipeline:
         credential: Credential,
         state: CollectorState,
         forwarder: Forwarder,
-        log: Log,
+        log: LogFunction,
         heartbeat: Callable[[], None] = lambda: None,
         report_lag: Callable[[float], None] = lambda lag: None,
         user_agent: str = "sekoiaio-connector/office365",

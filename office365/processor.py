@@ -20,7 +20,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from connectors.delivery import Forwarder
-from connectors.logs import SampledLog
+from connectors.logs import LogFunction, SampledLog
 from connectors.retry import Backoff
 from office365 import metrics
 from office365.blobs import INVALID_UTF8, parse_blob
@@ -50,7 +50,7 @@ class Processor:
         self,
         forwarder: Forwarder,
         state: CollectorState,
-        log: Callable[[str, str], None],
+        log: LogFunction,
         done: Callable[[Fetched], None],
         retry: Callable[[ContentRef, float], None] = lambda ref, delay: None,
     ):

@@ -11,6 +11,7 @@ import asyncio
 from collections.abc import Callable
 
 from connectors.errors import ConfigurationError
+from connectors.logs import LogFunction
 from office365.client import ApiError, ManagementClient, UnreadableAnswer
 
 ALREADY_ENABLED = "AF20024"
@@ -55,7 +56,7 @@ def fatal(error: ApiError, content_type: str | None = None) -> ConfigurationErro
 
 
 class Subscriptions:
-    def __init__(self, client: ManagementClient, log: Callable[[str, str], None]):
+    def __init__(self, client: ManagementClient, log: LogFunction):
         self.client = client
         self._log = log
 

@@ -98,7 +98,7 @@ async def test_each_blob_is_acknowledged_with_its_own_records(tmp_path):
 
 
 async def test_blobs_are_committed_only_once_the_runtime_confirmed_them(tmp_path):
-    items = [Fetched(ref("c$1"), body=body({"Id": "1"})), Fetched(ref("c$2"), skipped="expired", code="AF20051")]
+    items = [Fetched(ref("c$1"), body=body({"Id": "1"})), Fetched(ref("c$2"), skipped="expired")]
     state, forwarder, logs = await run(tmp_path, items)
     assert state.pending("Audit.Exchange")[0] == 2  # handed over, not confirmed: nothing moves
     assert state.ledger_size == 0

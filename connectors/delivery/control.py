@@ -13,14 +13,13 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from connectors.errors import ConfigurationError
-from connectors.logs import OnceLogger
+from connectors.logs import LogFunction, OnceLogger
 from connectors.retry import Backoff
 from connectors.stopping import Stopping, unless_stopping
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-LogFunction = Callable[[str, str], None]  # (message, level)
 
 # Seconds a stopping trigger gives delivery, counted from the stop request: with the rest of the stop path the
 # process ends well within the 20 s an orchestrator waits, whatever the runtime does.
