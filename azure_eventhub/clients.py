@@ -32,7 +32,7 @@ from connectors import proxy
 from connectors.errors import ConfigurationError
 from connectors.logs import describe_error
 from connectors.secrets import reveal
-from connectors.tls import ca_bundle, ssl_context
+from connectors.tls import ca_bundle
 
 if TYPE_CHECKING:
     from azure_eventhub.blobstore import BlobStore
@@ -133,12 +133,17 @@ def build_store(config: EventHubConfiguration, state_dir: Path, credential: Any)
     return LocalCheckpointStore(state_dir / "eventhub-checkpoints.json")
 
 
-@functools.cache
 def tls_context() -> ssl.SSLContext:
-    """The client's TLS settings, made once per process: left to itself, the client loads certifi's bundle again
-    for every connection (50-130 ms of CPU each: one per partition read, one per management request), and would
-    ignore the CA variables every other client of the module follows (a TLS-inspecting proxy's private CA)."""
-    return ssl_context()
+    """The client's TLS settings, made once per set of trusted authorities: left to itself, the client loads
+    certifi's bundle again for every connection (50-130 ms of CPU each: one per partition read, one per management
+    request), and would ignore the CA variables every other client of the module follows (a TLS-inspecting proxy's
+    private CA). Keyed on the bundle, so a changed CA variable is followed."""
+    return _context_for(ca_bundle())
+
+
+@functools.cache
+def _context_for(bundle: str) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=bundle)
 
 
 class ConsumerClient(EventHubConsumerClient):
