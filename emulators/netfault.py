@@ -149,13 +149,13 @@ class FaultProxy:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self._refusing:
             self.stats.refused += 1
-            _reset_writer(writer)
+            send_reset(writer.transport)
             return
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.target)
         except OSError:
             self.stats.refused += 1
-            _reset_writer(writer)
+            send_reset(writer.transport)
             return
         self.stats.accepted += 1
         self.stats.open += 1
@@ -198,22 +198,24 @@ class FaultProxy:
         for task in link.tasks:
             task.cancel()
         for side in (link.client, link.server):
-            _reset_writer(side)
+            send_reset(side.transport)
 
     def _close_all(self) -> None:
         for link in list(self._links):
             self._reset(link)
 
 
-def _reset_writer(writer: asyncio.StreamWriter) -> None:
-    """Close with RST (SO_LINGER 0), as a middlebox that gives up on a connection does."""
-    sock = writer.get_extra_info("socket")
+def send_reset(transport: asyncio.BaseTransport | None) -> None:
+    """Close with an RST (SO_LINGER 0) rather than a clean FIN, as a middlebox that gives up on a connection does."""
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
     if sock is not None:
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         except OSError:
             pass
-    writer.close()
+    transport.abort()
 
 
 def main() -> None:

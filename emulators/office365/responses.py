@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import socket
-import struct
 import time
 import uuid
 
 import orjson
 from aiohttp import web
+
+from emulators.netfault import send_reset
 
 JSON_CONTENT_TYPE = "application/json; charset=utf-8"
 
@@ -46,14 +46,5 @@ def aad_error(request: web.Request, status: int, error: str, code: int, descript
 
 
 def reset_connection(request: web.Request) -> None:
-    """Abort with an RST (SO_LINGER 0) rather than a clean FIN, like a dropped load balancer connection."""
-    transport = request.transport
-    if transport is None:
-        return
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        except OSError:
-            pass
-    transport.abort()
+    """Abort with an RST rather than a clean FIN, like a dropped load balancer connection."""
+    send_reset(request.transport)
