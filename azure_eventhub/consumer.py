@@ -28,15 +28,14 @@ from azure.eventhub.exceptions import OwnershipLostError
 from azure_eventhub import metrics
 from azure_eventhub.checkpoints import CheckpointWriter
 from azure_eventhub.clients import (
-    client_owner_id,
     close_before,
     consumer_group_error,
     credential_error,
     is_auth_error,
     is_not_found,
-    reopen_partition,
 )
 from azure_eventhub.config import EventHubConfiguration, parse_starting_position
+from azure_eventhub.eventhub_internals import client_owner_id, reopen_partition
 from azure_eventhub.partitions import PartitionWatch, PastTheEnd, beyond, past_the_end
 from azure_eventhub.records import RecordSplitter, SplitStats
 from connectors.delivery import STOP_GRACE_SECONDS, Forwarder

@@ -25,7 +25,7 @@ from azure.eventhub.aio import EventHubConsumerClient
 
 from azure_eventhub import metrics
 from azure_eventhub.checkpoints import FirstStart
-from azure_eventhub.clients import client_processors
+from azure_eventhub.eventhub_internals import set_partition_ids
 from connectors.logs import LogFunction
 
 EARLIEST = "-1"
@@ -154,11 +154,4 @@ class PartitionWatch:
 
     def _tell_load_balancing(self, ids: list[str]) -> bool:
         """Replace the partition list the client's load balancing keeps (it lists them once, when empty)."""
-        processors = client_processors(self.client)
-        if not processors:
-            return True  # not receiving yet: the processor lists the partitions itself when it starts
-        managers = [getattr(processor, "_ownership_manager", None) for processor in processors]
-        managers = [manager for manager in managers if hasattr(manager, "cached_parition_ids")]  # sic, the client's
-        for manager in managers:
-            manager.cached_parition_ids = list(ids)
-        return bool(managers)
+        return set_partition_ids(self.client, ids)

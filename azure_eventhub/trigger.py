@@ -8,7 +8,7 @@ from dataclasses import replace
 
 from azure_eventhub import metrics
 from azure_eventhub.checkpoints import OWNER_CHECK_MAX_AGE, CheckpointWriter
-from azure_eventhub.clients import build_client, build_credential, build_store, client_namespace, close_before, probe
+from azure_eventhub.clients import build_client, build_credential, build_store, close_before, hub_namespace, probe
 from azure_eventhub.config import EventHubConfiguration
 from azure_eventhub.consumer import RECOVERY_STEPS, STOP_AFTER_GRACE, Consumer, Settings, describe_store
 from azure_eventhub.records import RecordSplitter, text_as_json, text_as_raw
@@ -66,7 +66,7 @@ class EventHubTrigger(CollectorTrigger):
                 "info",
             )
             # Checkpoints must be written under the very namespace the client's processor reads them from.
-            namespace = client_namespace(client) or config.namespace_host
+            namespace = hub_namespace(config)
             writer = CheckpointWriter(store, namespace, config.hub_name or "", config.hub_consumer_group, self.log,
                                       owner_max_age=min(OWNER_CHECK_MAX_AGE, config.load_balancing_interval))
             consumer = Consumer(

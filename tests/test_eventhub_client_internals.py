@@ -1,8 +1,8 @@
-"""The installed azure-eventhub client still has the internals the trigger reads (real client, no hub needed).
+"""The contract test of azure_eventhub/eventhub_internals.py: the installed azure-eventhub client still has the
+internals the trigger reads (real client, no hub needed), and is the version the adapter was read from.
 
-The client exposes neither its namespace host, its processor's owner id, a way to hand its load balancing a
-new partition list, nor a way to close one partition's receiver: ``azure_eventhub.clients`` reads them from private
-attributes. Without them the trigger degrades quietly (checkpoints no longer checked against ownership, new
+The client exposes neither its processor's owner id, a way to hand its load balancing a new partition list, nor a
+way to close one partition's receiver: ``azure_eventhub.eventhub_internals`` reads them from private attributes. Without them the trigger degrades quietly (checkpoints no longer checked against ownership, new
 partitions read only after a restart, the partitions listed twice at start, a stalled partition recovered only by
 restarting the run), so an upgrade of the client that moves them must fail here.
 """
@@ -10,19 +10,33 @@ restarting the run), so an upgrade of the client that moves them must fail here.
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 
+from azure_eventhub import eventhub_internals
 from azure_eventhub.checkpoints import LocalCheckpointStore
-from azure_eventhub.clients import (
-    ConsumerClient,
-    client_namespace,
-    client_owner_id,
-    client_processors,
-    reopen_partition,
-)
+from azure_eventhub.clients import ConsumerClient, hub_namespace
+from azure_eventhub.config import EventHubConfiguration
+from azure_eventhub.eventhub_internals import client_owner_id, client_processors, reopen_partition
 from azure_eventhub.partitions import PartitionWatch
 
 # Nothing listens on port 9: the processor exists (and retries its first load-balancing round) all the same.
 CONNECTION = "Endpoint=sb://127.0.0.1:9/;SharedAccessKeyName=test;SharedAccessKey=dGVzdA==;EntityPath=logs"
+
+
+def test_the_installed_client_is_the_version_the_adapter_was_read_from():
+    assert importlib.metadata.version("azure-eventhub") == eventhub_internals.EVENTHUB_VERSION, (
+        "azure-eventhub moved: check every member used in azure_eventhub/eventhub_internals.py, then update "
+        "EVENTHUB_VERSION")
+
+
+def test_the_public_namespace_is_the_one_the_client_is_built_with():
+    config = EventHubConfiguration(hub_connection_string=CONNECTION, hub_name="logs")
+    assert hub_namespace(config) == "127.0.0.1:9"
+    # Names in another case: the public parser refuses them, the client takes them, the configuration's answer stands.
+    lower = EventHubConfiguration(hub_connection_string=CONNECTION.replace("Endpoint=", "endpoint="), hub_name="logs")
+    assert hub_namespace(lower) == "127.0.0.1:9"
+    assert hub_namespace(EventHubConfiguration(fully_qualified_namespace="ns.servicebus.windows.net",
+                                               hub_name="logs")) == "ns.servicebus.windows.net"
 
 
 async def test_namespace_owner_id_and_partition_list_are_found_on_the_real_client(tmp_path):
@@ -30,7 +44,7 @@ async def test_namespace_owner_id_and_partition_list_are_found_on_the_real_clien
     client = ConsumerClient.from_connection_string(CONNECTION, consumer_group="$Default", checkpoint_store=store,
                                                    retry_total=0)
     client.known_partition_ids = ["0", "1"]  # as the start-up probe read them
-    assert client_namespace(client) == "127.0.0.1:9"  # as the processor writes it in its records
+    assert client._address.hostname == "127.0.0.1:9"  # what the processor writes in its records (hub_namespace)
     assert client_owner_id(client) is None  # not receiving yet
 
     async def on_batch(context, events):
@@ -51,6 +65,9 @@ async def test_namespace_owner_id_and_partition_list_are_found_on_the_real_clien
                 break
             await asyncio.sleep(0.01)
         assert processor._ownership_manager.cached_parition_ids == ["0", "1"]
+        # The processor claimed them under the namespace hub_namespace finds, with the owner id read from it.
+        owned = await store.list_ownership("127.0.0.1:9", "logs", "$Default")
+        assert owned and {record["owner_id"] for record in owned} == {owner_id}
         assert client.known_partition_ids is None  # once: the partition watch lists them again
         watch = PartitionWatch(client, store, {}, "-1", lambda message, level: None)
         assert watch._tell_load_balancing(["0", "1", "2"])
