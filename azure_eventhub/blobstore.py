@@ -3,9 +3,12 @@ s) is paid only when a storage account is configured, and off the loop once the 
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.eventhub.extensions.checkpointstoreblobaio import BlobCheckpointStore
+from azure.storage.blob.aio import ContainerClient
 
 from azure_eventhub.checkpoints import FirstStart
 
@@ -13,14 +16,45 @@ from azure_eventhub.checkpoints import FirstStart
 class BlobStore(BlobCheckpointStore):
     """The client's Blob checkpoint store, plus the first start (its time and partition ids) in a blob beside the
     checkpoints (``NAMESPACE/HUB/GROUP/partitions``, JSON; the client lists only ``checkpoint/`` and
-    ``ownership/`` blobs)."""
+    ``ownership/`` blobs).
+
+    Its own blobs go through a container client of its own (``container_client``, the public
+    ``azure.storage.blob.aio.ContainerClient``), built from the very arguments the store's client is built with (URL,
+    credential, API version, options; a connection string reaches here as the store's ``from_connection_string`` made
+    them), opened and closed with the store: the store's own client is not public."""
+
+    def __init__(self, blob_account_url: str, container_name: str, *, credential: Any = None,
+                 api_version: str = "2019-07-07", secondary_hostname: str | None = None, **kwargs: Any) -> None:
+        options = dict(kwargs)
+        # As the store does for its own client (it writes into the headers it is given, so a copy here).
+        options["headers"] = {**(kwargs.get("headers") or {}), "x-ms-version": api_version}
+        self.container_client = ContainerClient(blob_account_url, container_name, credential=credential,
+                                                api_version=api_version, secondary_hostname=secondary_hostname,
+                                                **options)
+        super().__init__(blob_account_url, container_name, credential=credential, api_version=api_version,
+                         secondary_hostname=secondary_hostname, **kwargs)
+
+    async def __aenter__(self) -> BlobStore:
+        await self.container_client.__aenter__()
+        try:
+            await super().__aenter__()
+        except BaseException:
+            await self.container_client.close()
+            raise
+        return self
+
+    async def __aexit__(self, *args: Any) -> None:  # also ``close``, which the store makes this call
+        try:
+            await super().__aexit__(*args)
+        finally:
+            await self.container_client.__aexit__(*args)
 
     def _partitions_blob(self, namespace: str, hub: str, group: str):
-        return self._container_client.get_blob_client(f"{namespace}/{hub}/{group}/partitions".lower())
+        return self.container_client.get_blob_client(f"{namespace}/{hub}/{group}/partitions".lower())
 
     async def owner_of(self, fully_qualified_namespace, eventhub_name, consumer_group, partition_id) -> str | None:
         """The owner id in the partition's ownership blob (one HEAD request), None without one."""
-        blob = self._container_client.get_blob_client(
+        blob = self.container_client.get_blob_client(
             f"{fully_qualified_namespace}/{eventhub_name}/{consumer_group}/ownership/{partition_id}".lower())
         try:
             properties = await blob.get_blob_properties()

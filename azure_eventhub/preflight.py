@@ -141,7 +141,7 @@ async def _store(config: EventHubConfiguration, credential: Any) -> str:
     payload = b"sekoia.io pre-flight check"
     try:
         async with store:
-            blob = store._container_client.get_blob_client(name)  # the store's own container client
+            blob = store.container_client.get_blob_client(name)  # the store's container client for its own blobs
             await blob.upload_blob(payload, overwrite=True)
             read = await (await blob.download_blob()).readall()
             await blob.delete_blob()

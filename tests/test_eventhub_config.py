@@ -115,7 +115,7 @@ def test_clients_for_entra_websockets_and_proxy(tmp_path):
     assert client._config.http_proxy == {"proxy_hostname": "http://proxy", "proxy_port": 3128, "username": "u",
                                          "password": "p"}
     assert client.eventhub_name == "h" and client._address.hostname == "ns.servicebus.windows.net"
-    assert store._container_client.url == "https://acct.blob.core.windows.net/cont"
+    assert store.container_client.url == "https://acct.blob.core.windows.net/cont"
 
     assert isinstance(build_credential(parse(**base)), ManagedIdentityCredential)
     websockets = build_client(parse(hub_connection_string=HUB, use_websockets=True), None, None)
