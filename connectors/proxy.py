@@ -45,15 +45,71 @@ def proxy_for(url: str, configured: str | None = None) -> str | None:
 
 def session_proxy(url: str) -> dict:
     """An aiohttp session's proxy arguments for requests to ``url``, from the environment, looked up once (aiohttp's
-    ``trust_env`` would look it up, and read ``~/.netrc``, in a thread at every request)."""
-    from aiohttp.helpers import get_env_proxy_for_url
+    ``trust_env`` would look it up, and read ``~/.netrc``, in a thread at every request).
+
+    The lookup ``trust_env`` makes, with the standard library's: none when ``NO_PROXY`` names the host
+    (``proxy_bypass``), else the proxy of the URL's scheme (``getproxies``: ``HTTPS_PROXY`` for https), unless it is
+    itself an ``https://`` proxy (aiohttp cannot use one); its credentials from its URL, else from ``~/.netrc``
+    (or ``$NETRC``) for the proxy's host."""
+    from urllib.request import getproxies, proxy_bypass
+
     from yarl import URL
 
     try:
-        proxy, auth = get_env_proxy_for_url(URL(url))
-    except (LookupError, ValueError):
+        target = URL(url)
+        if target.host is not None and proxy_bypass(target.host):
+            return {}
+        configured = getproxies().get(target.scheme) if target.scheme in ("http", "https", "ws", "wss") else None
+        if not configured:
+            return {}
+        proxy = URL(configured)
+    except ValueError:
         return {}
-    return {"proxy": proxy, "proxy_auth": auth}
+    if proxy.scheme in ("https", "wss"):
+        return {}
+    if proxy.raw_user is not None or proxy.raw_password is not None:
+        credentials: tuple[str, str] | None = (proxy.user or "", proxy.password or "")
+        proxy = proxy.with_user(None)
+    else:
+        credentials = _netrc_credentials(proxy.host)
+    return {"proxy": proxy, "proxy_auth": _basic_auth(*credentials) if credentials else None}
+
+
+def _netrc_credentials(host: str | None) -> tuple[str, str] | None:
+    """The login and password ``~/.netrc`` (``$NETRC`` if set) has for ``host``; None without one (no file, no
+    entry, a file that cannot be read or parsed)."""
+    import netrc
+    import os
+    from pathlib import Path
+
+    if not host:
+        return None
+    try:
+        path = os.environ.get("NETRC")
+        if path is None:
+            path = str(Path.home() / ".netrc")
+        found = netrc.netrc(path).authenticators(host)
+    except (OSError, RuntimeError, netrc.NetrcParseError):
+        return None
+    if found is None:
+        return None
+    login, account, password = found
+    return (login or account or ""), (password or "")
+
+
+def _basic_auth(login: str, password: str):
+    """aiohttp's credentials for a proxy (``proxy_auth``). aiohttp 3.14 deprecates ``BasicAuth`` (for 4.0) and warns at
+    each one made; its own lookup made them without the warning, so none here either."""
+    import warnings
+
+    import aiohttp
+
+    if ":" in login:  # refused by aiohttp (RFC 7617): said here, naming the setting, not as a bare ValueError
+        raise ConfigurationError("HTTPS_PROXY", "the proxy's user name (from the proxy variable or ~/.netrc) may not "
+                                                 "contain `:`")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return aiohttp.BasicAuth(login, password)
 
 
 def _target(url: str) -> str:
