@@ -143,18 +143,18 @@ async def test_a_failing_blob_is_left_pending_and_the_others_go_on(tmp_path, mon
 
 
 class LoopSteps:
-    """The most CPU the process spent between two turns of the event loop (a callback rescheduled at each turn).
-    CPU time, not wall time: a busy machine does not add to it, while work holding the GIL in another thread,
-    which blocks the loop, does."""
+    """The most CPU the loop's thread spent between two turns of the event loop (a callback rescheduled at each
+    turn). The loop thread's CPU time, not wall time: a busy machine does not add to it, nor does a parsing thread
+    working beside the loop (the process's CPU time counted both cores' work)."""
 
     def __init__(self):
         self.longest = 0.0
-        self._last = time.process_time()
+        self._last = time.thread_time()
         self._running = True
         asyncio.get_running_loop().call_soon(self._turn)
 
     def _turn(self) -> None:
-        now = time.process_time()
+        now = time.thread_time()
         self.longest = max(self.longest, now - self._last)
         self._last = now
         if self._running:
