@@ -27,6 +27,7 @@ import orjson
 from connectors import proxy
 from connectors.errors import ConfigurationError
 from connectors.logs import Redactor, describe_error, install_redaction
+from connectors.sdk_internals import fetch_runtime_secrets_once
 from connectors.secrets import reveal, scrub_sentry_events
 from connectors.sinks import client_session
 
@@ -197,18 +198,6 @@ def _trigger_class(parameters: str) -> type:
     return getattr(importlib.import_module(found[0]), found[1])
 
 
-def _runtime_secrets(trigger: Any) -> None:
-    """The runtime's secrets, as ``execute`` gets them, but asked once (the SDK retries for minutes)."""
-    from sekoia_automation.trigger import Trigger
-    from tenacity import stop_after_attempt
-
-    fetch = Trigger._get_secrets_from_server.retry_with(stop=stop_after_attempt(1))  # type: ignore[attr-defined]
-    secrets, node_secrets = fetch(trigger)
-    trigger.module.set_secrets(secrets)
-    trigger._node_secrets = node_secrets
-    trigger._apply_node_secrets()
-
-
 def main(argv: list[str], out: TextIO | None = None) -> int:
     if len(argv) != 1:
         raise SystemExit("usage: python main.py check <docker_parameters>")
@@ -218,7 +207,7 @@ def main(argv: list[str], out: TextIO | None = None) -> int:
     trigger = trigger_class(Module())
     check = Check(Redactor(), out)
     try:
-        _runtime_secrets(trigger)
+        fetch_runtime_secrets_once(trigger)
     except Exception as error:  # noqa: BLE001 - said, then the configuration as it is
         check.say(FAILED, "Runtime secrets", f"the runtime's secrets endpoint failed ({describe_error(error)}): "
                                              "the configuration is checked without them")

@@ -33,6 +33,18 @@ def apply_node_secrets(trigger: Trigger) -> None:
     Trigger._apply_node_secrets(trigger)
 
 
+def fetch_runtime_secrets_once(trigger: Trigger) -> None:
+    """The runtime's secrets applied as the SDK's ``execute`` applies them, but asked once: its fetch retries for
+    minutes (a tenacity policy), too long for the pre-flight check."""
+    from tenacity import stop_after_attempt
+
+    fetch = Trigger._get_secrets_from_server.retry_with(stop=stop_after_attempt(1))  # type: ignore[attr-defined]
+    secrets, node_secrets = fetch(trigger)
+    trigger.module.set_secrets(secrets)
+    trigger._node_secrets = node_secrets
+    trigger._apply_node_secrets()
+
+
 def reset_error_count(trigger: Trigger) -> None:
     """Successive uncaught errors: the SDK resets the count when it sends events itself, we do on delivery."""
     trigger._error_count = 0

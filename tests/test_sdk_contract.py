@@ -55,3 +55,9 @@ def test_error_count_and_log_rules(trigger):
     assert trigger._critical_log_sent is True
     assert rules.first_in_a_while("warning:x") and not rules.first_in_a_while("warning:x")
     assert rules.first_in_a_while("warning:y")
+
+
+def test_secrets_fetch_is_a_tenacity_retry_whose_attempts_can_be_bounded():
+    fetch = Trigger._get_secrets_from_server
+    assert callable(getattr(fetch, "retry_with", None)), "the SDK's secrets fetch is no longer a tenacity retry"
+    assert "_node_secrets" in inspect.getsource(Trigger.execute)
