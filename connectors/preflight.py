@@ -18,7 +18,7 @@ import importlib
 import logging
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any, TextIO
+from typing import TextIO
 from urllib.parse import unquote, urlsplit
 
 import aiohttp
