@@ -94,6 +94,33 @@ async def test_a_request_unanswered_for_the_stall_time_gets_new_connections(runt
     assert watch.failed is None
 
 
+async def test_a_runtime_that_never_answers_again_reaches_the_last_step_and_liveness(runtime, proxy):
+    """Replacing the connections brings no answer (every connection, new ones too, is blackholed): the request
+    given up is no progress, so the watch reaches its last step and reports the trigger unhealthy; once the
+    runtime answers again, the records arrive and the trigger is healthy again."""
+    logs, done = [], []
+    watch = StallWatch("tests", "delivery", ("replacing its connections to the runtime",),
+                       lambda message, level: logs.append((level, message)), stall_seconds=1.0)
+    fwd = through(runtime, proxy, logs, timeout=(5.0, 120.0), progress=watch)
+    watch.recover = lambda reading, step: fwd.renew_connections()
+    beating = asyncio.create_task(heartbeats(watch))
+    try:
+        await fwd.add(events(50), ack=acks_into(done, "before"))
+        assert await fwd.drain(timeout=30)
+        proxy.blackhole(True)
+        await fwd.add(events(50, start=50), ack=acks_into(done, "held"))
+        assert await eventually(lambda: watch.failed is not None, 30)
+        assert any(level == "error" and "unhealthy" in m for level, m in logs)
+        proxy.blackhole(False)
+        assert await fwd.drain(timeout=60)
+        assert await eventually(lambda: watch.failed is None, 10)
+    finally:
+        beating.cancel()
+    await fwd.close()
+    assert done == ["before", "held"]
+    assert sorted(set(runtime.delivered())) == sorted(events(100))
+
+
 async def test_a_connection_frozen_while_its_request_is_written_is_given_up_at_the_stall(runtime, proxy):
     """The read bound starts once the body is written: a connection frozen with megabytes still to write (its
     socket buffers full) would wait for ever. The stall watch gives the request up and it goes again."""

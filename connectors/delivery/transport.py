@@ -82,8 +82,7 @@ class Transport:
         """One attempt, watched: the sender's reading is behind while its request is on the wire."""
         watch, reading = self._progress, sender_name.get()
         if watch is not None:
-            watch.progressed(reading)
-            watch.behind(reading, True)
+            watch.behind(reading, True)  # from now, unless a given-up attempt left it behind already
         attempt = asyncio.ensure_future(post(self._client(), request, self._attempt_timeout()))
         self._attempts.add(attempt)
         try:
@@ -96,8 +95,12 @@ class Transport:
             raise
         finally:
             self._attempts.discard(attempt)
+            given_up = attempt in self._given_up
             self._given_up.discard(attempt)
-            if watch is not None:
+            # An answer, whatever it says, is progress (an outage is said as such); a request given up by the
+            # stall's recovery is not: its reading stays behind, so a runtime that never answers again reaches the
+            # watch's last step and liveness.
+            if watch is not None and not given_up:
                 watch.behind(reading, False)
                 watch.progressed(reading)
 
