@@ -36,7 +36,7 @@ from azure_eventhub.clients import (
 )
 from azure_eventhub.config import EventHubConfiguration, parse_starting_position
 from azure_eventhub.eventhub_internals import client_owner_id, reopen_partition
-from azure_eventhub.partitions import PartitionWatch, PastTheEnd, beyond, past_the_end
+from azure_eventhub.partitions import EARLIEST, PartitionWatch, PastTheEnd, beyond, past_the_end
 from azure_eventhub.records import RecordSplitter, SplitStats
 from connectors.delivery import STOP_GRACE_SECONDS, Forwarder
 from connectors.errors import ConfigurationError
@@ -124,6 +124,9 @@ class Consumer:
         self.partitions = PartitionWatch(client, writer.store, writer.base,
                                          parse_starting_position(config.starting_position), log)
         self.progress: dict[str, Progress] = {}
+        # Partitions started at `latest` (or at a time after their last event), nothing read or checkpointed yet:
+        # the last sequence number they held when first seen, before which nothing is owed.
+        self._unread_from: dict[str, int] = {}
         self.stats = SplitStats()  # totals, for metrics and warnings
         self._reported = SplitStats()
         self._text_bodies = OnceLogger(log, remind_every=self.settings.text_warning_interval)
@@ -583,8 +586,10 @@ class Consumer:
             read = progress[partition_id]
             if read is not None:
                 processed = read.sequence_number
+            elif partition_id in checkpoints:
+                processed = checkpoints[partition_id]
             else:
-                processed = checkpoints.get(partition_id, properties["beginning_sequence_number"] - 1)
+                processed = self._before_first_owed(partition_id, properties)
             found = beyond(partition_id, processed, properties)
             if found is not None:  # read, or checkpointed, further than the partition holds
                 await self._start_over(found, reopen=True)
@@ -604,6 +609,17 @@ class Consumer:
         self.report_lag(worst_lag)
         if failed is not None:
             raise failed
+
+    def _before_first_owed(self, partition_id: str, properties: dict) -> int:
+        """Nothing read nor checkpointed yet: the sequence number before the first event owed. From the beginning
+        for `earliest` (and a start time the partition's events reach); for `latest` or a start time after its last
+        event, what the partition held when first seen is not owed, so a quiet partition is not taken for a
+        stalled one."""
+        position = self.partitions.positions.get(partition_id, EARLIEST)
+        last_time = properties.get("last_enqueued_time_utc")
+        if position == EARLIEST or (isinstance(position, datetime) and last_time is not None and last_time >= position):
+            return properties["beginning_sequence_number"] - 1
+        return self._unread_from.setdefault(partition_id, properties["last_enqueued_sequence_number"])
 
     async def _checkpoints(self) -> dict[str, int]:
         store = self.writer.store

@@ -288,3 +288,25 @@ def test_the_time_until_unread_events_leave_the_hub_is_told_while_it_trims(tmp_p
     assert "Partition 0: the oldest record not delivered yet leaves the source in" in told()[0], told()
     assert len(told()) == 1, told()
     assert left and 0 <= min(left.values()) < 3600, left
+
+
+def test_a_quiet_partition_started_after_its_last_event_is_not_taken_for_a_stalled_one(stack):
+    """Started at a time after the events already in the hub (as `latest` does, a minute before the first start),
+    with nothing new: what the partitions held is not owed, so no stall is said and nothing is reopened; events
+    published after the start time are read."""
+    from datetime import UTC, datetime, timedelta
+
+    old = records_with_ids(80, "old")
+    stack.publish_envelopes(old, per_envelope=10)
+    start = datetime.now(UTC) + timedelta(seconds=3)
+    proc = stack.start_process(stack.config(starting_position=start.isoformat(), stall_seconds=5,
+                                            load_balancing_interval=2))
+    assert wait_until(lambda: any("Reading partition" in log["message"] for log in stack.logs()), 60, 0.2)
+    time.sleep(20)  # four stall periods: the monitor reads every partition's properties several times in each
+    assert proc.poll() is None
+    assert warnings_with(stack, "no progress") == []
+    new = records_with_ids(80, "new")
+    stack.publish_envelopes(new, per_envelope=10)
+    assert wait_until(lambda: all_delivered(stack, new, proc), 60, 0.2)
+    assert terminate(proc) == 0
+    assert not set(ids_of(old)) & set(stack.delivered_ids())
