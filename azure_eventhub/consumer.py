@@ -204,6 +204,8 @@ class Consumer:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             metrics.owned_partitions.set(0)
+            if self.watch is not None:
+                self.watch.recover = lambda name, index: None  # this run's client is closed
         if self.fatal:
             raise self.fatal
 

@@ -13,7 +13,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from connectors.logs import LogFunction
 
 
-
 class RunExecutor(ThreadPoolExecutor):
     """The default executor of a run's loop, whose end waits a bounded time for its threads.
 

@@ -204,7 +204,10 @@ class CollectorTrigger(Connector):
         cache_configuration(self, parse_configuration(self.configuration_model, value))
 
     def _apply_node_secrets(self) -> None:  # the SDK's hook, called when it loads the configuration
-        apply_node_secrets(self)
+        try:
+            apply_node_secrets(self)
+        except ConfigurationError:
+            return  # a bad configuration: run() loads it again, and reports it with one critical line (exit 2)
         # It sets them as plain strings, after validation: the SecretStr fields secret again, or a repr would show
         # them (a secret field typed str, such as a URL that may carry a SAS token, stays a str).
         config = cached_configuration(self)

@@ -109,7 +109,6 @@ class Pipeline:
         room = FetchRoom(config.max_concurrency * 2, FETCHED_BYTES)
         queue: asyncio.Queue = asyncio.Queue()
 
-
         def processed(item: Fetched) -> None:
             room.release(len(item.body or b""))
 

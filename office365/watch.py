@@ -87,6 +87,7 @@ class ContentTypeProgress:
                 content_type, None if oldest is None else max(0.0, oldest + RETENTION.total_seconds() - now.timestamp())
             )
 
+
 class Recovery:
     """``StallWatch.recover`` for one run: called from the heartbeat on the run's loop, starts the step and returns."""
 

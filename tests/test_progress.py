@@ -12,9 +12,11 @@ class Clock:
         return self.now
 
 
-def make(stall=60.0, steps=("reopening its receiver", "reopening the client", "restarting the run")):
+def make(stall=60.0, steps=("reopening its receiver", "reopening the client", "restarting the run"),
+         trigger="test-trigger"):
+    """The gauges are process-wide: a test that reads them names its own trigger."""
     clock, logs, recoveries = Clock(), [], []
-    watch = StallWatch("test-trigger", "partition", steps, lambda message, level="info": logs.append((level, message)),
+    watch = StallWatch(trigger, "partition", steps, lambda message, level="info": logs.append((level, message)),
                        stall_seconds=stall, clock=clock)
     watch.recover = lambda name, index: recoveries.append((name, index))
     return watch, clock, logs, recoveries
@@ -85,7 +87,7 @@ def test_metric_and_forget():
 
 
 def test_time_until_loss_warned_under_a_day_then_under_an_hour():
-    watch, clock, logs, recoveries = make()
+    watch, clock, logs, recoveries = make(trigger="loss-trigger")
     watch.until_loss("2", 30 * 3600)
     watch.check()
     assert not logs
@@ -97,10 +99,10 @@ def test_time_until_loss_warned_under_a_day_then_under_an_hour():
     clock.now += 22.5 * 3600
     watch.check()
     assert len(logs) == 2
-    assert 0 < gauge_values(seconds_until_loss)["test-trigger"] <= 3600
+    assert 0 < gauge_values(seconds_until_loss)["loss-trigger"] <= 3600
     watch.until_loss("2", None)  # read: nothing at risk any more
     watch.check()
-    assert "test-trigger" not in gauge_values(seconds_until_loss) and watch.status() == []
+    assert "loss-trigger" not in gauge_values(seconds_until_loss) and watch.status() == []
 
 
 def test_time_until_loss_already_under_an_hour_is_one_warning():
