@@ -14,8 +14,9 @@ first start and it is read from its beginning.
 loop) and writes it from a task of its own: a round of writes starts as soon as an ack arrives while none is in
 flight, and the acks that arrive during a round are coalesced into the next, so the store's own latency sets the
 pace; ``ROUND_GAP`` between the starts of two rounds bounds the writes of a fast stream (each is a storage request
-and some CPU). A confirmed position is thus saved within ``max(ROUND_GAP, latency) + latency``: a crash re-reads
-what was not confirmed yet plus that much of delivery (under 100 ms while the store answers within 50 ms).
+and some CPU, which a fast stream pays for in throughput). A confirmed position is thus saved within
+``max(ROUND_GAP, latency) + latency``: a crash re-reads what was not confirmed yet plus that much of delivery (about
+0.3 s while the store answers within 50 ms).
 Stopping writes what is pending at once, cutting short the wait after a failed write. An ack of a partition this
 instance no longer reads (it moved to another owner, or was closed) is dropped: the new owner writes that
 partition's checkpoints from the position it started at.
@@ -44,7 +45,7 @@ from connectors.stopping import sleep_or_stop
 # A partition's owner, once read as this instance, is trusted this long (at most the load-balancing interval, far
 # below the ownership expiry): one HEAD per partition per interval instead of one per checkpoint write.
 OWNER_CHECK_MAX_AGE = 5.0
-ROUND_GAP = 0.05  # least seconds between the starts of two rounds of checkpoint writes
+ROUND_GAP = 0.25  # least seconds between the starts of two rounds of checkpoint writes
 FLUSH_RETRY = 0.2  # seconds between two attempts of a failed write while a flush (the stop) waits for it
 
 

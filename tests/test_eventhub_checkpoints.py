@@ -115,11 +115,11 @@ class GatedStore(RecordingStore):
 
 
 async def test_a_write_starts_at_the_first_ack_and_the_acks_of_its_flight_make_the_next_round():
-    """The store's latency sets the pace: an ack with no write in flight is written at once; those arriving while a
-    round is in flight are coalesced into one more round, started as soon as that one returns (no interval: a
-    crash re-reads what was confirmed since the last round started, not a second of delivery)."""
+    """A store slower than the gap sets the pace: an ack with no write in flight is written at once; those arriving
+    while a round is in flight are coalesced into one more round, started as soon as that one returns (no further
+    wait: a crash re-reads what was confirmed since the last round started, not a second of delivery)."""
     store = GatedStore()
-    writer = writer_for(store)  # the default gap
+    writer = writer_for(store, gap=0.05)
     task = asyncio.create_task(writer.run())
     writer.confirmed("0", "100", 1)
     await asyncio.wait_for(store.writing.wait(), 5)  # the first round starts at once
