@@ -198,7 +198,7 @@ def test_secrets_the_runtime_gives_stay_secret(tmp_path, monkeypatch):
 
     from sekoia_automation.module import Module
 
-    from connectors.preflight import _runtime_secrets  # what execute() does, asked once
+    from connectors.sdk_internals import fetch_runtime_secrets_once  # what execute() does, asked once
     from connectors.trigger import CollectorTrigger
     from emulators.runtime.harness import Runtime
 
@@ -214,7 +214,7 @@ def test_secrets_the_runtime_gives_stay_secret(tmp_path, monkeypatch):
         for key, value in stub.env({"intake_key": "placeholder-key"}).items():
             monkeypatch.setenv(key, value)
         trigger = Plain(Module())
-        _runtime_secrets(trigger)
+        fetch_runtime_secrets_once(trigger)
         config = trigger.configuration
         assert isinstance(config.intake_key, SecretStr) and reveal(config.intake_key) == SECRETS["intake"]
         assert SECRETS["intake"] not in repr(config) and SECRETS["intake"] in trigger._secret_values()
