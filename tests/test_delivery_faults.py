@@ -50,6 +50,16 @@ async def heartbeats(watch):
         await asyncio.sleep(0.1)
 
 
+def watched(runtime, proxy, logs, **options):
+    """A forwarder whose sender is watched for stalls (1 s), recovered by renewing its connections, with the
+    heartbeat running: (watch, forwarder, heartbeat task)."""
+    watch = StallWatch("tests", "delivery", ("replacing its connections to the runtime",),
+                       lambda message, level: logs.append((level, message)), stall_seconds=1.0)
+    fwd = through(runtime, proxy, logs, progress=watch, **options)
+    watch.recover = lambda reading, step: fwd.renew_connections()
+    return watch, fwd, asyncio.create_task(heartbeats(watch))
+
+
 async def test_a_frozen_connection_is_given_up_after_its_read_inactivity_bound(runtime, proxy):
     """A keep-alive connection gone silent (a NAT that forgot it: no byte, no FIN, no RST) costs the read
     inactivity bound, then the request goes again on a new connection: nothing lost."""
@@ -73,11 +83,7 @@ async def test_a_request_unanswered_for_the_stall_time_gets_new_connections(runt
     """With a read bound far off, the stall watch finds the request that hears nothing: the pool is replaced, the
     request sent again on a new connection; the watch says so, and that delivery progresses again."""
     logs, done = [], []
-    watch = StallWatch("tests", "delivery", ("replacing its connections to the runtime",),
-                       lambda message, level: logs.append((level, message)), stall_seconds=1.0)
-    fwd = through(runtime, proxy, logs, timeout=(5.0, 120.0), progress=watch)
-    watch.recover = lambda reading, step: fwd.renew_connections()
-    beating = asyncio.create_task(heartbeats(watch))
+    watch, fwd, beating = watched(runtime, proxy, logs, timeout=(5.0, 120.0))
     try:
         await fwd.add(events(50), ack=acks_into(done, "before"))
         assert await fwd.drain(timeout=30)
@@ -99,11 +105,7 @@ async def test_a_runtime_that_never_answers_again_reaches_the_last_step_and_live
     given up is no progress, so the watch reaches its last step and reports the trigger unhealthy; once the
     runtime answers again, the records arrive and the trigger is healthy again."""
     logs, done = [], []
-    watch = StallWatch("tests", "delivery", ("replacing its connections to the runtime",),
-                       lambda message, level: logs.append((level, message)), stall_seconds=1.0)
-    fwd = through(runtime, proxy, logs, timeout=(5.0, 120.0), progress=watch)
-    watch.recover = lambda reading, step: fwd.renew_connections()
-    beating = asyncio.create_task(heartbeats(watch))
+    watch, fwd, beating = watched(runtime, proxy, logs, timeout=(5.0, 120.0))
     try:
         await fwd.add(events(50), ack=acks_into(done, "before"))
         assert await fwd.drain(timeout=30)
@@ -125,12 +127,8 @@ async def test_a_connection_frozen_while_its_request_is_written_is_given_up_at_t
     """The read bound starts once the body is written: a connection frozen with megabytes still to write (its
     socket buffers full) would wait for ever. The stall watch gives the request up and it goes again."""
     logs, done = [], []
-    watch = StallWatch("tests", "delivery", ("replacing its connections to the runtime",),
-                       lambda message, level: logs.append((level, message)), stall_seconds=1.0)
     # The read bound far off: when the body does fit the socket buffers, it must not race the stall watch.
-    fwd = through(runtime, proxy, logs, timeout=(5.0, 30.0), progress=watch, max_bytes=7_000_000)
-    watch.recover = lambda reading, step: fwd.renew_connections()
-    beating = asyncio.create_task(heartbeats(watch))
+    watch, fwd, beating = watched(runtime, proxy, logs, timeout=(5.0, 30.0), max_bytes=7_000_000)
     large = [orjson.dumps({"n": n, "pad": "p" * 130_000}) for n in range(50)]  # one request of 6.5 MB
     try:
         await fwd.add(events(50), ack=acks_into(done, "before"))
