@@ -8,7 +8,7 @@ forwarder its grace to deliver what was handed over.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -49,3 +49,14 @@ async def sleep_or_stop(delay: float, stopping: asyncio.Event) -> bool:
         return True
     except TimeoutError:
         return stopping.is_set()
+
+
+def pause_or_stop(stopping: asyncio.Event) -> Callable[[float], Awaitable[None]]:
+    """A wait between retries (``connectors.retry.retrying``'s ``pause``) that raises ``Stopping`` as soon as
+    ``stopping`` is set."""
+
+    async def pause(delay: float) -> None:
+        if await sleep_or_stop(delay, stopping):
+            raise Stopping()
+
+    return pause
