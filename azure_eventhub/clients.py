@@ -31,6 +31,7 @@ from azure_eventhub.config import EventHubConfiguration, connection_string_field
 from connectors import proxy
 from connectors.errors import ConfigurationError
 from connectors.logs import describe_error
+from connectors.retry import Backoff, RetryOn, retrying
 from connectors.secrets import reveal
 from connectors.tls import ca_bundle
 
@@ -43,6 +44,8 @@ STORE_OPTIONS = {"retry_total": 2, "initial_backoff": 1, "increment_base": 2, "r
                  "connection_timeout": 5, "read_timeout": 15}
 PROBE_OPTIONS = {"retry_total": 0, "connection_timeout": 5, "read_timeout": 10}
 PROBE_ATTEMPTS = 3  # an unreachable store or namespace is tried this many times at start (1 s, 2 s apart)
+PROBE_BACKOFF = functools.partial(Backoff, base=1.0, cap=2.0, jitter=False)
+UNREACHABLE = (ServiceRequestError, ServiceResponseError, asyncio.TimeoutError)
 # A receiving connection that hears nothing for this long is closed and opened again by the client: sent as the
 # open frame's idle-time-out, which the service honours with empty frames on a quiet connection, so only a dead path
 # stays silent (a NAT or firewall that dropped the connection's state without a reset). The client's default is no
@@ -292,20 +295,18 @@ async def probe_store(config: EventHubConfiguration, credential: Any) -> None:
     """List checkpoints once with a fast-failing client: container present, credentials valid, endpoint reachable."""
     if not config.uses_storage:
         return
-    for attempt in range(PROBE_ATTEMPTS):
+
+    async def list_checkpoints() -> None:
         probe = build_blob_store(config, credential, PROBE_OPTIONS)
-        try:
-            async with probe:
-                await asyncio.wait_for(
-                    probe.list_checkpoints(config.namespace_host, config.hub_name, config.hub_consumer_group), 20
-                )
-            return
-        except (ServiceRequestError, ServiceResponseError, asyncio.TimeoutError) as error:
-            if attempt + 1 == PROBE_ATTEMPTS:
-                raise storage_error(config, error) from None
-            await asyncio.sleep(2**attempt)
-        except (AzureError, OSError) as error:
-            raise storage_error(config, error) from None
+        async with probe:
+            await asyncio.wait_for(
+                probe.list_checkpoints(config.namespace_host, config.hub_name, config.hub_consumer_group), 20
+            )
+
+    try:
+        await retrying(list_checkpoints, RetryOn(UNREACHABLE, PROBE_ATTEMPTS), backoff=PROBE_BACKOFF)
+    except (AzureError, OSError) as error:
+        raise storage_error(config, error) from None
 
 
 def _hub_field(config: EventHubConfiguration) -> str:

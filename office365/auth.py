@@ -22,7 +22,7 @@ from connectors import proxy
 from connectors.errors import ConfigurationError
 from connectors.logs import LogFunction, Redactor
 from connectors.logs import OnceLogger
-from connectors.retry import Backoff
+from connectors.retry import Backoff, RetryOn, retrying
 from connectors.tls import ca_bundle
 from office365.config import Credential, Endpoints
 
@@ -179,25 +179,29 @@ class TokenProvider:
         return attempt.result() if attempt.done() else None
 
     async def _renew(self) -> None:
+        asked, (token, lifetime) = await retrying(
+            self._ask, RetryOn(TransientAuthError), backoff=lambda: self._backoff, on_failure=self._failed,
+            on_success=self._answered,
+        )
+        self._mask(token)
+        self._token = token
+        self._renew_at = asked + self.renewal_delay(lifetime)
+        self.renewals += 1
+
+    def _failed(self, error: BaseException, failures: int) -> None:
+        self._outage.began(f"Getting a token from Microsoft Entra failed, retrying: {error}")
+
+    def _answered(self) -> None:
+        self._outage.ended("Microsoft Entra answered again")
+        self._backoff.reset()  # also when an earlier renewal, cancelled during an outage, left it part way
+
+    async def _ask(self) -> tuple[float, tuple[str, float]]:
+        """When it asked, and Entra's answer: asked again at once when ``reset`` abandoned the question."""
         while True:
             asked = time.monotonic()
-            try:
-                answer = await self._attempt()
-                if answer is None:
-                    continue
-                token, lifetime = answer
-            except TransientAuthError as error:
-                delay = self._backoff.next_delay()
-                self._outage.began(f"Getting a token from Microsoft Entra failed, retrying: {error}")
-                await asyncio.sleep(delay)
-                continue
-            self._outage.ended("Microsoft Entra answered again")
-            self._backoff.reset()
-            self._mask(token)
-            self._token = token
-            self._renew_at = asked + self.renewal_delay(lifetime)
-            self.renewals += 1
-            return
+            answer = await self._attempt()
+            if answer is not None:
+                return asked, answer
 
     @classmethod
     def renewal_delay(cls, lifetime: float) -> float:

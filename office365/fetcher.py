@@ -10,10 +10,11 @@ a contentUri naming a host other than the Management API's (the access token is 
 from __future__ import annotations
 
 import asyncio
+import functools
 from dataclasses import dataclass
 
-from connectors.retry import Backoff
-from connectors.stopping import Stopping, sleep_or_stop
+from connectors.retry import Backoff, RetryOn, retrying
+from connectors.stopping import Stopping, pause_or_stop
 from office365.client import (
     ApiError,
     ApiResponse,
@@ -29,6 +30,12 @@ SKIP_CODES = {"AF20050": "vanished", "AF20051": "expired", "AF20052": "invalid_i
 TRANSIENT_ATTEMPTS = 6
 THROTTLED_ATTEMPTS = 30
 PERMISSION_WAIT = 3600.0
+GET_BACKOFF = functools.partial(Backoff, base=0.5, cap=30.0)
+RETRIED = (
+    # The pacer holds the gate for as long as the API asks: a throttled retry only adds a short step.
+    RetryOn(Throttled, THROTTLED_ATTEMPTS, delay=lambda backoff, _: min(backoff.next_delay(), 2.0)),
+    RetryOn(TransientError, TRANSIENT_ATTEMPTS),
+)
 
 
 class Deferred(Exception):
@@ -47,27 +54,10 @@ class Fetched:
 
 async def get_with_retries(client: ManagementClient, url: str, what: str, stopping: asyncio.Event) -> ApiResponse:
     """GET, retrying throttled and transient answers; raises the last one when attempts run out."""
-    backoff: Backoff | None = None  # made on the first failure: most calls never need one
-    transient = throttled = 0
-    while True:
-        if stopping.is_set():
-            raise Stopping()
-        try:
-            return await client.get(url, what)
-        except Throttled:
-            backoff = backoff or Backoff(base=0.5, cap=30.0)
-            throttled += 1
-            if throttled >= THROTTLED_ATTEMPTS:
-                raise
-            delay = min(backoff.next_delay(), 2.0)  # the pacer holds the gate for as long as needed
-        except TransientError as error:
-            backoff = backoff or Backoff(base=0.5, cap=30.0)
-            transient += 1
-            if transient >= TRANSIENT_ATTEMPTS:
-                raise
-            delay = backoff.next_delay(error.retry_after)
-        if await sleep_or_stop(delay, stopping):
-            raise Stopping()
+    if stopping.is_set():
+        raise Stopping()
+    return await retrying(functools.partial(client.get, url, what), *RETRIED, backoff=GET_BACKOFF,
+                          pause=pause_or_stop(stopping))
 
 
 async def fetch_blob(client: ManagementClient, ref: ContentRef, stopping: asyncio.Event) -> Fetched:

@@ -16,8 +16,8 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from connectors.logs import LogFunction, SampledLog
-from connectors.retry import Backoff
-from connectors.stopping import sleep_or_stop
+from connectors.retry import Backoff, RetryOn, retrying
+from connectors.stopping import pause_or_stop, sleep_or_stop
 from office365.client import (
     ApiError,
     ForeignUrl,
@@ -41,6 +41,11 @@ PERMISSION_RECHECK = 3 * 3600.0  # a content type the app may not read: warn, an
 AF_BAD_NEXT_PAGE = "AF20031"
 AF_BAD_WINDOW = ("AF20055", "AF20030")
 UNREADABLE_ATTEMPTS = 5  # a window whose pages keep coming back unreadable is left to the next poll
+RELIST_BACKOFF = functools.partial(Backoff, base=1.0, cap=30.0)
+RELISTED = (
+    RetryOn(UnreadableAnswer, UNREADABLE_ATTEMPTS),
+    RetryOn(ApiError, 3, delay=None, when=lambda error: error.code == AF_BAD_NEXT_PAGE),
+)
 FUTURE_TOLERANCE = timedelta(minutes=1)  # a resume point this far past the API's now is not the clock's jitter
 
 
@@ -366,37 +371,24 @@ class Lister:
         def get(url: str):
             return get_with_retries(client, url, "list", self.stopping)
 
-        unreadable = Backoff(base=1.0, cap=30.0)
-        attempt = 0
-        while True:
-            try:
-                known = functools.partial(self.state.is_known, content_type)
-                async for refs, unusable in list_pages(client, get, content_type, start, end, known):
-                    if unusable:
-                        self._sampled(
-                            f"entries:{content_type}", f"{unusable} listing entries of {content_type} unreadable"
-                        )
-                    for ref in refs:
-                        if self.state.track(ref):
-                            queue.put_nowait(ref)
-                    # Bound what is listed ahead of delivery (memory, and a fair share between content types).
-                    while self.state.pending(content_type)[0] >= self.config.max_pending_blobs:
-                        if await sleep_or_stop(0.2, self.stopping):
-                            raise Stopping()
-                    if turn is not None:
-                        await turn.wait()
-                return
-            except UnreadableAnswer:
-                # Listed again from its first page (known blobs are skipped) after a pause; the poll says the rest.
-                if unreadable.attempts + 1 >= UNREADABLE_ATTEMPTS:
-                    raise
-                if await sleep_or_stop(unreadable.next_delay(), self.stopping):
-                    raise Stopping() from None
-            except ApiError as error:
-                attempt += 1
-                if error.code == AF_BAD_NEXT_PAGE and attempt < 3:
-                    continue  # the page token went stale: list the window again (known blobs are skipped)
-                raise
+        async def list_all() -> None:
+            known = functools.partial(self.state.is_known, content_type)
+            async for refs, unusable in list_pages(client, get, content_type, start, end, known):
+                if unusable:
+                    self._sampled(f"entries:{content_type}", f"{unusable} listing entries of {content_type} unreadable")
+                for ref in refs:
+                    if self.state.track(ref):
+                        queue.put_nowait(ref)
+                # Bound what is listed ahead of delivery (memory, and a fair share between content types).
+                while self.state.pending(content_type)[0] >= self.config.max_pending_blobs:
+                    if await sleep_or_stop(0.2, self.stopping):
+                        raise Stopping()
+                if turn is not None:
+                    await turn.wait()
+
+        # Listed again from its first page (known blobs are skipped): after a pause when its pages came unreadable
+        # (the poll says the rest), at once when the page token went stale.
+        await retrying(list_all, *RELISTED, backoff=RELIST_BACKOFF, pause=pause_or_stop(self.stopping))
 
     def _report_gap(self, content_type: str, resume: datetime, earliest: datetime) -> None:
         # Only content that was owed and is now out of the API's reach: not the initial lookback's oldest part

@@ -18,8 +18,8 @@ from collections.abc import Callable
 from connectors.delivery import Forwarder
 from connectors.logs import LogFunction, Redactor, SampledLog
 from connectors.progress import StallWatch
-from connectors.retry import Backoff
-from connectors.stopping import sleep_or_stop, unless_stopping
+from connectors.retry import Backoff, RetryOn, retrying
+from connectors.stopping import pause_or_stop, sleep_or_stop, unless_stopping
 from office365 import metrics
 from office365.auth import TokenProvider
 from office365.client import ApiError, ManagementClient, Throttled, TransientError
@@ -39,6 +39,7 @@ PROCESSING_STOP_SECONDS = 10.0  # at stop, for the blob at hand and its acknowle
 # Fetched bodies waiting for the processor, and those on their way: ~13 blobs of 1,000 records, enough fetches in
 # flight to keep the processor busy at a few hundred ms a fetch.
 FETCHED_BYTES = 16 * 1024 * 1024
+STARTUP_BACKOFF = functools.partial(Backoff, base=1.0, cap=30.0)
 
 
 class Pipeline:
@@ -217,17 +218,16 @@ class Pipeline:
 
     async def _retrying(self, call, what: str):
         """Retry a start-up call through transient trouble until it works (its result) or the trigger stops."""
-        backoff = Backoff(base=1.0, cap=30.0)
-        while True:
-            try:
-                return await call()
-            except (Throttled, TransientError) as error:
-                if backoff.attempts == 2:
-                    self._log(f"{what.capitalize()} keeps failing, still retrying: {error}", "warning")
-                if await sleep_or_stop(backoff.next_delay(error.retry_after), self.stopping):
-                    raise Stopping() from None
-            except ApiError as error:
-                raise fatal(error) or error from None
+
+        def failed(error: BaseException, failures: int) -> None:
+            if failures == 3:
+                self._log(f"{what.capitalize()} keeps failing, still retrying: {error}", "warning")
+
+        try:
+            return await retrying(call, RetryOn((Throttled, TransientError)), backoff=STARTUP_BACKOFF,
+                                  pause=pause_or_stop(self.stopping), on_failure=failed)
+        except ApiError as error:
+            raise fatal(error) or error from None
 
     # -- fetching -------------------------------------------------------------------------------------------
 

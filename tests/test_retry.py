@@ -1,4 +1,4 @@
-"""``connectors.retry``: the backoff's steps and ``retrying``'s loop (pure logic: the pauses are recorded, not slept)."""
+"""``connectors.retry``: the backoff's steps and ``retrying``'s loop (pure logic: pauses are recorded, not slept)."""
 
 import asyncio
 import random

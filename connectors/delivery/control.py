@@ -14,7 +14,7 @@ from typing import TypeVar
 
 from connectors.errors import ConfigurationError
 from connectors.logs import LogFunction, OnceLogger
-from connectors.retry import Backoff
+from connectors.retry import Backoff, RetryOn, retrying
 from connectors.stopping import Stopping, unless_stopping
 
 logger = logging.getLogger(__name__)
@@ -133,15 +133,17 @@ class Control:
 
     async def locally(self, write: Callable[[], Awaitable[T]]) -> T:
         """A local write (records file, set-aside file), retried with backoff while it fails (a full disk)."""
-        backoff = self.backoff()
-        while True:
+
+        async def attempt() -> T:
             self.check()
-            try:
-                result = await write()
-            except OSError as error:
-                self._local_trouble.began(f"Delivery cannot write to the local disk ({error}): retrying until it "
-                                          "can; nothing more is marked as read meanwhile", "error")
-                await self.pause(backoff.next_delay())
-                continue
-            self._local_trouble.ended("Local writes work again; delivery resumed")
-            return result
+            return await write()
+
+        return await retrying(attempt, RetryOn(OSError), backoff=self.backoff, pause=self.pause,
+                              on_failure=self._write_failed, on_success=self._writes_work)
+
+    def _write_failed(self, error: BaseException, failures: int) -> None:
+        self._local_trouble.began(f"Delivery cannot write to the local disk ({error}): retrying until it can; "
+                                  "nothing more is marked as read meanwhile", "error")
+
+    def _writes_work(self) -> None:
+        self._local_trouble.ended("Local writes work again; delivery resumed")

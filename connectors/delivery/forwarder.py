@@ -4,6 +4,7 @@ runs the sender tasks, and ends delivery at a stop."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -19,7 +20,7 @@ from connectors.delivery.refusals import Refusals, SetAside
 from connectors.delivery.transport import UNEXPECTED, Transport, sender_name
 from connectors.errors import ConfigurationError
 from connectors.progress import StallWatch
-from connectors.retry import Backoff
+from connectors.retry import Backoff, RetryOn, retrying
 from connectors.setaside import SetAsideStore
 from connectors.sinks import Misdirected, Sink
 
@@ -231,30 +232,23 @@ class Forwarder:
         later is sent either). An unexpected error is retried with backoff and counts as an outage: delivery never
         stops silently behind the heartbeats."""
         started = time.monotonic()
-        backoff = self.control.backoff()
-        outage = self.transport.outage
-        while True:
-            if self.control.failure is not None:
-                return False
-            try:
-                refused = await self.refusals.send(batch.events, batch.origins)
-                outage.ended("Delivery works again", key=UNEXPECTED)
-                break
-            except DeliveryAborted:
-                metrics.delivery_batches.labels(self.trigger, "aborted").inc()
-                self._aborted()
-                return False
-            except Misdirected as refusal:
-                self.control.fail(self.sink.configuration_error(refusal))
-                return False
-            except Exception as error:  # noqa: BLE001 - a bug must not end the sender: the batch is sent again
-                outage.began(f"Delivery failed unexpectedly ({error!r}); retrying the batch (some of its events may "
-                             "be sent twice)", "error", key=UNEXPECTED)
-                try:
-                    await self.control.pause(backoff.next_delay())
-                except DeliveryAborted:
-                    return False
-        count = len(batch.events) - refused
+        try:
+            # Any error ``_send`` lets through is unexpected (a bug): it must not end the sender.
+            outcome = await retrying(functools.partial(self._send, batch), RetryOn(Exception),
+                                     backoff=self.control.backoff, pause=self.control.pause,
+                                     on_failure=self._failed_unexpectedly)
+        except DeliveryAborted:  # stopping leaves no time for another attempt
+            return False
+        if isinstance(outcome, DeliveryAborted):
+            metrics.delivery_batches.labels(self.trigger, "aborted").inc()
+            self._aborted()
+            return False
+        if isinstance(outcome, Misdirected):
+            self.control.fail(self.sink.configuration_error(outcome))
+            return False
+        if outcome is None:
+            return False
+        count = len(batch.events) - outcome
         if count:
             self.delivered += count
             metrics.delivered_events.labels(self.trigger).inc(count)
@@ -266,6 +260,23 @@ class Forwarder:
                 except Exception as error:  # noqa: BLE001 - counting must not undo a delivery
                     self._log(f"Counting {count} delivered events failed ({error!r})", "error")
         return True
+
+    async def _send(self, batch: Batch) -> int | DeliveryAborted | Misdirected | None:
+        """One attempt: how many events were refused (and set aside), else why the batch goes no further (aborted,
+        misdirected; None: delivery failed meanwhile). The caller handles the latter outside the retries: an error
+        there is a bug that ends the sender."""
+        if self.control.failure is not None:
+            return None
+        try:
+            refused = await self.refusals.send(batch.events, batch.origins)
+        except (DeliveryAborted, Misdirected) as ended:
+            return ended
+        self.transport.outage.ended("Delivery works again", key=UNEXPECTED)
+        return refused
+
+    def _failed_unexpectedly(self, error: BaseException, failures: int) -> None:
+        self.transport.outage.began(f"Delivery failed unexpectedly ({error!r}); retrying the batch (some of its "
+                                    "events may be sent twice)", "error", key=UNEXPECTED)
 
     def _aborted(self) -> None:
         """One line per stop, however many batches were left unconfirmed (none after a configuration error)."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import time
 
 import aiohttp
@@ -24,6 +25,7 @@ from connectors import metrics
 from connectors.delivery.control import Control, DeliveryAborted
 from connectors.logs import OnceLogger
 from connectors.progress import StallWatch
+from connectors.retry import RetryOn, retrying
 from connectors.sinks import Misdirected, Refused, Request, RetryableError, Sink, client_session, post
 
 # A pool dropped by a stall, or closed at the end, is given this long: a connection frozen with bytes still to
@@ -60,20 +62,21 @@ class Transport:
     async def send_until_confirmed(self, request: Request) -> None:
         """Confirmed, or raises ``Refused``, ``Misdirected`` or ``DeliveryAborted`` (failed, or stopping with no
         time left)."""
-        backoff = self.control.backoff()
-        while True:
-            self.control.check()
-            try:
-                await self._post(request)
-                self._outage_ended()
-                return
-            except (Refused, Misdirected):
-                self._outage_ended()  # the runtime answered
-                raise
-            except RetryableError as error:
-                metrics.delivery_retries.labels(self.trigger).inc()
-                self.outage.began(f"Delivery to the runtime failed, retrying until it succeeds: {error}")
-                await self.control.pause(backoff.next_delay(error.retry_after))
+        await retrying(functools.partial(self._send_once, request), RetryOn(RetryableError),
+                       backoff=self.control.backoff, pause=self.control.pause, on_failure=self._failed,
+                       on_success=self._outage_ended)
+
+    async def _send_once(self, request: Request) -> None:
+        self.control.check()
+        try:
+            await self._post(request)
+        except (Refused, Misdirected):
+            self._outage_ended()  # the runtime answered
+            raise
+
+    def _failed(self, error: BaseException, failures: int) -> None:
+        metrics.delivery_retries.labels(self.trigger).inc()
+        self.outage.began(f"Delivery to the runtime failed, retrying until it succeeds: {error}")
 
     def _outage_ended(self) -> None:
         self.outage.ended("Runtime reachable again; delivery resumed")
