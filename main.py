@@ -32,7 +32,7 @@ def main() -> int:
     # records files of playbook events): readable by this user only (files 0600, directories 0700).
     os.umask(0o077)
     # The SDK's storage layer probes every smart_open transport at import; the Azure one imports
-    # azure.storage.blob where it is installed (a development dependency), 0.3-0.5 s of start-up for a
+    # azure.storage.blob where it is installed (a development dependency): a heavy import at every start for a
     # transport the SDK never uses here.
     sys.modules.setdefault("smart_open.azure", None)  # type: ignore[arg-type]
     from sekoia_automation.module import Module

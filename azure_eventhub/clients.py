@@ -138,8 +138,8 @@ def build_store(config: EventHubConfiguration, state_dir: Path, credential: Any)
 
 def tls_context() -> ssl.SSLContext:
     """The client's TLS settings, made once per set of trusted authorities: left to itself, the client loads
-    certifi's bundle again for every connection (50-130 ms of CPU each: one per partition read, one per management
-    request), and would ignore the CA variables every other client of the module follows (a TLS-inspecting proxy's
+    certifi's bundle again for every connection (parsing it is costly CPU: one per partition read, one per
+    management request), and would ignore the CA variables every other client of the module follows (a TLS-inspecting proxy's
     private CA). Keyed on the bundle, so a changed CA variable is followed."""
     return _context_for(ca_bundle())
 
@@ -151,7 +151,7 @@ def _context_for(bundle: str) -> ssl.SSLContext:
 
 class ConsumerClient(EventHubConsumerClient):
     """The client, told once the partition ids the start-up probe has just read: its processor's first
-    load-balancing round asks for them (a management round trip, about 0.4 s before the first read)."""
+    load-balancing round asks for them (a management round trip more before the first read)."""
 
     known_partition_ids: list[str] | None = None
 
@@ -285,8 +285,8 @@ def storage_error(config: EventHubConfiguration, error: BaseException) -> Config
 
 async def _import_then_probe_store(config: EventHubConfiguration, credential: Any) -> None:
     if config.uses_storage:
-        # The Blob store's import (0.15-0.3 s of CPU, once) off the loop, which meanwhile carries the hub probe's
-        # handshake (mostly waits): on the loop it would hold that handshake back as long.
+        # The Blob store's import (heavy CPU, once) off the loop, which meanwhile carries the hub probe's handshake
+        # (mostly waits): on the loop it would hold that handshake back as long.
         await asyncio.to_thread(importlib.import_module, "azure_eventhub.blobstore")
     await probe_store(config, credential)
 

@@ -241,7 +241,8 @@ def resolve_credential(config: Office365Configuration) -> Credential:
             raise ConfigurationError("certificate", "required with `private_key` (the PEM certificate of the app)")
         if not config.private_key:
             raise ConfigurationError("private_key", "required with `certificate` (the PEM private key)")
-        # Here only: a secret credential would pay 0.1 s of imports at every start for nothing.
+        # Here only: cryptography's imports are heavy, and a secret credential would pay them at every start for
+        # nothing.
         from cryptography import x509
         from cryptography.hazmat.primitives import serialization
 

@@ -16,7 +16,7 @@ from connectors.delivery.control import Control
 class BatchLimits:
     max_events: int = 10_000
     # Of raw events; escaping inside `jsons` can add a third. Each batch is held several times over (buffered,
-    # queued, encoded, on the wire): 1 MB keeps a busy trigger's memory near 150 MB at the same throughput as 4 MB.
+    # queued, encoded, on the wire), so memory follows this bound; past it, bigger requests bring no more throughput.
     max_bytes: int = 1_000_000
     max_age: float = 1.0  # seconds the oldest buffered event may wait
     in_flight: int = 2  # batches queued behind those being delivered: backpressure on the trigger
