@@ -25,8 +25,6 @@ from connectors.codec import Document, NotJSON, decode_text, read_envelope
 
 @dataclass(slots=True)
 class SplitStats:
-    events: int = 0  # message bodies seen
-    records: int = 0  # events produced for Sekoia
     empty: int = 0
     heartbeats: int = 0
     filtered: int = 0  # records left out by the category filter
@@ -57,7 +55,6 @@ class RecordSplitter:
     def split(self, bodies: Iterable[bytes], out: list[bytes], stats: SplitStats) -> None:
         """Append the events of every body to ``out``; count what was skipped in ``stats``."""
         for body in bodies:
-            stats.events += 1
             try:
                 document = read_envelope(body)
             except NotJSON:
@@ -68,9 +65,7 @@ class RecordSplitter:
     def as_text(self, bodies: Iterable[bytes], out: list[bytes], stats: SplitStats) -> None:
         """Last resort if splitting ever failed on a batch: every body as text, nothing lost or retried forever."""
         for body in bodies:
-            stats.events += 1
             stats.text += 1
-            stats.records += 1
             out.append(self.text_event(decode_text(body)[0]))
 
     def _document(self, document: Document, out: list[bytes], stats: SplitStats) -> None:
@@ -82,12 +77,10 @@ class RecordSplitter:
                 stats.heartbeats += 1
             elif self.categories is None:
                 out.extend(items)
-                stats.records += len(items)
             else:
                 for item, value in zip(items, document.values()):
                     if self._wanted(value):
                         out.append(item)
-                        stats.records += 1
                     else:
                         stats.filtered += 1
         elif document.value is None:
@@ -96,7 +89,6 @@ class RecordSplitter:
             stats.filtered += 1
         else:
             out.append(document.raw)
-            stats.records += 1
 
     def _wanted(self, record) -> bool:
         category = record.get("category") if type(record) is dict else None
@@ -113,7 +105,6 @@ class RecordSplitter:
         if invalid:
             stats.invalid_utf8 += 1
         stats.text += 1
-        stats.records += 1
         out.append(self.text_event(text))
 
     def _ndjson(self, body: bytes, out: list[bytes], stats: SplitStats) -> bool:
@@ -121,7 +112,6 @@ class RecordSplitter:
             documents = [read_envelope(line) for line in body.split(b"\n") if line.strip()]
         except NotJSON:
             return False
-        stats.events += len(documents) - 1  # each line is counted as a body of its own
         for document in documents:
             self._document(document, out, stats)
         return True

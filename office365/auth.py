@@ -136,7 +136,6 @@ class TokenProvider:
         self._lock = asyncio.Lock()
         self._backoff = Backoff(base=1.0, cap=15.0)
         self._outage = OnceLogger(log)
-        self.renewals = 0
         self._redactor = redactor
         self._masked: deque[str] = deque()  # the current token and the one before (requests may still carry it)
         self._abandon: asyncio.Event | None = None  # set by reset() to give up the renewal waiting on Entra
@@ -186,7 +185,6 @@ class TokenProvider:
         self._mask(token)
         self._token = token
         self._renew_at = asked + self.renewal_delay(lifetime)
-        self.renewals += 1
 
     def _failed(self, error: BaseException, failures: int) -> None:
         self._outage.began(f"Getting a token from Microsoft Entra failed, retrying: {error}")

@@ -86,7 +86,6 @@ class Forwarder:
         self.oversize = Oversize(self._set_aside, self._log, trigger=trigger)
         self._closing: asyncio.Task[bool] | None = None
         self._abort_told = False
-        self.delivered = 0
         self._senders = [loop.create_task(self._sender(f"sender {n}"), name=f"deliver-{trigger}-{n}")
                          for n in range(max(1, limits.senders))]
         for task in self._senders:
@@ -250,7 +249,6 @@ class Forwarder:
             return False
         count = len(batch.events) - outcome
         if count:
-            self.delivered += count
             metrics.delivered_events.labels(self.trigger).inc(count)
             metrics.delivery_batches.labels(self.trigger, "confirmed").inc()
             metrics.delivery_seconds.labels(self.trigger).observe(time.monotonic() - started)
