@@ -12,7 +12,6 @@ import asyncio
 import re
 import time
 from collections import deque
-from collections.abc import Callable
 
 import msal
 import msal.exceptions

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from connectors.logs import LogFunction, SampledLog
