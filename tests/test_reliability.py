@@ -11,6 +11,7 @@ import pytest
 from benchmarks.reliability import runner, secrets
 from benchmarks.reliability.context import SMOKE, Artifacts, Context
 from benchmarks.reliability.keys import expected_keys, text_keys_intake
+from benchmarks.reliability.verdict import judge
 
 
 @pytest.fixture
@@ -82,6 +83,18 @@ def test_o365_logs_never_wait_for_a_hanging_runtime_and_files_stay_private(ctx):
     assert result["delivered_during_fault_s"] is not None and result["status_lines_during_hang"] >= 1
     assert result["log_failed_lines"] == 1 and result["log_back_lines"] == 1
     assert result["wide_state_modes"] == [] and result["records_files"] and not result["records_files_shared"]
+
+
+def test_judge_adds_the_shared_closing_checks_asked_for_after_the_scenarios_own():
+    result = {"lost": 0, "duplicates": 2, "output_tracebacks": 1, "exit_codes": [0, 143]}
+    judged = judge(result, ["its own check"], exit_codes=True, duplicates=True, tracebacks=True)
+    assert judged["failures"] == ["its own check", "exit codes [0, 143] after SIGTERM", "2 duplicates",
+                                  "1 tracebacks in the output"]
+    assert judged["passed"] is False
+    one_run = {"lost": 3, "duplicates": 2, "output_tracebacks": 1, "exit_code": 1}
+    assert judge(one_run, [], exit_codes=True)["failures"] == ["3 records lost", "exit code 1 after SIGTERM"]
+    clean = {"lost": 0, "duplicates": 0, "output_tracebacks": 0, "exit_code": 0}
+    assert judge(clean, [], exit_codes=True, duplicates=True, tracebacks=True)["passed"] is True
 
 
 def test_secrets_scan_finds_a_planted_secret(tmp_path):

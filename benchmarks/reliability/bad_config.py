@@ -9,9 +9,9 @@ import uuid
 from collections.abc import Callable
 
 from benchmarks.reliability.context import Context
-from benchmarks.reliability.kills import finish
 from benchmarks.reliability.processes import output_counts
 from benchmarks.reliability.stacks import EventHubStack, O365Stack, Stack
+from benchmarks.reliability.verdict import finish
 
 END_WITHIN_S = 60.0
 MAX_OUTPUT_LINES = 15  # what the process writes in all: a few start-up lines and the critical one

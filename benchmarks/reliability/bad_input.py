@@ -20,10 +20,10 @@ import orjson
 
 from benchmarks.reliability.context import Context
 from benchmarks.reliability.keys import expected_keys, text_keys_intake, text_keys_playbook
-from benchmarks.reliability.kills import finish
 from benchmarks.reliability.metrics import counters, total
 from benchmarks.reliability.processes import output_counts, runtime_counts
 from benchmarks.reliability.stacks import EventHubStack, O365Stack, Stack, reconcile, wait_covered
+from benchmarks.reliability.verdict import finish
 from tests.eventhub_helpers import envelope, records_with_ids
 
 OVERSIZE_BYTES = 300_000

@@ -22,11 +22,11 @@ import orjson
 
 from benchmarks.reliability.bad_config import expect_configuration_error
 from benchmarks.reliability.context import Context
-from benchmarks.reliability.kills import finish
 from benchmarks.reliability.metrics import counters, total
 from benchmarks.reliability.processes import TriggerProcess, output_counts, runtime_counts
 from benchmarks.reliability.stacks import (EventHubStack, O365Stack, Stack, reconcile, set_aside_entries,
                                            wait_covered)
+from benchmarks.reliability.verdict import finish
 from emulators.process import wait_until
 from tests.eventhub_helpers import ID_FIELD, records_with_ids
 

@@ -21,10 +21,10 @@ import time
 from benchmarks.reliability.context import Context
 from benchmarks.reliability.faults import _checkpointed
 from benchmarks.reliability.keys import event_key
-from benchmarks.reliability.kills import finish
 from benchmarks.reliability.metrics import counters, total
 from benchmarks.reliability.processes import TriggerProcess, output_counts, runtime_counts
 from benchmarks.reliability.stacks import EventHubStack, reconcile, wait_covered
+from benchmarks.reliability.verdict import judge
 from emulators.process import wait_until
 from tests.eventhub_helpers import envelope, records_with_ids
 from tests.storage_tap import StorageTap, handovers, late_checkpoints
@@ -112,9 +112,7 @@ def new_partitions(ctx: Context) -> dict:
         failures.append(f"the partition count metric says {partitions_metric}, not 6")
     if not told:
         failures.append("the growth of the hub was not logged to the runtime")
-    if any(code != 0 for code in codes):
-        failures.append(f"exit codes {codes} after SIGTERM")
-    return finish(result, failures)
+    return judge(result, failures, exit_codes=True)
 
 
 def _split(stack: EventHubStack) -> bool:
@@ -177,9 +175,7 @@ def handover(ctx: Context) -> dict:
                         "the new owner claimed it")
     if not dropped:
         failures.append("no acknowledgement arrived after a handover: the case was not exercised")
-    if any(code != 0 for code in codes):
-        failures.append(f"exit codes {codes} after SIGTERM")
-    return finish(result, failures)
+    return judge(result, failures, exit_codes=True)
 
 
 SCENARIOS = {"eventhub_new_partitions": new_partitions, "eventhub_handover": handover}

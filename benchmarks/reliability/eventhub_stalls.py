@@ -23,9 +23,9 @@ from functools import partial
 
 from benchmarks.reliability.context import Context
 from benchmarks.reliability.faults import _checkpointed
-from benchmarks.reliability.kills import finish
 from benchmarks.reliability.processes import TriggerProcess, output_counts, runtime_counts
 from benchmarks.reliability.stacks import EventHubStack, reconcile, wait_covered
+from benchmarks.reliability.verdict import judge
 from emulators.netfault import FaultProxy
 from emulators.process import wait_until
 
@@ -77,11 +77,7 @@ def _end(stack: EventHubStack, processes: list[TriggerProcess], failures: list[s
     result = reconcile(final, stack.reader.refresh().keys, stack.optional(), stack.set_aside())
     result.update(kills=0, exit_codes=codes, **result_keys, **output_counts(stack.processes),
                   **runtime_counts(stack.runtime_logs()))
-    if any(code != 0 for code in codes):
-        failures.append(f"exit codes {codes} after SIGTERM")
-    if result["output_tracebacks"]:
-        failures.append(f"{result['output_tracebacks']} tracebacks in the output")
-    return finish(result, failures)
+    return judge(result, failures, exit_codes=True, tracebacks=True)
 
 
 def _frozen(ctx: Context, name: str, server: str) -> dict:

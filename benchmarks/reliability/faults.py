@@ -18,10 +18,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from benchmarks.reliability.context import Context, Scale
-from benchmarks.reliability.kills import finish
 from benchmarks.reliability.metrics import counters, has, total
 from benchmarks.reliability.processes import output_counts, runtime_counts
 from benchmarks.reliability.stacks import EventHubStack, O365Stack, Stack, reconcile, wait_covered
+from benchmarks.reliability.verdict import finish
 from emulators.netfault import FaultProxy
 from emulators.process import wait_until
 

@@ -17,6 +17,7 @@ import time
 from benchmarks.reliability.context import Context
 from benchmarks.reliability.processes import TriggerProcess, output_counts, runtime_counts
 from benchmarks.reliability.stacks import EventHubStack, O365Stack, Stack, reconcile, wait_covered
+from benchmarks.reliability.verdict import finish
 from emulators.process import wait_until
 from tests.eventhub_helpers import records_with_ids
 
@@ -204,12 +205,3 @@ def graceful_stop(ctx: Context, trigger: str) -> dict:
     if result["duplicates"]:
         failures.append(f"{result['duplicates']} duplicates after graceful stops (expected 0)")
     return finish(result, failures)
-
-
-def finish(result: dict, failures: list[str]) -> dict:
-    """``passed`` when nothing was lost and no check failed; the reasons otherwise."""
-    if result.get("lost"):
-        failures.insert(0, f"{result['lost']} records lost")
-    result["passed"] = not failures
-    result["failures"] = failures
-    return result

@@ -19,9 +19,9 @@ import time
 from collections import Counter
 
 from benchmarks.reliability.context import Context
-from benchmarks.reliability.kills import finish
 from benchmarks.reliability.processes import output_counts
 from benchmarks.reliability.stacks import O365Stack, reconcile, wait_covered
+from benchmarks.reliability.verdict import judge
 from emulators.process import wait_until
 from tests.o365_helpers import free_port
 
@@ -39,11 +39,7 @@ def _finish(stack: O365Stack, expected: Counter, recovery: float | None, failure
               **output_counts(stack.processes), **extra}
     if recovery is None:
         failures.append(f"not every record delivered within {DELIVER_WITHIN_S:.0f} s")
-    if result["duplicates"]:
-        failures.append(f"{result['duplicates']} duplicates")
-    if result["output_tracebacks"]:
-        failures.append(f"{result['output_tracebacks']} tracebacks in the output")
-    return finish(result, failures)
+    return judge(result, failures, duplicates=True, tracebacks=True)
 
 
 def _deliver(stack: O365Stack, config: dict, expected: Counter | None = None) -> tuple[Counter, float | None]:

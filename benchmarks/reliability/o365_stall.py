@@ -22,9 +22,9 @@ import time
 import orjson
 
 from benchmarks.reliability.context import Context
-from benchmarks.reliability.kills import finish
 from benchmarks.reliability.processes import output_counts, runtime_counts
 from benchmarks.reliability.stacks import O365Stack, reconcile, wait_covered
+from benchmarks.reliability.verdict import judge
 from emulators.netfault import FaultProxy
 from emulators.process import wait_until
 from office365.auth import TokenProvider
@@ -58,13 +58,7 @@ def _settle(stack: O365Stack, process, failures: list[str], **extra) -> dict:
                   **runtime_counts(stack.runtime_logs()))
     if not alive:
         failures.append("the trigger ended during the fault")
-    if code != 0:
-        failures.append(f"exit code {code} after SIGTERM")
-    if result["duplicates"]:
-        failures.append(f"{result['duplicates']} duplicates")
-    if result["output_tracebacks"]:
-        failures.append(f"{result['output_tracebacks']} tracebacks in the output")
-    return finish(result, failures)
+    return judge(result, failures, exit_codes=True, duplicates=True, tracebacks=True)
 
 
 def _keeping_up(stack: O365Stack, process, failures: list[str]) -> None:

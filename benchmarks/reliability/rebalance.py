@@ -14,7 +14,7 @@ from collections import Counter
 
 from benchmarks.reliability.context import Context
 from benchmarks.reliability.faults import RECOVERY_LIMIT_S, _checkpointed
-from benchmarks.reliability.kills import BATCH, LANDED_LIMIT_S, finish, in_flight
+from benchmarks.reliability.kills import BATCH, LANDED_LIMIT_S, in_flight
 from benchmarks.reliability.processes import output_counts, runtime_counts
 from benchmarks.reliability.stacks import EventHubStack, reconcile, wait_covered
 from emulators.process import wait_until
@@ -89,6 +89,4 @@ def rebalancing(ctx: Context) -> dict:
                       **output_counts(stack.processes), **runtime_counts(stack.runtime_logs()))
     if recovery_s is None or recovery_s > RECOVERY_LIMIT_S:
         failures.append(f"records published before the kill were not all delivered within {RECOVERY_LIMIT_S:.0f} s")
-    if any(code != 0 for code in codes):
-        failures.append(f"exit codes {codes} after SIGTERM")
-    return finish(result, failures)
+    return judge(result, failures, exit_codes=True)

@@ -23,9 +23,9 @@ from pathlib import Path
 
 from benchmarks.reliability.context import Context
 from benchmarks.reliability.faults import RECORDS_PER_BLOB, _checkpointed
-from benchmarks.reliability.kills import finish
 from benchmarks.reliability.processes import output_counts, runtime_counts
 from benchmarks.reliability.stacks import EventHubStack, O365Stack, Stack, reconcile, wait_covered
+from benchmarks.reliability.verdict import judge
 from emulators.process import wait_until
 
 STATUS_S = 2.0
@@ -140,6 +140,4 @@ def run(ctx: Context, trigger: str) -> dict:
     if trigger == "o365" and (not result["records_files"] or result["records_files_shared"]):
         failures.append(f"{result['records_files_shared']} of {result['records_files']} playbook records files "
                         "readable by others")
-    if result["output_tracebacks"]:
-        failures.append(f"{result['output_tracebacks']} tracebacks in the output")
-    return finish(result, failures)
+    return judge(result, failures, tracebacks=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 from benchmarks.reliability.context import SMOKE, Artifacts, Context
-from benchmarks.reliability.kills import finish
+from benchmarks.reliability.verdict import finish
 
 # A credential in a connection string or URL that was not masked.
 _EMBEDDED = re.compile(rb"(?i)(SharedAccessKey|AccountKey|SharedAccessSignature|client_secret)=(?!\*\*\*)[^;&\s\"']{4,}")
