@@ -132,7 +132,9 @@ class KillCount:
 
     def report(self) -> dict:
         return {**asdict(self), "rate_per_s": round(self.rate_per_s, 1), "bound": self.bound,
-                "recent_by_rate": round(self.rate_per_s * RECENT_S), "within_bound": self.within_bound}
+                "recent_by_rate": round(self.rate_per_s * RECENT_S), "within_bound": self.within_bound,
+                # Landed before the recent window and not checkpointed: what checkpointing lagged behind by.
+                "late": max(0, self.landed_not_checkpointed - self.carried - self.confirmed_recently)}
 
 
 def kill_recently_watched(process: TriggerProcess, stack: Stack, pace: Pace) -> int:
