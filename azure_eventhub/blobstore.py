@@ -3,14 +3,41 @@ s) is paid only when a storage account is configured, and off the loop once the 
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
 
+import aiohttp
 import orjson
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.core.pipeline.transport import AioHttpTransport
 from azure.eventhub.extensions.checkpointstoreblobaio import BlobCheckpointStore
 from azure.storage.blob.aio import ContainerClient
 
 from azure_eventhub.checkpoints import FirstStart
+
+
+# The transport's own settings among the store's options (the rest are the clients' and their policies').
+_CONNECTION_OPTIONS = ("connection_timeout", "read_timeout", "connection_data_block_size")
+
+
+class StoreTransport(AioHttpTransport):
+    """The storage clients' HTTP transport, with one TLS context for all its requests. Given the trusted authorities as
+    a file (``connection_verify``), azure-core's transport builds a new context from it for every request, parsing
+    the whole bundle: tens of milliseconds of CPU per checkpoint write, plain HTTP included. The session, made on
+    the loop at first use, verifies with ``ssl_context`` (requests keep the default ``connection_verify=True``, which
+    defers to the session's connector)."""
+
+    def __init__(self, ssl_context: ssl.SSLContext, **options: Any) -> None:
+        super().__init__(**options)
+        self.ssl_context = ssl_context
+
+    async def open(self) -> None:
+        if self.session is None:  # first use, or reopened after a close
+            self.session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=self.ssl_context),
+                trust_env=False,  # the store's proxy is looked up once and given as ``proxies``
+                cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False)  # as azure-core makes its own
+        await super().open()
 
 
 class BlobStore(BlobCheckpointStore):
@@ -21,11 +48,19 @@ class BlobStore(BlobCheckpointStore):
     Its own blobs go through a container client of its own (``container_client``, the public
     ``azure.storage.blob.aio.ContainerClient``), built from the very arguments the store's client is built with (URL,
     credential, API version, options; a connection string reaches here as the store's ``from_connection_string`` made
-    them), opened and closed with the store: the store's own client is not public."""
+    them), opened and closed with the store: the store's own client is not public.
+
+    ``ssl_context``: each client sends through a ``StoreTransport`` of its own verifying with it (None: azure-core's
+    own transport, from the options)."""
 
     def __init__(self, blob_account_url: str, container_name: str, *, credential: Any = None,
-                 api_version: str = "2019-07-07", secondary_hostname: str | None = None, **kwargs: Any) -> None:
+                 api_version: str = "2019-07-07", secondary_hostname: str | None = None,
+                 ssl_context: ssl.SSLContext | None = None, **kwargs: Any) -> None:
+        connection = {key: kwargs[key] for key in _CONNECTION_OPTIONS if key in kwargs}
         options = dict(kwargs)
+        if ssl_context is not None:  # one transport per client: each client closes its own
+            kwargs["transport"] = StoreTransport(ssl_context, **connection)
+            options["transport"] = StoreTransport(ssl_context, **connection)
         # As the store does for its own client (it writes into the headers it is given, so a copy here).
         options["headers"] = {**(kwargs.get("headers") or {}), "x-ms-version": api_version}
         self.container_client = ContainerClient(blob_account_url, container_name, credential=credential,

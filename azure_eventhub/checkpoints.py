@@ -13,10 +13,12 @@ first start and it is read from its beginning.
 ``CheckpointWriter`` receives "delivered up to this event" from the forwarder (the ack of a batch, on the event
 loop) and writes it from a task of its own: a round of writes starts as soon as an ack arrives while none is in
 flight, and the acks that arrive during a round are coalesced into the next, so the store's own latency sets the
-pace; ``ROUND_GAP`` between the starts of two rounds bounds the writes of a fast stream (each is a storage request
-and some CPU, which a fast stream pays for in throughput). A confirmed position is thus saved within
-``max(ROUND_GAP, latency) + latency``: a crash re-reads what was not confirmed yet plus that much of delivery (about
-0.3 s while the store answers within 50 ms).
+pace. Two floors bound the writes of a fast stream (each is a storage request and some CPU, which a fast stream pays
+for in throughput): ``ROUND_GAP`` between the starts of two rounds, and ``WRITE_SPACING`` per write of a round (many
+partitions moving at once: at most ``1 / WRITE_SPACING`` writes a second, whatever their number). A confirmed
+position is thus saved within ``max(ROUND_GAP, partitions x WRITE_SPACING, latency) + latency``: a crash re-reads
+what was not confirmed yet plus that much of delivery (under 0.1 s for up to 5 partitions while the store answers
+within 25 ms).
 Stopping writes what is pending at once, cutting short the wait after a failed write. An ack of a partition this
 instance no longer reads (it moved to another owner, or was closed) is dropped: the new owner writes that
 partition's checkpoints from the position it started at.
@@ -45,7 +47,8 @@ from connectors.stopping import sleep_or_stop
 # A partition's owner, once read as this instance, is trusted this long (at most the load-balancing interval, far
 # below the ownership expiry): one HEAD per partition per interval instead of one per checkpoint write.
 OWNER_CHECK_MAX_AGE = 5.0
-ROUND_GAP = 0.25  # least seconds between the starts of two rounds of checkpoint writes
+ROUND_GAP = 0.05  # least seconds between the starts of two rounds of checkpoint writes
+WRITE_SPACING = 0.01  # ... and at least this many per write of the earlier round
 FLUSH_RETRY = 0.2  # seconds between two attempts of a failed write while a flush (the stop) waits for it
 
 
@@ -173,13 +176,14 @@ class CheckpointWriter:
 
     def __init__(self, store: CheckpointStore, namespace: str, hub: str, group: str, log: LogFunction,
                  timeout: float = 30.0, retry_base: float = 1.0, owner_max_age: float = 0.0,
-                 gap: float = ROUND_GAP):
+                 gap: float = ROUND_GAP, spacing: float = WRITE_SPACING):
         self.store = store
         self.base = {"fully_qualified_namespace": namespace, "eventhub_name": hub, "consumer_group": group}
         self._log = log
         self._timeout = timeout
         self._retry_base = retry_base
         self._gap = gap
+        self._spacing = spacing
         self._pending: dict[str, Position] = {}
         self._written: dict[str, int] = {}
         self._owners: dict[str, int] = {}  # partition -> token of its current reading by this instance
@@ -228,7 +232,7 @@ class CheckpointWriter:
             started = asyncio.get_running_loop().time()
             self._idle.clear()
             try:
-                failed = await self._write(batch)
+                failed, attempted = await self._write(batch)
             finally:
                 self._idle.set()
             if failed:
@@ -241,13 +245,16 @@ class CheckpointWriter:
                 self._wake.set()
             else:
                 backoff.reset()
-                await self._pause(started + self._gap - asyncio.get_running_loop().time())
+                gap = max(self._gap, attempted * self._spacing)
+                await self._pause(started + gap - asyncio.get_running_loop().time())
 
     async def _pause(self, seconds: float) -> None:
         """Between two rounds (or attempts): acks arriving meanwhile join the next one; a flush cuts it short."""
         await sleep_or_stop(seconds, self._hurry)
 
-    async def _write(self, batch: dict[str, Position]) -> dict[str, Position]:
+    async def _write(self, batch: dict[str, Position]) -> tuple[dict[str, Position], int]:
+        """The positions whose write failed, and how many writes were attempted (partitions that did not move since
+        their last write are skipped)."""
         todo = {pid: pos for pid, pos in batch.items() if pos.sequence_number > self._written.get(pid, -1)}
         results = await asyncio.gather(*(self._write_one(pid, pos) for pid, pos in todo.items()),
                                        return_exceptions=True)
@@ -266,7 +273,7 @@ class CheckpointWriter:
                 metrics.checkpoint_sequence.labels(partition_id).set(position.sequence_number)
         if not failed:
             self._outage.ended("Checkpoint store reachable again; checkpoints are saved again")
-        return failed
+        return failed, len(todo)
 
     async def _still_owned(self, partition_id: str) -> bool:
         owner_of = getattr(self.store, "owner_of", None)  # shared stores only: the local one has one consumer

@@ -98,8 +98,9 @@ def _storage_kwargs(config: EventHubConfiguration) -> dict[str, Any]:
     up once here: left to the environment, the storage client's aiohttp looks it up, in a thread, at every request
     (each checkpoint write)."""
     found = proxy.proxy_for(storage_endpoint(config), reveal(config.http_proxy))
-    # The store talks HTTPS (HTTP to an emulator): the same proxy carries both.
-    return {"use_env_settings": False, "connection_verify": ca_bundle(),
+    # The store talks HTTPS (HTTP to an emulator): the same proxy carries both. Its TLS context is made once (the
+    # hub client's), not per request as azure-core's transport makes it from a CA file.
+    return {"use_env_settings": False, "ssl_context": tls_context(),
             **({"proxies": {"http": found, "https": found}} if found else {})}
 
 

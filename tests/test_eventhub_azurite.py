@@ -33,3 +33,56 @@ def test_checkpoints_survive_a_restart_on_the_same_port(tmp_path):
             BlobAdmin(azurite.account_url, timeout=2).list_blobs("checkpoints")
     finally:
         azurite.stop()
+
+
+def test_the_store_verifies_tls_with_one_context_made_once(tmp_path, monkeypatch):
+    """The trigger's Blob store over HTTPS (a private CA, named as every TLS client of the module takes it): its
+    requests are verified against that CA, with a TLS context made when the store is built, not one per request
+    (azure-core's transport given a CA file parses the whole bundle at every checkpoint write)."""
+    import ssl
+
+    from azure_eventhub import clients
+    from azure_eventhub.config import EventHubConfiguration
+    from connectors.trigger import parse_configuration
+    from tests.support.private_ca import private_ca_files
+
+    certificate, ca_file = private_ca_files(tmp_path)
+    azurite = Azurite(certificate=certificate, ca_file=ca_file).start()
+    try:
+        azurite.create_container("checkpoints")
+        config = parse_configuration(EventHubConfiguration, {
+            "hub_connection_string": "Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName=listen;"
+                                     "SharedAccessKey=k3y-value=;EntityPath=logs",
+            "hub_name": "logs", "storage_connection_string": azurite.connection_string,
+            "storage_container_name": "checkpoints"})
+        checkpoint = {"fully_qualified_namespace": "ns", "eventhub_name": "logs", "consumer_group": "$default",
+                      "offset": "1024"}
+        made = []
+        create_default_context = ssl.create_default_context
+
+        def counted(*args, **kwargs):
+            made.append(kwargs.get("cafile"))
+            return create_default_context(*args, **kwargs)
+
+        async def write(count: int) -> list[dict]:
+            store = clients.build_blob_store(config, None, {**clients.STORE_OPTIONS, "retry_total": 0})
+            async with store:
+                made.clear()
+                for sequence in range(count):
+                    await store.update_checkpoint(dict(checkpoint, partition_id=str(sequence % 2),
+                                                       sequence_number=sequence))
+                return await store.list_checkpoints("ns", "logs", "$default")
+
+        monkeypatch.setattr(ssl, "create_default_context", counted)
+        for name in ("SSL_CERT_FILE", "CURL_CA_BUNDLE"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(ca_file))
+        listed = asyncio.run(write(6))
+        assert made == []
+        assert sorted((item["partition_id"], item["sequence_number"]) for item in listed) == [("0", 4), ("1", 5)]
+        # Verification is on: with certifi's authorities alone, the private CA's certificate is refused.
+        monkeypatch.delenv("REQUESTS_CA_BUNDLE")
+        with pytest.raises(ServiceRequestError, match="CERTIFICATE_VERIFY_FAILED"):
+            asyncio.run(write(1))
+    finally:
+        azurite.stop()

@@ -158,6 +158,30 @@ async def test_rounds_start_a_gap_apart_and_a_flush_does_not_wait_for_the_next()
     assert sorted(store.writes) == [("0", 1), ("0", 49), ("1", 49)]
 
 
+async def test_the_next_round_waits_a_spacing_per_write_of_the_last_one():
+    """Many partitions moving at once: after a round of writes the next waits the spacing per write of that round
+    (the writes' CPU bounded whatever the number of partitions), even with no gap; without a spacing it starts
+    within loop turns; a flush does not wait."""
+    for spacing, paced in ((0.0, False), (3600.0, True)):
+        store = RecordingStore()
+        writer = writer_for(store, gap=0.0, spacing=spacing)
+        task = asyncio.create_task(writer.run())
+        for partition in ("0", "1", "2"):
+            writer.confirmed(partition, "100", 1)
+        await asyncio.wait_for(store.writing.wait(), 5)
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert sorted(store.writes) == [("0", 1), ("1", 1), ("2", 1)]
+        writer.confirmed("0", "200", 2)
+        writer.confirmed("1", "100", 1)  # did not move: nothing to write
+        for _ in range(20):  # loop turns enough for an unpaced writer to write it
+            await asyncio.sleep(0)
+        assert (("0", 2) not in store.writes) is paced
+        assert await writer.flush(5)
+        task.cancel()
+        assert sorted(store.writes) == [("0", 1), ("0", 2), ("1", 1), ("2", 1)]
+
+
 async def test_failed_writes_are_retried_and_logged_once():
     store = RecordingStore(fail_times=3)
     logs = []
