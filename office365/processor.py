@@ -63,6 +63,7 @@ class Processor:
         self._failures: dict[str, Backoff] = {}  # content id -> its retry steps, while it keeps failing
         self._queue: asyncio.Queue[Fetched | None] = asyncio.Queue()  # bounded by the fetchers' slots; None: stop
         self._stopping = False
+        self._holding: Fetched | None = None  # the blob at hand until its body is let go
 
     def put(self, item: Fetched) -> None:
         self._queue.put_nowait(item)
@@ -87,6 +88,7 @@ class Processor:
         """Process one fetched blob; a failure schedules another fetch of it, or skips it once it failed enough.
         Returns a blob skipped, which is acknowledged after everything added before it."""
         ref = item.ref
+        self._holding = item
         try:
             delivered = await self._process(item)
             self._failures.pop(ref.content_id, None)
@@ -94,7 +96,15 @@ class Processor:
         except Exception as error:  # noqa: BLE001 - one blob must not stop the collection
             return self._failed(ref, error)
         finally:
+            self._let_go()
+
+    def _let_go(self) -> None:
+        """The blob at hand's body is no longer needed (its records are cut out, or it failed): its room goes back
+        to the fetchers and the body is dropped, not kept while its records wait for the delivery's room."""
+        item, self._holding = self._holding, None
+        if item is not None:
             self._done(item)
+            item.body = None
 
     def _failed(self, ref: ContentRef, error: Exception) -> Delivered | None:
         steps = self._failures.setdefault(ref.content_id, Backoff(base=RETRY_BASE, cap=RETRY_CAP))
@@ -159,6 +169,8 @@ class Processor:
             return Delivered(ref, skipped=item.skipped)
         body = item.body or b""
         parsed = await asyncio.to_thread(parse_blob, body) if len(body) > THREAD_BODY_BYTES else parse_blob(body)
+        del body  # the records are copies: the body goes now, its records are what the delivery's room bounds
+        self._let_go()
         if parsed.problems:
             for kind, count in parsed.problems.items():
                 metrics.bad_content.labels(ref.content_type, kind).inc(count)
