@@ -36,9 +36,10 @@ from office365.watch import ContentTypeProgress, Recovery, StalledRun
 
 MONITOR_INTERVAL = 2.0
 PROCESSING_STOP_SECONDS = 10.0  # at stop, for the blob at hand and its acknowledgement
-# Fetched bodies waiting for the processor, and those on their way: ~13 blobs of 1,000 records, enough fetches in
-# flight to keep the processor busy at a few hundred ms a fetch.
-FETCHED_BYTES = 16 * 1024 * 1024
+# Fetched bodies not yet cut into records, and those on their way: 3 to 4 blobs of 1,000 records (2 to 3 MB each),
+# or the 64 blobs the count allows when they are small; with the record filter, the records in hand and delivery's
+# batches, what keeps a trigger reading big blobs under 150 MB.
+FETCHED_BYTES = 8 * 1024 * 1024
 
 
 class Pipeline:
