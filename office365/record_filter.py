@@ -23,7 +23,7 @@ import msgspec
 
 _FIRST_8_BYTES = struct.Struct(">Q").unpack_from
 _decode = msgspec.json.Decoder().decode
-_encode_sorted = msgspec.json.Encoder(order="sorted").encode
+_encode_sorted_into = msgspec.json.Encoder(order="sorted").encode_into  # replaces the buffer's content
 _DecodeError = msgspec.DecodeError
 
 
@@ -47,21 +47,20 @@ def record_key(record: bytes) -> int:
 
 
 def record_keys(records: list[bytes]) -> list[int]:
-    """``record_key`` of each record; the processor's hot path: one comprehension over C calls (msgspec decode and
-    sorted encode, about 4 us a 1.3 KB record, then SHA-1), the exact path only for a list holding a record msgspec
-    refuses."""
-    sha1, first, decode, encode = hashlib.sha1, _FIRST_8_BYTES, _decode, _encode_sorted
-    try:
-        return [first(sha1(encode(decode(record)), usedforsecurity=False).digest())[0] >> 1 for record in records]
-    except _DecodeError:
-        return [first(sha1(_canonical(record), usedforsecurity=False).digest())[0] >> 1 for record in records]
-
-
-def _canonical(record: bytes) -> bytes:
-    try:
-        return _encode_sorted(_decode(record))
-    except _DecodeError:
-        return _canonical_exactly(record)
+    """``record_key`` of each record; the processor's hot path: C calls only (msgspec decode, sorted encode into one
+    reused buffer, SHA-1: about 5 us a 1.3 KB record), the standard library for a record msgspec refuses."""
+    sha1, first, decode, encode_into = hashlib.sha1, _FIRST_8_BYTES, _decode, _encode_sorted_into
+    canonical = bytearray()
+    keys: list[int] = []
+    append = keys.append
+    for record in records:
+        try:
+            encode_into(decode(record), canonical)
+            digest = sha1(canonical, usedforsecurity=False).digest()
+        except _DecodeError:
+            digest = sha1(_canonical_exactly(record), usedforsecurity=False).digest()
+        append(first(digest)[0] >> 1)
+    return keys
 
 
 def raw_key(record: bytes) -> int:
