@@ -2,10 +2,12 @@
 
 Per record: the record's bytes as the blob holds them (cut out by ``connectors.codec``), its key for the record
 filter, done (a few microseconds). A body only the codec's slow exact path reads, or a very large one, is cut in a
-thread, and records are admitted a slice at a time, so the loop's other work never waits long behind one blob. Each blob is acknowledged with its records: the
-acknowledgement runs on the loop once the runtime confirmed them and everything before; it commits the blob in
-memory, and the ledger is written off the loop as soon as no write is running, with every commit made meanwhile
-(``CollectorState.persist_soon``): a crash sends again what was unconfirmed, and what the store's latency held.
+thread, and records are admitted a slice at a time, so the loop's other work never waits long behind one blob. A
+body is let go once cut: its room goes back to the fetchers while its records wait for the delivery's. Each blob
+is acknowledged with its records: the acknowledgement runs on the loop once the runtime confirmed them and
+everything before; it commits the blob in memory, and the ledger is written off the loop as soon as no write is
+running, with every commit made meanwhile (``CollectorState.persist_soon``): a crash sends again what was
+unconfirmed, and what the store's latency held.
 
 Nothing stops the task: a blob that fails is fetched again later (a few times, then skipped with an error that
 names it), a forwarder that fails is tried again. Should it die all the same, the pipeline fails the run (the

@@ -237,7 +237,10 @@ async def test_a_blob_failing_every_time_is_fetched_again_a_few_times_then_skipp
     committed like an expired blob, with one error naming it."""
     import office365.processor as module
 
-    monkeypatch.setattr(module, "parse_blob", lambda data, exact=True: (_ for _ in ()).throw(RuntimeError("unreadable")))
+    def unreadable(data: bytes, exact: bool = True):
+        raise RuntimeError("unreadable")
+
+    monkeypatch.setattr(module, "parse_blob", unreadable)
     state = CollectorState(tmp_path, ["Audit.Exchange"], initial_lookback=timedelta(hours=2), filter_capacity=100)
     item = Fetched(ref("c$bad"), body=b"[]")
     state.track(item.ref)
