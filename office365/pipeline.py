@@ -237,7 +237,7 @@ class Pipeline:
     ) -> None:
         while True:
             ref = await queue.get()
-            reserved = await room.acquire()
+            reserved = await room.acquire(ref.content_type)
             try:
                 fetched = await fetch_blob(client, ref, self.stopping)
             except Deferred as deferred:
@@ -252,7 +252,7 @@ class Pipeline:
             except BaseException:
                 room.release(reserved)
                 raise
-            room.fetched(reserved, len(fetched.body or b""))
+            room.fetched(reserved, len(fetched.body or b""), ref.content_type)
             processor.put(fetched)
             del fetched  # waiting for the next blob, a fetcher must not keep this one's body
 

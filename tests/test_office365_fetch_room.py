@@ -10,11 +10,11 @@ from office365.fetch_room import FetchRoom
 MB = 1024 * 1024
 
 
-async def started(room: FetchRoom) -> list[int]:
-    """Every fetch the room lets start now (their reservations)."""
+async def started(room: FetchRoom, kind: str = "") -> list[int]:
+    """Every fetch of this kind the room lets start now (their reservations)."""
     reservations = []
     while True:
-        attempt = asyncio.create_task(room.acquire())
+        attempt = asyncio.create_task(room.acquire(kind))
         await asyncio.sleep(0)
         await asyncio.sleep(0)
         if not attempt.done():
@@ -84,3 +84,31 @@ async def test_the_number_of_blobs_still_bounds_small_bodies():
     assert not waiting.done()
     room.release(10)
     await asyncio.wait_for(waiting, 5)
+
+
+async def test_a_run_of_small_bodies_of_one_kind_does_not_open_the_room_to_big_ones_of_another():
+    """The listers hand over runs of one content type: each is counted at its own kind's bodies."""
+    room = FetchRoom(blobs=64, max_bytes=8 * MB)
+    room.fetched(await room.acquire("Audit.AzureActiveDirectory"), 3 * MB, "Audit.AzureActiveDirectory")
+    room.release(3 * MB)
+    for _ in range(20):  # a run of small bodies
+        reserved = await room.acquire("Audit.General")
+        room.fetched(reserved, MB // 2, "Audit.General")
+        room.release(MB // 2)
+    assert room.estimate("Audit.General") == MB // 2
+    assert room.estimate("Audit.AzureActiveDirectory") == 3 * MB
+    assert room.estimate("DLP.All") == 3 * MB  # a kind not seen yet: the largest body of any
+    wave = await started(room, "Audit.AzureActiveDirectory")
+    for reserved in wave:
+        room.fetched(reserved, 3 * MB, "Audit.AzureActiveDirectory")
+    assert len(wave) == 2 and room.held <= room.max_bytes
+
+
+async def test_skipped_blobs_tell_nothing_of_their_kind_s_size():
+    room = FetchRoom(blobs=64, max_bytes=8 * MB)
+    room.fetched(await room.acquire("a"), 2 * MB, "a")
+    room.release(2 * MB)
+    for _ in range(10):
+        room.fetched(await room.acquire("b"), 0, "b")  # expired or vanished: no body
+        room.release(0)
+    assert room.estimate("b") == 2 * MB
