@@ -6,7 +6,7 @@ its fetch until the processor has cut its records out (``release``): then its re
 Counting fetches on their way at the largest recent body of their kind, not at an average of all, keeps a wave of
 fetches within the budget when they all come back big: blobs of 1,000 records weigh 0.4 MB in one content type and
 3 MB in another, and the listers hand over runs of one type. A kind not seen yet is counted at the largest body of
-any kind (a quarter of the room before any). A body larger than the whole budget still goes, alone.
+any kind, and at least a quarter of the room. A body larger than the whole budget still goes, alone.
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ class FetchRoom:
         self.max_bytes = max_bytes
         self.held = 0  # bytes of bodies held, and of those being fetched (at their estimate)
         self._recent: dict[str, deque[int]] = {}  # kind -> sizes of its latest bodies
-        self._largest = max(1, max_bytes // 4)  # the largest body of any kind seen (before any: a quarter)
+        # A kind not seen yet: the largest body of any kind, and at least a quarter of the room (four such fetches
+        # at once), however small the bodies of the kinds seen first.
+        self._largest = max(1, max_bytes // 4)
         self._freed = asyncio.Event()
 
     def estimate(self, kind: str = "") -> int:
@@ -52,8 +54,6 @@ class FetchRoom:
         self.held += size - reserved
         recent = self._recent.get(kind)
         if recent is None:
-            if not self._recent:
-                self._largest = 0  # the first body of all replaces the guess
             recent = self._recent[kind] = deque(maxlen=RECENT_SIZES)
         recent.append(size)
         self._largest = max(self._largest, size)

@@ -112,3 +112,15 @@ async def test_skipped_blobs_tell_nothing_of_their_kind_s_size():
         room.fetched(await room.acquire("b"), 0, "b")  # expired or vanished: no body
         room.release(0)
     assert room.estimate("b") == 2 * MB
+
+
+async def test_a_kind_not_seen_yet_is_counted_at_a_quarter_of_the_room_at_least():
+    """At the start, small bodies of the first kind seen do not let a wave of another kind's big ones out."""
+    room = FetchRoom(blobs=64, max_bytes=8 * MB)
+    room.fetched(await room.acquire("Audit.General"), MB // 2, "Audit.General")
+    room.release(MB // 2)
+    wave = await started(room, "Audit.AzureActiveDirectory")
+    assert len(wave) == 4
+    for reserved in wave:
+        room.fetched(reserved, 2 * MB, "Audit.AzureActiveDirectory")
+    assert room.held <= room.max_bytes
