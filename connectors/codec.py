@@ -83,13 +83,17 @@ class Document:
         return self.parsed
 
 
-def read_array(body: bytes) -> Document:
-    """A document whose records are its top-level array's elements (an Office 365 content blob)."""
+def read_array(body: bytes, exact: bool = True) -> Document | None:
+    """A document whose records are its top-level array's elements (an Office 365 content blob). ``exact=False``:
+    None when only the exact path reads the body (its work is a caller's to place, e.g. in a thread)."""
     try:
         spans = _ARRAY.decode(body)
     except (_DecodeError, RecursionError):
+        return _read_exactly(body, envelope=False) if exact else None
+    document = _cut(body, spans)
+    if document is None and exact:
         return _read_exactly(body, envelope=False)
-    return _cut(body, spans) or _read_exactly(body, envelope=False)
+    return document
 
 
 def read_envelope(body: bytes) -> Document:

@@ -32,9 +32,13 @@ class ParsedBlob:
         return ", ".join(parts) + (f" ({self.detail})" if self.detail else "")
 
 
-def parse_blob(body: bytes) -> ParsedBlob:
+def parse_blob(body: bytes, exact: bool = True) -> ParsedBlob | None:
+    """``exact=False``: None when the body needs the codec's exact path (another encoding, bytes that are not UTF-8,
+    what the C decoder refuses), the slow one."""
     try:
-        document = read_array(body)
+        document = read_array(body, exact)
+        if document is None:
+            return None
     except NotJSON as error:
         # Not JSON at all (truncated, or broken by invalid bytes): nothing in it can be trusted as a record.
         kind = INVALID_UTF8 if error.invalid_utf8 else INVALID_JSON

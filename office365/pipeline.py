@@ -36,9 +36,11 @@ from office365.watch import ContentTypeProgress, Recovery, StalledRun
 
 MONITOR_INTERVAL = 2.0
 PROCESSING_STOP_SECONDS = 10.0  # at stop, for the blob at hand and its acknowledgement
-# Fetched bodies waiting for the processor, and those on their way: ~13 blobs of 1,000 records, enough fetches in
-# flight to keep the processor busy at a few hundred ms a fetch.
-FETCHED_BYTES = 16 * 1024 * 1024
+# Fetched bodies not yet cut into records, and those on their way: 2 to 4 blobs of 1,000 records (1.3 to 3 MB),
+# or the 64 blobs the count allows when they are small: a few hundred ms a fetch then still bring thousands of
+# records a second. With the record filter, the records in hand and the delivery's batches, what keeps a trigger
+# reading big blobs under 150 MB.
+FETCHED_BYTES = 6 * 1024 * 1024
 STARTUP_BACKOFF = functools.partial(Backoff, base=1.0, cap=30.0)
 
 
@@ -236,7 +238,7 @@ class Pipeline:
     ) -> None:
         while True:
             ref = await queue.get()
-            reserved = await room.acquire()
+            reserved = await room.acquire(ref.content_type)
             try:
                 fetched = await fetch_blob(client, ref, self.stopping)
             except Deferred as deferred:
@@ -251,7 +253,7 @@ class Pipeline:
             except BaseException:
                 room.release(reserved)
                 raise
-            room.fetched(reserved, len(fetched.body or b""))
+            room.fetched(reserved, len(fetched.body or b""), ref.content_type)
             processor.put(fetched)
             del fetched  # waiting for the next blob, a fetcher must not keep this one's body
 

@@ -1,11 +1,13 @@
 """From fetched blob bodies to forwarded records: one task on the trigger's event loop, a blob at a time.
 
 Per record: the record's bytes as the blob holds them (cut out by ``connectors.codec``), its key for the record
-filter, done (a few microseconds). A large body is cut in a thread and its records admitted a slice at a time, so
-the loop's other work never waits long behind one blob. Each blob is acknowledged with its records: the
-acknowledgement runs on the loop once the runtime confirmed them and everything before; it commits the blob in
-memory, and the ledger is written off the loop as soon as no write is running, with every commit made meanwhile
-(``CollectorState.persist_soon``): a crash sends again what was unconfirmed, and what the store's latency held.
+filter, done (a few microseconds). A body only the codec's slow exact path reads, or a very large one, is cut in a
+thread, and records are admitted a slice at a time, so the loop's other work never waits long behind one blob. A
+body is let go once cut: its room goes back to the fetchers while its records wait for the delivery's. Each blob
+is acknowledged with its records: the acknowledgement runs on the loop once the runtime confirmed them and
+everything before; it commits the blob in memory, and the ledger is written off the loop as soon as no write is
+running, with every commit made meanwhile (``CollectorState.persist_soon``): a crash sends again what was
+unconfirmed, and what the store's latency held.
 
 Nothing stops the task: a blob that fails is fetched again later (a few times, then skipped with an error that
 names it), a forwarder that fails is tried again. Should it die all the same, the pipeline fails the run (the
@@ -28,9 +30,13 @@ from office365.fetcher import Fetched
 from office365.listing import ContentRef
 from office365.state import CollectorState, Delivered
 
-# A body this large is cut in a thread (the exact path of a 25 MB body took 0.74 s of CPU); its records are
-# admitted to the filter this many at a time, the loop free in between (about 10 ms of keys each).
-THREAD_BODY_BYTES = 1 << 20
+# Where a body is cut into records: on the loop when the codec's fast path takes it (about 1 ms a MB) up to
+# FAST_ON_LOOP_BYTES, or its exact path (about 30 ms a MB) up to EXACT_ON_LOOP_BYTES; else in a thread. On the loop
+# rather than in a thread whenever that is short: a thread's records come from an allocator arena of its own, which
+# keeps the memory they leave (with big blobs, 15 MB more RSS). Records are admitted to the filter ADMIT_SLICE at a
+# time, the loop free in between (about 10 ms of keys each).
+FAST_ON_LOOP_BYTES = 16 << 20
+EXACT_ON_LOOP_BYTES = 1 << 20
 ADMIT_SLICE = 2000
 # A blob whose processing fails is fetched again after 30 s, 1 min, 2 min, 4 min; then it is skipped, by name.
 BLOB_ATTEMPTS = 5
@@ -63,6 +69,7 @@ class Processor:
         self._failures: dict[str, Backoff] = {}  # content id -> its retry steps, while it keeps failing
         self._queue: asyncio.Queue[Fetched | None] = asyncio.Queue()  # bounded by the fetchers' slots; None: stop
         self._stopping = False
+        self._holding: Fetched | None = None  # the blob at hand until its body is let go
 
     def put(self, item: Fetched) -> None:
         self._queue.put_nowait(item)
@@ -87,6 +94,7 @@ class Processor:
         """Process one fetched blob; a failure schedules another fetch of it, or skips it once it failed enough.
         Returns a blob skipped, which is acknowledged after everything added before it."""
         ref = item.ref
+        self._holding = item
         try:
             delivered = await self._process(item)
             self._failures.pop(ref.content_id, None)
@@ -94,7 +102,15 @@ class Processor:
         except Exception as error:  # noqa: BLE001 - one blob must not stop the collection
             return self._failed(ref, error)
         finally:
+            self._let_go()
+
+    def _let_go(self) -> None:
+        """The blob at hand's body is no longer needed (its records are cut out, or it failed): its room goes back
+        to the fetchers and the body is dropped, not kept while its records wait for the delivery's room."""
+        item, self._holding = self._holding, None
+        if item is not None:
             self._done(item)
+            item.body = None
 
     def _failed(self, ref: ContentRef, error: Exception) -> Delivered | None:
         steps = self._failures.setdefault(ref.content_id, Backoff(base=RETRY_BASE, cap=RETRY_CAP))
@@ -158,7 +174,11 @@ class Processor:
             )
             return Delivered(ref, skipped=item.skipped)
         body = item.body or b""
-        parsed = await asyncio.to_thread(parse_blob, body) if len(body) > THREAD_BODY_BYTES else parse_blob(body)
+        parsed = parse_blob(body, len(body) <= EXACT_ON_LOOP_BYTES) if len(body) <= FAST_ON_LOOP_BYTES else None
+        if parsed is None:
+            parsed = await asyncio.to_thread(parse_blob, body)
+        del body  # the records are copies: the body goes now, its records are what the delivery's room bounds
+        self._let_go()
         if parsed.problems:
             for kind, count in parsed.problems.items():
                 metrics.bad_content.labels(ref.content_type, kind).inc(count)

@@ -195,3 +195,11 @@ def test_deep_nesting_is_kept_and_too_deep_nesting_is_refused_not_a_crash(trigge
         out, stats = [], SplitStats()
         RecordSplitter().split([container_bytes(trigger, [too_deep])], out, stats)
         assert stats.text == 1 and out == [container_bytes(trigger, [too_deep])]  # forwarded as text, not lost
+
+
+def test_without_the_exact_path_a_body_only_it_reads_comes_back_as_none():
+    """The Office 365 processor reads a body on its loop only when the fast path takes it."""
+    assert read_array(b'[{"a": 1}, {"b": "\xc3\xa9"}]', exact=False).items == [b'{"a": 1}', b'{"b": "\xc3\xa9"}']
+    for body in (b'[{"a": "\\ud800"}]', b'[{"a": "\xff"}]', '[{"a": 1}]'.encode("utf-16"), b'[{"a": 1},]'):
+        assert read_array(body, exact=False) is None
+    assert read_array(b'[{"a": "\\ud800"}]').items == [b'{"a": "\\ud800"}']  # the exact path reads it

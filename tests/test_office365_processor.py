@@ -128,10 +128,10 @@ async def test_a_failing_blob_is_left_pending_and_the_others_go_on(tmp_path, mon
 
     real = module.parse_blob
 
-    def parse(data: bytes):
+    def parse(data: bytes, exact: bool = True):
         if data == b"boom":
             raise RuntimeError("unexpected")
-        return real(data)
+        return real(data, exact)
 
     monkeypatch.setattr(module, "parse_blob", parse)
     items = [Fetched(ref("c$1"), body=b"boom"), Fetched(ref("c$2"), body=body({"Id": "2"}))]
@@ -237,7 +237,10 @@ async def test_a_blob_failing_every_time_is_fetched_again_a_few_times_then_skipp
     committed like an expired blob, with one error naming it."""
     import office365.processor as module
 
-    monkeypatch.setattr(module, "parse_blob", lambda data: (_ for _ in ()).throw(RuntimeError("unreadable")))
+    def unreadable(data: bytes, exact: bool = True):
+        raise RuntimeError("unreadable")
+
+    monkeypatch.setattr(module, "parse_blob", unreadable)
     state = CollectorState(tmp_path, ["Audit.Exchange"], initial_lookback=timedelta(hours=2), filter_capacity=100)
     item = Fetched(ref("c$bad"), body=b"[]")
     state.track(item.ref)
@@ -346,3 +349,57 @@ async def test_a_backlog_is_listed_oldest_first_past_the_first_page_of_each_wind
             older = [position for position, (other, _) in enumerate(pages) if other < index]
             assert pages.index((index, page)) > max(older, default=-1), pages
     assert line.state.listed_until("Audit.Exchange") == NOW.replace(microsecond=0)
+
+
+async def test_a_body_is_let_go_once_cut_into_records_not_once_the_delivery_took_them(tmp_path):
+    """The fetch room counts bodies not yet cut: a delivery without room holds the records, never the body too."""
+
+    class FullForwarder(FakeForwarder):
+        def __init__(self):
+            super().__init__()
+            self.room = asyncio.Event()
+
+        async def add(self, events, ack=None, origin=""):
+            await self.room.wait()
+            return await super().add(events, ack, origin)
+
+    state = CollectorState(tmp_path, ["Audit.Exchange"], initial_lookback=timedelta(hours=2), filter_capacity=100)
+    items = [Fetched(ref(f"c${index}"), body=body({"Id": str(index)})) for index in range(2)]
+    for item in items:
+        state.track(item.ref)
+    forwarder, let_go = FullForwarder(), []
+    processor = Processor(forwarder, state, lambda message, level: None,
+                          lambda item: let_go.append((item.ref.content_id, item.body is not None)))
+    processing = asyncio.create_task(processor.run())
+    for item in items:
+        processor.put(item)
+    assert await eventually(lambda: let_go, 5, interval=0.01)
+    await asyncio.sleep(0.05)
+    assert let_go == [("c$0", True)]  # released with its body, while its records wait for the delivery
+    assert items[0].body is None and items[1].body is not None  # the second waits in the queue, uncut
+    forwarder.room.set()
+    assert await eventually(lambda: len(let_go) == 2 and len(forwarder.acks) == 2, 5, interval=0.01)
+    assert [orjson.loads(event)["Id"] for event in forwarder.events] == ["0", "1"]
+    processor.stop()
+    await asyncio.wait_for(processing, 5)
+
+
+async def test_a_body_only_the_exact_path_reads_is_cut_in_a_thread_a_clean_one_on_the_loop(tmp_path, monkeypatch):
+    """The fast path is short on the loop; the exact path's work goes to a thread past a small size."""
+    import threading
+
+    import office365.processor as module
+
+    monkeypatch.setattr(module, "EXACT_ON_LOOP_BYTES", 10)
+    real, threads = module.parse_blob, []
+
+    def parse(data: bytes, exact: bool = True):
+        parsed = real(data, exact)
+        threads.append((threading.current_thread() is threading.main_thread(), exact, parsed is not None))
+        return parsed
+
+    monkeypatch.setattr(module, "parse_blob", parse)
+    items = [Fetched(ref("c$1"), body=body({"Id": "1"})), Fetched(ref("c$2"), body=b'[{"Id": "2", "a": "\\ud800"}]')]
+    _, forwarder, _ = await run(tmp_path, items)
+    assert threads == [(True, False, True), (True, False, False), (False, True, True)]
+    assert forwarder.events == [b'{"Id":"1"}', b'{"Id": "2", "a": "\\ud800"}']
