@@ -197,9 +197,6 @@ class CheckpointWriter:
         self._hurry = asyncio.Event()  # set while a flush waits: no pause between rounds
         self._ended = False  # ``run`` returned (cancelled, or died)
         self._outage = OnceLogger(log)
-        self.written = 0
-        self.failures = 0
-        self.dropped = 0  # positions not written: their partition was no longer read by this instance
 
     def confirmed(self, partition_id: str, offset: str, sequence_number: int, owner: int | None = None) -> None:
         """Everything of ``partition_id`` up to this event was delivered (the forwarder's ack: records, never waits).
@@ -207,7 +204,6 @@ class CheckpointWriter:
         ``owner``: the token of the reading the event came from; if the partition was closed since, the position
         is dropped (``None``: the position is not tied to a reading)."""
         if owner is not None and self._owners.get(partition_id) != owner:
-            self.dropped += 1
             metrics.checkpoints_dropped.inc()
             return
         current = self._pending.get(partition_id)
@@ -268,7 +264,6 @@ class CheckpointWriter:
             elif result:
                 if self._reads(partition_id, position):
                     self._written[partition_id] = position.sequence_number
-                self.written += 1
                 metrics.checkpoints_written.inc()
                 metrics.checkpoint_sequence.labels(partition_id).set(position.sequence_number)
         if not failed:
@@ -300,7 +295,6 @@ class CheckpointWriter:
         runtime confirms its batch: the ownership blob says so first, read at most every ``owner_max_age``, so a
         loser writes nothing later than that after the handover)."""
         if not self._reads(partition_id, position) or not await self._still_owned(partition_id):
-            self.dropped += 1
             metrics.checkpoints_dropped.inc()
             return False
         checkpoint = dict(self.base, partition_id=partition_id, offset=position.offset,
@@ -309,7 +303,6 @@ class CheckpointWriter:
         return True
 
     def _failed(self, partition_id: str, error: BaseException) -> None:
-        self.failures += 1
         metrics.checkpoint_failures.inc()
         self._outage.began(
             f"Saving the checkpoint of partition {partition_id} failed ({describe_error(error)}); the records "
@@ -346,7 +339,6 @@ class CheckpointWriter:
         self._owners.pop(partition_id, None)
         self._owned_checked.pop(partition_id, None)
         if self._pending.pop(partition_id, None) is not None:
-            self.dropped += 1
             metrics.checkpoints_dropped.inc()
         self._written.pop(partition_id, None)
 

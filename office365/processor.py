@@ -33,8 +33,8 @@ from office365.state import CollectorState, Delivered
 # Where a body is cut into records: on the loop when the codec's fast path takes it (about 1 ms a MB) up to
 # FAST_ON_LOOP_BYTES, or its exact path (about 30 ms a MB) up to EXACT_ON_LOOP_BYTES; else in a thread. On the loop
 # rather than in a thread whenever that is short: a thread's records come from an allocator arena of its own, which
-# keeps the memory they leave (with big blobs, 15 MB more RSS). Records are admitted to the filter ADMIT_SLICE at a
-# time, the loop free in between (about 10 ms of keys each).
+# keeps the memory they leave. Records are admitted to the filter ADMIT_SLICE at a time, the loop free in between
+# (about 10 ms of keys each).
 FAST_ON_LOOP_BYTES = 16 << 20
 EXACT_ON_LOOP_BYTES = 1 << 20
 ADMIT_SLICE = 2000

@@ -5,11 +5,17 @@ from datetime import UTC, datetime
 
 import pytest
 
+from azure_eventhub import metrics
 from azure_eventhub.checkpoints import CheckpointWriter, FirstStart, LocalCheckpointStore
 from connectors.errors import ConfigurationError, CorruptStateError
 from connectors.state import StateFile
 from emulators.process import eventually
 from tests.support.held_calls import FirstCallHeld
+
+
+def total(counter) -> float:
+    """A Prometheus counter's value, as an exporter reads it."""
+    return next(sample.value for sample in counter.collect()[0].samples if sample.name.endswith("_total"))
 
 NS, HUB, GROUP = "ns.servicebus.windows.net", "logs", "$Default"
 
@@ -186,11 +192,12 @@ async def test_failed_writes_are_retried_and_logged_once():
     store = RecordingStore(fail_times=3)
     logs = []
     writer = writer_for(store, logs)
+    failures_before = total(metrics.checkpoint_failures)
     writer_task = asyncio.create_task(writer.run())
     writer.confirmed("3", "300", 3)
     assert await writer.flush(30)
     writer_task.cancel()
-    assert store.writes == [("3", 3)] and writer.failures == 3
+    assert store.writes == [("3", 3)] and total(metrics.checkpoint_failures) - failures_before == 3
     assert [level for level, _ in logs] == ["error", "info"]
     assert "partition 3" in logs[0][1] and "reachable again" in logs[1][1]
 
@@ -200,9 +207,11 @@ async def test_a_flush_cuts_short_the_wait_after_a_failed_write():
     the process exits, the last checkpoints are written within the flush."""
     store = RecordingStore(fail_times=1)
     writer = writer_for(store, retry_base=30.0)
+    failures_before = total(metrics.checkpoint_failures)
     task = asyncio.create_task(writer.run())
     writer.confirmed("0", "700", 7)
-    assert await eventually(lambda: writer.failures == 1, 10, 0.01)  # now waiting for its retry
+    # now waiting for its retry
+    assert await eventually(lambda: total(metrics.checkpoint_failures) - failures_before == 1, 10, 0.01)
     assert await writer.flush(10)
     task.cancel()
     assert store.writes == [("0", 7)]
@@ -219,6 +228,7 @@ async def test_flush_reports_what_could_not_be_written():
 async def test_acks_of_a_partition_no_longer_read_here_are_dropped():
     store = RecordingStore(delay=0.05)
     writer = writer_for(store)
+    dropped_before = total(metrics.checkpoints_dropped)
     task = asyncio.create_task(writer.run())
     first = writer.claimed("0")
     writer.confirmed("0", "100", 1, owner=first)
@@ -232,12 +242,13 @@ async def test_acks_of_a_partition_no_longer_read_here_are_dropped():
     assert await writer.flush(5)
     task.cancel()
     assert store.writes == [("0", 1), ("0", 5)]
-    assert writer.dropped == 3
+    assert total(metrics.checkpoints_dropped) - dropped_before == 3
 
 
 async def test_a_position_waiting_for_its_write_is_dropped_when_the_partition_closes():
     store = RecordingStore(delay=0.3)
     writer = writer_for(store)
+    dropped_before = total(metrics.checkpoints_dropped)
     task = asyncio.create_task(writer.run())
     reading = writer.claimed("1")
     writer.confirmed("1", "100", 1, owner=reading)
@@ -246,7 +257,7 @@ async def test_a_position_waiting_for_its_write_is_dropped_when_the_partition_cl
     writer.forget("1")
     assert await writer.flush(5)
     task.cancel()
-    assert store.writes == [("1", 1)] and writer.dropped == 1
+    assert store.writes == [("1", 1)] and total(metrics.checkpoints_dropped) - dropped_before == 1
 
 
 async def test_local_store_keeps_the_first_start(tmp_path):
@@ -285,6 +296,7 @@ async def test_a_partition_claimed_by_another_instance_is_not_checkpointed_even_
 
     store.owner_of = owner_of  # what the Blob store reads from the ownership blob
     writer = writer_for(store)
+    dropped_before = total(metrics.checkpoints_dropped)
     writer.owner_id = "me"
     task = asyncio.create_task(writer.run())
     reading = writer.claimed("2")
@@ -294,7 +306,7 @@ async def test_a_partition_claimed_by_another_instance_is_not_checkpointed_even_
     writer.confirmed("2", "200", 2, owner=reading)
     assert await writer.flush(5)
     task.cancel()
-    assert store.writes == [("2", 1)] and writer.dropped == 1
+    assert store.writes == [("2", 1)] and total(metrics.checkpoints_dropped) - dropped_before == 1
 
 
 async def test_the_owner_is_read_once_per_max_age_not_before_every_write():
