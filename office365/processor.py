@@ -23,7 +23,8 @@ from datetime import UTC, datetime
 
 from connectors.delivery import Forwarder
 from connectors.logs import LogFunction, SampledLog
-from connectors.retry import Backoff
+from connectors.retry import Backoff, RetryOn, retrying
+from connectors.stopping import Stopping
 from office365 import metrics
 from office365.blobs import INVALID_UTF8, parse_blob
 from office365.fetcher import Fetched
@@ -142,16 +143,22 @@ class Processor:
 
     async def _acknowledge(self, skipped: Delivered) -> None:
         """Queue a skipped blob's acknowledgement behind the records before it; a forwarder that fails is tried
-        again."""
-        while True:
-            try:
-                await self.forwarder.add((), ack=functools.partial(self._commit, skipped))
-                return
-            except Exception as error:  # noqa: BLE001 - the group stays here and is handed over again
-                self._sampled("forwarder", f"Handing records to the forwarder failed, trying again: {error!r}", "error")
-                if self._stopping:
-                    return  # not acknowledged: fetched again at the next start
-                await asyncio.sleep(TROUBLE_PAUSE)
+        again, until a stop (then it is not acknowledged: fetched again at the next start)."""
+
+        def failed(error: BaseException, _: int) -> None:
+            self._sampled("forwarder", f"Handing records to the forwarder failed, trying again: {error!r}", "error")
+
+        async def pause(delay: float) -> None:
+            if self._stopping:
+                raise Stopping()
+            await asyncio.sleep(delay)
+
+        try:
+            await retrying(lambda: self.forwarder.add((), ack=functools.partial(self._commit, skipped)),
+                           RetryOn(Exception, delay=lambda *_: TROUBLE_PAUSE),
+                           backoff=Backoff, pause=pause, on_failure=failed)
+        except Stopping:
+            pass
 
     def _commit(self, item: Delivered) -> None:
         """On the loop, once the runtime confirmed every record of the blob (and all before it)."""

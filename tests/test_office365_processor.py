@@ -403,3 +403,52 @@ async def test_a_body_only_the_exact_path_reads_is_cut_in_a_thread_a_clean_one_o
     _, forwarder, _ = await run(tmp_path, items)
     assert threads == [(True, False, True), (True, False, False), (False, True, True)]
     assert forwarder.events == [b'{"Id":"1"}', b'{"Id": "2", "a": "\\ud800"}']
+
+
+class FailingForwarder(FakeForwarder):
+    """Refuses its first ``failures`` hand-overs, as a forwarder in trouble does."""
+
+    def __init__(self, failures: int):
+        super().__init__()
+        self.failures = failures
+
+    async def add(self, events, ack=None, origin=""):
+        if self.failures:
+            self.failures -= 1
+            raise RuntimeError("forwarder in trouble")
+        return await super().add(events, ack, origin)
+
+
+async def test_a_skipped_blobs_acknowledgement_is_handed_over_again_until_the_forwarder_takes_it(tmp_path,
+                                                                                              monkeypatch):
+    import office365.processor as module
+
+    monkeypatch.setattr(module, "TROUBLE_PAUSE", 0.01)
+    state = CollectorState(tmp_path, ["Audit.Exchange"], initial_lookback=timedelta(hours=2), filter_capacity=100)
+    skipped = Fetched(ref("c$gone"), skipped="expired")
+    state.track(skipped.ref)
+    forwarder, logs = FailingForwarder(2), []
+    processor = Processor(forwarder, state, lambda message, level: logs.append((level, message)), lambda item: None)
+    processing = asyncio.create_task(processor.run())
+    processor.put(skipped)
+    assert await eventually(lambda: forwarder.acks, 5, interval=0.01)
+    assert forwarder.failures == 0 and any("trying again" in message for _, message in logs)
+    assert state.pending("Audit.Exchange")[0] == 1
+    forwarder.confirm()
+    assert state.pending("Audit.Exchange") == (0, None)
+    processor.stop()
+    await asyncio.wait_for(processing, 5)
+
+
+async def test_a_stop_ends_the_hand_over_of_an_acknowledgement_without_it(tmp_path):
+    state = CollectorState(tmp_path, ["Audit.Exchange"], initial_lookback=timedelta(hours=2), filter_capacity=100)
+    skipped = Fetched(ref("c$gone"), skipped="expired")
+    state.track(skipped.ref)
+    forwarder = FailingForwarder(10**6)
+    processor = Processor(forwarder, state, lambda message, level: None, lambda item: None)
+    processing = asyncio.create_task(processor.run())
+    processor.put(skipped)
+    assert await eventually(lambda: forwarder.failures < 10**6, 5, interval=0.01)
+    processor.stop()
+    await asyncio.wait_for(processing, 5)  # within the one pause (TROUBLE_PAUSE) under way
+    assert not forwarder.acks and state.pending("Audit.Exchange")[0] == 1  # fetched again at the next start
