@@ -5,12 +5,38 @@ from __future__ import annotations
 
 from typing import Any
 
+import aiohttp
 import orjson
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.core.pipeline.transport import AioHttpTransport
 from azure.eventhub.extensions.checkpointstoreblobaio import BlobCheckpointStore
 from azure.storage.blob.aio import ContainerClient
 
 from azure_eventhub.checkpoints import FirstStart
+from azure_eventhub.clients import tls_context
+
+_TIMEOUTS = ("connection_timeout", "read_timeout")
+
+
+class StoreTransport(AioHttpTransport):
+    """The storage clients' HTTP transport, its TLS settings made once (``clients.tls_context``: the module's
+    trusted authorities). Given them as a CA file (``connection_verify``), azure-core makes a new SSL context for
+    every request, the bundle parsed again (CPU, and over a megabyte of native memory while the context lives), and
+    aiohttp, whose pool is keyed on the context, opens a new connection for each and keeps the idle one 15 s: with
+    checkpoints written several times a second, hundreds of contexts and connections were alive at any time."""
+
+    def __init__(self, **timeouts: Any) -> None:
+        # Verification on: True leaves TLS to the session's connector (below), with no per-request context.
+        super().__init__(connection_verify=True, use_env_settings=False, **timeouts)
+        self._session_made = False
+
+    async def open(self) -> None:
+        if self.session is None and not self._session_made:  # once: closed stays closed, as the library's does
+            self._session_made = True
+            # As the library makes its own (no proxy variables: the store's proxy is set explicitly), plus the TLS.
+            self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=tls_context()), trust_env=False,
+                                                 cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False)
+        await super().open()
 
 
 class BlobStore(BlobCheckpointStore):
@@ -21,18 +47,20 @@ class BlobStore(BlobCheckpointStore):
     Its own blobs go through a container client of its own (``container_client``, the public
     ``azure.storage.blob.aio.ContainerClient``), built from the very arguments the store's client is built with (URL,
     credential, API version, options; a connection string reaches here as the store's ``from_connection_string`` made
-    them), opened and closed with the store: the store's own client is not public."""
+    them), opened and closed with the store: the store's own client is not public. Each client has a
+    ``StoreTransport`` of its own, with the timeouts it is given."""
 
     def __init__(self, blob_account_url: str, container_name: str, *, credential: Any = None,
                  api_version: str = "2019-07-07", secondary_hostname: str | None = None, **kwargs: Any) -> None:
         options = dict(kwargs)
         # As the store does for its own client (it writes into the headers it is given, so a copy here).
         options["headers"] = {**(kwargs.get("headers") or {}), "x-ms-version": api_version}
+        timeouts = {name: kwargs[name] for name in _TIMEOUTS if name in kwargs}
         self.container_client = ContainerClient(blob_account_url, container_name, credential=credential,
                                                 api_version=api_version, secondary_hostname=secondary_hostname,
-                                                **options)
+                                                transport=StoreTransport(**timeouts), **options)
         super().__init__(blob_account_url, container_name, credential=credential, api_version=api_version,
-                         secondary_hostname=secondary_hostname, **kwargs)
+                         secondary_hostname=secondary_hostname, transport=StoreTransport(**timeouts), **kwargs)
 
     async def __aenter__(self) -> BlobStore:
         await self.container_client.__aenter__()

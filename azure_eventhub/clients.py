@@ -93,11 +93,10 @@ def build_credential(config: EventHubConfiguration) -> Any:
 def _storage_kwargs(config: EventHubConfiguration) -> dict[str, Any]:
     """The store's proxy: ``http_proxy``, else the environment's (``HTTPS_PROXY``, ``NO_PROXY``, ``~/.netrc``) looked
     up once here: left to the environment, the storage client's aiohttp looks it up, in a thread, at every request
-    (each checkpoint write)."""
+    (each checkpoint write). The trusted authorities are the store's transport's (``blobstore.StoreTransport``)."""
     found = proxy.proxy_for(storage_endpoint(config), reveal(config.http_proxy))
     # The store talks HTTPS (HTTP to an emulator): the same proxy carries both.
-    return {"use_env_settings": False, "connection_verify": ca_bundle(),
-            **({"proxies": {"http": found, "https": found}} if found else {})}
+    return {"use_env_settings": False, **({"proxies": {"http": found, "https": found}} if found else {})}
 
 
 def hub_proxy(config: EventHubConfiguration) -> str | None:

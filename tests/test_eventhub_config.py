@@ -132,14 +132,14 @@ def test_the_store_proxy_is_looked_up_once_from_the_environment(monkeypatch):
     """The storage client must not read the environment (and ~/.netrc) in a thread at every checkpoint write: the
     proxy is looked up when the store is built, and the configured one wins."""
     from azure_eventhub.clients import _storage_kwargs
-    from connectors.tls import ca_bundle
 
     storage = {"storage_connection_string": "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=Zm9v;"
                                             "EndpointSuffix=core.windows.net", "storage_container_name": "c"}
     for name in ("HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy"):
         monkeypatch.delenv(name, raising=False)
-    # The CA variables are looked up once too, as for every TLS client of the module.
-    fixed = {"use_env_settings": False, "connection_verify": ca_bundle()}
+    # No CA file: the store's transport trusts the module's authorities through one TLS context
+    # (tests/test_eventhub_azurite.py).
+    fixed = {"use_env_settings": False}
     assert _storage_kwargs(parse(hub_connection_string=HUB, **storage)) == fixed
     monkeypatch.setenv("HTTPS_PROXY", "http://u:p@envproxy:8080")
     proxy = "http://u:p@envproxy:8080"

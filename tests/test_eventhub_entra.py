@@ -306,7 +306,7 @@ def test_checkpoints_in_azurite_with_entra_id_or_a_sas_url(entra, tmp_path, stor
             assert account.split("?")[1] not in text and "sig=" not in text
 
 
-def test_storage_refuses_an_event_hubs_token(entra, tmp_path):
+def test_storage_refuses_an_event_hubs_token(entra, tmp_path, monkeypatch):
     """Each token to its audience: Azurite (OAuth mode) refuses a token issued for Event Hubs, and the trigger's
     store probe says the account refused the request."""
     from azure.core.exceptions import ClientAuthenticationError
@@ -314,10 +314,11 @@ def test_storage_refuses_an_event_hubs_token(entra, tmp_path):
     from azure_eventhub.blobstore import BlobStore
 
     token, expires_on = entra_token(entra, "https://eventhubs.azure.net//.default")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(entra.ca_bundle))  # as the trigger trusts Azurite's CA
     with entra.hub_stack(tmp_path / "hub", roles={}, partitions=1) as stack:
         async def list_checkpoints():
             async with BlobStore(stack.azurite.account_url, "checkpoints", credential=FixedToken(token, expires_on),
-                                 connection_verify=str(entra.ca_bundle), retry_total=0) as store:
+                                 retry_total=0) as store:
                 return await store.list_checkpoints("ns", "hub", "$default")
 
         with pytest.raises(ClientAuthenticationError) as raised:
