@@ -35,7 +35,7 @@ from azure_eventhub.clients import (
     is_not_found,
 )
 from azure_eventhub.config import EventHubConfiguration, parse_starting_position
-from azure_eventhub.eventhub_internals import client_owner_id, reopen_partition
+from azure_eventhub.eventhub_internals import client_owner_id, forget_delivery_tags, reopen_partition
 from azure_eventhub.partitions import EARLIEST, PartitionWatch, PastTheEnd, beyond, past_the_end
 from azure_eventhub.records import RecordSplitter, SplitStats
 from connectors.delivery import STOP_GRACE_SECONDS, Forwarder
@@ -247,6 +247,7 @@ class Consumer:
         if not events or not self.accepting:
             return  # stopping: not acknowledged, so read again at the next start
         partition_id = context.partition_id
+        forget_delivery_tags(self.client, partition_id)  # kept by the receiver for a settling that never comes
         # Taken before waiting for room: if the partition closes meanwhile, the ack keeps the old token (dropped).
         reading = self.readings.get(partition_id, 0)  # 0: no reading, its ack is dropped
         bodies = [event_body(event) for event in events]

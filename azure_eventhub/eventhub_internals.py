@@ -18,6 +18,10 @@ default) and checked strictly in the test:
 - ``EventProcessor._ownership_manager.cached_parition_ids`` (sic): the partition list the load balancing lists once
   and keeps; replaced when the partition watch sees partitions added to a running hub. Without it new partitions
   are read only after a restart.
+- ``EventProcessor._consumers[partition]._handler._link._received_delivery_tags``: the tag of every delivery the
+  partition's AMQP receiver took, kept until it sends a disposition, which it never does for Event Hubs (the
+  service pre-settles them): emptied at every received batch. Without it the set grows by one tag per event for as
+  long as the receiver lives (tens of megabytes per ten million events).
 
 The namespace the processor writes into its records (``client._address.hostname``) is not read here: it is the
 namespace the client was built with, found publicly (``azure_eventhub.clients.hub_namespace``); the test checks
@@ -67,3 +71,16 @@ def set_partition_ids(client: EventHubConsumerClient, ids: list[str]) -> bool:
     for manager in managers:
         manager.cached_parition_ids = list(ids)
     return bool(managers)
+
+
+def forget_delivery_tags(client: EventHubConsumerClient, partition_id: str) -> bool:
+    """Empty the delivery tags the partition's receiver keeps for settling (never, on Event Hubs: see above). False
+    when the client is not reading the partition or the set is not found."""
+    for processor in client_processors(client):
+        consumer = getattr(processor, "_consumers", {}).get(partition_id)
+        link = getattr(getattr(consumer, "_handler", None), "_link", None)
+        tags = getattr(link, "_received_delivery_tags", None)
+        if isinstance(tags, set):
+            tags.clear()
+            return True
+    return False

@@ -6,7 +6,9 @@ import pytest
 from azure.core.exceptions import ServiceRequestError
 from azure.eventhub.extensions.checkpointstoreblobaio import BlobCheckpointStore
 
-from emulators.azurite import Azurite, BlobAdmin
+from emulators.azurite import Azurite, BlobAdmin, connection_string
+from emulators.netfault import FaultProxy
+from tests.support.private_ca import private_ca_files
 
 
 def test_checkpoints_survive_a_restart_on_the_same_port(tmp_path):
@@ -44,7 +46,6 @@ def test_the_store_verifies_tls_with_one_context_made_once(tmp_path, monkeypatch
     from azure_eventhub import clients
     from azure_eventhub.config import EventHubConfiguration
     from connectors.trigger import parse_configuration
-    from tests.support.private_ca import private_ca_files
 
     certificate, ca_file = private_ca_files(tmp_path)
     azurite = Azurite(certificate=certificate, ca_file=ca_file).start()
@@ -86,3 +87,35 @@ def test_the_store_verifies_tls_with_one_context_made_once(tmp_path, monkeypatch
             asyncio.run(write(1))
     finally:
         azurite.stop()
+
+
+def test_the_trigger_store_makes_one_tls_connection_for_its_many_checkpoints(tmp_path, monkeypatch):
+    """The trigger's store over HTTPS, with the private CA named as every TLS client of the module takes it
+    (REQUESTS_CA_BUNDLE): checkpoint writes and listings reuse the connection. Given the CA as a file, the storage
+    client made an SSL context per request (the bundle parsed again, a megabyte of native memory each) and aiohttp,
+    pooling by context, a new TLS connection per request: hundreds alive at several checkpoints a second."""
+    from azure_eventhub.clients import STORE_OPTIONS, build_blob_store
+    from azure_eventhub.config import EventHubConfiguration
+
+    cert_file, ca_file = private_ca_files(tmp_path)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(ca_file))
+    with Azurite(certificate=cert_file, ca_file=ca_file) as azurite, \
+            FaultProxy("127.0.0.1", azurite.port) as proxy:
+        azurite.create_container("checkpoints")
+        config = EventHubConfiguration(
+            hub_connection_string="Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName=k;"
+                                  "SharedAccessKey=dGVzdA==;EntityPath=logs",
+            storage_connection_string=connection_string("127.0.0.1", proxy.port, scheme="https"),
+            storage_container_name="checkpoints")
+
+        async def checkpoint_often() -> list[dict]:
+            async with build_blob_store(config, None, STORE_OPTIONS) as store:
+                for number in range(20):
+                    await store.update_checkpoint({
+                        "fully_qualified_namespace": "ns", "eventhub_name": "logs", "consumer_group": "$Default",
+                        "partition_id": str(number % 4), "offset": str(number * 100), "sequence_number": number})
+                return await store.list_checkpoints("ns", "logs", "$Default")
+
+        checkpoints = asyncio.run(checkpoint_often())
+        assert sorted(int(checkpoint["sequence_number"]) for checkpoint in checkpoints) == [16, 17, 18, 19]
+        assert proxy.stats.accepted == 1

@@ -16,7 +16,7 @@ from azure_eventhub import eventhub_internals
 from azure_eventhub.checkpoints import LocalCheckpointStore
 from azure_eventhub.clients import ConsumerClient, hub_namespace
 from azure_eventhub.config import EventHubConfiguration
-from azure_eventhub.eventhub_internals import client_owner_id, client_processors, reopen_partition
+from azure_eventhub.eventhub_internals import client_owner_id, client_processors, forget_delivery_tags, reopen_partition
 from azure_eventhub.partitions import PartitionWatch
 
 # Nothing listens on port 9: the processor exists (and retries its first load-balancing round) all the same.
@@ -80,3 +80,44 @@ async def test_namespace_owner_id_and_partition_list_are_found_on_the_real_clien
         receiving.cancel()
         await asyncio.gather(receiving, return_exceptions=True)
         await store.close()
+
+
+async def test_the_receivers_delivery_tags_are_found_and_forgotten(tmp_path):
+    """The client's receiver keeps the tag of every delivery it took until it settles it, and it never settles an
+    Event Hubs delivery (pre-settled, as the emulator sends them like the service): found where the adapter looks,
+    growing with the events read, and emptied by it."""
+    from emulators.eventhub.harness import EmulatorProcess
+    from tests.eventhub_helpers import publish
+
+    with EmulatorProcess(hubs={"logs": 2}) as emulator:
+        await asyncio.to_thread(publish, emulator.connection_string, [b'{"n": %d}' % n for n in range(60)],
+                                partition_id="0")
+        store = LocalCheckpointStore(tmp_path / "eventhub-checkpoints.json")
+        client = ConsumerClient.from_connection_string(emulator.connection_string, consumer_group="$Default",
+                                                       eventhub_name="logs", checkpoint_store=store)
+        read, held = [], []
+
+        def tags_of(partition_id: str) -> set:
+            [processor] = client_processors(client)
+            return processor._consumers[partition_id]._handler._link._received_delivery_tags
+
+        async def on_batch(context, events):
+            if context.partition_id == "0" and events:
+                read.extend(events)
+                held.append(len(tags_of("0")))
+                assert forget_delivery_tags(client, "0") is True
+                assert not tags_of("0")
+
+        receiving = asyncio.create_task(client.receive_batch(on_batch, max_batch_size=10, starting_position="-1"))
+        try:
+            for _ in range(1000):
+                if len(read) >= 60:
+                    break
+                await asyncio.sleep(0.02)
+            assert len(read) == 60
+            # Every delivery's tag kept (none settled) until forgotten: counted once each, whatever the prefetch took.
+            assert sum(held) == 60 and held[0] >= 10
+            assert forget_delivery_tags(client, "9") is False  # not read: nothing to forget
+        finally:
+            await asyncio.wait_for(client.close(), 30)
+            receiving.cancel()
