@@ -32,6 +32,12 @@ def _base_env():
     return {key: value for key, value in os.environ.items() if key not in {"TRIGGER_CONFIGURATION", "INTAKE_URL"}}
 
 
+def what_it_said(proc: ChildProcess) -> str:
+    """The trigger's exit code and the end of its standard error, for a test that failed on it."""
+    code = proc.stop()
+    return f"exit code {code}; stderr: {proc.stderr.read()[-3000:].decode(errors='replace') if proc.stderr else ''}"
+
+
 def ids(runtime):
     return [orjson.loads(line)["Id"] for line in runtime.delivered()]
 
@@ -94,7 +100,8 @@ def test_runtime_down_at_start_then_back_loses_nothing(runtime, tmp_path):
     source = source_file(tmp_path, 1000)
     proc = start(runtime, {"source": str(source)})
     # Down until the trigger met the outage (its requests were cut), then back.
-    assert wait_until(lambda: runtime.stats()["cut"] > 0, 60)
+    met = wait_until(lambda: runtime.stats()["cut"] > 0 or proc.poll() is not None, 60)
+    assert met and proc.poll() is None, what_it_said(proc)
     runtime.control(down_for=0)
     assert wait_until(lambda: len(runtime.delivered()) >= 1000, 60)
     assert stop(proc) == 0
