@@ -226,7 +226,8 @@ class Consumer:
         # checkpoints of what it delivered are written below (the trigger's own close then returns at once).
         # A failed run only hands over what was read: the trigger closes the forwarder after this run, its one
         # wait for delivery; acknowledgements coming after the writer stopped are not written (read again).
-        # A batch still being added finishes adding (the stop ends its wait for room); its ack rides behind it.
+        # A batch still being added stops at its slice in hand (the stop ends its wait for room); the slices left
+        # are read again at the next start.
         delivered = None
         if self.fatal or not self.is_running():
             delivered = await self.forwarder.close(grace)
@@ -286,6 +287,8 @@ class Consumer:
         try:
             done = (0, 0)
             for messages, upto in slices:
+                if self.forwarder.is_stopping or not self.accepting:
+                    break  # stopping: the slices left are not acknowledged, so read again at the next start
                 event = events[messages - 1]
                 ack = partial(self._acked, partition_id, reading, event.offset, event.sequence_number,
                               messages - done[0], upto - done[1])

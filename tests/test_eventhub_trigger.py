@@ -330,3 +330,30 @@ def test_a_failed_run_waits_for_delivery_once(stack, monkeypatch):
         runner.stop()
     assert runner.error is None
     assert waits[failed_run] == 1, waits
+
+
+def test_a_stop_hands_over_only_the_slice_in_hand_of_each_batch_read(stack):
+    """SIGTERM while whole batches of a partition (here 100 envelopes, 2,000 records) wait for the delivery's room:
+    each stops at its slice in hand and the rest is read again at the next start. What reaches the runtime after
+    the stop is what delivery held already, not every batch read: with a slow runtime those took the whole grace."""
+    records = records_with_ids(20_000, "s")
+    stack.publish_envelopes(records, per_envelope=20)
+    stack.runtime.control(latency_ms=300)
+    batch = 500
+    config = stack.config(batch_max_events=batch, max_batch_size=100)
+    proc = stack.start_process(config)
+    assert wait_until(lambda: stack.delivered_count() >= 1000 or proc.poll() is not None, 60)
+    at_stop = stack.delivered_count()
+    assert terminate(proc, timeout=ORCHESTRATOR_WAIT_S) == 0
+    after_stop = stack.delivered_count() - at_stop
+    # Delivery holds its senders' batches, those queued behind them and its buffer (2 + 2 + 1); each of the 4
+    # partitions adds at most its slice in hand (ACK_RECORDS, rounded up to a whole envelope).
+    assert after_stop <= 5 * batch + 4 * (consumer_module.ACK_RECORDS + 20), after_stop
+    assert not stop_warnings(stack), stop_warnings(stack)
+
+    stack.runtime.control(latency_ms=0)
+    proc = stack.start_process(config)
+    assert wait_until(lambda: len(set(stack.delivered_ids())) >= 20_000 or proc.poll() is not None, 90)
+    assert terminate(proc) == 0
+    assert compare(ids_of(records), stack.delivered_ids()) == {
+        "expected": 20_000, "delivered": 20_000, "lost": 0, "duplicates": 0}

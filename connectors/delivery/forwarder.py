@@ -129,6 +129,11 @@ class Forwarder:
         Safe from a signal handler or another thread."""
         self.control.stopping(grace)
 
+    @property
+    def is_stopping(self) -> bool:
+        """``stopping`` was called: a producer adds nothing more it can leave to the next start."""
+        return self.control.abort_at is not None
+
     async def close(self, grace: float = STOP_GRACE_SECONDS) -> bool:
         """Deliver what is buffered until the stop deadline (``grace`` from now, or sooner if ``stopping`` set
         one), then cancel the senders, even one in the middle of an HTTP call, and close the connections: returns by
